@@ -1,0 +1,62 @@
+//! Where the monitor is. The agent asks a [`MonitorLocator`] for the monitor's address whenever it
+//! (re)registers; today's source is a fixed address from a flag, and the AWS path adds SSM
+//! Parameter Store behind the same trait without touching the registration logic.
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A failure to find the monitor; the caller retries with backoff.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot locate the monitor: {0}")]
+pub struct LocateError(pub String);
+
+/// The monitor's gRPC endpoint, for example `http://10.0.1.5:50051`.
+pub type MonitorEndpoint = String;
+
+/// Finds the monitor. Called before every registration attempt, so a source can return a new
+/// address after the monitor moved.
+pub trait MonitorLocator: Send + Sync + 'static {
+    fn locate(&self) -> Pin<Box<dyn Future<Output = Result<MonitorEndpoint, LocateError>> + Send + '_>>;
+}
+
+/// A monitor at a fixed address, from a flag or config.
+#[derive(Clone, Debug)]
+pub struct StaticLocator {
+    endpoint: MonitorEndpoint,
+}
+
+impl StaticLocator {
+    /// Accepts `host:port` or `http://host:port`.
+    pub fn new(address: &str) -> Result<StaticLocator, LocateError> {
+        let address = address.trim();
+        let endpoint = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("http://{address}")
+        };
+        endpoint
+            .parse::<tonic::transport::Uri>()
+            .map_err(|error| LocateError(format!("monitor address {address:?}: {error}")))?;
+        Ok(StaticLocator { endpoint })
+    }
+}
+
+impl MonitorLocator for StaticLocator {
+    fn locate(&self) -> Pin<Box<dyn Future<Output = Result<MonitorEndpoint, LocateError>> + Send + '_>> {
+        Box::pin(std::future::ready(Ok(self.endpoint.clone())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn static_locator_adds_the_scheme() {
+        let locator = StaticLocator::new("127.0.0.1:50051").unwrap();
+        assert_eq!(locator.locate().await.unwrap(), "http://127.0.0.1:50051");
+        let locator = StaticLocator::new("http://monitor:1").unwrap();
+        assert_eq!(locator.locate().await.unwrap(), "http://monitor:1");
+        assert!(StaticLocator::new("http://bad host:1").is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! MonitorC, the agent on every application instance: serves heartbeats and a gradually changing
+//! load over gRPC, registers with the monitor and deregisters when it stops.
+//!
+//! The library takes a bound listener and a shutdown future; only `main.rs` reads the
+//! environment, binds ports and installs signal handlers.
+
+pub mod discovery;
+pub mod load;
+pub mod registration;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use autoscaler_proto::auth::{RequireToken, Token};
+use autoscaler_proto::v1::agent_server::AgentServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::discovery::MonitorLocator;
+use crate::load::{CpuSampler, LoadConfigError, LoadModel, LoadModelConfig};
+use crate::registration::{Registrar, RegistrationConfig};
+use crate::service::{AgentService, AgentState, LoadSource};
+
+/// Which load the agent reports.
+#[derive(Clone, Debug)]
+pub enum LoadConfig {
+    Simulated(LoadModelConfig),
+    /// The host's CPU utilisation.
+    Cpu,
+}
+
+/// Everything the agent needs to run.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The instance this agent runs on.
+    pub instance_id: String,
+    /// The `host:port` the monitor should poll; `None` uses the listener's own address.
+    pub advertise_address: Option<String>,
+    pub token: Token,
+    pub load: LoadConfig,
+    /// How often the load is sampled (and the simulation advanced).
+    pub sample_interval: Duration,
+    pub registration: RegistrationConfig,
+    /// How long in-flight calls get to finish at shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(instance_id: impl Into<String>, token: Token) -> AgentConfig {
+        AgentConfig {
+            instance_id: instance_id.into(),
+            advertise_address: None,
+            token,
+            load: LoadConfig::Simulated(LoadModelConfig::default()),
+            sample_interval: Duration::from_millis(200),
+            registration: RegistrationConfig::default(),
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why the agent could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("instance id is empty")]
+    EmptyInstanceId,
+    #[error(transparent)]
+    Load(#[from] LoadConfigError),
+    #[error("the listener's address: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error(
+        "the agent listens on {0}, which the monitor cannot reach: give the address to advertise"
+    )]
+    UnspecifiedAddress(std::net::SocketAddr),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Serves the agent on `listener` until `shutdown` completes, then deregisters and returns.
+pub async fn run(
+    config: AgentConfig,
+    listener: TcpListener,
+    locator: Arc<dyn MonitorLocator>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    if config.instance_id.trim().is_empty() {
+        return Err(AgentError::EmptyInstanceId);
+    }
+    let source = match &config.load {
+        LoadConfig::Simulated(model) => LoadSource::Simulated(LoadModel::new(model.clone())?),
+        LoadConfig::Cpu => LoadSource::Cpu(CpuSampler::default()),
+    };
+    let local_address = listener.local_addr().map_err(AgentError::Listener)?;
+    let advertise_address = match &config.advertise_address {
+        Some(address) => address.clone(),
+        None if local_address.ip().is_unspecified() => {
+            return Err(AgentError::UnspecifiedAddress(local_address));
+        }
+        None => local_address.to_string(),
+    };
+
+    let state = AgentState::new(config.instance_id.clone(), source);
+    let sampler = tokio::spawn(sample_forever(state.clone(), config.sample_interval));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServer<AgentService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(autoscaler_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let agent = AgentServer::with_interceptor(
+        AgentService::new(state.clone()),
+        RequireToken::new(config.token.clone()),
+    );
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(agent)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                server_stopped.await.ok();
+            }),
+    );
+    tracing::info!(
+        instance_id = %config.instance_id,
+        listen = %local_address,
+        advertise = %advertise_address,
+        "agent serving"
+    );
+
+    let registrar = Arc::new(Registrar::new(
+        state.clone(),
+        locator,
+        config.token.clone(),
+        advertise_address,
+        config.registration.clone(),
+    ));
+    let registering = tokio::spawn({
+        let registrar = registrar.clone();
+        async move { registrar.run().await }
+    });
+
+    tokio::pin!(shutdown);
+    tokio::select! {
+        () = &mut shutdown => {}
+        result = &mut server => {
+            registering.abort();
+            sampler.abort();
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(error.into()),
+                Err(join) => panic!("agent server task failed: {join}"),
+            };
+        }
+    }
+
+    tracing::info!("stopping: deregistering from the monitor");
+    registering.abort();
+    let started = Instant::now();
+    match registrar.deregister().await {
+        Ok(()) => tracing::info!(took = ?started.elapsed(), "deregistered"),
+        Err(error) => tracing::warn!(%error, "could not deregister; the monitor will notice the silence"),
+    }
+    let _ = stop_server.send(());
+    match tokio::time::timeout(config.drain_timeout, server).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => panic!("agent server task failed: {join}"),
+        Err(_) => tracing::warn!("in-flight calls did not finish in time; leaving them"),
+    }
+    sampler.abort();
+    Ok(())
+}
+
+async fn sample_forever(state: Arc<AgentState>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut last = Instant::now();
+    loop {
+        ticker.tick().await;
+        let now = Instant::now();
+        state.sample(now - last);
+        last = now;
+    }
+}

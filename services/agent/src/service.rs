@@ -1,0 +1,287 @@
+//! The agent's state (load, attached monitor, last poll) and the gRPC service that exposes it.
+//! Protocol types are converted here and go no further.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use autoscaler_proto::v1;
+use autoscaler_proto::v1::agent_server::Agent;
+use tonic::{Request, Response, Status};
+
+use crate::load::{CpuSampler, LoadModel, is_percent};
+
+/// Where the load comes from.
+#[derive(Debug)]
+pub enum LoadSource {
+    Simulated(LoadModel),
+    Cpu(CpuSampler),
+}
+
+/// The monitor that currently watches this agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub monitor_id: String,
+    pub poll_interval: Duration,
+}
+
+/// One load sample and when it was taken.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub load: f64,
+    pub cpu: Option<f64>,
+    pub sampled_at: SystemTime,
+}
+
+/// Everything the agent knows, shared by the gRPC service, the sampler and the registrar.
+#[derive(Debug)]
+pub struct AgentState {
+    instance_id: String,
+    started: Instant,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    source: LoadSource,
+    sample: Sample,
+    attachment: Option<Attachment>,
+    last_activity: Instant,
+    removal_reason: Option<String>,
+}
+
+impl AgentState {
+    pub fn new(instance_id: String, mut source: LoadSource) -> Arc<AgentState> {
+        let load = match &mut source {
+            LoadSource::Simulated(model) => model.value(),
+            LoadSource::Cpu(sampler) => sampler.sample().unwrap_or(0.0),
+        };
+        let cpu = matches!(source, LoadSource::Cpu(_)).then_some(load);
+        let now = Instant::now();
+        Arc::new(AgentState {
+            instance_id,
+            started: now,
+            inner: Mutex::new(Inner {
+                source,
+                sample: Sample {
+                    load,
+                    cpu,
+                    sampled_at: SystemTime::now(),
+                },
+                attachment: None,
+                last_activity: now,
+                removal_reason: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Advances the load source by `elapsed` and records a new sample.
+    pub fn sample(&self, elapsed: Duration) {
+        let mut inner = self.lock();
+        let (load, cpu) = match &mut inner.source {
+            LoadSource::Simulated(model) => (model.step(elapsed), None),
+            LoadSource::Cpu(sampler) => match sampler.sample() {
+                Ok(cpu) => (cpu, Some(cpu)),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read CPU utilisation; keeping the last sample");
+                    return;
+                }
+            },
+        };
+        inner.sample = Sample {
+            load,
+            cpu,
+            sampled_at: SystemTime::now(),
+        };
+    }
+
+    pub fn current(&self) -> Sample {
+        self.lock().sample
+    }
+
+    /// Records that a monitor reached us (a poll, or the answer to a registration).
+    pub fn mark_activity(&self) {
+        self.lock().last_activity = Instant::now();
+    }
+
+    /// When a monitor last reached us.
+    pub fn last_activity(&self) -> Instant {
+        self.lock().last_activity
+    }
+
+    pub fn attachment(&self) -> Option<Attachment> {
+        self.lock().attachment.clone()
+    }
+
+    pub fn attach(&self, attachment: Attachment) {
+        let mut inner = self.lock();
+        inner.attachment = Some(attachment);
+        inner.last_activity = Instant::now();
+    }
+
+    /// Forgets the monitor if it is the one given; true if it was.
+    pub fn detach(&self, monitor_id: &str) -> bool {
+        let mut inner = self.lock();
+        let matches = inner
+            .attachment
+            .as_ref()
+            .is_some_and(|attachment| attachment.monitor_id == monitor_id);
+        if matches {
+            inner.attachment = None;
+        }
+        matches
+    }
+
+    /// Why the instance is being removed, once the controller said so.
+    pub fn removal_reason(&self) -> Option<String> {
+        self.lock().removal_reason.clone()
+    }
+
+    fn set_target(&self, target: f64, hold: bool) -> Result<f64, Status> {
+        let mut inner = self.lock();
+        let current = inner.sample.load;
+        match &mut inner.source {
+            LoadSource::Simulated(model) => {
+                if model.set_target(target, hold) {
+                    Ok(current)
+                } else {
+                    Err(Status::invalid_argument(format!(
+                        "target_percent {target} is outside 0-100"
+                    )))
+                }
+            }
+            LoadSource::Cpu(_) => Err(Status::failed_precondition(
+                "this agent reports the host's real CPU load, which has no target",
+            )),
+        }
+    }
+
+    fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// The `autoscaler.v1.Agent` gRPC service.
+#[derive(Clone, Debug)]
+pub struct AgentService {
+    state: Arc<AgentState>,
+}
+
+impl AgentService {
+    pub fn new(state: Arc<AgentState>) -> AgentService {
+        AgentService { state }
+    }
+}
+
+fn unix_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|since| since.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn ping(
+        &self,
+        request: Request<v1::PingRequest>,
+    ) -> Result<Response<v1::PingResponse>, Status> {
+        self.state.mark_activity();
+        Ok(Response::new(v1::PingResponse {
+            instance_id: self.state.instance_id.clone(),
+            agent_version: autoscaler_proto::VERSION.to_string(),
+            uptime_ms: self.state.uptime().as_millis() as u64,
+            sequence: request.into_inner().sequence,
+        }))
+    }
+
+    async fn get_metrics(
+        &self,
+        _request: Request<v1::GetMetricsRequest>,
+    ) -> Result<Response<v1::GetMetricsResponse>, Status> {
+        self.state.mark_activity();
+        let sample = self.state.current();
+        Ok(Response::new(v1::GetMetricsResponse {
+            instance_id: self.state.instance_id.clone(),
+            metrics: Some(v1::Metrics {
+                load_percent: sample.load,
+                sampled_at_unix_ms: unix_ms(sample.sampled_at),
+                cpu_percent: sample.cpu,
+                memory_percent: None,
+                requests_per_second: None,
+            }),
+        }))
+    }
+
+    async fn attach_monitor(
+        &self,
+        request: Request<v1::AttachMonitorRequest>,
+    ) -> Result<Response<v1::AttachMonitorResponse>, Status> {
+        let request = request.into_inner();
+        if request.monitor_id.is_empty() {
+            return Err(Status::invalid_argument("monitor_id is empty"));
+        }
+        if request.poll_interval_ms == 0 || request.poll_interval_ms > 3_600_000 {
+            return Err(Status::invalid_argument(format!(
+                "poll_interval_ms {} is outside 1-3600000",
+                request.poll_interval_ms
+            )));
+        }
+        let attachment = Attachment {
+            monitor_id: request.monitor_id,
+            poll_interval: Duration::from_millis(request.poll_interval_ms),
+        };
+        if self.state.attachment().as_ref() != Some(&attachment) {
+            tracing::info!(monitor_id = %attachment.monitor_id, poll_interval = ?attachment.poll_interval, "monitor attached");
+        }
+        self.state.attach(attachment);
+        Ok(Response::new(v1::AttachMonitorResponse {}))
+    }
+
+    async fn detach_monitor(
+        &self,
+        request: Request<v1::DetachMonitorRequest>,
+    ) -> Result<Response<v1::DetachMonitorResponse>, Status> {
+        let monitor_id = request.into_inner().monitor_id;
+        if self.state.detach(&monitor_id) {
+            tracing::info!(%monitor_id, "monitor detached");
+        }
+        Ok(Response::new(v1::DetachMonitorResponse {}))
+    }
+
+    async fn set_load_target(
+        &self,
+        request: Request<v1::SetLoadTargetRequest>,
+    ) -> Result<Response<v1::SetLoadTargetResponse>, Status> {
+        let request = request.into_inner();
+        if !is_percent(request.target_percent) {
+            return Err(Status::invalid_argument(format!(
+                "target_percent {} is outside 0-100",
+                request.target_percent
+            )));
+        }
+        let current = self.state.set_target(request.target_percent, request.hold)?;
+        tracing::debug!(target = request.target_percent, hold = request.hold, "load target set");
+        Ok(Response::new(v1::SetLoadTargetResponse {
+            current_load_percent: current,
+        }))
+    }
+
+    async fn notify_removal(
+        &self,
+        request: Request<v1::NotifyRemovalRequest>,
+    ) -> Result<Response<v1::NotifyRemovalResponse>, Status> {
+        let mut reason = request.into_inner().reason;
+        reason.truncate(256);
+        tracing::info!(%reason, "this instance is being removed; no more registrations");
+        self.state.lock().removal_reason = Some(reason);
+        Ok(Response::new(v1::NotifyRemovalResponse {}))
+    }
+}
