@@ -1,1 +1,101 @@
-//! placeholder
+//! MonitorS: the registry of instances, the poller that pings and fetches metrics from every
+//! agent, health per instance, and the fleet view published in-process to the controller.
+//!
+//! The library takes a config, a token and a bound listener; only `main.rs` reads the
+//! environment, binds ports and installs signal handlers.
+
+pub mod config;
+mod poller;
+pub mod registry;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use autoscaler_controller::fleet::FleetView;
+use autoscaler_proto::auth::{RequireToken, Token};
+use autoscaler_proto::v1::monitor_server::MonitorServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use crate::config::{MonitorConfig, MonitorConfigError};
+use crate::registry::Registry;
+use crate::service::MonitorService;
+
+/// Why the monitor could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error(transparent)]
+    Config(#[from] MonitorConfigError),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A running monitor: its registry polls every registered agent and publishes the fleet view.
+#[derive(Debug)]
+pub struct Monitor {
+    registry: Arc<Registry>,
+    publisher: tokio::task::JoinHandle<()>,
+}
+
+impl Monitor {
+    /// Checks the config and starts publishing. Must be called inside a Tokio runtime.
+    pub fn start(config: MonitorConfig, token: Token) -> Result<Monitor, MonitorError> {
+        config.validate()?;
+        let registry = Registry::new(config, token);
+        let publisher = tokio::spawn(registry.clone().publish_forever());
+        Ok(Monitor {
+            registry,
+            publisher,
+        })
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The fleet view, republished whenever it changes: the controller's "shared memory".
+    pub fn fleet(&self) -> watch::Receiver<Arc<FleetView>> {
+        self.registry.subscribe()
+    }
+
+    /// Serves the Monitor gRPC service (with health checking and reflection) on `listener` until
+    /// `shutdown` completes; then stops polling and tells the agents it has gone.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), MonitorError> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<MonitorServer<MonitorService>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(autoscaler_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let monitor = MonitorServer::with_interceptor(
+            MonitorService::new(self.registry.clone()),
+            RequireToken::new(self.registry.token().clone()),
+        );
+        let result = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(monitor)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+        self.stop().await;
+        Ok(result?)
+    }
+
+    /// Stops polling and publishing, and tells every agent this monitor no longer watches it.
+    pub async fn stop(self) {
+        self.publisher.abort();
+        self.registry.stop_polling();
+        poller::detach_all(&self.registry, Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,173 @@
+//! The poll task of one instance: tells the agent which monitor watches it, then every poll
+//! interval pings it and fetches its metrics, concurrently and under one deadline, over a
+//! connection kept open between polls.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use autoscaler_proto::auth::AttachToken;
+use autoscaler_proto::v1;
+use autoscaler_proto::v1::agent_client::AgentClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::registry::{PollOutcome, Registry};
+
+pub(crate) type Client = AgentClient<InterceptedService<Channel, AttachToken>>;
+
+/// A client for the agent at `address` (`host:port`); it connects on first use and reconnects
+/// by itself after a failure.
+pub(crate) fn agent_client(
+    address: &str,
+    timeout: Duration,
+    token: &autoscaler_proto::auth::Token,
+) -> Result<Client, String> {
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|error| format!("bad agent address {address:?}: {error}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(AgentClient::with_interceptor(
+        channel,
+        AttachToken::new(token),
+    ))
+}
+
+pub(crate) async fn poll_forever(
+    registry: Weak<Registry>,
+    instance_id: String,
+    address: String,
+    generation: u64,
+) {
+    let Some((config, client)) = registry.upgrade().map(|registry| {
+        let config = registry.config().clone();
+        let client = agent_client(&address, config.poll_timeout, registry.token());
+        (config, client)
+    }) else {
+        return;
+    };
+    let mut client = match client {
+        Ok(client) => client,
+        Err(reason) => {
+            if let Some(registry) = registry.upgrade() {
+                registry.record(&instance_id, generation, PollOutcome::Missed { reason });
+            }
+            return;
+        }
+    };
+
+    let attach = client.attach_monitor(v1::AttachMonitorRequest {
+        monitor_id: config.monitor_id.clone(),
+        poll_interval_ms: config.poll_interval.as_millis() as u64,
+    });
+    match tokio::time::timeout(config.poll_timeout, attach).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(status)) => {
+            tracing::warn!(%instance_id, code = ?status.code(), message = status.message(), "agent refused AttachMonitor")
+        }
+        Err(_) => tracing::warn!(%instance_id, "AttachMonitor timed out"),
+    }
+
+    let mut ticker = tokio::time::interval(config.poll_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut sequence = 0u64;
+    loop {
+        ticker.tick().await;
+        sequence += 1;
+        let outcome = poll_once(&mut client, &instance_id, sequence, config.poll_timeout).await;
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        registry.record(&instance_id, generation, outcome);
+    }
+}
+
+/// One poll: Ping and GetMetrics at once, both within `timeout`.
+pub(crate) async fn poll_once(
+    client: &mut Client,
+    instance_id: &str,
+    sequence: u64,
+    timeout: Duration,
+) -> PollOutcome {
+    let mut metrics_client = client.clone();
+    let both = async {
+        tokio::join!(
+            client.ping(v1::PingRequest { sequence }),
+            metrics_client.get_metrics(v1::GetMetricsRequest {})
+        )
+    };
+    let (ping, metrics) = match tokio::time::timeout(timeout, both).await {
+        Ok(answers) => answers,
+        Err(_) => {
+            return PollOutcome::Missed {
+                reason: format!("no answer within {timeout:?}"),
+            };
+        }
+    };
+    let missed = |reason: String| PollOutcome::Missed { reason };
+    let ping = match ping {
+        Ok(response) => response.into_inner(),
+        Err(status) => return missed(describe(&status)),
+    };
+    let metrics = match metrics {
+        Ok(response) => response.into_inner(),
+        Err(status) => return missed(describe(&status)),
+    };
+    if ping.instance_id != instance_id || metrics.instance_id != instance_id {
+        return missed(format!(
+            "the agent at this address answers as {:?}, not {instance_id:?}",
+            ping.instance_id
+        ));
+    }
+    if ping.sequence != sequence {
+        return missed(format!(
+            "ping answered sequence {} to {sequence}",
+            ping.sequence
+        ));
+    }
+    let Some(load) = metrics.metrics.map(|metrics| metrics.load_percent) else {
+        return missed("GetMetrics answered without metrics".to_string());
+    };
+    if !(0.0..=100.0).contains(&load) {
+        return missed(format!("load {load} is outside 0-100"));
+    }
+    PollOutcome::Answered { load }
+}
+
+fn describe(status: &tonic::Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?}: {}", status.code(), status.message())
+    }
+}
+
+/// Tells every agent that this monitor stops watching it; bounded by `timeout` in all.
+pub(crate) async fn detach_all(registry: &Arc<Registry>, timeout: Duration) {
+    let config = registry.config().clone();
+    let farewells = registry.addresses().into_iter().map(|(instance_id, address)| {
+        let token = registry.token().clone();
+        let monitor_id = config.monitor_id.clone();
+        async move {
+            let Ok(mut client) = agent_client(&address, timeout, &token) else {
+                return;
+            };
+            if let Err(status) = client
+                .detach_monitor(v1::DetachMonitorRequest { monitor_id })
+                .await
+            {
+                tracing::debug!(%instance_id, code = ?status.code(), "DetachMonitor failed");
+            }
+        }
+    });
+    let all: Vec<_> = farewells.collect();
+    let _ = tokio::time::timeout(timeout, join_all(all)).await;
+}
+
+async fn join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: Vec<F>) {
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    for handle in handles {
+        let _ = handle.await;
+    }
+}

@@ -1,0 +1,263 @@
+//! The registry of instances: who registered, where their agents listen, how their polls went.
+//! Each instance has its own poll task (see `poller`), so a hung agent delays nobody else; the
+//! registry turns poll outcomes into health and publishes the fleet view.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use autoscaler_controller::fleet::{FleetView, Health, InstanceView};
+use autoscaler_proto::auth::Token;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::config::MonitorConfig;
+use crate::poller;
+
+/// A validated registration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub instance_id: String,
+    /// `host:port` of the agent.
+    pub address: String,
+    pub agent_version: String,
+}
+
+/// What one poll found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PollOutcome {
+    /// The agent answered with a valid load.
+    Answered { load: f64 },
+    /// No answer in time, a transport error, or an answer that made no sense.
+    Missed { reason: String },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("instance {0:?} is not registered")]
+pub struct NotRegistered(pub String);
+
+#[derive(Debug)]
+struct Entry {
+    address: String,
+    agent_version: String,
+    registered_at: Instant,
+    health: Health,
+    misses: u32,
+    loads: VecDeque<f64>,
+    last_seen: Option<Instant>,
+    last_error: Option<String>,
+    /// Which poll task is current; outcomes from older tasks are dropped.
+    generation: u64,
+    poller: AbortHandle,
+}
+
+/// The registry shared by the gRPC service, the poll tasks and the publisher.
+#[derive(Debug)]
+pub struct Registry {
+    config: MonitorConfig,
+    token: Token,
+    entries: Mutex<HashMap<String, Entry>>,
+    generations: AtomicU64,
+    /// Bumped on every change, so the publisher republishes only when something happened.
+    changes: AtomicU64,
+    view: watch::Sender<Arc<FleetView>>,
+}
+
+impl Registry {
+    pub(crate) fn new(config: MonitorConfig, token: Token) -> Arc<Registry> {
+        let (view, _) = watch::channel(Arc::new(FleetView::empty(
+            Instant::now(),
+            config.poll_interval,
+        )));
+        Arc::new(Registry {
+            config,
+            token,
+            entries: Mutex::new(HashMap::new()),
+            generations: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
+            view,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn config(&self) -> &MonitorConfig {
+        &self.config
+    }
+
+    pub(crate) fn token(&self) -> &Token {
+        &self.token
+    }
+
+    /// Adds an instance, or updates one that registers again (its history is kept), and starts
+    /// polling it. Must be called inside a Tokio runtime.
+    pub fn register(self: &Arc<Self>, registration: Registration) {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let poller = tokio::spawn(poller::poll_forever(
+            Arc::downgrade(self),
+            registration.instance_id.clone(),
+            registration.address.clone(),
+            generation,
+        ))
+        .abort_handle();
+        let mut entries = self.lock();
+        match entries.get_mut(&registration.instance_id) {
+            Some(entry) => {
+                tracing::info!(instance_id = %registration.instance_id, address = %registration.address, "instance registered again");
+                entry.poller.abort();
+                entry.poller = poller;
+                entry.generation = generation;
+                entry.address = registration.address;
+                entry.agent_version = registration.agent_version;
+            }
+            None => {
+                tracing::info!(instance_id = %registration.instance_id, address = %registration.address, version = %registration.agent_version, "instance registered");
+                entries.insert(
+                    registration.instance_id,
+                    Entry {
+                        address: registration.address,
+                        agent_version: registration.agent_version,
+                        registered_at: Instant::now(),
+                        health: Health::Unknown,
+                        misses: 0,
+                        loads: VecDeque::with_capacity(self.config.load_window),
+                        last_seen: None,
+                        last_error: None,
+                        generation,
+                        poller,
+                    },
+                );
+            }
+        }
+        drop(entries);
+        self.changed();
+    }
+
+    /// Removes an instance and stops polling it.
+    pub fn deregister(&self, instance_id: &str) -> Result<(), NotRegistered> {
+        let entry = self
+            .lock()
+            .remove(instance_id)
+            .ok_or_else(|| NotRegistered(instance_id.to_string()))?;
+        entry.poller.abort();
+        tracing::info!(%instance_id, "instance deregistered");
+        self.changed();
+        Ok(())
+    }
+
+    /// Applies one poll's outcome, unless it comes from a poll task that has been replaced.
+    pub(crate) fn record(&self, instance_id: &str, generation: u64, outcome: PollOutcome) {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get_mut(instance_id) else {
+            return;
+        };
+        if entry.generation != generation {
+            return;
+        }
+        let before = entry.health;
+        match outcome {
+            PollOutcome::Answered { load } => {
+                entry.health = Health::Healthy;
+                entry.misses = 0;
+                entry.last_seen = Some(Instant::now());
+                entry.last_error = None;
+                if entry.loads.len() == self.config.load_window {
+                    entry.loads.pop_front();
+                }
+                entry.loads.push_back(load);
+            }
+            PollOutcome::Missed { reason } => {
+                entry.misses = entry.misses.saturating_add(1);
+                entry.health = if entry.misses >= self.config.unhealthy_after {
+                    Health::Unhealthy
+                } else {
+                    Health::Suspect
+                };
+                entry.last_error = Some(reason);
+            }
+        }
+        if entry.health != before {
+            tracing::info!(
+                %instance_id,
+                from = %before,
+                to = %entry.health,
+                misses = entry.misses,
+                error = entry.last_error.as_deref().unwrap_or(""),
+                "health changed"
+            );
+        }
+        drop(entries);
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// The registry as it is now.
+    pub fn snapshot(&self) -> FleetView {
+        let entries = self.lock();
+        let mut instances: Vec<InstanceView> = entries
+            .iter()
+            .map(|(instance_id, entry)| InstanceView {
+                instance_id: instance_id.clone(),
+                address: entry.address.clone(),
+                agent_version: entry.agent_version.clone(),
+                health: entry.health,
+                consecutive_misses: entry.misses,
+                load: entry.loads.back().copied(),
+                recent_loads: entry.loads.iter().copied().collect(),
+                registered_at: entry.registered_at,
+                last_seen: entry.last_seen,
+                last_error: entry.last_error.clone(),
+            })
+            .collect();
+        drop(entries);
+        instances.sort_unstable_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        FleetView {
+            taken_at: Instant::now(),
+            poll_interval: self.config.poll_interval,
+            instances,
+        }
+    }
+
+    /// A receiver of the published fleet view.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<FleetView>> {
+        self.view.subscribe()
+    }
+
+    /// Republishes the fleet view whenever something changed, every `publish_interval`.
+    pub(crate) async fn publish_forever(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.config.publish_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut published = u64::MAX;
+        loop {
+            ticker.tick().await;
+            let changes = self.changes.load(Ordering::Acquire);
+            if changes != published {
+                published = changes;
+                self.view.send_replace(Arc::new(self.snapshot()));
+            }
+        }
+    }
+
+    /// Every registered instance and its agent's address, to say goodbye at shutdown.
+    pub(crate) fn addresses(&self) -> Vec<(String, String)> {
+        self.lock()
+            .iter()
+            .map(|(id, entry)| (id.clone(), entry.address.clone()))
+            .collect()
+    }
+
+    /// Stops every poll task.
+    pub(crate) fn stop_polling(&self) {
+        for entry in self.lock().values() {
+            entry.poller.abort();
+        }
+    }
+}
