@@ -66,7 +66,7 @@ impl fmt::Debug for Token {
 /// Adds the token to outgoing calls (a client interceptor).
 #[derive(Clone, Debug)]
 pub struct AttachToken {
-    header: MetadataValue<tonic::metadata::Ascii>,
+    header: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl AttachToken {
@@ -75,15 +75,22 @@ impl AttachToken {
             .parse()
             .expect("a Token holds only visible ASCII, which is a valid metadata value");
         header.set_sensitive(true);
-        AttachToken { header }
+        AttachToken {
+            header: Some(header),
+        }
+    }
+
+    /// Attaches nothing: for tests of what happens to callers without the token.
+    pub fn none() -> AttachToken {
+        AttachToken { header: None }
     }
 }
 
 impl tonic::service::Interceptor for AttachToken {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert(AUTHORIZATION, self.header.clone());
+        if let Some(header) = &self.header {
+            request.metadata_mut().insert(AUTHORIZATION, header.clone());
+        }
         Ok(request)
     }
 }

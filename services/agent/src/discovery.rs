@@ -16,7 +16,9 @@ pub type MonitorEndpoint = String;
 /// Finds the monitor. Called before every registration attempt, so a source can return a new
 /// address after the monitor moved.
 pub trait MonitorLocator: Send + Sync + 'static {
-    fn locate(&self) -> Pin<Box<dyn Future<Output = Result<MonitorEndpoint, LocateError>> + Send + '_>>;
+    fn locate(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<MonitorEndpoint, LocateError>> + Send + '_>>;
 }
 
 /// A monitor at a fixed address, from a flag or config.
@@ -42,7 +44,9 @@ impl StaticLocator {
 }
 
 impl MonitorLocator for StaticLocator {
-    fn locate(&self) -> Pin<Box<dyn Future<Output = Result<MonitorEndpoint, LocateError>> + Send + '_>> {
+    fn locate(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<MonitorEndpoint, LocateError>> + Send + '_>> {
         Box::pin(std::future::ready(Ok(self.endpoint.clone())))
     }
 }

@@ -166,7 +166,9 @@ pub async fn run(
     let started = Instant::now();
     match registrar.deregister().await {
         Ok(()) => tracing::info!(took = ?started.elapsed(), "deregistered"),
-        Err(error) => tracing::warn!(%error, "could not deregister; the monitor will notice the silence"),
+        Err(error) => {
+            tracing::warn!(%error, "could not deregister; the monitor will notice the silence")
+        }
     }
     let _ = stop_server.send(());
     match tokio::time::timeout(config.drain_timeout, server).await {

@@ -51,8 +51,18 @@ pub struct LoadConfigError {
 impl LoadModelConfig {
     pub fn validate(&self) -> Result<(), LoadConfigError> {
         let checks: [(&'static str, f64, bool, &'static str); 7] = [
-            ("initial", self.initial, is_percent(self.initial), "within 0-100"),
-            ("target", self.target, is_percent(self.target), "within 0-100"),
+            (
+                "initial",
+                self.initial,
+                is_percent(self.initial),
+                "within 0-100",
+            ),
+            (
+                "target",
+                self.target,
+                is_percent(self.target),
+                "within 0-100",
+            ),
             (
                 "max_slope",
                 self.max_slope,
@@ -255,7 +265,16 @@ mod tests {
             0.0..=10.0f64,
         )
             .prop_map(
-                |(seed, initial, target, max_slope, reversion, noise, drift_amplitude, drift_rate)| {
+                |(
+                    seed,
+                    initial,
+                    target,
+                    max_slope,
+                    reversion,
+                    noise,
+                    drift_amplitude,
+                    drift_rate,
+                )| {
                     LoadModelConfig {
                         seed,
                         initial,
@@ -352,7 +371,10 @@ mod tests {
             seen.push(model.effective_target());
         }
         assert!(seen.iter().all(|t| (30.0..=50.0).contains(t)));
-        assert!(seen.iter().any(|t| (t - 40.0).abs() > 1.0), "the target never moved");
+        assert!(
+            seen.iter().any(|t| (t - 40.0).abs() > 1.0),
+            "the target never moved"
+        );
         model.set_target(70.0, true);
         model.step(Duration::from_secs(5));
         assert_eq!(model.effective_target(), 70.0);
@@ -366,11 +388,13 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(error.field, "max_slope");
-        assert!(LoadModel::new(LoadModelConfig {
-            target: f64::NAN,
-            ..LoadModelConfig::default()
-        })
-        .is_err());
+        assert!(
+            LoadModel::new(LoadModelConfig {
+                target: f64::NAN,
+                ..LoadModelConfig::default()
+            })
+            .is_err()
+        );
     }
 
     #[test]

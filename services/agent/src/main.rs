@@ -20,7 +20,11 @@ struct Flags {
     #[arg(long, env = "AUTOSCALER_INSTANCE_ID")]
     instance_id: String,
     /// Address to listen on.
-    #[arg(long, env = "AUTOSCALER_AGENT_LISTEN", default_value = "127.0.0.1:50061")]
+    #[arg(
+        long,
+        env = "AUTOSCALER_AGENT_LISTEN",
+        default_value = "127.0.0.1:50061"
+    )]
     listen: String,
     /// Address the monitor should poll, `host:port` (default: the listen address).
     #[arg(long, env = "AUTOSCALER_AGENT_ADVERTISE")]

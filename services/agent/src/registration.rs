@@ -125,8 +125,7 @@ impl Registrar {
                         "registered with the monitor"
                     );
                     self.state.mark_activity();
-                    *self.last_endpoint.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(endpoint);
+                    *self.last_endpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint);
                     return;
                 }
                 Err(error) => {
@@ -159,7 +158,10 @@ impl Registrar {
                 tracing::debug!(%reason, "unpolled, but being removed: not registering again");
                 continue;
             }
-            tracing::warn!(?quiet_for, "no monitor has polled this agent; registering again");
+            tracing::warn!(
+                ?quiet_for,
+                "no monitor has polled this agent; registering again"
+            );
             return;
         }
     }

@@ -76,7 +76,9 @@ impl AgentState {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn instance_id(&self) -> &str {
@@ -267,8 +269,14 @@ impl Agent for AgentService {
                 request.target_percent
             )));
         }
-        let current = self.state.set_target(request.target_percent, request.hold)?;
-        tracing::debug!(target = request.target_percent, hold = request.hold, "load target set");
+        let current = self
+            .state
+            .set_target(request.target_percent, request.hold)?;
+        tracing::debug!(
+            target = request.target_percent,
+            hold = request.hold,
+            "load target set"
+        );
         Ok(Response::new(v1::SetLoadTargetResponse {
             current_load_percent: current,
         }))

@@ -46,7 +46,9 @@ impl MonitorConfig {
         if self.monitor_id.is_empty() {
             return fail("monitor_id", "is empty".into());
         }
-        if self.poll_interval < Duration::from_millis(10) || self.poll_interval > Duration::from_secs(3600) {
+        if self.poll_interval < Duration::from_millis(10)
+            || self.poll_interval > Duration::from_secs(3600)
+        {
             return fail(
                 "poll_interval",
                 format!("is {:?}; it must be within 10ms-1h", self.poll_interval),

@@ -14,7 +14,11 @@ use clap::{Parser, ValueEnum};
 #[command(version)]
 struct Flags {
     /// Address the monitor's gRPC server listens on.
-    #[arg(long, env = "AUTOSCALER_MONITOR_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "AUTOSCALER_MONITOR_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     listen: String,
     /// File holding the group's shared token (otherwise AUTOSCALER_TOKEN).
     #[arg(long, env = "AUTOSCALER_TOKEN_FILE")]

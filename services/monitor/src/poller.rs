@@ -146,21 +146,24 @@ fn describe(status: &tonic::Status) -> String {
 /// Tells every agent that this monitor stops watching it; bounded by `timeout` in all.
 pub(crate) async fn detach_all(registry: &Arc<Registry>, timeout: Duration) {
     let config = registry.config().clone();
-    let farewells = registry.addresses().into_iter().map(|(instance_id, address)| {
-        let token = registry.token().clone();
-        let monitor_id = config.monitor_id.clone();
-        async move {
-            let Ok(mut client) = agent_client(&address, timeout, &token) else {
-                return;
-            };
-            if let Err(status) = client
-                .detach_monitor(v1::DetachMonitorRequest { monitor_id })
-                .await
-            {
-                tracing::debug!(%instance_id, code = ?status.code(), "DetachMonitor failed");
+    let farewells = registry
+        .addresses()
+        .into_iter()
+        .map(|(instance_id, address)| {
+            let token = registry.token().clone();
+            let monitor_id = config.monitor_id.clone();
+            async move {
+                let Ok(mut client) = agent_client(&address, timeout, &token) else {
+                    return;
+                };
+                if let Err(status) = client
+                    .detach_monitor(v1::DetachMonitorRequest { monitor_id })
+                    .await
+                {
+                    tracing::debug!(%instance_id, code = ?status.code(), "DetachMonitor failed");
+                }
             }
-        }
-    });
+        });
     let all: Vec<_> = farewells.collect();
     let _ = tokio::time::timeout(timeout, join_all(all)).await;
 }

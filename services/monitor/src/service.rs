@@ -129,7 +129,11 @@ mod tests {
 
     #[test]
     fn addresses() {
-        for good in ["127.0.0.1:50061", "ip-10-0-1-7.ec2.internal:1", "[::1]:8080"] {
+        for good in [
+            "127.0.0.1:50061",
+            "ip-10-0-1-7.ec2.internal:1",
+            "[::1]:8080",
+        ] {
             assert_eq!(check_address(good), Ok(()), "{good}");
         }
         for bad in [

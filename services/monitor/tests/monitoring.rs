@@ -1,0 +1,589 @@
+//! End-to-end tests of the monitoring plane over real gRPC on 127.0.0.1: registration,
+//! heartbeats and metrics, health, hung and killed agents, monitor restarts, SIGTERM, and the
+//! UNAUTHENTICATED, INVALID_ARGUMENT and NOT_FOUND cases.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use autoscaler_controller::fleet::Health;
+use autoscaler_proto::v1;
+use nix::sys::signal::Signal;
+use support::*;
+use tonic::Code;
+
+#[tokio::test]
+async fn registration_heartbeat_and_metrics_round_trip() {
+    let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(200))).await;
+    let agent = RunningAgent::start("local-0001", monitor.address, |config| {
+        config.load = steady_load(42.0);
+    })
+    .await;
+
+    let view = monitor
+        .wait_until(
+            "local-0001 is healthy with a load",
+            Duration::from_secs(10),
+            |view| {
+                view.get("local-0001")
+                    .is_some_and(|i| i.health == Health::Healthy && i.load.is_some())
+            },
+        )
+        .await;
+    let instance = view.get("local-0001").unwrap();
+    assert_eq!(instance.address, agent.address.to_string());
+    assert_eq!(instance.agent_version, autoscaler_proto::VERSION);
+    assert!((instance.load.unwrap() - 42.0).abs() < 1e-9, "{instance:?}");
+    assert_eq!(instance.consecutive_misses, 0);
+
+    // The agent's own API, as any client sees it.
+    let mut client = agent_client(agent.address, Some(TOKEN));
+    let ping = client
+        .ping(v1::PingRequest { sequence: 77 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ping.instance_id, "local-0001");
+    assert_eq!(ping.sequence, 77);
+    assert_eq!(ping.agent_version, autoscaler_proto::VERSION);
+    let metrics = client
+        .get_metrics(v1::GetMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let sample = metrics.metrics.unwrap();
+    assert!((sample.load_percent - 42.0).abs() < 1e-9);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (now_ms - sample.sampled_at_unix_ms).abs() < 5_000,
+        "sampled at {}",
+        sample.sampled_at_unix_ms
+    );
+
+    // The window fills with one load per successful poll.
+    monitor
+        .wait_until(
+            "three loads in the window",
+            Duration::from_secs(10),
+            |view| {
+                view.get("local-0001")
+                    .is_some_and(|i| i.recent_loads.len() >= 3)
+            },
+        )
+        .await;
+
+    // A target out of range is refused and changes nothing; a good one moves the load gradually.
+    let status = client
+        .set_load_target(v1::SetLoadTargetRequest {
+            target_percent: 150.0,
+            hold: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let after = client
+        .get_metrics(v1::GetMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!((after.metrics.unwrap().load_percent - 42.0).abs() < 1e-9);
+    client
+        .set_load_target(v1::SetLoadTargetRequest {
+            target_percent: 90.0,
+            hold: true,
+        })
+        .await
+        .unwrap();
+    monitor
+        .wait_until("the load rises", Duration::from_secs(10), |view| {
+            view.get("local-0001")
+                .and_then(|i| i.load)
+                .is_some_and(|load| load > 43.0)
+        })
+        .await;
+
+    agent.stop().await;
+    monitor
+        .wait_until("local-0001 deregistered", Duration::from_secs(10), |view| {
+            view.get("local-0001").is_none()
+        })
+        .await;
+    monitor.stop().await;
+}
+
+#[tokio::test]
+async fn killed_agent_is_unhealthy_after_exactly_n_misses() {
+    let poll_interval = Duration::from_millis(500);
+    let unhealthy_after = 3;
+    let mut monitor = RunningMonitor::start(autoscaler_monitor::MonitorConfig {
+        unhealthy_after,
+        ..fast_config(poll_interval)
+    })
+    .await;
+    let mut agent = AgentProcess::spawn("local-0002", monitor.address);
+    monitor
+        .wait_until("local-0002 healthy", Duration::from_secs(20), |view| {
+            view.get("local-0002")
+                .is_some_and(|i| i.health == Health::Healthy)
+        })
+        .await;
+
+    agent.child.start_kill().unwrap();
+    agent.child.wait().await.unwrap();
+    let killed = Instant::now();
+    let view = monitor
+        .wait_until("local-0002 unhealthy", Duration::from_secs(20), |view| {
+            view.get("local-0002")
+                .is_some_and(|i| i.health == Health::Unhealthy)
+        })
+        .await;
+    let took = killed.elapsed();
+    let instance = view.get("local-0002").unwrap();
+    // The state machine: unhealthy at the N-th consecutive miss, suspect before.
+    assert_eq!(instance.consecutive_misses, unhealthy_after, "{instance:?}");
+    assert!(instance.last_error.is_some());
+    // N intervals, plus one of slack for scheduling on a busy machine.
+    let bound = poll_interval * (unhealthy_after + 1);
+    assert!(
+        took <= bound,
+        "unhealthy {took:?} after the kill; bound {bound:?}"
+    );
+    eprintln!(
+        "killed agent marked unhealthy after {took:?} (N = {unhealthy_after}, interval {poll_interval:?})"
+    );
+    monitor.stop().await;
+}
+
+#[tokio::test]
+async fn hung_agents_do_not_delay_the_polls_of_the_others() {
+    let poll_interval = Duration::from_millis(300);
+    let mut config = fast_config(poll_interval);
+    // A poll may take its whole interval: a poller that waited for hung agents would fall behind.
+    config.poll_timeout = poll_interval;
+    let mut monitor = RunningMonitor::start(config).await;
+
+    // Three "agents" that accept TCP connections and never answer.
+    let mut hung = Vec::new();
+    let mut held = Vec::new();
+    for index in 0..3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        hung.push((format!("hung-{index}"), address));
+        held.push(tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                sockets.push(socket);
+            }
+        }));
+    }
+    let mut client = monitor.monitor_client(Some(TOKEN));
+    for (instance_id, address) in &hung {
+        client
+            .register(v1::RegisterRequest {
+                instance_id: instance_id.clone(),
+                address: address.to_string(),
+                agent_version: "0.0.0".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let agent = RunningAgent::start("local-0003", monitor.address, |_| {}).await;
+    monitor
+        .wait_until(
+            "hung agents unhealthy, the real one healthy",
+            Duration::from_secs(20),
+            |view| {
+                hung.iter()
+                    .all(|(id, _)| view.get(id).is_some_and(|i| i.health == Health::Unhealthy))
+                    && view
+                        .get("local-0003")
+                        .is_some_and(|i| i.health == Health::Healthy)
+            },
+        )
+        .await;
+
+    // Over a few seconds the real agent is polled at its normal rate and never misses.
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let mut successes = BTreeSet::new();
+    while started.elapsed() < window {
+        {
+            let view = monitor.fleet.borrow_and_update();
+            let instance = view.get("local-0003").unwrap();
+            assert_eq!(instance.health, Health::Healthy, "{instance:?}");
+            successes.extend(instance.last_seen);
+        }
+        let _ = tokio::time::timeout(window, monitor.fleet.changed()).await;
+    }
+    let expected = (window.as_millis() / poll_interval.as_millis()) as usize;
+    assert!(
+        successes.len() * 10 >= expected * 7,
+        "{} successful polls in {window:?}, expected about {expected}",
+        successes.len()
+    );
+    agent.stop().await;
+    monitor.stop().await;
+    held.iter().for_each(|task| task.abort());
+}
+
+#[tokio::test]
+async fn agents_register_again_after_a_monitor_restart() {
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let mut first =
+        RunningMonitor::start_on(&address, fast_config(Duration::from_millis(200))).await;
+    let agent = RunningAgent::start("local-0004", first.address, |_| {}).await;
+    first
+        .wait_until(
+            "registered with the first monitor",
+            Duration::from_secs(10),
+            |view| {
+                view.get("local-0004")
+                    .is_some_and(|i| i.health == Health::Healthy)
+            },
+        )
+        .await;
+    first.stop().await;
+
+    let mut second =
+        RunningMonitor::start_on(&address, fast_config(Duration::from_millis(200))).await;
+    second
+        .wait_until(
+            "registered again with the second monitor",
+            Duration::from_secs(15),
+            |view| {
+                view.get("local-0004")
+                    .is_some_and(|i| i.health == Health::Healthy)
+            },
+        )
+        .await;
+    agent.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_deregisters_and_exits_within_seconds() {
+    let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(200))).await;
+    let mut agent = AgentProcess::spawn("local-0005", monitor.address);
+    monitor
+        .wait_until("local-0005 healthy", Duration::from_secs(20), |view| {
+            view.get("local-0005")
+                .is_some_and(|i| i.health == Health::Healthy)
+        })
+        .await;
+    let signalled = Instant::now();
+    agent.signal(Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(5), agent.child.wait())
+        .await
+        .expect("the agent exits within 5 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    eprintln!("agent exited {:?} after SIGTERM", signalled.elapsed());
+    // Deregistered, not merely gone silent: it leaves the registry at once, before any miss.
+    let view = monitor.fleet.borrow().clone();
+    if let Some(instance) = view.get("local-0005") {
+        assert_eq!(instance.consecutive_misses, 0, "{instance:?}");
+    }
+    monitor
+        .wait_until("local-0005 deregistered", Duration::from_secs(2), |view| {
+            view.get("local-0005").is_none()
+        })
+        .await;
+    monitor.stop().await;
+}
+
+#[tokio::test]
+async fn calls_without_the_group_token_are_unauthenticated_and_change_nothing() {
+    let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(200))).await;
+    let agent = RunningAgent::start("local-0006", monitor.address, |_| {}).await;
+    monitor
+        .wait_until("local-0006 registered", Duration::from_secs(10), |view| {
+            view.get("local-0006").is_some()
+        })
+        .await;
+
+    let wrong = "another-groups-token-000";
+    for token in [None, Some(wrong)] {
+        let mut client = monitor.monitor_client(token);
+        let status = client
+            .register(v1::RegisterRequest {
+                instance_id: "intruder".into(),
+                address: "127.0.0.1:1".into(),
+                agent_version: "0.1.0".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{token:?}");
+        let status = client
+            .deregister(v1::DeregisterRequest {
+                instance_id: "local-0006".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{token:?}");
+
+        let mut client = agent_client(agent.address, token);
+        assert_eq!(
+            client
+                .ping(v1::PingRequest { sequence: 1 })
+                .await
+                .unwrap_err()
+                .code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            client
+                .get_metrics(v1::GetMetricsRequest {})
+                .await
+                .unwrap_err()
+                .code(),
+            Code::Unauthenticated
+        );
+        let status = client
+            .set_load_target(v1::SetLoadTargetRequest {
+                target_percent: 99.0,
+                hold: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let status = client
+            .detach_monitor(v1::DetachMonitorRequest {
+                monitor_id: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    let snapshot = monitor.registry.snapshot();
+    assert!(snapshot.get("intruder").is_none());
+    assert!(snapshot.get("local-0006").is_some());
+
+    // A monitor of another group cannot poll our agents: every poll is refused.
+    let strangers_token = autoscaler_proto::auth::Token::new(wrong).unwrap();
+    let mut stranger = RunningMonitor::start_with_token(
+        "127.0.0.1:0",
+        fast_config(Duration::from_millis(100)),
+        strangers_token,
+    )
+    .await;
+    stranger
+        .monitor_client(Some(wrong))
+        .register(v1::RegisterRequest {
+            instance_id: "local-0006".into(),
+            address: agent.address.to_string(),
+            agent_version: "0.1.0".into(),
+        })
+        .await
+        .unwrap();
+    let view = stranger
+        .wait_until(
+            "the stranger finds local-0006 unhealthy",
+            Duration::from_secs(10),
+            |view| {
+                view.get("local-0006")
+                    .is_some_and(|i| i.health == Health::Unhealthy)
+            },
+        )
+        .await;
+    let error = view.get("local-0006").unwrap().last_error.clone().unwrap();
+    assert!(error.contains("Unauthenticated"), "{error}");
+    assert_eq!(view.get("local-0006").unwrap().load, None);
+    stranger.stop().await;
+    // Our own monitor still polls it.
+    assert_eq!(
+        monitor.instance("local-0006").unwrap().health,
+        Health::Healthy
+    );
+
+    agent.stop().await;
+    monitor.stop().await;
+}
+
+#[tokio::test]
+async fn bad_registrations_are_invalid_and_change_nothing() {
+    let monitor = RunningMonitor::start(fast_config(Duration::from_millis(200))).await;
+    let mut client = monitor.monitor_client(Some(TOKEN));
+    let good = v1::RegisterRequest {
+        instance_id: "i-0123456789abcdef0".into(),
+        address: "127.0.0.1:9".into(),
+        agent_version: "0.1.0".into(),
+    };
+    for bad in [
+        v1::RegisterRequest {
+            instance_id: String::new(),
+            ..good.clone()
+        },
+        v1::RegisterRequest {
+            address: "not an address".into(),
+            ..good.clone()
+        },
+        v1::RegisterRequest {
+            address: "127.0.0.1".into(),
+            ..good.clone()
+        },
+        v1::RegisterRequest {
+            address: "127.0.0.1:99999".into(),
+            ..good.clone()
+        },
+        v1::RegisterRequest {
+            instance_id: "x".repeat(10_000),
+            ..good.clone()
+        },
+    ] {
+        let status = client.register(bad.clone()).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+        assert!(!status.message().is_empty());
+    }
+    assert!(monitor.registry.snapshot().instances.is_empty());
+
+    let status = client
+        .deregister(v1::DeregisterRequest {
+            instance_id: "i-unknown".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    let status = client
+        .deregister(v1::DeregisterRequest {
+            instance_id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    monitor.stop().await;
+}
+
+mod fake_agent {
+    //! An agent that reports whatever load the test sets, to check the monitor's side of it.
+
+    use std::sync::{Arc, Mutex};
+
+    use autoscaler_proto::v1;
+    use autoscaler_proto::v1::agent_server::{Agent, AgentServer};
+    use tonic::{Request, Response, Status};
+
+    #[derive(Clone)]
+    pub struct FakeAgent {
+        pub instance_id: String,
+        pub load: Arc<Mutex<f64>>,
+    }
+
+    #[tonic::async_trait]
+    impl Agent for FakeAgent {
+        async fn ping(
+            &self,
+            request: Request<v1::PingRequest>,
+        ) -> Result<Response<v1::PingResponse>, Status> {
+            Ok(Response::new(v1::PingResponse {
+                instance_id: self.instance_id.clone(),
+                agent_version: "fake".into(),
+                uptime_ms: 1,
+                sequence: request.into_inner().sequence,
+            }))
+        }
+        async fn get_metrics(
+            &self,
+            _: Request<v1::GetMetricsRequest>,
+        ) -> Result<Response<v1::GetMetricsResponse>, Status> {
+            Ok(Response::new(v1::GetMetricsResponse {
+                instance_id: self.instance_id.clone(),
+                metrics: Some(v1::Metrics {
+                    load_percent: *self.load.lock().unwrap(),
+                    ..Default::default()
+                }),
+            }))
+        }
+        async fn attach_monitor(
+            &self,
+            _: Request<v1::AttachMonitorRequest>,
+        ) -> Result<Response<v1::AttachMonitorResponse>, Status> {
+            Ok(Response::new(v1::AttachMonitorResponse {}))
+        }
+        async fn detach_monitor(
+            &self,
+            _: Request<v1::DetachMonitorRequest>,
+        ) -> Result<Response<v1::DetachMonitorResponse>, Status> {
+            Ok(Response::new(v1::DetachMonitorResponse {}))
+        }
+        async fn set_load_target(
+            &self,
+            _: Request<v1::SetLoadTargetRequest>,
+        ) -> Result<Response<v1::SetLoadTargetResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn notify_removal(
+            &self,
+            _: Request<v1::NotifyRemovalRequest>,
+        ) -> Result<Response<v1::NotifyRemovalResponse>, Status> {
+            Ok(Response::new(v1::NotifyRemovalResponse {}))
+        }
+    }
+
+    pub async fn serve(agent: FakeAgent) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(AgentServer::new(agent))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        address
+    }
+}
+
+#[tokio::test]
+async fn a_load_outside_0_to_100_is_a_miss_and_keeps_the_last_good_load() {
+    let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(100))).await;
+    let load = std::sync::Arc::new(std::sync::Mutex::new(55.0));
+    let address = fake_agent::serve(fake_agent::FakeAgent {
+        instance_id: "fake-1".into(),
+        load: load.clone(),
+    })
+    .await;
+    monitor
+        .monitor_client(Some(TOKEN))
+        .register(v1::RegisterRequest {
+            instance_id: "fake-1".into(),
+            address: address.to_string(),
+            agent_version: "fake".into(),
+        })
+        .await
+        .unwrap();
+    monitor
+        .wait_until("fake-1 healthy at 55", Duration::from_secs(10), |view| {
+            view.get("fake-1")
+                .is_some_and(|i| i.health == Health::Healthy && i.load == Some(55.0))
+        })
+        .await;
+    *load.lock().unwrap() = 130.0;
+    let view = monitor
+        .wait_until("fake-1 unhealthy", Duration::from_secs(10), |view| {
+            view.get("fake-1")
+                .is_some_and(|i| i.health == Health::Unhealthy)
+        })
+        .await;
+    let instance = view.get("fake-1").unwrap();
+    assert_eq!(instance.load, Some(55.0));
+    assert!(instance.recent_loads.iter().all(|l| *l == 55.0));
+    assert!(
+        instance
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("outside 0-100"),
+        "{instance:?}"
+    );
+    *load.lock().unwrap() = 60.0;
+    monitor
+        .wait_until("fake-1 healthy again", Duration::from_secs(10), |view| {
+            view.get("fake-1")
+                .is_some_and(|i| i.health == Health::Healthy && i.load == Some(60.0))
+        })
+        .await;
+    monitor.stop().await;
+}
