@@ -1,2 +1,37 @@
-//! placeholder
-fn main() {}
+//! `cargo xtask`: the project's commands. Flags are parsed here; each command lives in its own
+//! module with a `run` function.
+
+mod test;
+mod tidy;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+/// The autoscaler's ops and developer commands.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Flags {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything that proves it works: formatting, lints and every test, installing what the
+    /// tests need (Python packages into .venv).
+    Test(test::Test),
+}
+
+fn main() -> std::process::ExitCode {
+    let flags = Flags::parse();
+    let result = match flags.command {
+        Command::Test(test) => test.run(),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! A client generated from the .proto files by another gRPC implementation (Python's grpcio)
+//! calls every RPC of the agent and the monitor: the protocol is plain proto3.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use autoscaler_controller::fleet::Health;
+use support::*;
+
+/// The Python with grpcio-tools that `cargo xtask test` installs into .venv.
+fn python() -> PathBuf {
+    let python = std::env::var_os("AUTOSCALER_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} does not exist: run `cargo xtask test`, which creates .venv and installs grpcio-tools from xtask/requirements.txt, or set AUTOSCALER_PYTHON to a Python that has grpcio-tools",
+        python.display()
+    );
+    python
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[tokio::test]
+async fn a_python_grpcio_client_calls_every_rpc() {
+    let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(200))).await;
+    let agent = RunningAgent::start("local-0100", monitor.address, |config| {
+        config.load = steady_load(25.0);
+    })
+    .await;
+    monitor
+        .wait_until("local-0100 healthy", Duration::from_secs(10), |view| {
+            view.get("local-0100")
+                .is_some_and(|i| i.health == Health::Healthy)
+        })
+        .await;
+
+    let output = tokio::process::Command::new(python())
+        .arg(workspace_root().join("proto/interop/check.py"))
+        .arg(workspace_root().join("proto"))
+        .arg(monitor.address.to_string())
+        .arg(agent.address.to_string())
+        .arg(TOKEN)
+        .output()
+        .await
+        .expect("running the Python client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+    let results: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+
+    assert_eq!(results["Ping"]["instance_id"], "local-0100");
+    assert_eq!(results["Ping"]["sequence"], 9);
+    assert_eq!(results["GetMetrics"]["instance_id"], "local-0100");
+    assert_eq!(results["GetMetrics"]["load_percent"], 25.0);
+    assert!(
+        results["GetMetrics"]["sampled_at_unix_ms"]
+            .as_i64()
+            .unwrap()
+            > 1_600_000_000_000
+    );
+    for ok in [
+        "AttachMonitor",
+        "DetachMonitor",
+        "NotifyRemoval",
+        "Deregister",
+    ] {
+        assert_eq!(results[ok], "ok", "{ok}");
+    }
+    assert_eq!(results["SetLoadTarget"]["current_load_percent"], 25.0);
+    assert_eq!(results["SetLoadTarget(170)"], "INVALID_ARGUMENT");
+    assert_eq!(results["Ping(no token)"], "UNAUTHENTICATED");
+    assert_eq!(results["Deregister(again)"], "NOT_FOUND");
+    assert_eq!(results["Register(empty)"], "INVALID_ARGUMENT");
+    assert_eq!(results["Register"]["poll_interval_ms"], 200);
+    assert!(
+        results["Register"]["monitor_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("monitor-")
+    );
+    assert!(monitor.registry.snapshot().get("python-1").is_none());
+
+    agent.stop().await;
+    monitor.stop().await;
+}

@@ -1,0 +1,37 @@
+//! `cargo xtask test`: formatting, lints, the binaries the tests start, and every test.
+
+use crate::util;
+
+#[derive(Debug, clap::Args)]
+pub struct Test {
+    /// Skip `cargo fmt --check` and clippy.
+    #[arg(long)]
+    no_lint: bool,
+}
+
+impl Test {
+    pub fn run(self) -> anyhow::Result<()> {
+        let python = util::python_venv()?;
+        if !self.no_lint {
+            util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))?;
+            util::run(util::cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--quiet",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+        }
+        // The end-to-end tests start the agent and monitor binaries: build them first.
+        util::run(util::cargo().args(["build", "--workspace", "--bins", "--quiet"]))?;
+        util::run(
+            util::cargo()
+                .args(["test", "--workspace", "--quiet"])
+                .env("AUTOSCALER_PYTHON", &python),
+        )?;
+        eprintln!("xtask test: all checks passed");
+        Ok(())
+    }
+}
