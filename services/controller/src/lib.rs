@@ -1,4 +1,7 @@
 //! ControllerASG: reads the monitor's fleet view, decides with a pure policy and launches or
 //! terminates instances through a `Cloud` provider.
 
+pub mod cloud;
+pub mod config;
 pub mod fleet;
+pub mod policy;

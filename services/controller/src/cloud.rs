@@ -1,0 +1,81 @@
+//! The `Cloud` trait: launch, terminate and list the group's instances. The provider is the
+//! source of truth for what exists; the controller keeps no count of its own.
+
+use std::future::Future;
+use std::time::SystemTime;
+
+/// What the provider says of one instance of the group.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CloudInstance {
+    pub instance_id: String,
+    pub state: InstanceState,
+    pub launched_at: SystemTime,
+    /// Where the instance is (an availability zone; `local` for processes).
+    pub zone: String,
+}
+
+/// Lifecycle of an instance as the provider reports it. Terminated instances are not listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    /// Launched, not running yet.
+    Pending,
+    Running,
+    /// Exists but does not run (a stopped EC2 instance, an exited process): to be replaced.
+    Stopped,
+}
+
+/// The kinds of provider failure the controller tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CloudErrorKind {
+    Throttled,
+    /// 5xx or a transport failure.
+    Unavailable,
+    Timeout,
+    InsufficientCapacity,
+    /// The instance does not exist or is not this group's.
+    NotFound,
+    Other,
+}
+
+/// A failed provider call.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{kind:?}: {message}")]
+pub struct CloudError {
+    pub kind: CloudErrorKind,
+    pub message: String,
+}
+
+impl CloudError {
+    pub fn new(kind: CloudErrorKind, message: impl Into<String>) -> CloudError {
+        CloudError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Worth trying again after a pause.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            CloudErrorKind::Throttled
+                | CloudErrorKind::Unavailable
+                | CloudErrorKind::Timeout
+                | CloudErrorKind::InsufficientCapacity
+        )
+    }
+}
+
+/// A place instances come from.
+pub trait Cloud: Send + Sync + 'static {
+    /// Every instance of the group that is not terminated.
+    fn list(&self) -> impl Future<Output = Result<Vec<CloudInstance>, CloudError>> + Send;
+
+    /// Launches `count` instances; returns their ids.
+    fn launch(&self, count: u32) -> impl Future<Output = Result<Vec<String>, CloudError>> + Send;
+
+    /// Terminates the given instances of the group; an id that is not the group's is refused
+    /// with `NotFound` and nothing is terminated.
+    fn terminate(&self, instance_ids: &[String]) -> impl Future<Output = Result<(), CloudError>> + Send;
+}

@@ -1,0 +1,278 @@
+//! The controller's settings, as read from the `[controller]` table of the daemon's TOML file,
+//! and their checks. A setting out of range is refused at start with its field named.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The AWS Academy cap on running instances, the default account limit.
+pub const DEFAULT_INSTANCE_LIMIT: u32 = 5;
+
+/// How the controller sizes the fleet.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// Smallest fleet; at least 2.
+    pub min_instances: u32,
+    /// Largest fleet; at most `instance_limit`.
+    pub max_instances: u32,
+    /// The account's limit on instances (5 on AWS Academy).
+    pub instance_limit: u32,
+    /// How often the policy is evaluated, in milliseconds.
+    pub evaluation_interval_ms: u64,
+    /// Longest warm-up: a new instance counts in averages after its first healthy metrics or
+    /// after this many seconds, whichever comes first.
+    pub warmup_secs: u64,
+    /// An instance that has not registered this many seconds after its launch (or after the
+    /// controller started, if later) is replaced.
+    pub registration_grace_secs: u64,
+    /// After a scale-out, no further scale-out for this many seconds.
+    pub scale_out_cooldown_secs: u64,
+    /// After any scaling, no scale-in for this many seconds.
+    pub scale_in_cooldown_secs: u64,
+    /// Which instance a scale-in removes.
+    pub termination_policy: TerminationPolicy,
+    /// How many recent decisions are kept for the status view.
+    pub decision_history: usize,
+    /// The creation and destruction rules.
+    pub policy: PolicyConfig,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            min_instances: 2,
+            max_instances: DEFAULT_INSTANCE_LIMIT,
+            instance_limit: DEFAULT_INSTANCE_LIMIT,
+            evaluation_interval_ms: 1_000,
+            warmup_secs: 60,
+            registration_grace_secs: 120,
+            scale_out_cooldown_secs: 60,
+            scale_in_cooldown_secs: 120,
+            termination_policy: TerminationPolicy::Oldest,
+            decision_history: 200,
+            policy: PolicyConfig::default(),
+        }
+    }
+}
+
+/// Which in-service instance a scale-in removes first. Warming instances are never chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TerminationPolicy {
+    Newest,
+    Oldest,
+    LeastLoaded,
+}
+
+/// The rule that turns loads into a desired size.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PolicyConfig {
+    /// Threshold/step: an average above `scale_out.above` for `scale_out.for_secs` adds
+    /// `scale_out.step` instances; below `scale_in.below` for `scale_in.for_secs` removes
+    /// `scale_in.step`.
+    Step {
+        scale_out: StepRule,
+        scale_in: StepRule,
+    },
+    /// Target tracking: desired = ceil(sum of loads / target), unless the average is within
+    /// `tolerance` (a fraction) of the target.
+    TargetTracking { target: f64, tolerance: f64 },
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig::TargetTracking {
+            target: 50.0,
+            tolerance: 0.1,
+        }
+    }
+}
+
+/// One side of the step policy.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepRule {
+    /// Threshold for scaling out (used by `scale_out`), percent.
+    #[serde(default)]
+    pub above: Option<f64>,
+    /// Threshold for scaling in (used by `scale_in`), percent.
+    #[serde(default)]
+    pub below: Option<f64>,
+    /// How long the average must stay past the threshold, in seconds.
+    pub for_secs: u64,
+    /// Instances added or removed at once.
+    pub step: u32,
+}
+
+/// A setting out of range, naming its field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("`controller.{field}` {problem}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+fn fail<T>(field: &'static str, problem: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError {
+        field,
+        problem: problem.into(),
+    })
+}
+
+impl ControllerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.instance_limit == 0 {
+            return fail("instance_limit", "is 0; it must be at least 2");
+        }
+        if self.min_instances < 2 {
+            return fail(
+                "min_instances",
+                format!("is {}; it must be at least 2", self.min_instances),
+            );
+        }
+        if self.max_instances > self.instance_limit {
+            return fail(
+                "max_instances",
+                format!(
+                    "is {}; it must be at most the account's instance limit, instance_limit = {}",
+                    self.max_instances, self.instance_limit
+                ),
+            );
+        }
+        if self.min_instances > self.max_instances {
+            return fail(
+                "min_instances",
+                format!(
+                    "is {}, above max_instances = {}",
+                    self.min_instances, self.max_instances
+                ),
+            );
+        }
+        if !(10..=3_600_000).contains(&self.evaluation_interval_ms) {
+            return fail(
+                "evaluation_interval_ms",
+                format!("is {}; it must be within 10-3600000", self.evaluation_interval_ms),
+            );
+        }
+        if self.decision_history == 0 || self.decision_history > 100_000 {
+            return fail("decision_history", "must be within 1-100000");
+        }
+        for (field, secs) in [
+            ("warmup_secs", self.warmup_secs),
+            ("registration_grace_secs", self.registration_grace_secs),
+            ("scale_out_cooldown_secs", self.scale_out_cooldown_secs),
+            ("scale_in_cooldown_secs", self.scale_in_cooldown_secs),
+        ] {
+            if secs > 86_400 {
+                return fail(field, format!("is {secs}; it must be at most 86400 (a day)"));
+            }
+        }
+        match &self.policy {
+            PolicyConfig::TargetTracking { target, tolerance } => {
+                if !(*target > 0.0 && *target <= 100.0) {
+                    return fail("policy.target", format!("is {target}; it must be within 0-100, above 0"));
+                }
+                if !(0.0..1.0).contains(tolerance) {
+                    return fail(
+                        "policy.tolerance",
+                        format!("is {tolerance}; it must be a fraction within 0-1 (0.1 is 10 %)"),
+                    );
+                }
+            }
+            PolicyConfig::Step { scale_out, scale_in } => {
+                let Some(high) = scale_out.above.filter(|_| scale_out.below.is_none()) else {
+                    return fail("policy.scale_out", "needs `above` (and no `below`)");
+                };
+                let Some(low) = scale_in.below.filter(|_| scale_in.above.is_none()) else {
+                    return fail("policy.scale_in", "needs `below` (and no `above`)");
+                };
+                if !(0.0..=100.0).contains(&high) {
+                    return fail("policy.scale_out.above", format!("is {high}; it must be within 0-100"));
+                }
+                if !(0.0..=100.0).contains(&low) {
+                    return fail("policy.scale_in.below", format!("is {low}; it must be within 0-100"));
+                }
+                if low >= high {
+                    return fail(
+                        "policy.scale_in.below",
+                        format!("is {low}; it must be below policy.scale_out.above = {high}"),
+                    );
+                }
+                for (field, rule) in [("policy.scale_out.step", scale_out), ("policy.scale_in.step", scale_in)] {
+                    if rule.step == 0 || rule.step > self.max_instances {
+                        return fail(field, format!("is {}; it must be within 1-max_instances", rule.step));
+                    }
+                    if rule.for_secs > 86_400 {
+                        return fail(field, "for_secs must be at most 86400");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn evaluation_interval(&self) -> Duration {
+        Duration::from_millis(self.evaluation_interval_ms)
+    }
+
+    pub fn warmup(&self) -> Duration {
+        Duration::from_secs(self.warmup_secs)
+    }
+
+    pub fn registration_grace(&self) -> Duration {
+        Duration::from_secs(self.registration_grace_secs)
+    }
+
+    pub fn scale_out_cooldown(&self) -> Duration {
+        Duration::from_secs(self.scale_out_cooldown_secs)
+    }
+
+    pub fn scale_in_cooldown(&self) -> Duration {
+        Duration::from_secs(self.scale_in_cooldown_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(config: ControllerConfig) -> &'static str {
+        config.validate().unwrap_err().field
+    }
+
+    #[test]
+    fn bounds_are_checked_and_named() {
+        assert_eq!(ControllerConfig::default().validate(), Ok(()));
+        let base = ControllerConfig::default();
+        assert_eq!(field_of(ControllerConfig { min_instances: 1, ..base.clone() }), "min_instances");
+        assert_eq!(field_of(ControllerConfig { max_instances: 6, ..base.clone() }), "max_instances");
+        assert_eq!(
+            field_of(ControllerConfig { min_instances: 5, max_instances: 4, ..base.clone() }),
+            "min_instances"
+        );
+        assert_eq!(
+            field_of(ControllerConfig {
+                policy: PolicyConfig::TargetTracking { target: 0.0, tolerance: 0.1 },
+                ..base.clone()
+            }),
+            "policy.target"
+        );
+        assert_eq!(
+            field_of(ControllerConfig {
+                policy: PolicyConfig::Step {
+                    scale_out: StepRule { above: Some(30.0), below: None, for_secs: 1, step: 1 },
+                    scale_in: StepRule { above: None, below: Some(40.0), for_secs: 1, step: 1 },
+                },
+                ..base.clone()
+            }),
+            "policy.scale_in.below"
+        );
+        // A larger account may run a larger fleet.
+        assert_eq!(
+            ControllerConfig { max_instances: 50, instance_limit: 100, ..base }.validate(),
+            Ok(())
+        );
+    }
+}
