@@ -4,4 +4,6 @@
 pub mod cloud;
 pub mod config;
 pub mod fleet;
+pub mod local;
 pub mod policy;
+pub mod reconciler;

@@ -5,9 +5,11 @@
 //! environment, binds ports and installs signal handlers.
 
 pub mod config;
+pub mod daemon;
 mod poller;
 pub mod registry;
 pub mod service;
+pub mod status;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use autoscaler_controller::fleet::FleetView;
 use autoscaler_proto::auth::{RequireToken, Token};
 use autoscaler_proto::v1::monitor_server::MonitorServer;
+use autoscaler_proto::v1::status_server::StatusServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -23,6 +26,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub use crate::config::{MonitorConfig, MonitorConfigError};
 use crate::registry::Registry;
 use crate::service::MonitorService;
+use crate::status::StatusService;
 
 /// Why the monitor could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,16 @@ impl Monitor {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), MonitorError> {
+        self.serve_with_status(listener, None, shutdown).await
+    }
+
+    /// Like [`Monitor::serve`], adding the Status service when one is given.
+    pub async fn serve_with_status(
+        self,
+        listener: TcpListener,
+        status: Option<StatusService>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), MonitorError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<MonitorServer<MonitorService>>()
@@ -82,10 +96,14 @@ impl Monitor {
             MonitorService::new(self.registry.clone()),
             RequireToken::new(self.registry.token().clone()),
         );
+        let status = status.map(|status| {
+            StatusServer::with_interceptor(status, RequireToken::new(self.registry.token().clone()))
+        });
         let result = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection)
             .add_service(monitor)
+            .add_optional_service(status)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         self.stop().await;

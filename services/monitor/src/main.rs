@@ -1,37 +1,52 @@
 //! `autoscaler-monitor`: reads flags and the environment, binds the port, installs the signal
-//! handlers and runs the monitor until SIGTERM or SIGINT.
+//! handlers and runs the monitor and the controller until SIGTERM or SIGINT.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
-use autoscaler_monitor::{Monitor, MonitorConfig};
+use autoscaler_monitor::Monitor;
+use autoscaler_monitor::daemon::{self, DaemonConfig, ProviderSection};
 use autoscaler_proto::auth::Token;
 use clap::{Parser, ValueEnum};
 
-/// MonitorS: polls every registered agent and keeps the fleet view.
+/// MonitorS and ControllerASG: polls every registered agent, keeps the fleet view, and keeps the
+/// fleet between its bounds.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Flags {
-    /// Address the monitor's gRPC server listens on.
-    #[arg(
-        long,
-        env = "AUTOSCALER_MONITOR_LISTEN",
-        default_value = "127.0.0.1:50051"
-    )]
-    listen: String,
+    /// TOML config file (see provisioning/autoscaler.example.toml); without it, the defaults.
+    #[arg(long, env = "AUTOSCALER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `monitor.listen`.
+    #[arg(long, env = "AUTOSCALER_MONITOR_LISTEN")]
+    listen: Option<String>,
+    /// Overrides `group`.
+    #[arg(long)]
+    group: Option<String>,
+    /// Overrides `controller.min_instances`.
+    #[arg(long)]
+    min_instances: Option<u32>,
+    /// Overrides `controller.max_instances`.
+    #[arg(long)]
+    max_instances: Option<u32>,
+    /// Overrides `monitor.poll_interval_ms`.
+    #[arg(long)]
+    poll_interval_ms: Option<u64>,
+    /// Overrides `monitor.poll_timeout_ms`.
+    #[arg(long)]
+    poll_timeout_ms: Option<u64>,
+    /// Overrides `monitor.unhealthy_after`.
+    #[arg(long)]
+    unhealthy_after: Option<u32>,
+    /// Overrides the local provider's `state_dir`.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Run the monitor alone: no controller, nothing launched or terminated.
+    #[arg(long)]
+    no_controller: bool,
     /// File holding the group's shared token (otherwise AUTOSCALER_TOKEN).
     #[arg(long, env = "AUTOSCALER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// How often each agent is polled, in milliseconds.
-    #[arg(long, default_value_t = 1000)]
-    poll_interval_ms: u64,
-    /// Deadline of one poll, in milliseconds (at most the poll interval).
-    #[arg(long, default_value_t = 800)]
-    poll_timeout_ms: u64,
-    /// Consecutive missed polls after which an instance is unhealthy.
-    #[arg(long, default_value_t = 3)]
-    unhealthy_after: u32,
     /// Log format.
     #[arg(long, value_enum, env = "AUTOSCALER_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -84,23 +99,65 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(flags: Flags) -> anyhow::Result<()> {
-    let token = read_token(flags.token_file.as_ref())?;
-    let config = MonitorConfig {
-        poll_interval: Duration::from_millis(flags.poll_interval_ms),
-        poll_timeout: Duration::from_millis(flags.poll_timeout_ms),
-        unhealthy_after: flags.unhealthy_after,
-        ..MonitorConfig::default()
+/// The config file with the flags' overrides applied, checked.
+fn load_config(flags: &Flags) -> anyhow::Result<DaemonConfig> {
+    let text = match &flags.config {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?,
+        None => String::new(),
     };
+    let mut config: DaemonConfig = toml::from_str(&text).with_context(|| match &flags.config {
+        Some(path) => format!("config file {}", path.display()),
+        None => "default config".to_string(),
+    })?;
+    if let Some(listen) = &flags.listen {
+        config.monitor.listen = listen.clone();
+    }
+    if let Some(group) = &flags.group {
+        config.group = group.clone();
+    }
+    if let Some(min) = flags.min_instances {
+        config.controller.min_instances = min;
+    }
+    if let Some(max) = flags.max_instances {
+        config.controller.max_instances = max;
+    }
+    if let Some(interval) = flags.poll_interval_ms {
+        config.monitor.poll_interval_ms = interval;
+    }
+    if let Some(timeout) = flags.poll_timeout_ms {
+        config.monitor.poll_timeout_ms = timeout;
+    }
+    if let Some(misses) = flags.unhealthy_after {
+        config.monitor.unhealthy_after = misses;
+    }
+    if let Some(dir) = &flags.state_dir {
+        let ProviderSection::Local { state_dir, .. } = &mut config.provider;
+        *state_dir = Some(dir.clone());
+    }
     config.validate()?;
+    Ok(config)
+}
+
+fn run(flags: Flags) -> anyhow::Result<()> {
+    let config = load_config(&flags)?;
+    let token = read_token(flags.token_file.as_ref())?;
+    let agent_binary = std::env::current_exe()
+        .context("cannot find this program's path")?
+        .with_file_name("autoscaler-agent");
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&flags.listen)
+        let listen = &config.monitor.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("cannot listen on {}", flags.listen))?;
-        tracing::info!(listen = %listener.local_addr()?, monitor_id = %config.monitor_id, "monitor serving");
-        let monitor = Monitor::start(config, token)?;
-        monitor.serve(listener, shutdown_signal()).await?;
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(listen = %listener.local_addr()?, "monitor serving");
+        if flags.no_controller {
+            let monitor = Monitor::start(config.monitor_config(), token)?;
+            monitor.serve(listener, shutdown_signal()).await?;
+        } else {
+            daemon::run(config, token, listener, agent_binary, shutdown_signal()).await?;
+        }
         Ok(())
     })
 }

@@ -1,0 +1,322 @@
+//! The reconciler: every evaluation interval it lists the group's instances from the provider,
+//! joins them with the monitor's fleet view, asks the policy, and acts only on a difference.
+//! Provider calls are retried with backoff; a failure is recorded and never stops the loop.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use autoscaler_proto::auth::{AttachToken, Token};
+use autoscaler_proto::v1;
+use autoscaler_proto::v1::agent_client::AgentClient;
+use tokio::sync::watch;
+
+use crate::cloud::{Cloud, CloudError, CloudInstance};
+use crate::config::ControllerConfig;
+use crate::fleet::FleetView;
+use crate::policy::{self, Decision, Observation, ObservedInstance, PolicyState};
+
+/// One evaluation as kept for the status view and logged.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DecisionRecord {
+    pub sequence: u64,
+    pub at: SystemTime,
+    /// `None` when the provider could not be listed, so nothing was decided.
+    pub decision: Option<Decision>,
+    /// What the provider calls did (ids launched and terminated, errors).
+    pub outcome: Vec<String>,
+    pub launched: Vec<String>,
+    pub terminated: Vec<String>,
+    /// How many identical quiet evaluations this record stands for.
+    pub repeated: u32,
+}
+
+impl DecisionRecord {
+    pub fn summary(&self) -> String {
+        match &self.decision {
+            Some(decision) => decision.summary(),
+            None => "no decision: the provider could not be listed".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    instances: Vec<CloudInstance>,
+    decisions: VecDeque<DecisionRecord>,
+    next_sequence: u64,
+}
+
+/// What the controller knows, shared with the status view: the provider's last list and the
+/// recent decisions.
+#[derive(Clone, Debug, Default)]
+pub struct ControllerStatus {
+    inner: Arc<Mutex<StatusInner>>,
+}
+
+impl ControllerStatus {
+    fn lock(&self) -> MutexGuard<'_, StatusInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The instances the provider listed at the last evaluation.
+    pub fn instances(&self) -> Vec<CloudInstance> {
+        self.lock().instances.clone()
+    }
+
+    /// Decisions with a sequence number above `after`, oldest first.
+    pub fn decisions_after(&self, after: u64) -> Vec<DecisionRecord> {
+        self.lock()
+            .decisions
+            .iter()
+            .filter(|record| record.sequence > after)
+            .cloned()
+            .collect()
+    }
+
+    fn push(&self, mut record: DecisionRecord, keep: usize) -> DecisionRecord {
+        let mut inner = self.lock();
+        let quiet = |r: &DecisionRecord| {
+            r.launched.is_empty()
+                && r.terminated.is_empty()
+                && r.decision.as_ref().is_some_and(|d| !d.acts())
+        };
+        if let Some(last) = inner.decisions.back_mut()
+            && quiet(last)
+            && quiet(&record)
+            && last.decision.as_ref().map(|d| (d.current, d.desired, rule_kinds(d)))
+                == record.decision.as_ref().map(|d| (d.current, d.desired, rule_kinds(d)))
+        {
+            last.repeated += 1;
+            last.at = record.at;
+            last.decision = record.decision;
+            return last.clone();
+        }
+        inner.next_sequence += 1;
+        record.sequence = inner.next_sequence;
+        inner.decisions.push_back(record.clone());
+        while inner.decisions.len() > keep {
+            inner.decisions.pop_front();
+        }
+        record
+    }
+}
+
+fn rule_kinds(decision: &Decision) -> Vec<policy::Rule> {
+    decision.rules.iter().map(|r| r.rule).collect()
+}
+
+/// Called with the id of every instance the controller terminated, so the monitor forgets it.
+pub type Forget = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// The control loop.
+pub struct Controller<C> {
+    cloud: Arc<C>,
+    config: ControllerConfig,
+    fleet: watch::Receiver<Arc<FleetView>>,
+    token: Token,
+    forget: Forget,
+    status: ControllerStatus,
+    state: PolicyState,
+    started: Instant,
+}
+
+/// Joins the provider's instances with the monitor's view.
+pub fn observe(instances: &[CloudInstance], view: &FleetView, now: SystemTime, uptime: Duration) -> Observation {
+    Observation {
+        instances: instances
+            .iter()
+            .map(|instance| {
+                let seen = view.get(&instance.instance_id);
+                ObservedInstance {
+                    instance_id: instance.instance_id.clone(),
+                    cloud_state: instance.state,
+                    age: now.duration_since(instance.launched_at).unwrap_or_default(),
+                    health: seen.map(|i| i.health),
+                    load: seen.and_then(|i| i.load),
+                    has_reported: seen.is_some_and(|i| !i.recent_loads.is_empty()),
+                }
+            })
+            .collect(),
+        controller_uptime: uptime,
+    }
+}
+
+/// Calls `call` up to `attempts` times while it fails with a retryable error, doubling the pause.
+pub async fn with_retries<T, F, Fut>(what: &str, attempts: u32, mut call: F) -> Result<T, CloudError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, CloudError>>,
+{
+    let mut pause = Duration::from_millis(200);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_retryable() && attempt < attempts => {
+                tracing::warn!(%error, attempt, retry_in = ?pause, "{what} failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+impl<C: Cloud> Controller<C> {
+    pub fn new(
+        cloud: Arc<C>,
+        config: ControllerConfig,
+        fleet: watch::Receiver<Arc<FleetView>>,
+        token: Token,
+        forget: Forget,
+    ) -> Controller<C> {
+        Controller {
+            cloud,
+            config,
+            fleet,
+            token,
+            forget,
+            status: ControllerStatus::default(),
+            state: PolicyState::default(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn status(&self) -> ControllerStatus {
+        self.status.clone()
+    }
+
+    /// Evaluates every `evaluation_interval` until `shutdown` completes.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let mut ticker = tokio::time::interval(self.config.evaluation_interval());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = ticker.tick() => {}
+            }
+            let evaluation = self.evaluate_once();
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = evaluation => {}
+            }
+        }
+    }
+
+    /// One evaluation: list, decide, act, record.
+    pub async fn evaluate_once(&mut self) -> DecisionRecord {
+        let keep = self.config.decision_history;
+        let instances = match with_retries("listing instances", 3, || self.cloud.list()).await {
+            Ok(instances) => instances,
+            Err(error) => {
+                tracing::error!(%error, "cannot list the group's instances; no decision this time");
+                return self.status.push(
+                    DecisionRecord {
+                        sequence: 0,
+                        at: SystemTime::now(),
+                        decision: None,
+                        outcome: vec![format!("list failed: {error}")],
+                        launched: Vec::new(),
+                        terminated: Vec::new(),
+                        repeated: 0,
+                    },
+                    keep,
+                );
+            }
+        };
+        let view = self.fleet.borrow().clone();
+        let uptime = self.started.elapsed();
+        let observation = observe(&instances, &view, SystemTime::now(), uptime);
+        let decision = policy::evaluate(&observation, &self.config, &mut self.state, uptime);
+        self.status.lock().instances = instances;
+
+        let mut record = DecisionRecord {
+            sequence: 0,
+            at: SystemTime::now(),
+            decision: None,
+            outcome: Vec::new(),
+            launched: Vec::new(),
+            terminated: Vec::new(),
+            repeated: 0,
+        };
+        if decision.acts() {
+            self.act(&decision, &view, &mut record).await;
+        }
+        record.decision = Some(decision);
+        let record = self.status.push(record, keep);
+        if record.repeated == 0 {
+            let decision = record.decision.as_ref().expect("set above");
+            tracing::info!(
+                sequence = record.sequence,
+                current = decision.current,
+                desired = decision.desired,
+                recommendation = decision.recommendation,
+                average_load = decision.observed.average_load,
+                rules = ?rule_kinds(decision),
+                outcome = ?record.outcome,
+                "decision: {}",
+                decision.summary()
+            );
+        }
+        record
+    }
+
+    async fn act(&self, decision: &Decision, view: &FleetView, record: &mut DecisionRecord) {
+        let replaced: Vec<String> = decision.replace.iter().map(|r| r.instance_id.clone()).collect();
+        if !replaced.is_empty() {
+            self.terminate(&replaced, "replaced", record).await;
+        }
+        if !decision.scale_in.is_empty() {
+            for instance_id in &decision.scale_in {
+                if let Some(instance) = view.get(instance_id) {
+                    self.notify_removal(instance_id, &instance.address).await;
+                }
+            }
+            self.terminate(&decision.scale_in, "scaled in", record).await;
+        }
+        if decision.launch > 0 {
+            match with_retries("launching", 3, || self.cloud.launch(decision.launch)).await {
+                Ok(ids) => {
+                    record.outcome.push(format!("launched {}", ids.join(", ")));
+                    record.launched = ids;
+                }
+                Err(error) => record.outcome.push(format!("launch failed: {error}")),
+            }
+        }
+    }
+
+    async fn terminate(&self, instance_ids: &[String], why: &str, record: &mut DecisionRecord) {
+        match with_retries("terminating", 3, || self.cloud.terminate(instance_ids)).await {
+            Ok(()) => {
+                for instance_id in instance_ids {
+                    (self.forget)(instance_id);
+                }
+                record.outcome.push(format!("{why}: terminated {}", instance_ids.join(", ")));
+                record.terminated.extend(instance_ids.iter().cloned());
+            }
+            Err(error) => record.outcome.push(format!("terminate failed: {error}")),
+        }
+    }
+
+    /// Tells the agent its instance is being removed; best effort, bounded by one second.
+    async fn notify_removal(&self, instance_id: &str, address: &str) {
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{address}")) else {
+            return;
+        };
+        let timeout = Duration::from_secs(1);
+        let channel = endpoint.connect_timeout(timeout).timeout(timeout).connect_lazy();
+        let mut client = AgentClient::with_interceptor(channel, AttachToken::new(&self.token));
+        let call = client.notify_removal(v1::NotifyRemovalRequest {
+            reason: "scale-in".to_string(),
+        });
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(_)) => tracing::debug!(%instance_id, "agent told of its removal"),
+            Ok(Err(status)) => tracing::warn!(%instance_id, code = ?status.code(), "NotifyRemoval refused"),
+            Err(_) => tracing::warn!(%instance_id, "NotifyRemoval timed out"),
+        }
+    }
+}

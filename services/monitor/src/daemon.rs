@@ -1,0 +1,288 @@
+//! The daemon `autoscaler-monitor` runs: the monitor and the controller in one process, from a
+//! TOML config file (see `provisioning/autoscaler.example.toml`). The controller reads the
+//! monitor's fleet view in-process; nothing goes over the network between them.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use autoscaler_controller::config::ControllerConfig;
+use autoscaler_controller::local::{LocalCloud, LocalConfig};
+use autoscaler_controller::reconciler::Controller;
+use autoscaler_proto::auth::Token;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use crate::status::StatusService;
+use crate::{Monitor, MonitorConfig, MonitorError};
+
+/// The whole config file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// The group's name: tags, parameter paths and the local state directory derive from it.
+    #[serde(default = "default_group")]
+    pub group: String,
+    #[serde(default)]
+    pub monitor: MonitorSection,
+    #[serde(default)]
+    pub controller: ControllerConfig,
+    #[serde(default)]
+    pub provider: ProviderSection,
+}
+
+fn default_group() -> String {
+    "default".to_string()
+}
+
+/// `[monitor]`: where it listens and how it polls.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorSection {
+    pub listen: String,
+    pub poll_interval_ms: u64,
+    pub poll_timeout_ms: u64,
+    pub unhealthy_after: u32,
+    pub load_window: usize,
+}
+
+impl Default for MonitorSection {
+    fn default() -> Self {
+        let defaults = MonitorConfig::default();
+        MonitorSection {
+            listen: "127.0.0.1:50051".to_string(),
+            poll_interval_ms: defaults.poll_interval.as_millis() as u64,
+            poll_timeout_ms: defaults.poll_timeout.as_millis() as u64,
+            unhealthy_after: defaults.unhealthy_after,
+            load_window: defaults.load_window,
+        }
+    }
+}
+
+/// `[provider]`: where instances come from.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ProviderSection {
+    /// Instances are `autoscaler-agent` processes on this machine.
+    Local {
+        /// Instance records and agent logs (default: `$TMPDIR/autoscaler-<group>`).
+        #[serde(default)]
+        state_dir: Option<PathBuf>,
+        /// The agent binary (default: `autoscaler-agent` beside this program).
+        #[serde(default)]
+        agent_binary: Option<PathBuf>,
+        /// Extra flags for every agent.
+        #[serde(default)]
+        agent_args: Vec<String>,
+        /// How long an agent gets after SIGTERM before SIGKILL, in milliseconds.
+        #[serde(default = "default_terminate_grace_ms")]
+        terminate_grace_ms: u64,
+    },
+}
+
+fn default_terminate_grace_ms() -> u64 {
+    5_000
+}
+
+impl Default for ProviderSection {
+    fn default() -> Self {
+        ProviderSection::Local {
+            state_dir: None,
+            agent_binary: None,
+            agent_args: Vec::new(),
+            terminate_grace_ms: default_terminate_grace_ms(),
+        }
+    }
+}
+
+/// A config file that cannot be used; the message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonConfigError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("`group` {0}")]
+    Group(String),
+    #[error(transparent)]
+    Monitor(#[from] crate::MonitorConfigError),
+    #[error(transparent)]
+    Controller(#[from] autoscaler_controller::config::ConfigError),
+}
+
+impl DaemonConfig {
+    /// Parses and checks a config file's text.
+    pub fn from_toml(text: &str) -> Result<DaemonConfig, DaemonConfigError> {
+        let config: DaemonConfig =
+            toml::from_str(text).map_err(|error| DaemonConfigError::Parse(error.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), DaemonConfigError> {
+        let group_ok = !self.group.is_empty()
+            && self.group.len() <= 64
+            && self
+                .group
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !group_ok {
+            return Err(DaemonConfigError::Group(format!(
+                "is {:?}; it must be 1-64 characters of a-z, 0-9 and -",
+                self.group
+            )));
+        }
+        self.monitor_config().validate()?;
+        self.controller.validate()?;
+        Ok(())
+    }
+
+    /// The monitor's part, with a fresh monitor id.
+    pub fn monitor_config(&self) -> MonitorConfig {
+        let poll_interval = Duration::from_millis(self.monitor.poll_interval_ms);
+        MonitorConfig {
+            poll_interval,
+            poll_timeout: Duration::from_millis(self.monitor.poll_timeout_ms),
+            unhealthy_after: self.monitor.unhealthy_after,
+            load_window: self.monitor.load_window,
+            publish_interval: (poll_interval / 10).max(Duration::from_millis(10)).min(poll_interval),
+            ..MonitorConfig::default()
+        }
+    }
+}
+
+/// Runs the monitor and the controller on `listener` until `shutdown` completes. Then the
+/// controller stops first (so nothing is replaced), the local instances are terminated, and the
+/// monitor stops.
+pub async fn run(
+    config: DaemonConfig,
+    token: Token,
+    listener: TcpListener,
+    default_agent_binary: PathBuf,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    config.validate()?;
+    let monitor_address = listener.local_addr().map_err(DaemonError::Listener)?;
+    let monitor = Monitor::start(config.monitor_config(), token.clone())?;
+    let ProviderSection::Local {
+        state_dir,
+        agent_binary,
+        agent_args,
+        terminate_grace_ms,
+    } = config.provider.clone();
+    let state_dir = state_dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("autoscaler-{}", config.group)));
+    let cloud = Arc::new(
+        LocalCloud::open(LocalConfig {
+            state_dir,
+            agent_binary: agent_binary.unwrap_or(default_agent_binary),
+            monitor_address: monitor_address.to_string(),
+            token: token.clone(),
+            agent_args,
+            terminate_grace: Duration::from_millis(terminate_grace_ms),
+        })
+        .map_err(|error| DaemonError::Provider(error.to_string()))?,
+    );
+    let registry = monitor.registry().clone();
+    let forget = {
+        let registry = registry.clone();
+        Arc::new(move |instance_id: &str| {
+            let _ = registry.deregister(instance_id);
+        })
+    };
+    let controller = Controller::new(
+        cloud.clone(),
+        config.controller.clone(),
+        monitor.fleet(),
+        token,
+        forget,
+    );
+    let status = StatusService {
+        group: config.group.clone(),
+        min_instances: config.controller.min_instances,
+        max_instances: config.controller.max_instances,
+        registry,
+        controller: Some(controller.status()),
+    };
+    tracing::info!(
+        group = %config.group,
+        listen = %monitor_address,
+        min = config.controller.min_instances,
+        max = config.controller.max_instances,
+        state_dir = %cloud.state_dir().display(),
+        "monitor and controller starting"
+    );
+
+    let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
+    let controlling = tokio::spawn(controller.run(async {
+        controller_stopped.await.ok();
+    }));
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(monitor.serve_with_status(listener, Some(status), async {
+        server_stopped.await.ok();
+    }));
+
+    shutdown.await;
+    tracing::info!("stopping: controller first, then the local instances, then the monitor");
+    let _ = stop_controller.send(());
+    let _ = controlling.await;
+    cloud.terminate_all().await;
+    let _ = stop_server.send(());
+    match serving.await {
+        Ok(result) => result?,
+        Err(join) => return Err(DaemonError::Provider(format!("monitor task: {join}"))),
+    }
+    Ok(())
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] DaemonConfigError),
+    #[error(transparent)]
+    Monitor(#[from] MonitorError),
+    #[error("the listener's address: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("provider: {0}")]
+    Provider(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../../provisioning/autoscaler.example.toml");
+        let config = DaemonConfig::from_toml(text).expect("the example is valid");
+        assert_eq!(config.controller.min_instances, 2);
+        assert_eq!(config.controller.max_instances, 5);
+    }
+
+    #[test]
+    fn an_empty_file_means_the_defaults() {
+        let config = DaemonConfig::from_toml("").unwrap();
+        assert_eq!(config.group, "default");
+        assert_eq!(config.controller, ControllerConfig::default());
+        assert_eq!(config.provider, ProviderSection::default());
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_the_field_named() {
+        let cases = [
+            ("[controller]\nmin_instances = 1\n", "controller.min_instances"),
+            ("[controller]\nmax_instances = 6\n", "controller.max_instances"),
+            ("[controller]\nmin_instances = 4\nmax_instances = 3\n", "controller.min_instances"),
+            ("[controller]\nmin_instanses = 2\n", "min_instanses"),
+            ("[monitor]\npoll_interval_ms = 0\n", "poll_interval"),
+            ("group = \"Bad Group\"\n", "group"),
+            ("[controller.policy]\nkind = \"target-tracking\"\ntarget = 150\ntolerance = 0.1\n", "policy.target"),
+            ("[provider]\nkind = \"ec3\"\n", "ec3"),
+            ("[controller]\nmin_instances = \"two\"\n", "min_instances"),
+        ];
+        for (text, field) in cases {
+            let error = DaemonConfig::from_toml(text).unwrap_err().to_string();
+            assert!(error.contains(field), "{text:?} gave {error:?}, which does not name {field}");
+        }
+    }
+}

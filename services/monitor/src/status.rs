@@ -1,0 +1,130 @@
+//! The `autoscaler.v1.Status` gRPC service: the provider's instances joined with the monitor's
+//! view, and the controller's recent decisions.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use autoscaler_controller::cloud::InstanceState;
+use autoscaler_controller::reconciler::{ControllerStatus, DecisionRecord};
+use autoscaler_proto::v1;
+use autoscaler_proto::v1::status_server::Status;
+use tonic::{Request, Response};
+
+use crate::registry::Registry;
+
+#[derive(Clone, Debug)]
+pub struct StatusService {
+    pub group: String,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub registry: Arc<Registry>,
+    /// `None` when the monitor runs without a controller.
+    pub controller: Option<ControllerStatus>,
+}
+
+fn unix_ms(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn record(record: &DecisionRecord) -> v1::DecisionRecord {
+    let decision = record.decision.as_ref();
+    v1::DecisionRecord {
+        sequence: record.sequence,
+        at_unix_ms: unix_ms(record.at),
+        summary: record.summary(),
+        current: decision.map_or(0, |d| d.current),
+        recommendation: decision.map_or(0, |d| d.recommendation),
+        desired: decision.map_or(0, |d| d.desired),
+        rules: decision
+            .map(|d| d.rules.iter().map(|r| r.rule.as_str().to_string()).collect())
+            .unwrap_or_default(),
+        outcome: record.outcome.clone(),
+        launched: record.launched.clone(),
+        terminated: record.terminated.clone(),
+        replaced: decision
+            .map(|d| d.replace.iter().map(|r| format!("{}: {}", r.instance_id, r.reason)).collect())
+            .unwrap_or_default(),
+        repeated: record.repeated,
+        average_load_percent: decision.and_then(|d| d.observed.average_load),
+    }
+}
+
+fn state_name(state: InstanceState) -> &'static str {
+    match state {
+        InstanceState::Pending => "pending",
+        InstanceState::Running => "running",
+        InstanceState::Stopped => "stopped",
+    }
+}
+
+#[tonic::async_trait]
+impl Status for StatusService {
+    async fn get_status(
+        &self,
+        request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::GetStatusResponse>, tonic::Status> {
+        let after = request.into_inner().decisions_after;
+        let view = self.registry.snapshot();
+        let listed = self
+            .controller
+            .as_ref()
+            .map(ControllerStatus::instances)
+            .unwrap_or_default();
+        let decisions = self
+            .controller
+            .as_ref()
+            .map(|c| c.decisions_after(after))
+            .unwrap_or_default();
+        let now = SystemTime::now();
+        let mut instances: Vec<v1::InstanceStatus> = listed
+            .iter()
+            .map(|cloud| {
+                let seen = view.get(&cloud.instance_id);
+                v1::InstanceStatus {
+                    instance_id: cloud.instance_id.clone(),
+                    state: state_name(cloud.state).to_string(),
+                    health: seen.map_or("unregistered", |i| i.health.as_str()).to_string(),
+                    load_percent: seen.and_then(|i| i.load),
+                    recent_loads: seen.map(|i| i.recent_loads.clone()).unwrap_or_default(),
+                    address: seen.map(|i| i.address.clone()).unwrap_or_default(),
+                    age_ms: now
+                        .duration_since(cloud.launched_at)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    consecutive_misses: seen.map_or(0, |i| i.consecutive_misses),
+                    last_error: seen.and_then(|i| i.last_error.clone()).unwrap_or_default(),
+                    zone: cloud.zone.clone(),
+                }
+            })
+            .collect();
+        for seen in &view.instances {
+            if !listed.iter().any(|c| c.instance_id == seen.instance_id) {
+                instances.push(v1::InstanceStatus {
+                    instance_id: seen.instance_id.clone(),
+                    state: "unlisted".to_string(),
+                    health: seen.health.as_str().to_string(),
+                    load_percent: seen.load,
+                    recent_loads: seen.recent_loads.clone(),
+                    address: seen.address.clone(),
+                    age_ms: 0,
+                    consecutive_misses: seen.consecutive_misses,
+                    last_error: seen.last_error.clone().unwrap_or_default(),
+                    zone: String::new(),
+                });
+            }
+        }
+        let desired_instances = self
+            .controller
+            .as_ref()
+            .and_then(|c| c.decisions_after(0).iter().rev().find_map(|r| r.decision.as_ref().map(|d| d.desired)))
+            .unwrap_or(0);
+        Ok(Response::new(v1::GetStatusResponse {
+            group: self.group.clone(),
+            monitor_id: self.registry.config().monitor_id.clone(),
+            min_instances: self.min_instances,
+            max_instances: self.max_instances,
+            desired_instances,
+            instances,
+            decisions: decisions.iter().map(record).collect(),
+        }))
+    }
+}
