@@ -77,5 +77,8 @@ pub trait Cloud: Send + Sync + 'static {
 
     /// Terminates the given instances of the group; an id that is not the group's is refused
     /// with `NotFound` and nothing is terminated.
-    fn terminate(&self, instance_ids: &[String]) -> impl Future<Output = Result<(), CloudError>> + Send;
+    fn terminate(
+        &self,
+        instance_ids: &[String],
+    ) -> impl Future<Output = Result<(), CloudError>> + Send;
 }

@@ -153,7 +153,10 @@ impl ControllerConfig {
         if !(10..=3_600_000).contains(&self.evaluation_interval_ms) {
             return fail(
                 "evaluation_interval_ms",
-                format!("is {}; it must be within 10-3600000", self.evaluation_interval_ms),
+                format!(
+                    "is {}; it must be within 10-3600000",
+                    self.evaluation_interval_ms
+                ),
             );
         }
         if self.decision_history == 0 || self.decision_history > 100_000 {
@@ -166,13 +169,19 @@ impl ControllerConfig {
             ("scale_in_cooldown_secs", self.scale_in_cooldown_secs),
         ] {
             if secs > 86_400 {
-                return fail(field, format!("is {secs}; it must be at most 86400 (a day)"));
+                return fail(
+                    field,
+                    format!("is {secs}; it must be at most 86400 (a day)"),
+                );
             }
         }
         match &self.policy {
             PolicyConfig::TargetTracking { target, tolerance } => {
                 if !(*target > 0.0 && *target <= 100.0) {
-                    return fail("policy.target", format!("is {target}; it must be within 0-100, above 0"));
+                    return fail(
+                        "policy.target",
+                        format!("is {target}; it must be within 0-100, above 0"),
+                    );
                 }
                 if !(0.0..1.0).contains(tolerance) {
                     return fail(
@@ -181,7 +190,10 @@ impl ControllerConfig {
                     );
                 }
             }
-            PolicyConfig::Step { scale_out, scale_in } => {
+            PolicyConfig::Step {
+                scale_out,
+                scale_in,
+            } => {
                 let Some(high) = scale_out.above.filter(|_| scale_out.below.is_none()) else {
                     return fail("policy.scale_out", "needs `above` (and no `below`)");
                 };
@@ -189,10 +201,16 @@ impl ControllerConfig {
                     return fail("policy.scale_in", "needs `below` (and no `above`)");
                 };
                 if !(0.0..=100.0).contains(&high) {
-                    return fail("policy.scale_out.above", format!("is {high}; it must be within 0-100"));
+                    return fail(
+                        "policy.scale_out.above",
+                        format!("is {high}; it must be within 0-100"),
+                    );
                 }
                 if !(0.0..=100.0).contains(&low) {
-                    return fail("policy.scale_in.below", format!("is {low}; it must be within 0-100"));
+                    return fail(
+                        "policy.scale_in.below",
+                        format!("is {low}; it must be within 0-100"),
+                    );
                 }
                 if low >= high {
                     return fail(
@@ -200,9 +218,15 @@ impl ControllerConfig {
                         format!("is {low}; it must be below policy.scale_out.above = {high}"),
                     );
                 }
-                for (field, rule) in [("policy.scale_out.step", scale_out), ("policy.scale_in.step", scale_in)] {
+                for (field, rule) in [
+                    ("policy.scale_out.step", scale_out),
+                    ("policy.scale_in.step", scale_in),
+                ] {
                     if rule.step == 0 || rule.step > self.max_instances {
-                        return fail(field, format!("is {}; it must be within 1-max_instances", rule.step));
+                        return fail(
+                            field,
+                            format!("is {}; it must be within 1-max_instances", rule.step),
+                        );
                     }
                     if rule.for_secs > 86_400 {
                         return fail(field, "for_secs must be at most 86400");
@@ -246,15 +270,34 @@ mod tests {
     fn bounds_are_checked_and_named() {
         assert_eq!(ControllerConfig::default().validate(), Ok(()));
         let base = ControllerConfig::default();
-        assert_eq!(field_of(ControllerConfig { min_instances: 1, ..base.clone() }), "min_instances");
-        assert_eq!(field_of(ControllerConfig { max_instances: 6, ..base.clone() }), "max_instances");
         assert_eq!(
-            field_of(ControllerConfig { min_instances: 5, max_instances: 4, ..base.clone() }),
+            field_of(ControllerConfig {
+                min_instances: 1,
+                ..base.clone()
+            }),
             "min_instances"
         );
         assert_eq!(
             field_of(ControllerConfig {
-                policy: PolicyConfig::TargetTracking { target: 0.0, tolerance: 0.1 },
+                max_instances: 6,
+                ..base.clone()
+            }),
+            "max_instances"
+        );
+        assert_eq!(
+            field_of(ControllerConfig {
+                min_instances: 5,
+                max_instances: 4,
+                ..base.clone()
+            }),
+            "min_instances"
+        );
+        assert_eq!(
+            field_of(ControllerConfig {
+                policy: PolicyConfig::TargetTracking {
+                    target: 0.0,
+                    tolerance: 0.1
+                },
                 ..base.clone()
             }),
             "policy.target"
@@ -262,8 +305,18 @@ mod tests {
         assert_eq!(
             field_of(ControllerConfig {
                 policy: PolicyConfig::Step {
-                    scale_out: StepRule { above: Some(30.0), below: None, for_secs: 1, step: 1 },
-                    scale_in: StepRule { above: None, below: Some(40.0), for_secs: 1, step: 1 },
+                    scale_out: StepRule {
+                        above: Some(30.0),
+                        below: None,
+                        for_secs: 1,
+                        step: 1
+                    },
+                    scale_in: StepRule {
+                        above: None,
+                        below: Some(40.0),
+                        for_secs: 1,
+                        step: 1
+                    },
                 },
                 ..base.clone()
             }),
@@ -271,7 +324,12 @@ mod tests {
         );
         // A larger account may run a larger fleet.
         assert_eq!(
-            ControllerConfig { max_instances: 50, instance_limit: 100, ..base }.validate(),
+            ControllerConfig {
+                max_instances: 50,
+                instance_limit: 100,
+                ..base
+            }
+            .validate(),
             Ok(())
         );
     }

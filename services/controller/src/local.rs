@@ -56,7 +56,8 @@ fn io_error(what: &str, error: impl std::fmt::Display) -> CloudError {
 }
 
 fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// True if `pid` runs the agent of `instance_id` (guards against a reused pid) and is no zombie.
@@ -70,7 +71,10 @@ fn runs_agent(pid: u32, instance_id: &str) -> bool {
         .any(|pair| pair[0] == b"--instance-id" && pair[1] == instance_id.as_bytes());
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .map(|(_, rest)| rest.starts_with('Z'))
+        })
         .unwrap_or(true);
     ours && !zombie
 }
@@ -103,7 +107,10 @@ impl LocalCloud {
             else {
                 continue;
             };
-            if let Some(number) = instance_id.strip_prefix("local-").and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(number) = instance_id
+                .strip_prefix("local-")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 next_id = next_id.max(number + 1);
             }
             let record = std::fs::read_to_string(&path).unwrap_or_default();
@@ -141,7 +148,9 @@ impl LocalCloud {
     }
 
     fn record_path(&self, instance_id: &str) -> PathBuf {
-        self.config.state_dir.join(format!("{instance_id}.instance"))
+        self.config
+            .state_dir
+            .join(format!("{instance_id}.instance"))
     }
 
     /// The pid of a running instance, for tests and the demo (which kill agents on purpose).
@@ -241,7 +250,10 @@ impl Cloud for LocalCloud {
     async fn terminate(&self, instance_ids: &[String]) -> Result<(), CloudError> {
         {
             let state = self.lock();
-            if let Some(stranger) = instance_ids.iter().find(|id| !state.instances.contains_key(*id)) {
+            if let Some(stranger) = instance_ids
+                .iter()
+                .find(|id| !state.instances.contains_key(*id))
+            {
                 return Err(CloudError::new(
                     CloudErrorKind::NotFound,
                     format!("{stranger} is not an instance of this group"),
@@ -265,7 +277,10 @@ impl Cloud for LocalCloud {
             let mut state = self.lock();
             let past_grace = Instant::now() >= deadline;
             pending.retain(|instance_id| {
-                let instance = state.instances.get_mut(instance_id).expect("only we remove");
+                let instance = state
+                    .instances
+                    .get_mut(instance_id)
+                    .expect("only we remove");
                 if !instance.alive(instance_id) {
                     return false;
                 }

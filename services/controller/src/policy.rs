@@ -255,7 +255,10 @@ pub fn evaluate(
         }
         Some(average) => match &config.policy {
             PolicyConfig::TargetTracking { target, .. } => (sum / target).ceil() as u32,
-            PolicyConfig::Step { scale_out, scale_in } => {
+            PolicyConfig::Step {
+                scale_out,
+                scale_in,
+            } => {
                 let high = scale_out.above.unwrap_or(100.0);
                 let low = scale_in.below.unwrap_or(0.0);
                 if average > high {
@@ -329,7 +332,10 @@ pub fn evaluate(
             Rule::WarmUp,
             desired,
             current,
-            format!("{} instance(s) still warming up: no scale-in", observed.warming),
+            format!(
+                "{} instance(s) still warming up: no scale-in",
+                observed.warming
+            ),
         );
     }
     if desired > current
@@ -374,7 +380,10 @@ pub fn evaluate(
         Rule::Bounds,
         desired,
         bounded,
-        format!("kept within [{}, {}]", config.min_instances, config.max_instances),
+        format!(
+            "kept within [{}, {}]",
+            config.min_instances, config.max_instances
+        ),
     );
     // Rule-driven scaling starts a cooldown; filling up to the minimum or trimming down to the
     // maximum alone does not.
@@ -418,7 +427,10 @@ pub fn evaluate(
 }
 
 /// Puts the instances a scale-in should remove first at the front.
-fn order_for_termination(candidates: &mut [(&ObservedInstance, Option<f64>)], policy: TerminationPolicy) {
+fn order_for_termination(
+    candidates: &mut [(&ObservedInstance, Option<f64>)],
+    policy: TerminationPolicy,
+) {
     match policy {
         TerminationPolicy::Newest => candidates.sort_by(|a, b| a.0.age.cmp(&b.0.age)),
         TerminationPolicy::Oldest => candidates.sort_by(|a, b| b.0.age.cmp(&a.0.age)),

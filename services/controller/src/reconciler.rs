@@ -85,8 +85,14 @@ impl ControllerStatus {
         if let Some(last) = inner.decisions.back_mut()
             && quiet(last)
             && quiet(&record)
-            && last.decision.as_ref().map(|d| (d.current, d.desired, rule_kinds(d)))
-                == record.decision.as_ref().map(|d| (d.current, d.desired, rule_kinds(d)))
+            && last
+                .decision
+                .as_ref()
+                .map(|d| (d.current, d.desired, rule_kinds(d)))
+                == record
+                    .decision
+                    .as_ref()
+                    .map(|d| (d.current, d.desired, rule_kinds(d)))
         {
             last.repeated += 1;
             last.at = record.at;
@@ -123,7 +129,12 @@ pub struct Controller<C> {
 }
 
 /// Joins the provider's instances with the monitor's view.
-pub fn observe(instances: &[CloudInstance], view: &FleetView, now: SystemTime, uptime: Duration) -> Observation {
+pub fn observe(
+    instances: &[CloudInstance],
+    view: &FleetView,
+    now: SystemTime,
+    uptime: Duration,
+) -> Observation {
     Observation {
         instances: instances
             .iter()
@@ -144,7 +155,11 @@ pub fn observe(instances: &[CloudInstance], view: &FleetView, now: SystemTime, u
 }
 
 /// Calls `call` up to `attempts` times while it fails with a retryable error, doubling the pause.
-pub async fn with_retries<T, F, Fut>(what: &str, attempts: u32, mut call: F) -> Result<T, CloudError>
+pub async fn with_retries<T, F, Fut>(
+    what: &str,
+    attempts: u32,
+    mut call: F,
+) -> Result<T, CloudError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, CloudError>>,
@@ -266,7 +281,11 @@ impl<C: Cloud> Controller<C> {
     }
 
     async fn act(&self, decision: &Decision, view: &FleetView, record: &mut DecisionRecord) {
-        let replaced: Vec<String> = decision.replace.iter().map(|r| r.instance_id.clone()).collect();
+        let replaced: Vec<String> = decision
+            .replace
+            .iter()
+            .map(|r| r.instance_id.clone())
+            .collect();
         if !replaced.is_empty() {
             self.terminate(&replaced, "replaced", record).await;
         }
@@ -276,7 +295,8 @@ impl<C: Cloud> Controller<C> {
                     self.notify_removal(instance_id, &instance.address).await;
                 }
             }
-            self.terminate(&decision.scale_in, "scaled in", record).await;
+            self.terminate(&decision.scale_in, "scaled in", record)
+                .await;
         }
         if decision.launch > 0 {
             match with_retries("launching", 3, || self.cloud.launch(decision.launch)).await {
@@ -295,7 +315,9 @@ impl<C: Cloud> Controller<C> {
                 for instance_id in instance_ids {
                     (self.forget)(instance_id);
                 }
-                record.outcome.push(format!("{why}: terminated {}", instance_ids.join(", ")));
+                record
+                    .outcome
+                    .push(format!("{why}: terminated {}", instance_ids.join(", ")));
                 record.terminated.extend(instance_ids.iter().cloned());
             }
             Err(error) => record.outcome.push(format!("terminate failed: {error}")),
@@ -304,18 +326,24 @@ impl<C: Cloud> Controller<C> {
 
     /// Tells the agent its instance is being removed; best effort, bounded by one second.
     async fn notify_removal(&self, instance_id: &str, address: &str) {
-        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{address}")) else {
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        else {
             return;
         };
         let timeout = Duration::from_secs(1);
-        let channel = endpoint.connect_timeout(timeout).timeout(timeout).connect_lazy();
+        let channel = endpoint
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect_lazy();
         let mut client = AgentClient::with_interceptor(channel, AttachToken::new(&self.token));
         let call = client.notify_removal(v1::NotifyRemovalRequest {
             reason: "scale-in".to_string(),
         });
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(_)) => tracing::debug!(%instance_id, "agent told of its removal"),
-            Ok(Err(status)) => tracing::warn!(%instance_id, code = ?status.code(), "NotifyRemoval refused"),
+            Ok(Err(status)) => {
+                tracing::warn!(%instance_id, code = ?status.code(), "NotifyRemoval refused")
+            }
             Err(_) => tracing::warn!(%instance_id, "NotifyRemoval timed out"),
         }
     }

@@ -6,7 +6,9 @@ use std::time::Duration;
 use autoscaler_controller::cloud::InstanceState;
 use autoscaler_controller::config::{ControllerConfig, PolicyConfig, StepRule, TerminationPolicy};
 use autoscaler_controller::fleet::Health;
-use autoscaler_controller::policy::{Decision, Observation, ObservedInstance, PolicyState, Rule, evaluate};
+use autoscaler_controller::policy::{
+    Decision, Observation, ObservedInstance, PolicyState, Rule, evaluate,
+};
 use proptest::prelude::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -43,15 +45,30 @@ fn target_tracking(target: f64, tolerance: f64) -> ControllerConfig {
 fn step(high: f64, low: f64, for_secs: u64) -> ControllerConfig {
     ControllerConfig {
         policy: PolicyConfig::Step {
-            scale_out: StepRule { above: Some(high), below: None, for_secs, step: 1 },
-            scale_in: StepRule { above: None, below: Some(low), for_secs, step: 1 },
+            scale_out: StepRule {
+                above: Some(high),
+                below: None,
+                for_secs,
+                step: 1,
+            },
+            scale_in: StepRule {
+                above: None,
+                below: Some(low),
+                for_secs,
+                step: 1,
+            },
         },
         ..ControllerConfig::default()
     }
 }
 
 fn once(observation: &Observation, config: &ControllerConfig) -> Decision {
-    evaluate(observation, config, &mut PolicyState::default(), 60 * MINUTE)
+    evaluate(
+        observation,
+        config,
+        &mut PolicyState::default(),
+        60 * MINUTE,
+    )
 }
 
 fn rules(decision: &Decision) -> Vec<Rule> {
@@ -75,12 +92,30 @@ fn target_tracking_formula_and_tolerance() {
     ];
     for (loads, target, tolerance, recommendation, desired, expected_rules) in cases {
         let decision = once(&fleet(loads), &target_tracking(*target, *tolerance));
-        assert_eq!(decision.recommendation, *recommendation, "{loads:?}: {}", decision.summary());
-        assert_eq!(decision.desired, *desired, "{loads:?}: {}", decision.summary());
-        assert_eq!(rules(&decision), *expected_rules, "{loads:?}: {}", decision.summary());
+        assert_eq!(
+            decision.recommendation,
+            *recommendation,
+            "{loads:?}: {}",
+            decision.summary()
+        );
+        assert_eq!(
+            decision.desired,
+            *desired,
+            "{loads:?}: {}",
+            decision.summary()
+        );
+        assert_eq!(
+            rules(&decision),
+            *expected_rules,
+            "{loads:?}: {}",
+            decision.summary()
+        );
         let current = loads.len() as u32;
         assert_eq!(decision.launch, desired.saturating_sub(current));
-        assert_eq!(decision.scale_in.len() as u32, current.saturating_sub(*desired));
+        assert_eq!(
+            decision.scale_in.len() as u32,
+            current.saturating_sub(*desired)
+        );
     }
 }
 
@@ -103,7 +138,12 @@ fn step_rule_waits_for_a_sustained_breach() {
     // A dip below the threshold restarts the wait.
     let mut state = PolicyState::default();
     evaluate(&hot, &config, &mut state, Duration::from_secs(0));
-    evaluate(&fleet(&[50.0, 50.0]), &config, &mut state, Duration::from_secs(5));
+    evaluate(
+        &fleet(&[50.0, 50.0]),
+        &config,
+        &mut state,
+        Duration::from_secs(5),
+    );
     let decision = evaluate(&hot, &config, &mut state, Duration::from_secs(12));
     assert_eq!(decision.desired, 2, "{}", decision.summary());
 
@@ -117,7 +157,11 @@ fn step_rule_waits_for_a_sustained_breach() {
 
 /// Runs the policy against a cloud that does at once whatever it is told, returning the size
 /// after each evaluation.
-fn run_ideal(config: &ControllerConfig, loads: impl Fn(u64, u32) -> f64, seconds: u64) -> Vec<(u64, u32)> {
+fn run_ideal(
+    config: &ControllerConfig,
+    loads: impl Fn(u64, u32) -> f64,
+    seconds: u64,
+) -> Vec<(u64, u32)> {
     let mut state = PolicyState::default();
     let mut size = config.min_instances;
     let mut sizes = Vec::new();
@@ -140,7 +184,11 @@ fn oscillating_load_does_not_flap_inside_a_cooldown() {
             ..config
         };
         // The load swings between 95 % and 5 % every 5 seconds.
-        let sizes = run_ideal(&config, |t, _| if (t / 5) % 2 == 0 { 95.0 } else { 5.0 }, 1_800);
+        let sizes = run_ideal(
+            &config,
+            |t, _| if (t / 5) % 2 == 0 { 95.0 } else { 5.0 },
+            1_800,
+        );
         let mut changes: Vec<(u64, i64)> = Vec::new();
         for pair in sizes.windows(2) {
             let delta = i64::from(pair[1].1) - i64::from(pair[0].1);
@@ -148,12 +196,19 @@ fn oscillating_load_does_not_flap_inside_a_cooldown() {
                 changes.push((pair[1].0, delta));
             }
         }
-        assert!(!changes.is_empty(), "the policy never acted: {:?}", config.policy);
+        assert!(
+            !changes.is_empty(),
+            "the policy never acted: {:?}",
+            config.policy
+        );
         for pair in changes.windows(2) {
             let ((t0, d0), (t1, d1)) = (pair[0], pair[1]);
             let gap = t1 - t0;
             if d1 > 0 {
-                assert!(gap >= 60 || d0 < 0, "scale-out {gap}s after a scale-out: {changes:?}");
+                assert!(
+                    gap >= 60 || d0 < 0,
+                    "scale-out {gap}s after a scale-out: {changes:?}"
+                );
             } else {
                 assert!(gap >= 120, "scale-in {gap}s after a scaling: {changes:?}");
             }
@@ -221,7 +276,12 @@ fn bounds_are_respected() {
     ];
     for (loads, desired) in cases {
         let decision = once(&fleet(loads), &config);
-        assert_eq!(decision.desired, *desired, "{loads:?}: {}", decision.summary());
+        assert_eq!(
+            decision.desired,
+            *desired,
+            "{loads:?}: {}",
+            decision.summary()
+        );
     }
 }
 
@@ -243,8 +303,17 @@ fn unhealthy_stopped_and_unregistered_instances_are_replaced_despite_cooldowns()
         age: Duration::from_secs(config.registration_grace_secs + 1),
         ..serving("i-silent", 0.0)
     });
-    let decision = evaluate(&observation, &config, &mut state, now + Duration::from_secs(1));
-    let replaced: Vec<&str> = decision.replace.iter().map(|r| r.instance_id.as_str()).collect();
+    let decision = evaluate(
+        &observation,
+        &config,
+        &mut state,
+        now + Duration::from_secs(1),
+    );
+    let replaced: Vec<&str> = decision
+        .replace
+        .iter()
+        .map(|r| r.instance_id.as_str())
+        .collect();
     assert_eq!(replaced, ["i-0", "i-1", "i-silent"]);
     assert_eq!(decision.desired, 4);
     assert_eq!(decision.launch, 3, "{}", decision.summary());
@@ -279,7 +348,12 @@ fn termination_policy_chooses_the_victim() {
             ..target_tracking(50.0, 0.1)
         };
         let decision = once(&observation, &config);
-        assert_eq!(decision.scale_in, [victim], "{policy:?}: {}", decision.summary());
+        assert_eq!(
+            decision.scale_in,
+            [victim],
+            "{policy:?}: {}",
+            decision.summary()
+        );
     }
 }
 
@@ -308,27 +382,52 @@ fn tick() -> impl Strategy<Value = Tick> {
         proptest::collection::vec(any::<bool>(), 8),
         0u64..120,
     )
-        .prop_map(|(loads, unhealthy, advance_secs)| Tick { loads, unhealthy, advance_secs })
+        .prop_map(|(loads, unhealthy, advance_secs)| Tick {
+            loads,
+            unhealthy,
+            advance_secs,
+        })
 }
 
 fn any_config() -> impl Strategy<Value = ControllerConfig> {
-    (2u32..5, 0u32..4, any::<bool>(), 1.0..100.0f64, 0u64..300, 0u64..300).prop_map(
-        |(min, extra, tracking, level, out_cd, in_cd)| ControllerConfig {
-            min_instances: min,
-            max_instances: (min + extra).min(5),
-            scale_out_cooldown_secs: out_cd,
-            scale_in_cooldown_secs: in_cd,
-            policy: if tracking {
-                PolicyConfig::TargetTracking { target: level, tolerance: 0.1 }
-            } else {
-                PolicyConfig::Step {
-                    scale_out: StepRule { above: Some(level.max(1.0)), below: None, for_secs: 5, step: 2 },
-                    scale_in: StepRule { above: None, below: Some(level / 2.0), for_secs: 5, step: 1 },
-                }
-            },
-            ..ControllerConfig::default()
-        },
+    (
+        2u32..5,
+        0u32..4,
+        any::<bool>(),
+        1.0..100.0f64,
+        0u64..300,
+        0u64..300,
     )
+        .prop_map(
+            |(min, extra, tracking, level, out_cd, in_cd)| ControllerConfig {
+                min_instances: min,
+                max_instances: (min + extra).min(5),
+                scale_out_cooldown_secs: out_cd,
+                scale_in_cooldown_secs: in_cd,
+                policy: if tracking {
+                    PolicyConfig::TargetTracking {
+                        target: level,
+                        tolerance: 0.1,
+                    }
+                } else {
+                    PolicyConfig::Step {
+                        scale_out: StepRule {
+                            above: Some(level.max(1.0)),
+                            below: None,
+                            for_secs: 5,
+                            step: 2,
+                        },
+                        scale_in: StepRule {
+                            above: None,
+                            below: Some(level / 2.0),
+                            for_secs: 5,
+                            step: 1,
+                        },
+                    }
+                },
+                ..ControllerConfig::default()
+            },
+        )
 }
 
 proptest! {

@@ -144,7 +144,9 @@ impl DaemonConfig {
             poll_timeout: Duration::from_millis(self.monitor.poll_timeout_ms),
             unhealthy_after: self.monitor.unhealthy_after,
             load_window: self.monitor.load_window,
-            publish_interval: (poll_interval / 10).max(Duration::from_millis(10)).min(poll_interval),
+            publish_interval: (poll_interval / 10)
+                .max(Duration::from_millis(10))
+                .min(poll_interval),
             ..MonitorConfig::default()
         }
     }
@@ -270,19 +272,34 @@ mod tests {
     #[test]
     fn bad_configs_are_refused_with_the_field_named() {
         let cases = [
-            ("[controller]\nmin_instances = 1\n", "controller.min_instances"),
-            ("[controller]\nmax_instances = 6\n", "controller.max_instances"),
-            ("[controller]\nmin_instances = 4\nmax_instances = 3\n", "controller.min_instances"),
+            (
+                "[controller]\nmin_instances = 1\n",
+                "controller.min_instances",
+            ),
+            (
+                "[controller]\nmax_instances = 6\n",
+                "controller.max_instances",
+            ),
+            (
+                "[controller]\nmin_instances = 4\nmax_instances = 3\n",
+                "controller.min_instances",
+            ),
             ("[controller]\nmin_instanses = 2\n", "min_instanses"),
             ("[monitor]\npoll_interval_ms = 0\n", "poll_interval"),
             ("group = \"Bad Group\"\n", "group"),
-            ("[controller.policy]\nkind = \"target-tracking\"\ntarget = 150\ntolerance = 0.1\n", "policy.target"),
+            (
+                "[controller.policy]\nkind = \"target-tracking\"\ntarget = 150\ntolerance = 0.1\n",
+                "policy.target",
+            ),
             ("[provider]\nkind = \"ec3\"\n", "ec3"),
             ("[controller]\nmin_instances = \"two\"\n", "min_instances"),
         ];
         for (text, field) in cases {
             let error = DaemonConfig::from_toml(text).unwrap_err().to_string();
-            assert!(error.contains(field), "{text:?} gave {error:?}, which does not name {field}");
+            assert!(
+                error.contains(field),
+                "{text:?} gave {error:?}, which does not name {field}"
+            );
         }
     }
 }

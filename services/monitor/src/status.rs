@@ -23,7 +23,8 @@ pub struct StatusService {
 }
 
 fn unix_ms(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn record(record: &DecisionRecord) -> v1::DecisionRecord {
@@ -36,13 +37,23 @@ fn record(record: &DecisionRecord) -> v1::DecisionRecord {
         recommendation: decision.map_or(0, |d| d.recommendation),
         desired: decision.map_or(0, |d| d.desired),
         rules: decision
-            .map(|d| d.rules.iter().map(|r| r.rule.as_str().to_string()).collect())
+            .map(|d| {
+                d.rules
+                    .iter()
+                    .map(|r| r.rule.as_str().to_string())
+                    .collect()
+            })
             .unwrap_or_default(),
         outcome: record.outcome.clone(),
         launched: record.launched.clone(),
         terminated: record.terminated.clone(),
         replaced: decision
-            .map(|d| d.replace.iter().map(|r| format!("{}: {}", r.instance_id, r.reason)).collect())
+            .map(|d| {
+                d.replace
+                    .iter()
+                    .map(|r| format!("{}: {}", r.instance_id, r.reason))
+                    .collect()
+            })
             .unwrap_or_default(),
         repeated: record.repeated,
         average_load_percent: decision.and_then(|d| d.observed.average_load),
@@ -83,7 +94,9 @@ impl Status for StatusService {
                 v1::InstanceStatus {
                     instance_id: cloud.instance_id.clone(),
                     state: state_name(cloud.state).to_string(),
-                    health: seen.map_or("unregistered", |i| i.health.as_str()).to_string(),
+                    health: seen
+                        .map_or("unregistered", |i| i.health.as_str())
+                        .to_string(),
                     load_percent: seen.and_then(|i| i.load),
                     recent_loads: seen.map(|i| i.recent_loads.clone()).unwrap_or_default(),
                     address: seen.map(|i| i.address.clone()).unwrap_or_default(),
@@ -115,7 +128,12 @@ impl Status for StatusService {
         let desired_instances = self
             .controller
             .as_ref()
-            .and_then(|c| c.decisions_after(0).iter().rev().find_map(|r| r.decision.as_ref().map(|d| d.desired)))
+            .and_then(|c| {
+                c.decisions_after(0)
+                    .iter()
+                    .rev()
+                    .find_map(|r| r.decision.as_ref().map(|d| d.desired))
+            })
             .unwrap_or(0);
         Ok(Response::new(v1::GetStatusResponse {
             group: self.group.clone(),
