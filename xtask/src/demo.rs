@@ -1,0 +1,426 @@
+//! `cargo xtask demo`: runs the monitor and controller on the local provider and tells a scaling
+//! story live: demand rises (the fleet grows from 2 to 5), an agent is killed (it is replaced),
+//! demand falls (the fleet shrinks back to 2). Exits 0 only if all of that happened.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use autoscaler_proto::auth::{AttachToken, Token};
+use autoscaler_proto::v1;
+use autoscaler_proto::v1::agent_client::AgentClient;
+use autoscaler_proto::v1::status_client::StatusClient;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::util;
+
+#[derive(Debug, clap::Args)]
+pub struct Demo {
+    /// How long the story lasts, in seconds; its phases scale with it.
+    #[arg(long, default_value_t = 180)]
+    duration: u64,
+    /// Print plain lines instead of redrawing a live table (the default when not on a terminal).
+    #[arg(long)]
+    plain: bool,
+}
+
+type Status = StatusClient<InterceptedService<Channel, AttachToken>>;
+
+/// Demand over the story, in units of instance capacity (one instance at 100 % serves one unit).
+fn demand(progress: f64) -> f64 {
+    let (low, high, end) = (0.7, 4.6, 0.6);
+    let ramp = |from: f64, to: f64, start: f64, stop: f64| {
+        from + (to - from) * ((progress - start) / (stop - start))
+    };
+    match progress {
+        p if p < 0.10 => low,
+        p if p < 0.35 => ramp(low, high, 0.10, 0.35),
+        p if p < 0.58 => high,
+        p if p < 0.66 => ramp(high, end, 0.58, 0.66),
+        _ => end,
+    }
+}
+
+/// When the demo kills an agent, as a fraction of the story.
+const KILL_AT: f64 = 0.45;
+
+struct Daemon {
+    child: Child,
+    state_dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Ask politely (the daemon terminates its agents), then make sure.
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn random_token() -> anyhow::Result<Token> {
+    let mut bytes = [0u8; 24];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Token::new(&hex)?)
+}
+
+fn pid_of(state_dir: &Path, instance_id: &str) -> Option<i32> {
+    std::fs::read_to_string(state_dir.join(format!("{instance_id}.instance")))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn sparkline(values: &[f64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let start = values.len().saturating_sub(20);
+    values[start..]
+        .iter()
+        .map(|v| BARS[((v / 100.0 * 7.0).round() as usize).min(7)])
+        .collect()
+}
+
+/// What the story saw, for the summary and the verdict.
+#[derive(Default)]
+struct Story {
+    start_size_reached: bool,
+    peak: usize,
+    reached_max_at: Option<f64>,
+    back_to_min_at: Option<f64>,
+    killed: Option<(String, f64)>,
+    replaced_at: Option<f64>,
+    events: Vec<String>,
+    sizes: Vec<(f64, usize)>,
+}
+
+impl Demo {
+    pub fn run(self) -> anyhow::Result<()> {
+        if self.duration < 60 {
+            bail!(
+                "--duration {} is too short to tell the story; give at least 60 seconds",
+                self.duration
+            );
+        }
+        util::run(util::cargo().args([
+            "build",
+            "--quiet",
+            "--package",
+            "autoscaler-agent",
+            "--package",
+            "autoscaler-monitor",
+        ]))?;
+        let target_dir = util::root().join("target/debug");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(self.tell(&target_dir))
+    }
+
+    async fn tell(&self, target_dir: &Path) -> anyhow::Result<()> {
+        let token = random_token()?;
+        let state_dir =
+            std::env::temp_dir().join(format!("autoscaler-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&state_dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(state_dir.join("monitor.log"))?;
+        let child = Command::new(target_dir.join("autoscaler-monitor"))
+            .arg("--config")
+            .arg(util::root().join("provisioning/demo.toml"))
+            .args(["--listen", &address])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .env("AUTOSCALER_TOKEN", token.expose())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start autoscaler-monitor")?;
+        let daemon = Daemon {
+            child,
+            state_dir: state_dir.clone(),
+        };
+        let live = !self.plain && std::io::stdout().is_terminal();
+        println!(
+            "autoscaler demo: monitor and controller on {address}, local provider, min 2, max 5"
+        );
+        println!("  logs and instance records: {}", state_dir.display());
+        println!(
+            "  the story: demand rises, an agent is killed at {:.0}s, demand falls; {}s in all\n",
+            KILL_AT * self.duration as f64,
+            self.duration
+        );
+
+        let channel = Endpoint::from_shared(format!("http://{address}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(2))
+            .connect_lazy();
+        let mut status: Status = StatusClient::with_interceptor(channel, AttachToken::new(&token));
+        let mut agents: BTreeMap<String, AgentClient<InterceptedService<Channel, AttachToken>>> =
+            BTreeMap::new();
+        let mut story = Story::default();
+        let mut seen_decisions = 0u64;
+        let mut decision_lines: Vec<String> = Vec::new();
+        let started = Instant::now();
+        let total = Duration::from_secs(self.duration);
+        let mut last_plain_table = 0.0;
+        let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+
+        while started.elapsed() < total {
+            tokio::select! {
+                _ = &mut interrupt => {
+                    println!("\ninterrupted: stopping the daemon and its agents");
+                    drop(daemon);
+                    bail!("interrupted");
+                }
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            let t = started.elapsed().as_secs_f64();
+            let progress = t / total.as_secs_f64();
+            let Ok(response) = status
+                .get_status(v1::GetStatusRequest {
+                    decisions_after: seen_decisions,
+                })
+                .await
+            else {
+                continue;
+            };
+            let report = response.into_inner();
+
+            // New decisions, as they happen.
+            for record in &report.decisions {
+                seen_decisions = seen_decisions.max(record.sequence);
+                if record.repeated > 0 && record.launched.is_empty() && record.terminated.is_empty()
+                {
+                    continue;
+                }
+                let line = format!("[{t:6.1}s] #{:<3} {}", record.sequence, record.summary);
+                if !record.replaced.is_empty()
+                    && story.killed.as_ref().is_some_and(|(id, _)| {
+                        record.replaced.iter().any(|r| r.starts_with(id.as_str()))
+                    })
+                {
+                    story.replaced_at.get_or_insert(t);
+                }
+                for outcome in &record.outcome {
+                    decision_lines.push(format!("           -> {outcome}"));
+                }
+                if !live {
+                    println!("{line}");
+                    for outcome in &record.outcome {
+                        println!("           -> {outcome}");
+                    }
+                }
+                let len = decision_lines.len();
+                decision_lines.insert(len - record.outcome.len(), line);
+                if !record.launched.is_empty() || !record.terminated.is_empty() {
+                    story.events.push(format!("{t:6.1}s  {}", record.summary));
+                }
+            }
+
+            // The fleet, and the demand spread over its healthy instances.
+            let running: Vec<&v1::InstanceStatus> = report
+                .instances
+                .iter()
+                .filter(|i| i.state != "unlisted")
+                .collect();
+            let healthy: Vec<&v1::InstanceStatus> = running
+                .iter()
+                .copied()
+                .filter(|i| i.health == "healthy")
+                .collect();
+            let size = running.len();
+            story.sizes.push((t, size));
+            if healthy.len() == 2 && size == 2 {
+                story.start_size_reached = true;
+                if story.reached_max_at.is_some() {
+                    story.back_to_min_at.get_or_insert(t);
+                }
+            }
+            story.peak = story.peak.max(healthy.len());
+            if healthy.len() == 5 {
+                story.reached_max_at.get_or_insert(t);
+            }
+            let level = demand(progress);
+            if !healthy.is_empty() {
+                let per_instance = (level * 100.0 / healthy.len() as f64).min(100.0);
+                for instance in &healthy {
+                    let client = agents
+                        .entry(instance.instance_id.clone())
+                        .or_insert_with(|| {
+                            let channel =
+                                Endpoint::from_shared(format!("http://{}", instance.address))
+                                    .expect("the monitor checked the address")
+                                    .connect_timeout(Duration::from_secs(1))
+                                    .timeout(Duration::from_secs(1))
+                                    .connect_lazy();
+                            AgentClient::with_interceptor(channel, AttachToken::new(&token))
+                        });
+                    let _ = client
+                        .set_load_target(v1::SetLoadTargetRequest {
+                            target_percent: per_instance,
+                            hold: true,
+                        })
+                        .await;
+                }
+            }
+
+            // Midway, an agent dies.
+            if story.killed.is_none()
+                && progress >= KILL_AT
+                && let Some(victim) = healthy.first()
+            {
+                if let Some(pid) = pid_of(&daemon.state_dir, &victim.instance_id) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    let line = format!(
+                        "[{t:6.1}s] demo: killed the agent of {} (pid {pid}) with SIGKILL",
+                        victim.instance_id
+                    );
+                    if !live {
+                        println!("{line}");
+                    }
+                    decision_lines.push(line);
+                    story
+                        .events
+                        .push(format!("{t:6.1}s  demo killed {}", victim.instance_id));
+                    story.killed = Some((victim.instance_id.clone(), t));
+                }
+            }
+
+            if live {
+                draw(&report, t, self.duration, level, &decision_lines);
+            } else if t - last_plain_table >= 15.0 {
+                last_plain_table = t;
+                println!(
+                    "[{t:6.1}s] demand {level:.2} units; fleet {size} (desired {}): {}",
+                    report.desired_instances,
+                    running
+                        .iter()
+                        .map(|i| format!(
+                            "{} {} {}",
+                            i.instance_id,
+                            i.health,
+                            i.load_percent.map_or("-".into(), |l| format!("{l:.0}%"))
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+
+        drop(daemon);
+        let leftovers: Vec<i32> = std::fs::read_dir(&state_dir)?
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".instance")
+                    .map(str::to_string)
+            })
+            .filter_map(|id| pid_of(&state_dir, &id))
+            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        summarize(&story, &leftovers)
+    }
+}
+
+fn draw(report: &v1::GetStatusResponse, t: f64, duration: u64, demand: f64, decisions: &[String]) {
+    let mut out = String::new();
+    out.push_str("\x1b[H\x1b[2J");
+    out.push_str(&format!(
+        "autoscaler demo  t = {t:5.1}s / {duration}s   demand {demand:.2} units   fleet {} (desired {}, min {}, max {})\n\n",
+        report.instances.iter().filter(|i| i.state != "unlisted").count(),
+        report.desired_instances,
+        report.min_instances,
+        report.max_instances
+    ));
+    out.push_str(&format!(
+        "{:<12} {:<9} {:<11} {:>6}  {}\n",
+        "INSTANCE", "STATE", "HEALTH", "LOAD", "RECENT LOAD"
+    ));
+    for instance in &report.instances {
+        out.push_str(&format!(
+            "{:<12} {:<9} {:<11} {:>6}  {}\n",
+            instance.instance_id,
+            instance.state,
+            instance.health,
+            instance
+                .load_percent
+                .map_or("-".to_string(), |l| format!("{l:.1}%")),
+            sparkline(&instance.recent_loads)
+        ));
+    }
+    out.push_str("\nDecisions (newest last):\n");
+    let start = decisions.len().saturating_sub(14);
+    for line in &decisions[start..] {
+        out.push_str(line);
+        out.push('\n');
+    }
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
+
+fn summarize(story: &Story, leftovers: &[i32]) -> anyhow::Result<()> {
+    println!("\n=== summary ===");
+    let final_size = story.sizes.last().map_or(0, |(_, size)| *size);
+    println!(
+        "peak size: {} healthy instances; final size: {final_size}",
+        story.peak
+    );
+    println!("scaling and replacements:");
+    for event in &story.events {
+        println!("  {event}");
+    }
+    match (&story.killed, story.replaced_at) {
+        (Some((id, killed)), Some(replaced)) => {
+            println!(
+                "replaced: {id}, killed at {killed:.1}s, replaced at {replaced:.1}s ({:.1}s later)",
+                replaced - killed
+            )
+        }
+        (Some((id, _)), None) => println!("replaced: {id} was killed and NOT replaced"),
+        (None, _) => println!("replaced: nothing (no agent was killed)"),
+    }
+    let mut failures = Vec::new();
+    if !story.start_size_reached {
+        failures.push("the fleet never stood at its minimum of 2");
+    }
+    if story.reached_max_at.is_none() {
+        failures.push("the fleet never reached 5");
+    }
+    if story.back_to_min_at.is_none() {
+        failures.push("the fleet did not come back to 2 after its peak");
+    }
+    if story.replaced_at.is_none() {
+        failures.push("the killed agent was not replaced");
+    }
+    if !leftovers.is_empty() {
+        println!("agents left running: {leftovers:?}");
+        failures.push("agents outlived the daemon");
+    }
+    if failures.is_empty() {
+        println!("verdict: PASS (2 -> 5 -> 2, the killed agent replaced, no process left behind)");
+        Ok(())
+    } else {
+        bail!("verdict: FAIL: {}", failures.join("; "))
+    }
+}
