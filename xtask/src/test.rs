@@ -1,4 +1,5 @@
-//! `cargo xtask test`: formatting, lints, the binaries the tests start, and every test.
+//! `cargo xtask test`: formatting, lints, the binaries the tests start, every test, and a
+//! shortened run of the demo.
 
 use crate::util;
 
@@ -7,6 +8,9 @@ pub struct Test {
     /// Skip `cargo fmt --check` and clippy.
     #[arg(long)]
     no_lint: bool,
+    /// Skip the shortened run of the demo at the end.
+    #[arg(long)]
+    no_demo: bool,
 }
 
 impl Test {
@@ -31,6 +35,11 @@ impl Test {
                 .args(["test", "--workspace", "--quiet"])
                 .env("AUTOSCALER_PYTHON", &python),
         )?;
+        // The main job, shortened: it exits non-zero unless the fleet went 2 -> 5 -> 2 and the
+        // killed agent was replaced.
+        if !self.no_demo {
+            util::run(util::cargo().args(["xtask", "demo", "--plain", "--duration", "120"]))?;
+        }
         eprintln!("xtask test: all checks passed");
         Ok(())
     }
