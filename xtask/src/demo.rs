@@ -288,22 +288,21 @@ impl Demo {
             if story.killed.is_none()
                 && progress >= KILL_AT
                 && let Some(victim) = healthy.first()
+                && let Some(pid) = pid_of(&daemon.state_dir, &victim.instance_id)
             {
-                if let Some(pid) = pid_of(&daemon.state_dir, &victim.instance_id) {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                    let line = format!(
-                        "[{t:6.1}s] demo: killed the agent of {} (pid {pid}) with SIGKILL",
-                        victim.instance_id
-                    );
-                    if !live {
-                        println!("{line}");
-                    }
-                    decision_lines.push(line);
-                    story
-                        .events
-                        .push(format!("{t:6.1}s  demo killed {}", victim.instance_id));
-                    story.killed = Some((victim.instance_id.clone(), t));
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let line = format!(
+                    "[{t:6.1}s] demo: killed the agent of {} (pid {pid}) with SIGKILL",
+                    victim.instance_id
+                );
+                if !live {
+                    println!("{line}");
                 }
+                decision_lines.push(line);
+                story
+                    .events
+                    .push(format!("{t:6.1}s  demo killed {}", victim.instance_id));
+                story.killed = Some((victim.instance_id.clone(), t));
             }
 
             if live {

@@ -432,8 +432,8 @@ fn order_for_termination(
     policy: TerminationPolicy,
 ) {
     match policy {
-        TerminationPolicy::Newest => candidates.sort_by(|a, b| a.0.age.cmp(&b.0.age)),
-        TerminationPolicy::Oldest => candidates.sort_by(|a, b| b.0.age.cmp(&a.0.age)),
+        TerminationPolicy::Newest => candidates.sort_by_key(|c| c.0.age),
+        TerminationPolicy::Oldest => candidates.sort_by_key(|c| std::cmp::Reverse(c.0.age)),
         TerminationPolicy::LeastLoaded => candidates.sort_by(|a, b| {
             let load = |c: &(&ObservedInstance, Option<f64>)| c.1.unwrap_or(-1.0);
             load(a).total_cmp(&load(b)).then(b.0.age.cmp(&a.0.age))

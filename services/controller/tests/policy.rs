@@ -75,10 +75,12 @@ fn rules(decision: &Decision) -> Vec<Rule> {
     decision.rules.iter().map(|r| r.rule).collect()
 }
 
+/// (loads, target, tolerance, recommendation, desired, rules that changed it)
+type TrackingCase<'a> = (&'a [f64], f64, f64, u32, u32, &'a [Rule]);
+
 #[test]
 fn target_tracking_formula_and_tolerance() {
-    // (loads, target, tolerance, recommendation, desired, rules that changed it)
-    let cases: &[(&[f64], f64, f64, u32, u32, &[Rule])] = &[
+    let cases: &[TrackingCase] = &[
         (&[80.0, 80.0], 50.0, 0.1, 4, 4, &[]),
         (&[60.0, 60.0, 60.0], 50.0, 0.1, 4, 4, &[]),
         (&[54.0, 54.0], 50.0, 0.1, 3, 2, &[Rule::Tolerance]),

@@ -344,7 +344,7 @@ async fn a_killed_agent_is_replaced() {
         .iter()
         .find(|d| d.replaced.iter().any(|r| r.starts_with(&victim)))
         .expect("a decision that replaced the victim");
-    assert_eq!(replacing.terminated, [victim.clone()]);
+    assert_eq!(replacing.terminated, [victim]);
     assert_eq!(replacing.launched.len(), 1, "{replacing:#?}");
     assert!(replacing.rules.contains(&"health".to_string()));
     daemon.stop().await;
