@@ -1,6 +1,7 @@
 //! Where the monitor is. The agent asks a [`MonitorLocator`] for the monitor's address whenever it
-//! (re)registers; today's source is a fixed address from a flag, and the AWS path adds SSM
-//! Parameter Store behind the same trait without touching the registration logic.
+//! (re)registers: a fixed address from a flag ([`StaticLocator`]), or the parameter the monitor
+//! publishes in SSM Parameter Store ([`SsmLocator`]), read again at every registration so an
+//! agent follows a monitor that restarted elsewhere.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -48,6 +49,35 @@ impl MonitorLocator for StaticLocator {
         &self,
     ) -> Pin<Box<dyn Future<Output = Result<MonitorEndpoint, LocateError>> + Send + '_>> {
         Box::pin(std::future::ready(Ok(self.endpoint.clone())))
+    }
+}
+
+/// The monitor's address from SSM Parameter Store (`/autoscaler/<group>/monitor`, `host:port`).
+#[derive(Clone, Debug)]
+pub struct SsmLocator {
+    parameters: autoscaler_aws::Parameters,
+    name: String,
+}
+
+impl SsmLocator {
+    pub fn new(parameters: autoscaler_aws::Parameters, name: String) -> SsmLocator {
+        SsmLocator { parameters, name }
+    }
+}
+
+impl MonitorLocator for SsmLocator {
+    fn locate(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<MonitorEndpoint, LocateError>> + Send + '_>> {
+        Box::pin(async move {
+            let address = self
+                .parameters
+                .get(&self.name)
+                .await
+                .map_err(|error| LocateError(error.to_string()))?;
+            let locator = StaticLocator::new(&address)?;
+            Ok(locator.endpoint)
+        })
     }
 }
 

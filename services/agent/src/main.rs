@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use autoscaler_agent::discovery::StaticLocator;
+use autoscaler_agent::discovery::{MonitorLocator, SsmLocator, StaticLocator};
 use autoscaler_agent::load::LoadModelConfig;
 use autoscaler_agent::{AgentConfig, LoadConfig};
+use autoscaler_aws::imds::Imds;
+use autoscaler_aws::{GroupParameters, Parameters};
 use autoscaler_proto::auth::Token;
 use clap::{Parser, ValueEnum};
 
@@ -16,9 +18,20 @@ use clap::{Parser, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Flags {
-    /// The instance this agent runs on (an EC2 instance id, or `local-0007`).
+    /// The instance this agent runs on (an EC2 instance id, or `local-0007`); with --from-aws,
+    /// read from instance metadata (IMDSv2) unless given.
     #[arg(long, env = "AUTOSCALER_INSTANCE_ID")]
-    instance_id: String,
+    instance_id: Option<String>,
+    /// On an EC2 instance: the instance id and private address from IMDSv2, the monitor and the
+    /// group token from SSM Parameter Store (needs --group).
+    #[arg(long)]
+    from_aws: bool,
+    /// The group's name, for the SSM parameters `/autoscaler/<group>/monitor` and `.../token`.
+    #[arg(long, env = "AUTOSCALER_GROUP")]
+    group: Option<String>,
+    /// Read the group token from the SSM SecureString `/autoscaler/<group>/token`.
+    #[arg(long)]
+    token_from_ssm: bool,
     /// Address to listen on.
     #[arg(
         long,
@@ -29,9 +42,10 @@ struct Flags {
     /// Address the monitor should poll, `host:port` (default: the listen address).
     #[arg(long, env = "AUTOSCALER_AGENT_ADVERTISE")]
     advertise: Option<String>,
-    /// Where the monitor is, `host:port`.
+    /// Where the monitor is, `host:port`; without it, read from the SSM parameter
+    /// `/autoscaler/<group>/monitor` at every registration.
     #[arg(long, env = "AUTOSCALER_MONITOR")]
-    monitor: String,
+    monitor: Option<String>,
     /// File holding the group's shared token (otherwise AUTOSCALER_TOKEN).
     #[arg(long, env = "AUTOSCALER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -115,25 +129,23 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(flags: Flags) -> anyhow::Result<()> {
-    let token = read_token(flags.token_file.as_ref())?;
-    let locator = StaticLocator::new(&flags.monitor)?;
-    let mut config = AgentConfig::new(flags.instance_id, token);
-    config.advertise_address = flags.advertise;
-    config.load = match flags.load {
-        Source::Cpu => LoadConfig::Cpu,
-        Source::Simulated => LoadConfig::Simulated(LoadModelConfig {
-            seed: flags.seed,
-            initial: flags.initial_load,
-            target: flags.target_load,
-            max_slope: flags.max_slope,
-            drift_amplitude: flags.drift_amplitude,
-            ..LoadModelConfig::default()
-        }),
+    let load = LoadModelConfig {
+        seed: flags.seed,
+        initial: flags.initial_load,
+        target: flags.target_load,
+        max_slope: flags.max_slope,
+        drift_amplitude: flags.drift_amplitude,
+        ..LoadModelConfig::default()
     };
-    if let LoadConfig::Simulated(model) = &config.load {
-        model.validate()?;
-    }
-    config.registration.reregister_after = Duration::from_millis(flags.reregister_after_ms);
+    load.validate()?;
+    let needs_ssm = flags.from_aws || flags.token_from_ssm || flags.monitor.is_none();
+    let parameters = match (&flags.group, needs_ssm) {
+        (Some(group), _) => Some(GroupParameters::new(group)),
+        (None, true) => anyhow::bail!(
+            "no monitor address: pass --monitor HOST:PORT, or --group NAME to read it from SSM Parameter Store"
+        ),
+        (None, false) => None,
+    };
 
     // A current-thread runtime keeps the agent's footprint small beside the application.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -143,7 +155,67 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&flags.listen)
             .await
             .with_context(|| format!("cannot listen on {}", flags.listen))?;
-        autoscaler_agent::run(config, listener, Arc::new(locator), shutdown_signal()).await?;
+        let port = listener.local_addr()?.port();
+        let ssm = match needs_ssm {
+            true => Some(Parameters::new(
+                &autoscaler_aws::sdk_config(Default::default()).await,
+            )),
+            false => None,
+        };
+
+        let (instance_id, advertise) = if flags.from_aws {
+            let (imds_id, private_ip) = Imds::default()
+                .identity()
+                .await
+                .context("cannot read this instance's identity from IMDSv2")?;
+            let advertise = flags.advertise.unwrap_or(format!("{private_ip}:{port}"));
+            (flags.instance_id.unwrap_or(imds_id), Some(advertise))
+        } else {
+            let instance_id = flags
+                .instance_id
+                .context("no instance id: pass --instance-id, or --from-aws on EC2")?;
+            (instance_id, flags.advertise)
+        };
+        let token = match (&ssm, &parameters) {
+            (Some(ssm), Some(names)) if flags.from_aws || flags.token_from_ssm => {
+                wait_for_parameter(ssm, &names.token()).await
+            }
+            _ => read_token(flags.token_file.as_ref())?,
+        };
+        let locator: Arc<dyn MonitorLocator> = match (&flags.monitor, ssm, &parameters) {
+            (Some(address), _, _) => Arc::new(StaticLocator::new(address)?),
+            (None, Some(ssm), Some(names)) => Arc::new(SsmLocator::new(ssm, names.monitor())),
+            _ => unreachable!("checked before the runtime started"),
+        };
+
+        let mut config = AgentConfig::new(instance_id, token);
+        config.advertise_address = advertise;
+        config.load = match flags.load {
+            Source::Cpu => LoadConfig::Cpu,
+            Source::Simulated => LoadConfig::Simulated(load),
+        };
+        config.registration.reregister_after = Duration::from_millis(flags.reregister_after_ms);
+        autoscaler_agent::run(config, listener, locator, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// The group token from Parameter Store, waiting (with backoff) until it is there and valid.
+async fn wait_for_parameter(ssm: &Parameters, name: &str) -> Token {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match ssm
+            .get(name)
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|value| Token::new(&value).context("the token in Parameter Store"))
+        {
+            Ok(token) => return token,
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), retry_in = ?pause, "no group token yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod cloud;
 pub mod config;
+pub mod ec2;
 pub mod fleet;
 pub mod local;
 pub mod policy;

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use autoscaler_controller::cloud::Cloud;
 use autoscaler_controller::config::ControllerConfig;
+use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config};
 use autoscaler_controller::local::{LocalCloud, LocalConfig};
 use autoscaler_controller::reconciler::Controller;
 use autoscaler_proto::auth::Token;
@@ -79,6 +81,8 @@ pub enum ProviderSection {
         #[serde(default = "default_terminate_grace_ms")]
         terminate_grace_ms: u64,
     },
+    /// Instances are EC2 instances launched from the group's custom AMI.
+    Ec2(Ec2Config),
 }
 
 fn default_terminate_grace_ms() -> u64 {
@@ -152,38 +156,119 @@ impl DaemonConfig {
     }
 }
 
+/// What the daemon needs besides its config, resolved by `main`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// `autoscaler-agent`, for the local provider.
+    pub agent_binary: PathBuf,
+    /// The `host:port` agents should reach the monitor at (given to local agents, published to
+    /// SSM on AWS).
+    pub advertise: String,
+    /// The AWS SDK config, for the EC2 provider and publishing the monitor's address.
+    pub aws: Option<aws_config::SdkConfig>,
+}
+
 /// Runs the monitor and the controller on `listener` until `shutdown` completes. Then the
-/// controller stops first (so nothing is replaced), the local instances are terminated, and the
-/// monitor stops.
+/// controller stops first (so nothing is replaced), the local instances are terminated (EC2
+/// instances stay: `cargo xtask down` removes them), and the monitor stops.
 pub async fn run(
     config: DaemonConfig,
     token: Token,
     listener: TcpListener,
-    default_agent_binary: PathBuf,
+    options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     config.validate()?;
-    let monitor_address = listener.local_addr().map_err(DaemonError::Listener)?;
     let monitor = Monitor::start(config.monitor_config(), token.clone())?;
-    let ProviderSection::Local {
-        state_dir,
-        agent_binary,
-        agent_args,
-        terminate_grace_ms,
-    } = config.provider.clone();
-    let state_dir = state_dir
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("autoscaler-{}", config.group)));
-    let cloud = Arc::new(
-        LocalCloud::open(LocalConfig {
+    match config.provider.clone() {
+        ProviderSection::Local {
             state_dir,
-            agent_binary: agent_binary.unwrap_or(default_agent_binary),
-            monitor_address: monitor_address.to_string(),
-            token: token.clone(),
+            agent_binary,
             agent_args,
-            terminate_grace: Duration::from_millis(terminate_grace_ms),
-        })
-        .map_err(|error| DaemonError::Provider(error.to_string()))?,
-    );
+            terminate_grace_ms,
+        } => {
+            let state_dir = state_dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("autoscaler-{}", config.group))
+            });
+            let cloud = Arc::new(
+                LocalCloud::open(LocalConfig {
+                    state_dir,
+                    agent_binary: agent_binary.unwrap_or(options.agent_binary),
+                    monitor_address: options.advertise.clone(),
+                    token: token.clone(),
+                    agent_args,
+                    terminate_grace: Duration::from_millis(terminate_grace_ms),
+                })
+                .map_err(|error| DaemonError::Provider(error.to_string()))?,
+            );
+            tracing::info!(state_dir = %cloud.state_dir().display(), "local provider");
+            let leaving = cloud.clone();
+            serve(
+                &config,
+                monitor,
+                cloud,
+                token,
+                listener,
+                shutdown,
+                async move {
+                    leaving.terminate_all().await;
+                },
+            )
+            .await
+        }
+        ProviderSection::Ec2(ec2) => {
+            let sdk = options.aws.as_ref().ok_or_else(|| {
+                DaemonError::Provider("the EC2 provider needs AWS settings".to_string())
+            })?;
+            let cloud = Arc::new(
+                Ec2Cloud::open(sdk, &config.group, ec2)
+                    .await
+                    .map_err(|error| DaemonError::Provider(error.to_string()))?,
+            );
+            tracing::info!(ami = %cloud.config().ami_id, subnets = ?cloud.config().subnet_ids, "EC2 provider");
+            publish_address(sdk, &config.group, &options.advertise).await?;
+            serve(&config, monitor, cloud, token, listener, shutdown, async {}).await
+        }
+    }
+}
+
+/// Writes the monitor's address to `/autoscaler/<group>/monitor`, where agents look for it.
+async fn publish_address(
+    sdk: &aws_config::SdkConfig,
+    group: &str,
+    advertise: &str,
+) -> Result<(), DaemonError> {
+    let name = autoscaler_aws::GroupParameters::new(group).monitor();
+    let parameters = autoscaler_aws::Parameters::new(sdk);
+    let mut pause = Duration::from_millis(500);
+    for attempt in 1..=5 {
+        match parameters.put(&name, advertise, false).await {
+            Ok(()) => {
+                tracing::info!(parameter = %name, address = %advertise, "monitor address published");
+                return Ok(());
+            }
+            Err(error) if attempt < 5 => {
+                tracing::warn!(%error, retry_in = ?pause, "cannot publish the monitor's address");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(error) => return Err(DaemonError::Provider(error.to_string())),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Runs the controller and serves until `shutdown`; then stops the controller, runs `leaving`,
+/// and stops the monitor.
+async fn serve<C: Cloud>(
+    config: &DaemonConfig,
+    monitor: Monitor,
+    cloud: Arc<C>,
+    token: Token,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    leaving: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
     let registry = monitor.registry().clone();
     let forget = {
         let registry = registry.clone();
@@ -192,7 +277,7 @@ pub async fn run(
         })
     };
     let controller = Controller::new(
-        cloud.clone(),
+        cloud,
         config.controller.clone(),
         monitor.fleet(),
         token,
@@ -207,10 +292,9 @@ pub async fn run(
     };
     tracing::info!(
         group = %config.group,
-        listen = %monitor_address,
+        listen = %listener.local_addr().map_err(DaemonError::Listener)?,
         min = config.controller.min_instances,
         max = config.controller.max_instances,
-        state_dir = %cloud.state_dir().display(),
         "monitor and controller starting"
     );
 
@@ -224,10 +308,10 @@ pub async fn run(
     }));
 
     shutdown.await;
-    tracing::info!("stopping: controller first, then the local instances, then the monitor");
+    tracing::info!("stopping: the controller first, then the monitor");
     let _ = stop_controller.send(());
     let _ = controlling.await;
-    cloud.terminate_all().await;
+    leaving.await;
     let _ = stop_server.send(());
     match serving.await {
         Ok(result) => result?,

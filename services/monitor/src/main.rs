@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use autoscaler_aws::imds::Imds;
+use autoscaler_aws::{GroupParameters, Parameters};
 use autoscaler_monitor::Monitor;
 use autoscaler_monitor::daemon::{self, DaemonConfig, ProviderSection};
 use autoscaler_proto::auth::Token;
@@ -41,6 +43,17 @@ struct Flags {
     /// Overrides the local provider's `state_dir`.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The `host:port` agents reach the monitor at (default: the listen address, or with
+    /// --from-aws this instance's private IP and the listen port).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// On EC2: the group token from the SSM SecureString `/autoscaler/<group>/token` and the
+    /// address to advertise from instance metadata (IMDSv2).
+    #[arg(long)]
+    from_aws: bool,
+    /// Read the group token from the SSM SecureString `/autoscaler/<group>/token`.
+    #[arg(long)]
+    token_from_ssm: bool,
     /// Run the monitor alone: no controller, nothing launched or terminated.
     #[arg(long)]
     no_controller: bool,
@@ -132,7 +145,9 @@ fn load_config(flags: &Flags) -> anyhow::Result<DaemonConfig> {
         config.monitor.unhealthy_after = misses;
     }
     if let Some(dir) = &flags.state_dir {
-        let ProviderSection::Local { state_dir, .. } = &mut config.provider;
+        let ProviderSection::Local { state_dir, .. } = &mut config.provider else {
+            anyhow::bail!("--state-dir applies to the local provider only");
+        };
         *state_dir = Some(dir.clone());
     }
     config.validate()?;
@@ -141,7 +156,11 @@ fn load_config(flags: &Flags) -> anyhow::Result<DaemonConfig> {
 
 fn run(flags: Flags) -> anyhow::Result<()> {
     let config = load_config(&flags)?;
-    let token = read_token(flags.token_file.as_ref())?;
+    let token_from_ssm = flags.from_aws || flags.token_from_ssm;
+    let token = match token_from_ssm {
+        true => None,
+        false => Some(read_token(flags.token_file.as_ref())?),
+    };
     let agent_binary = std::env::current_exe()
         .context("cannot find this program's path")?
         .with_file_name("autoscaler-agent");
@@ -151,12 +170,49 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        tracing::info!(listen = %listener.local_addr()?, "monitor serving");
+        let local = listener.local_addr()?;
+        let on_aws = token_from_ssm || matches!(config.provider, ProviderSection::Ec2(_));
+        let aws = match on_aws {
+            true => Some(autoscaler_aws::sdk_config(Default::default()).await),
+            false => None,
+        };
+        let token = match (token, &aws) {
+            (Some(token), _) => token,
+            (None, Some(sdk)) => {
+                let name = GroupParameters::new(&config.group).token();
+                let value = Parameters::new(sdk)
+                    .get(&name)
+                    .await
+                    .context("reading the group token")?;
+                Token::new(&value).with_context(|| format!("the token in {name}"))?
+            }
+            (None, None) => unreachable!("token_from_ssm implies on_aws"),
+        };
+        let advertise = match (&flags.advertise, flags.from_aws) {
+            (Some(address), _) => address.clone(),
+            (None, true) => {
+                let (_, private_ip) = Imds::default()
+                    .identity()
+                    .await
+                    .context("cannot read this instance's private IP from IMDSv2")?;
+                format!("{private_ip}:{}", local.port())
+            }
+            (None, false) if local.ip().is_unspecified() => anyhow::bail!(
+                "listening on {local}, which agents cannot reach: pass --advertise HOST:PORT"
+            ),
+            (None, false) => local.to_string(),
+        };
+        tracing::info!(listen = %local, %advertise, "monitor serving");
         if flags.no_controller {
             let monitor = Monitor::start(config.monitor_config(), token)?;
             monitor.serve(listener, shutdown_signal()).await?;
         } else {
-            daemon::run(config, token, listener, agent_binary, shutdown_signal()).await?;
+            let options = daemon::RunOptions {
+                agent_binary,
+                advertise,
+                aws,
+            };
+            daemon::run(config, token, listener, options, shutdown_signal()).await?;
         }
         Ok(())
     })

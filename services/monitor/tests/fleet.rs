@@ -126,7 +126,12 @@ impl RunningDaemon {
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            daemon::run(config, token(), listener, agent_binary(), async {
+            let options = daemon::RunOptions {
+                agent_binary: agent_binary(),
+                advertise: address.to_string(),
+                aws: None,
+            };
+            daemon::run(config, token(), listener, options, async {
                 stopped.await.ok();
             })
             .await

@@ -1,0 +1,184 @@
+//! What the agent, the monitor and the workflow share of AWS, without the EC2 SDK: one SDK
+//! config with attempt and operation timeouts, SSM Parameter Store helpers and the parameter
+//! names of a group, and a small IMDSv2 client.
+
+pub mod imds;
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_ssm::types::ParameterType;
+
+/// Timeouts of every SDK call: a hung endpoint must not hang the caller.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// One HTTP attempt.
+    pub attempt: Duration,
+    /// The whole operation, retries included.
+    pub operation: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            attempt: Duration::from_secs(10),
+            operation: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The loader both configs start from: timeouts on every call and the standard retry policy
+/// (throttling and 5xx, with backoff, three attempts).
+fn loader(timeouts: Timeouts) -> aws_config::ConfigLoader {
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(timeouts.connect)
+                .read_timeout(timeouts.attempt)
+                .operation_attempt_timeout(timeouts.attempt)
+                .operation_timeout(timeouts.operation)
+                .build(),
+        )
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
+}
+
+/// The SDK config from the standard chain (profile, region, `AWS_ENDPOINT_URL`, credentials).
+pub async fn sdk_config(timeouts: Timeouts) -> SdkConfig {
+    loader(timeouts).load().await
+}
+
+/// An SDK config for a local emulator (moto server) at `endpoint`: region us-east-1 and dummy
+/// credentials.
+pub async fn emulator_config(endpoint: &str, timeouts: Timeouts) -> SdkConfig {
+    loader(timeouts)
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "testing", "testing", None, None, "emulator",
+        ))
+        .load()
+        .await
+}
+
+/// The SSM parameter names of a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupParameters {
+    pub group: String,
+}
+
+impl GroupParameters {
+    pub fn new(group: &str) -> GroupParameters {
+        GroupParameters {
+            group: group.to_string(),
+        }
+    }
+
+    fn name(&self, leaf: &str) -> String {
+        format!("/autoscaler/{}/{leaf}", self.group)
+    }
+
+    /// `host:port` of the monitor, published by the monitor at start.
+    pub fn monitor(&self) -> String {
+        self.name("monitor")
+    }
+
+    /// The group's shared token (SecureString).
+    pub fn token(&self) -> String {
+        self.name("token")
+    }
+
+    /// The custom AMI's id, recorded by `bake-ami`.
+    pub fn ami(&self) -> String {
+        self.name("ami")
+    }
+
+    /// The bucket `bootstrap` delivers the binaries through.
+    pub fn bucket(&self) -> String {
+        self.name("bucket")
+    }
+}
+
+/// A failed Parameter Store call.
+#[derive(Debug, thiserror::Error)]
+pub enum SsmError {
+    #[error("parameter {0} does not exist")]
+    NotFound(String),
+    #[error("parameter {name}: {message}")]
+    Call { name: String, message: String },
+}
+
+/// Parameter Store, with task-level methods.
+#[derive(Clone, Debug)]
+pub struct Parameters {
+    client: aws_sdk_ssm::Client,
+}
+
+impl Parameters {
+    pub fn new(config: &SdkConfig) -> Parameters {
+        Parameters {
+            client: aws_sdk_ssm::Client::new(config),
+        }
+    }
+
+    /// The value of `name`, decrypted if it is a SecureString.
+    pub async fn get(&self, name: &str) -> Result<String, SsmError> {
+        match self
+            .client
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+        {
+            Ok(output) => output
+                .parameter
+                .and_then(|p| p.value)
+                .ok_or_else(|| SsmError::NotFound(name.to_string())),
+            Err(error) if error.code() == Some("ParameterNotFound") => {
+                Err(SsmError::NotFound(name.to_string()))
+            }
+            Err(error) => Err(SsmError::Call {
+                name: name.to_string(),
+                message: DisplayErrorContext(&error).to_string(),
+            }),
+        }
+    }
+
+    /// Writes `name`, replacing any value; `secure` stores it as a SecureString.
+    pub async fn put(&self, name: &str, value: &str, secure: bool) -> Result<(), SsmError> {
+        self.client
+            .put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(if secure {
+                ParameterType::SecureString
+            } else {
+                ParameterType::String
+            })
+            .overwrite(true)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|error| SsmError::Call {
+                name: name.to_string(),
+                message: DisplayErrorContext(&error).to_string(),
+            })
+    }
+
+    /// Deletes `name`; true if it existed.
+    pub async fn delete(&self, name: &str) -> Result<bool, SsmError> {
+        match self.client.delete_parameter().name(name).send().await {
+            Ok(_) => Ok(true),
+            Err(error) if error.code() == Some("ParameterNotFound") => Ok(false),
+            Err(error) => Err(SsmError::Call {
+                name: name.to_string(),
+                message: DisplayErrorContext(&error).to_string(),
+            }),
+        }
+    }
+}
