@@ -1,7 +1,10 @@
 //! `cargo xtask`: the project's commands. Flags are parsed here; each command lives in its own
 //! module with a `run` function.
 
+mod aws;
 mod demo;
+mod rehearse;
+mod status_client;
 mod test;
 mod tidy;
 mod util;
@@ -24,6 +27,23 @@ enum Command {
     /// Everything that proves it works: formatting, lints and every test, installing what the
     /// tests need (Python packages into .venv).
     Test(test::Test),
+    /// Creates or reuses the security group, launches the seed t2.micro from a base image and
+    /// installs the agent on it over SSM Run Command.
+    Bootstrap(aws::Bootstrap),
+    /// Creates the custom AMI from the seed and records its id in SSM.
+    BakeAmi(aws::BakeAmi),
+    /// Starts the monitor host from the AMI and waits for the fleet's minimum.
+    Up(aws::Up),
+    /// Stops the controller, terminates the group's instances, deletes its parameters.
+    Down(aws::Down),
+    /// The group as the cloud sees it, beside what the monitor knows.
+    Status(aws::Status),
+    /// The whole AWS workflow against a throwaway local emulator (moto server).
+    Rehearse(rehearse::Rehearse),
+}
+
+fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(future)
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +51,12 @@ fn main() -> std::process::ExitCode {
     let result = match flags.command {
         Command::Demo(demo) => demo.run(),
         Command::Test(test) => test.run(),
+        Command::Bootstrap(command) => block_on(command.run()),
+        Command::BakeAmi(command) => block_on(command.run()),
+        Command::Up(command) => block_on(command.run()),
+        Command::Down(command) => block_on(command.run()),
+        Command::Status(command) => block_on(command.run()),
+        Command::Rehearse(command) => block_on(command.run()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,5 @@
-//! `cargo xtask test`: formatting, lints, the binaries the tests start, every test, and a
-//! shortened run of the demo.
+//! `cargo xtask test`: formatting, lints, the binaries the tests start, every test, the AWS
+//! rehearsal against the emulator, and a shortened run of the demo.
 
 use crate::util;
 
@@ -35,6 +35,8 @@ impl Test {
                 .args(["test", "--workspace", "--quiet"])
                 .env("AUTOSCALER_PYTHON", &python),
         )?;
+        // The AWS workflow against the emulator, end to end.
+        util::run(util::cargo().args(["xtask", "rehearse"]))?;
         // The main job, shortened: it exits non-zero unless the fleet went 2 -> 5 -> 2 and the
         // killed agent was replaced.
         if !self.no_demo {

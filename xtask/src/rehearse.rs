@@ -1,0 +1,621 @@
+//! `cargo xtask rehearse`: the whole AWS workflow (bootstrap, bake-ami, up, a load cycle to the
+//! maximum and back to the minimum, down --purge) against a throwaway moto server. The emulator
+//! runs nothing inside its instances, so a local runner starts a process for each running
+//! instance according to its role tag (the monitor from the config in its user-data, an agent
+//! for the others) and stops it when the instance is terminated. Checks along the way what an
+//! AWS user would see, and that nothing of the group is left at the end.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use autoscaler_aws::Timeouts;
+use autoscaler_controller::ec2::{GROUP_TAG, ROLE_TAG};
+use autoscaler_proto::auth::{AttachToken, Token};
+use autoscaler_proto::v1;
+use aws_sdk_ec2::types::Filter;
+use base64::Engine;
+
+use crate::aws::{self, Aws, GroupArgs, wait_for};
+use crate::util;
+
+/// The public parameter the rehearsal takes its base image from (moto has no Ubuntu parameter).
+const EMULATOR_BASE_IMAGE: &str =
+    "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
+
+#[derive(Debug, clap::Args)]
+pub struct Rehearse {
+    /// The group's name in the emulator.
+    #[arg(long, default_value = "rehearsal")]
+    group: String,
+}
+
+/// A moto server on an ephemeral port of 127.0.0.1, stopped when dropped.
+struct Emulator {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_emulator(log_dir: &Path) -> anyhow::Result<Emulator> {
+    util::python_venv()?;
+    let moto = util::root().join(".venv/bin/moto_server");
+    ensure!(
+        moto.exists(),
+        "{} is missing: xtask/requirements.txt should have installed moto[server]",
+        moto.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let log = std::fs::File::create(log_dir.join("moto.log"))?;
+    let child = Command::new(moto)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start moto_server")?;
+    let emulator = Emulator {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "moto_server did not listen within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("emulator: moto server at {}", emulator.endpoint);
+    Ok(emulator)
+}
+
+/// Starts and stops local processes for the emulator's instances.
+struct Runner {
+    aws: Aws,
+    endpoint: String,
+    log_dir: PathBuf,
+    bin_dir: PathBuf,
+    processes: BTreeMap<String, Child>,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        for child in self.processes.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Runner {
+    fn command(&self, binary: &str, instance_id: &str) -> anyhow::Result<Command> {
+        let log = std::fs::File::create(self.log_dir.join(format!("{instance_id}.log")))?;
+        let mut command = Command::new(self.bin_dir.join(binary));
+        command
+            .env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Ok(command)
+    }
+
+    /// The monitor's config from the instance's user-data, as the real host would write it.
+    async fn monitor_config(&self, instance_id: &str) -> anyhow::Result<PathBuf> {
+        let attribute = self
+            .aws
+            .ec2
+            .describe_instance_attribute()
+            .instance_id(instance_id)
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .send()
+            .await
+            .map_err(|e| aws::explain("read the monitor's user-data", e))?;
+        let encoded = attribute
+            .user_data()
+            .and_then(|u| u.value())
+            .context("the monitor host has no user-data")?;
+        let script = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded)?)?;
+        let (_, rest) = script
+            .split_once(aws::CONFIG_BEGIN)
+            .context("no config in the user-data")?;
+        let (config, _) = rest
+            .split_once(aws::CONFIG_END)
+            .context("unterminated config in the user-data")?;
+        let path = self.log_dir.join(format!("{instance_id}.toml"));
+        std::fs::write(&path, config)?;
+        Ok(path)
+    }
+
+    async fn start(&mut self, instance_id: &str, role: &str) -> anyhow::Result<()> {
+        let child = match role {
+            "monitor" => {
+                let config = self.monitor_config(instance_id).await?;
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port();
+                let address = format!("127.0.0.1:{port}");
+                self.command("autoscaler-monitor", instance_id)?
+                    .arg("--config")
+                    .arg(&config)
+                    .args([
+                        "--listen",
+                        &address,
+                        "--advertise",
+                        &address,
+                        "--token-from-ssm",
+                    ])
+                    .spawn()?
+            }
+            _ => self
+                .command("autoscaler-agent", instance_id)?
+                .args([
+                    "--instance-id",
+                    instance_id,
+                    "--group",
+                    &self.aws.group,
+                    "--token-from-ssm",
+                ])
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--max-slope",
+                    "40",
+                    "--drift-amplitude",
+                    "0",
+                ])
+                .args(["--reregister-after-ms", "2000"])
+                .spawn()?,
+        };
+        eprintln!("  runner: started a local {role} process for {instance_id}");
+        self.processes.insert(instance_id.to_string(), child);
+        Ok(())
+    }
+
+    /// One pass: a process for every running agent or monitor, none for the others.
+    async fn reconcile(&mut self) -> anyhow::Result<()> {
+        let instances = self.aws.instances(&["agent", "monitor"]).await?;
+        let running: BTreeMap<String, String> = instances
+            .into_iter()
+            .filter(|i| i.state == "running" || i.state == "pending")
+            .map(|i| (i.instance_id, i.role))
+            .collect();
+        for (instance_id, role) in &running {
+            if !self.processes.contains_key(instance_id) {
+                self.start(instance_id, role).await?;
+            }
+        }
+        let gone: Vec<String> = self
+            .processes
+            .keys()
+            .filter(|id| !running.contains_key(*id))
+            .cloned()
+            .collect();
+        for instance_id in gone {
+            if let Some(mut child) = self.processes.remove(&instance_id) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("  runner: stopped the process of {instance_id} (instance terminated)");
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run_runner(mut runner: Runner, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    loop {
+        if let Err(error) = runner.reconcile().await {
+            eprintln!("  runner: {error:#}");
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+impl Rehearse {
+    pub async fn run(self) -> anyhow::Result<()> {
+        util::run(util::cargo().args([
+            "build",
+            "--quiet",
+            "--package",
+            "autoscaler-agent",
+            "--package",
+            "autoscaler-monitor",
+        ]))?;
+        let log_dir =
+            std::env::temp_dir().join(format!("autoscaler-rehearsal-{}", std::process::id()));
+        std::fs::create_dir_all(&log_dir)?;
+        eprintln!(
+            "rehearsal of the AWS workflow for group {}; logs in {}",
+            self.group,
+            log_dir.display()
+        );
+        let emulator = start_emulator(&log_dir)?;
+        let sdk = autoscaler_aws::emulator_config(&emulator.endpoint, Timeouts::default()).await;
+        let aws = Aws::with_config(sdk.clone(), &self.group);
+        prepare_account(&aws).await?;
+
+        let runner = Runner {
+            aws: Aws::with_config(sdk.clone(), &self.group),
+            endpoint: emulator.endpoint.clone(),
+            log_dir: log_dir.clone(),
+            bin_dir: util::root().join("target/debug"),
+            processes: BTreeMap::new(),
+        };
+        let (stop_runner, runner_stopped) = tokio::sync::oneshot::channel();
+        let running = tokio::spawn(run_runner(runner, runner_stopped));
+        let result = self.steps(&aws).await;
+        let _ = stop_runner.send(());
+        let _ = running.await;
+        drop(emulator);
+        result?;
+        eprintln!(
+            "rehearsal passed: bootstrap, bake-ami, up, 2 -> 4 -> 2, down --purge; nothing of group {} is left in the emulator",
+            self.group
+        );
+        Ok(())
+    }
+
+    async fn steps(&self, aws: &Aws) -> anyhow::Result<()> {
+        let group = GroupArgs {
+            group: self.group.clone(),
+        };
+        eprintln!("\n== cargo xtask bootstrap ==");
+        aws::Bootstrap {
+            group: group.clone(),
+            base_image_parameter: EMULATOR_BASE_IMAGE.to_string(),
+            base_image: None,
+            instance_type: "t2.micro".into(),
+            key_name: "vockey".into(),
+            instance_profile: "LabInstanceProfile".into(),
+            ssh_from: None,
+            debug_binaries: true,
+        }
+        .run_with(aws)
+        .await?;
+        let seeds = described(aws, "seed").await?;
+        ensure!(seeds.len() == 1, "one seed instance, found {}", seeds.len());
+        let seed = &seeds[0];
+        let seed_id = seed.instance_id().unwrap_or("").to_string();
+        check_instance(seed, "seed", &self.group)?;
+        let base = aws.parameters.get(EMULATOR_BASE_IMAGE).await?;
+        ensure!(
+            seed.image_id() == Some(base.as_str()),
+            "the seed runs the base image"
+        );
+        ensure!(
+            aws.security_group().await?.is_some(),
+            "the group's security group exists"
+        );
+        // Running bootstrap again continues rather than duplicates.
+        aws::Bootstrap {
+            group: group.clone(),
+            base_image_parameter: EMULATOR_BASE_IMAGE.to_string(),
+            base_image: None,
+            instance_type: "t2.micro".into(),
+            key_name: "vockey".into(),
+            instance_profile: "LabInstanceProfile".into(),
+            ssh_from: None,
+            debug_binaries: true,
+        }
+        .run_with(aws)
+        .await?;
+        ensure!(
+            described(aws, "seed").await?.len() == 1,
+            "a second bootstrap launched another seed"
+        );
+
+        eprintln!("\n== cargo xtask bake-ami --terminate-seed ==");
+        aws::BakeAmi {
+            group: group.clone(),
+            terminate_seed: true,
+        }
+        .run_with(aws)
+        .await?;
+        let ami = aws.parameters.get(&aws.names.ami()).await?;
+        let images = aws.images().await?;
+        ensure!(
+            images.len() == 1,
+            "one image of the group, found {}",
+            images.len()
+        );
+        ensure!(
+            images[0].image_id() == Some(ami.as_str()),
+            "the parameter names the image"
+        );
+        ensure!(
+            images[0].source_instance_id() == Some(seed_id.as_str()),
+            "the image comes from the seed"
+        );
+        ensure!(
+            described(aws, "seed").await?.is_empty(),
+            "the seed is terminated"
+        );
+
+        eprintln!("\n== cargo xtask up ==");
+        aws::Up {
+            group: group.clone(),
+            config: "provisioning/rehearsal.toml".into(),
+            timeout: 180,
+        }
+        .run_with(aws)
+        .await?;
+        let monitors = described(aws, "monitor").await?;
+        ensure!(monitors.len() == 1, "one monitor host");
+        check_instance(&monitors[0], "monitor", &self.group)?;
+        ensure!(
+            monitors[0].image_id() == Some(ami.as_str()),
+            "the monitor host runs the custom AMI"
+        );
+        let address = aws.parameters.get(&aws.names.monitor()).await?;
+        ensure!(
+            address.starts_with("127.0.0.1:"),
+            "the published address is the monitor's: {address}"
+        );
+        let token_type = aws
+            .ssm
+            .get_parameter()
+            .name(aws.names.token())
+            .send()
+            .await
+            .map_err(|e| aws::explain("read the token parameter", e))?
+            .parameter()
+            .and_then(|p| p.r#type().cloned());
+        ensure!(
+            token_type == Some(aws_sdk_ssm::types::ParameterType::SecureString),
+            "the token is a SecureString"
+        );
+
+        eprintln!("\n== a load cycle: up to the maximum, down to the minimum ==");
+        let token = aws.parameters.get(&aws.names.token()).await?;
+        load_cycle(aws, &address, &token).await?;
+        aws::print_status(aws).await?;
+
+        eprintln!("\n== cargo xtask down --purge --dry-run ==");
+        aws::Down {
+            group: group.clone(),
+            purge: true,
+            dry_run: true,
+        }
+        .run_with(aws)
+        .await?;
+        ensure!(
+            described(aws, "agent").await?.len() == 2,
+            "a dry run changes nothing"
+        );
+        eprintln!("\n== cargo xtask down --purge ==");
+        aws::Down {
+            group,
+            purge: true,
+            dry_run: false,
+        }
+        .run_with(aws)
+        .await?;
+        nothing_left(aws).await
+    }
+}
+
+/// What an AWS Academy account provides: the key pair `vockey` and the `LabInstanceProfile`.
+async fn prepare_account(aws: &Aws) -> anyhow::Result<()> {
+    aws.ec2
+        .create_key_pair()
+        .key_name("vockey")
+        .send()
+        .await
+        .map_err(|e| aws::explain("create the key pair", e))?;
+    aws_sdk_iam::Client::new(&aws.sdk)
+        .create_instance_profile()
+        .instance_profile_name("LabInstanceProfile")
+        .send()
+        .await
+        .map_err(|e| aws::explain("create the instance profile", e))?;
+    Ok(())
+}
+
+/// The group's non-terminated instances of `role`, as DescribeInstances returns them.
+async fn described(aws: &Aws, role: &str) -> anyhow::Result<Vec<aws_sdk_ec2::types::Instance>> {
+    let output = aws
+        .ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{GROUP_TAG}"))
+                .values(&aws.group)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{ROLE_TAG}"))
+                .values(role)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .values("stopped")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| aws::explain("describe instances", e))?;
+    Ok(output
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .cloned()
+        .collect())
+}
+
+fn check_instance(
+    instance: &aws_sdk_ec2::types::Instance,
+    role: &str,
+    group: &str,
+) -> anyhow::Result<()> {
+    let id = instance.instance_id().unwrap_or("?");
+    ensure!(
+        instance.instance_type().map(|t| t.as_str()) == Some("t2.micro"),
+        "{id}: not a t2.micro"
+    );
+    ensure!(
+        instance.key_name() == Some("vockey"),
+        "{id}: key pair is not vockey"
+    );
+    let tags: BTreeMap<&str, &str> = instance
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?, t.value()?)))
+        .collect();
+    ensure!(
+        tags.get(GROUP_TAG) == Some(&group),
+        "{id}: group tag {tags:?}"
+    );
+    ensure!(tags.get(ROLE_TAG) == Some(&role), "{id}: role tag {tags:?}");
+    ensure!(
+        tags.get("Name") == Some(&format!("autoscaler-{group}-{role}").as_str()),
+        "{id}: Name tag {tags:?}"
+    );
+    ensure!(
+        instance
+            .iam_instance_profile()
+            .and_then(|p| p.arn())
+            .is_some_and(|arn| arn.ends_with("LabInstanceProfile")),
+        "{id}: instance profile"
+    );
+    Ok(())
+}
+
+/// Drives every healthy agent's load high until the fleet stands at its maximum, then low until
+/// it is back at its minimum, as a load balancer spreading demand would.
+async fn load_cycle(aws: &Aws, address: &str, token: &str) -> anyhow::Result<()> {
+    let token = Token::new(token)?;
+    for (level, size, what) in [
+        (95.0, 4usize, "4 healthy agents (the maximum)"),
+        (5.0, 2, "2 healthy agents (the minimum)"),
+    ] {
+        wait_for(
+            what,
+            Duration::from_secs(180),
+            Duration::from_millis(500),
+            || async {
+                let status = crate::status_client::get_status(address, token.expose()).await?;
+                let healthy: Vec<&v1::InstanceStatus> = status
+                    .instances
+                    .iter()
+                    .filter(|i| i.health == "healthy")
+                    .collect();
+                for instance in &healthy {
+                    let channel = tonic::transport::Endpoint::from_shared(format!(
+                        "http://{}",
+                        instance.address
+                    ))?
+                    .timeout(Duration::from_secs(1))
+                    .connect_lazy();
+                    let mut agent = v1::agent_client::AgentClient::with_interceptor(
+                        channel,
+                        AttachToken::new(&token),
+                    );
+                    let _ = agent
+                        .set_load_target(v1::SetLoadTargetRequest {
+                            target_percent: level,
+                            hold: true,
+                        })
+                        .await;
+                }
+                let listed = status
+                    .instances
+                    .iter()
+                    .filter(|i| i.state != "unlisted")
+                    .count();
+                ensure!(listed <= 4, "{listed} instances, above the maximum");
+                Ok((healthy.len() == size && listed == size).then_some(()))
+            },
+        )
+        .await?;
+    }
+    let agents = described(aws, "agent").await?;
+    let subnets: BTreeSet<&str> = agents.iter().filter_map(|i| i.subnet_id()).collect();
+    ensure!(
+        subnets.len() == agents.len(),
+        "the agents are spread over subnets: {subnets:?}"
+    );
+    for agent in &agents {
+        check_instance(agent, "agent", &aws.group)?;
+    }
+    Ok(())
+}
+
+/// After `down --purge`: no instance, parameter, image, snapshot, bucket or security group of the
+/// group remains.
+async fn nothing_left(aws: &Aws) -> anyhow::Result<()> {
+    let instances = aws.instances(&[]).await?;
+    ensure!(instances.is_empty(), "instances left: {instances:?}");
+    let parameters = aws
+        .ssm
+        .get_parameters_by_path()
+        .path(format!("/autoscaler/{}", aws.group))
+        .recursive(true)
+        .send()
+        .await
+        .map_err(|e| aws::explain("list the group's parameters", e))?;
+    let names: Vec<&str> = parameters
+        .parameters()
+        .iter()
+        .filter_map(|p| p.name())
+        .collect();
+    ensure!(names.is_empty(), "parameters left: {names:?}");
+    let images = aws.images().await?;
+    let live: Vec<_> = images
+        .iter()
+        .filter(|i| i.state().map(|s| s.as_str()) != Some("deregistered"))
+        .collect();
+    ensure!(live.is_empty(), "images left: {live:?}");
+    ensure!(
+        aws.security_group().await?.is_none(),
+        "the security group is left"
+    );
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws.sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let buckets = s3
+        .list_buckets()
+        .send()
+        .await
+        .map_err(|e| aws::explain("list buckets", e))?;
+    let ours: Vec<&str> = buckets
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name())
+        .filter(|name| name.starts_with(&format!("autoscaler-{}-", aws.group)))
+        .collect();
+    if !ours.is_empty() {
+        bail!("buckets left: {ours:?}");
+    }
+    Ok(())
+}
