@@ -8,7 +8,7 @@ use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow, bail, ensure};
 use autoscaler_aws::{GroupParameters, Parameters, Timeouts};
 use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config, GROUP_TAG, ROLE_TAG};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -851,7 +851,8 @@ pub struct Up {
     pub timeout: u64,
 }
 
-/// The user-data of the monitor host: its config between these markers, then the unit switch.
+/// In the monitor host's user-data (provisioning/monitor-user-data.sh), the config sits between
+/// these two lines.
 pub const CONFIG_BEGIN: &str = "cat > /etc/autoscaler/autoscaler.toml <<'AUTOSCALER_CONFIG'\n";
 pub const CONFIG_END: &str = "AUTOSCALER_CONFIG\n";
 
@@ -939,9 +940,15 @@ impl Up {
                         ..ec2
                     })
                     .await?;
-                let user_data = format!(
-                    "#!/bin/sh\nset -eu\nmkdir -p /etc/autoscaler\ntouch /etc/autoscaler/monitor-role\n{CONFIG_BEGIN}{config_text}{CONFIG_END}systemctl disable --now autoscaler-agent.service || true\nsystemctl enable --now autoscaler-monitor.service\n"
+                let template_path = util::root().join("provisioning/monitor-user-data.sh");
+                let template = std::fs::read_to_string(&template_path)
+                    .with_context(|| format!("cannot read {}", template_path.display()))?;
+                ensure!(
+                    template.contains(CONFIG_BEGIN) && template.contains("@CONFIG@"),
+                    "{} lost its config placeholder",
+                    template_path.display()
                 );
+                let user_data = template.replace("@CONFIG@", &config_text);
                 let encoded = base64::engine::general_purpose::STANDARD.encode(user_data);
                 let subnet = cloud.config().subnet_ids[0].clone();
                 let id = cloud

@@ -256,6 +256,7 @@ impl Rehearse {
         let emulator = start_emulator(&log_dir)?;
         let sdk = autoscaler_aws::emulator_config(&emulator.endpoint, Timeouts::default()).await;
         let aws = Aws::with_config(sdk.clone(), &self.group);
+        missing_pieces_are_named(&aws).await?;
         prepare_account(&aws).await?;
 
         let runner = Runner {
@@ -284,18 +285,7 @@ impl Rehearse {
             group: self.group.clone(),
         };
         eprintln!("\n== cargo xtask bootstrap ==");
-        aws::Bootstrap {
-            group: group.clone(),
-            base_image_parameter: EMULATOR_BASE_IMAGE.to_string(),
-            base_image: None,
-            instance_type: "t2.micro".into(),
-            key_name: "vockey".into(),
-            instance_profile: "LabInstanceProfile".into(),
-            ssh_from: None,
-            debug_binaries: true,
-        }
-        .run_with(aws)
-        .await?;
+        bootstrap(group.clone()).run_with(aws).await?;
         let seeds = described(aws, "seed").await?;
         ensure!(seeds.len() == 1, "one seed instance, found {}", seeds.len());
         let seed = &seeds[0];
@@ -311,18 +301,7 @@ impl Rehearse {
             "the group's security group exists"
         );
         // Running bootstrap again continues rather than duplicates.
-        aws::Bootstrap {
-            group: group.clone(),
-            base_image_parameter: EMULATOR_BASE_IMAGE.to_string(),
-            base_image: None,
-            instance_type: "t2.micro".into(),
-            key_name: "vockey".into(),
-            instance_profile: "LabInstanceProfile".into(),
-            ssh_from: None,
-            debug_binaries: true,
-        }
-        .run_with(aws)
-        .await?;
+        bootstrap(group.clone()).run_with(aws).await?;
         ensure!(
             described(aws, "seed").await?.len() == 1,
             "a second bootstrap launched another seed"
@@ -418,14 +397,87 @@ impl Rehearse {
     }
 }
 
-/// What an AWS Academy account provides: the key pair `vockey` and the `LabInstanceProfile`.
-async fn prepare_account(aws: &Aws) -> anyhow::Result<()> {
+/// Before the account has what the workflow needs, each command stops with a message naming the
+/// missing piece, and changes nothing.
+async fn missing_pieces_are_named(aws: &Aws) -> anyhow::Result<()> {
+    eprintln!("\n== commands on an account that lacks what they need ==");
+    let group = GroupArgs {
+        group: aws.group.clone(),
+    };
+    let error = bootstrap(group.clone())
+        .run_with(aws)
+        .await
+        .expect_err("bootstrap without a key pair");
+    ensure!(
+        error.to_string().contains("key pair vockey not found"),
+        "bootstrap said: {error:#}"
+    );
+    eprintln!("  bootstrap: {error}");
     aws.ec2
         .create_key_pair()
         .key_name("vockey")
         .send()
         .await
         .map_err(|e| aws::explain("create the key pair", e))?;
+    let error = bootstrap(group.clone())
+        .run_with(aws)
+        .await
+        .expect_err("bootstrap without the profile");
+    ensure!(
+        error
+            .to_string()
+            .contains("instance profile LabInstanceProfile missing"),
+        "bootstrap said: {error:#}"
+    );
+    eprintln!("  bootstrap: {error}");
+    let error = aws::BakeAmi {
+        group: group.clone(),
+        terminate_seed: false,
+    }
+    .run_with(aws)
+    .await
+    .expect_err("bake-ami before bootstrap");
+    ensure!(
+        error.to_string().contains("no seed instance"),
+        "bake-ami said: {error:#}"
+    );
+    eprintln!("  bake-ami: {error}");
+    let error = aws::Up {
+        group,
+        config: "provisioning/rehearsal.toml".into(),
+        timeout: 10,
+    }
+    .run_with(aws)
+    .await
+    .expect_err("up before bake-ami");
+    ensure!(
+        error.to_string().contains("no custom AMI"),
+        "up said: {error:#}"
+    );
+    eprintln!("  up: {error}");
+    ensure!(
+        aws.instances(&[]).await?.is_empty(),
+        "a refused command launched something"
+    );
+    Ok(())
+}
+
+fn bootstrap(group: GroupArgs) -> aws::Bootstrap {
+    aws::Bootstrap {
+        group,
+        base_image_parameter: EMULATOR_BASE_IMAGE.to_string(),
+        base_image: None,
+        instance_type: "t2.micro".into(),
+        key_name: "vockey".into(),
+        instance_profile: "LabInstanceProfile".into(),
+        ssh_from: None,
+        debug_binaries: true,
+    }
+}
+
+/// What an AWS Academy account provides: the key pair `vockey` (made above) and the
+/// `LabInstanceProfile`.
+async fn prepare_account(aws: &Aws) -> anyhow::Result<()> {
     aws_sdk_iam::Client::new(&aws.sdk)
         .create_instance_profile()
         .instance_profile_name("LabInstanceProfile")

@@ -80,6 +80,7 @@ impl ControllerStatus {
         let quiet = |r: &DecisionRecord| {
             r.launched.is_empty()
                 && r.terminated.is_empty()
+                && r.outcome.is_empty()
                 && r.decision.as_ref().is_some_and(|d| !d.acts())
         };
         if let Some(last) = inner.decisions.back_mut()
@@ -155,9 +156,11 @@ pub fn observe(
 }
 
 /// Calls `call` up to `attempts` times while it fails with a retryable error, doubling the pause.
+/// Every failed attempt is noted in `notes` (which ends up in the decision record).
 pub async fn with_retries<T, F, Fut>(
     what: &str,
     attempts: u32,
+    notes: &mut Vec<String>,
     mut call: F,
 ) -> Result<T, CloudError>
 where
@@ -171,6 +174,9 @@ where
             Ok(value) => return Ok(value),
             Err(error) if error.is_retryable() && attempt < attempts => {
                 tracing::warn!(%error, attempt, retry_in = ?pause, "{what} failed; retrying");
+                notes.push(format!(
+                    "{what} failed (attempt {attempt}, {error}); retried after {pause:?}"
+                ));
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(10));
                 attempt += 1;
@@ -225,16 +231,19 @@ impl<C: Cloud> Controller<C> {
     /// One evaluation: list, decide, act, record.
     pub async fn evaluate_once(&mut self) -> DecisionRecord {
         let keep = self.config.decision_history;
-        let instances = match with_retries("listing instances", 3, || self.cloud.list()).await {
+        let mut notes = Vec::new();
+        let listed = with_retries("listing instances", 3, &mut notes, || self.cloud.list()).await;
+        let instances = match listed {
             Ok(instances) => instances,
             Err(error) => {
                 tracing::error!(%error, "cannot list the group's instances; no decision this time");
+                notes.push(format!("list failed: {error}"));
                 return self.status.push(
                     DecisionRecord {
                         sequence: 0,
                         at: SystemTime::now(),
                         decision: None,
-                        outcome: vec![format!("list failed: {error}")],
+                        outcome: notes,
                         launched: Vec::new(),
                         terminated: Vec::new(),
                         repeated: 0,
@@ -253,7 +262,7 @@ impl<C: Cloud> Controller<C> {
             sequence: 0,
             at: SystemTime::now(),
             decision: None,
-            outcome: Vec::new(),
+            outcome: notes,
             launched: Vec::new(),
             terminated: Vec::new(),
             repeated: 0,
@@ -299,7 +308,11 @@ impl<C: Cloud> Controller<C> {
                 .await;
         }
         if decision.launch > 0 {
-            match with_retries("launching", 3, || self.cloud.launch(decision.launch)).await {
+            match with_retries("launching", 3, &mut record.outcome, || {
+                self.cloud.launch(decision.launch)
+            })
+            .await
+            {
                 Ok(ids) => {
                     record.outcome.push(format!("launched {}", ids.join(", ")));
                     record.launched = ids;
@@ -310,7 +323,11 @@ impl<C: Cloud> Controller<C> {
     }
 
     async fn terminate(&self, instance_ids: &[String], why: &str, record: &mut DecisionRecord) {
-        match with_retries("terminating", 3, || self.cloud.terminate(instance_ids)).await {
+        match with_retries("terminating", 3, &mut record.outcome, || {
+            self.cloud.terminate(instance_ids)
+        })
+        .await
+        {
             Ok(()) => {
                 for instance_id in instance_ids {
                     (self.forget)(instance_id);
