@@ -1219,17 +1219,102 @@ async fn delete_bucket(aws: &Aws) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // status
 
-/// The group as the cloud sees it, beside what the monitor knows when it is reachable.
+/// The group as the cloud sees it, beside what the monitor knows when it is reachable; or, with
+/// `--monitor`, the fleet straight from a monitor (the local demo, or a monitor in reach).
 #[derive(Debug, clap::Args)]
 pub struct Status {
     #[command(flatten)]
-    pub group: GroupArgs,
+    group: GroupArgs,
+    /// Ask this monitor (`host:port`) directly instead of AWS; the token comes from
+    /// --token-file or AUTOSCALER_TOKEN.
+    #[arg(long)]
+    monitor: Option<String>,
+    /// File holding the group token, with --monitor.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    /// Keep printing decisions as they happen (Ctrl-C to stop).
+    #[arg(long)]
+    follow: bool,
 }
 
 impl Status {
     pub async fn run(self) -> anyhow::Result<()> {
-        let aws = Aws::connect(&self.group.group).await?;
-        print_status(&aws).await
+        let (address, token) = match &self.monitor {
+            Some(address) => {
+                let token = match &self.token_file {
+                    Some(path) => std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                    None => std::env::var("AUTOSCALER_TOKEN")
+                        .context("no group token: pass --token-file or set AUTOSCALER_TOKEN")?,
+                };
+                (address.clone(), token.trim().to_string())
+            }
+            None => {
+                let aws = Aws::connect(&self.group.group).await?;
+                print_status(&aws).await?;
+                if !self.follow {
+                    return Ok(());
+                }
+                let address = aws.parameters.get(&aws.names.monitor()).await?;
+                (address, aws.parameters.get(&aws.names.token()).await?)
+            }
+        };
+        let report = crate::status_client::get_status(&address, &token).await?;
+        if self.monitor.is_some() {
+            print_fleet(&report);
+        }
+        if !self.follow {
+            return Ok(());
+        }
+        let mut seen = 0;
+        loop {
+            let report = crate::status_client::get_status_after(&address, &token, seen).await?;
+            for record in &report.decisions {
+                seen = seen.max(record.sequence);
+                let at = record.at_unix_ms as f64 / 1000.0;
+                println!("#{:<4} {at:.1} {}", record.sequence, record.summary);
+                for outcome in &record.outcome {
+                    println!("      -> {outcome}");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// The fleet as one monitor reports it.
+pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
+    println!(
+        "group {}: {} instances, desired {}, bounds [{}, {}]",
+        report.group,
+        report
+            .instances
+            .iter()
+            .filter(|i| i.state != "unlisted")
+            .count(),
+        report.desired_instances,
+        report.min_instances,
+        report.max_instances
+    );
+    println!(
+        "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}",
+        "INSTANCE", "STATE", "HEALTH", "LOAD", "ADDRESS", "MISSES"
+    );
+    for instance in &report.instances {
+        println!(
+            "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}",
+            instance.instance_id,
+            instance.state,
+            instance.health,
+            instance
+                .load_percent
+                .map_or("-".to_string(), |l| format!("{l:.1}%")),
+            instance.address,
+            instance.consecutive_misses
+        );
+    }
+    if let Some(last) = report.decisions.last() {
+        println!("last decision: {}", last.summary);
     }
 }
 

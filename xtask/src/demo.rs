@@ -118,14 +118,7 @@ impl Demo {
                 self.duration
             );
         }
-        util::run(util::cargo().args([
-            "build",
-            "--quiet",
-            "--package",
-            "autoscaler-agent",
-            "--package",
-            "autoscaler-monitor",
-        ]))?;
+        util::build_binaries()?;
         let target_dir = util::root().join("target/debug");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -138,15 +131,24 @@ impl Demo {
         let state_dir =
             std::env::temp_dir().join(format!("autoscaler-demo-{}", std::process::id()));
         std::fs::create_dir_all(&state_dir)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let address = format!("127.0.0.1:{port}");
+        let free_port = || -> std::io::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let address = format!("127.0.0.1:{}", free_port()?);
+        let dashboard = format!("127.0.0.1:{}", free_port()?);
+        let token_file = state_dir.join("token");
+        std::fs::write(&token_file, token.expose())?;
+        std::fs::set_permissions(
+            &token_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
         let log = std::fs::File::create(state_dir.join("monitor.log"))?;
         let child = Command::new(target_dir.join("autoscaler-monitor"))
             .arg("--config")
             .arg(util::root().join("provisioning/demo.toml"))
-            .args(["--listen", &address])
+            .args(["--listen", &address, "--http-listen", &dashboard])
             .arg("--state-dir")
             .arg(&state_dir)
             .env("AUTOSCALER_TOKEN", token.expose())
@@ -162,6 +164,11 @@ impl Demo {
         let live = !self.plain && std::io::stdout().is_terminal();
         println!(
             "autoscaler demo: monitor and controller on {address}, local provider, min 2, max 5"
+        );
+        println!("  dashboard: http://{dashboard}/  (metrics: http://{dashboard}/metrics)");
+        println!(
+            "  from another terminal: cargo xtask status --monitor {address} --token-file {} --follow",
+            token_file.display()
         );
         println!("  logs and instance records: {}", state_dir.display());
         println!(
@@ -306,7 +313,14 @@ impl Demo {
             }
 
             if live {
-                draw(&report, t, self.duration, level, &decision_lines);
+                draw(
+                    &report,
+                    t,
+                    self.duration,
+                    level,
+                    &decision_lines,
+                    &dashboard,
+                );
             } else if t - last_plain_table >= 15.0 {
                 last_plain_table = t;
                 println!(
@@ -342,11 +356,18 @@ impl Demo {
     }
 }
 
-fn draw(report: &v1::GetStatusResponse, t: f64, duration: u64, demand: f64, decisions: &[String]) {
+fn draw(
+    report: &v1::GetStatusResponse,
+    t: f64,
+    duration: u64,
+    demand: f64,
+    decisions: &[String],
+    dashboard: &str,
+) {
     let mut out = String::new();
     out.push_str("\x1b[H\x1b[2J");
     out.push_str(&format!(
-        "autoscaler demo  t = {t:5.1}s / {duration}s   demand {demand:.2} units   fleet {} (desired {}, min {}, max {})\n\n",
+        "autoscaler demo  t = {t:5.1}s / {duration}s  dashboard http://{dashboard}/\n   demand {demand:.2} units   fleet {} (desired {}, min {}, max {})\n\n",
         report.instances.iter().filter(|i| i.state != "unlisted").count(),
         report.desired_instances,
         report.min_instances,

@@ -237,14 +237,7 @@ async fn run_runner(mut runner: Runner, mut stop: tokio::sync::oneshot::Receiver
 
 impl Rehearse {
     pub async fn run(self) -> anyhow::Result<()> {
-        util::run(util::cargo().args([
-            "build",
-            "--quiet",
-            "--package",
-            "autoscaler-agent",
-            "--package",
-            "autoscaler-monitor",
-        ]))?;
+        util::build_binaries()?;
         let log_dir =
             std::env::temp_dir().join(format!("autoscaler-rehearsal-{}", std::process::id()));
         std::fs::create_dir_all(&log_dir)?;

@@ -16,6 +16,10 @@ pub struct Test {
 impl Test {
     pub fn run(self) -> anyhow::Result<()> {
         let python = util::python_venv()?;
+        let chromium = match std::env::var_os("AUTOSCALER_CHROMIUM") {
+            Some(path) => std::path::PathBuf::from(path),
+            None => util::chromium()?,
+        };
         if !self.no_lint {
             util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))?;
             util::run(util::cargo().args([
@@ -29,11 +33,12 @@ impl Test {
             ]))?;
         }
         // The end-to-end tests start the agent and monitor binaries: build them first.
-        util::run(util::cargo().args(["build", "--workspace", "--bins", "--quiet"]))?;
+        util::build_binaries()?;
         util::run(
             util::cargo()
                 .args(["test", "--workspace", "--quiet"])
-                .env("AUTOSCALER_PYTHON", &python),
+                .env("AUTOSCALER_PYTHON", &python)
+                .env("AUTOSCALER_CHROMIUM", &chromium),
         )?;
         // The AWS workflow against the emulator, end to end.
         util::run(util::cargo().args(["xtask", "rehearse"]))?;

@@ -27,6 +27,12 @@ pub fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the programs (debug) the way `cargo xtask test` does, so that the demo, the rehearsal
+/// and the tests share one build (the same packages, hence the same features).
+pub fn build_binaries() -> anyhow::Result<()> {
+    run(cargo().args(["build", "--workspace", "--bins", "--quiet"]))
+}
+
 /// `cargo` as the one running us.
 pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
@@ -63,4 +69,37 @@ pub fn python_venv() -> anyhow::Result<PathBuf> {
         std::fs::write(&stamp, wanted)?;
     }
     Ok(python)
+}
+
+/// Debian's Chromium for the browser test, installed with apt-get when it is missing.
+pub fn chromium() -> anyhow::Result<PathBuf> {
+    let chromium = PathBuf::from("/usr/bin/chromium");
+    if chromium.exists() {
+        return Ok(chromium);
+    }
+    eprintln!("the dashboard's browser test needs Chromium: installing Debian's chromium package");
+    let installed = run(Command::new("apt-get").arg("update").arg("-qq")).and_then(|()| {
+        run(Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+                "chromium",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    });
+    if let Err(error) = installed {
+        bail!(
+            "cannot install Chromium ({error:#}): install Debian's chromium package (apt-get install chromium) \
+             or set AUTOSCALER_CHROMIUM to a Chromium binary"
+        );
+    }
+    if !chromium.exists() {
+        bail!(
+            "apt-get installed chromium but {} is missing",
+            chromium.display()
+        );
+    }
+    Ok(chromium)
 }

@@ -6,6 +6,7 @@
 
 pub mod discovery;
 pub mod load;
+pub mod metrics;
 pub mod registration;
 pub mod service;
 
@@ -80,13 +81,35 @@ pub enum AgentError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// Serves the agent on `listener` until `shutdown` completes, then deregisters and returns.
+/// The sockets the agent serves on, bound by `main`.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC Agent service (with health checking and reflection).
+    pub grpc: TcpListener,
+    /// Prometheus metrics over HTTP, if wanted.
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Listeners {
+        Listeners {
+            grpc,
+            metrics: None,
+        }
+    }
+}
+
+/// Serves the agent until `shutdown` completes, then deregisters and returns.
 pub async fn run(
     config: AgentConfig,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     locator: Arc<dyn MonitorLocator>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let Listeners {
+        grpc: listener,
+        metrics,
+    } = listeners.into();
     if config.instance_id.trim().is_empty() {
         return Err(AgentError::EmptyInstanceId);
     }
@@ -105,6 +128,7 @@ pub async fn run(
 
     let state = AgentState::new(config.instance_id.clone(), source);
     let sampler = tokio::spawn(sample_forever(state.clone(), config.sample_interval));
+    let metrics = metrics.map(|listener| tokio::spawn(metrics::serve(listener, state.clone())));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -177,6 +201,9 @@ pub async fn run(
         Err(_) => tracing::warn!("in-flight calls did not finish in time; leaving them"),
     }
     sampler.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     Ok(())
 }
 

@@ -49,6 +49,9 @@ struct Flags {
     /// File holding the group's shared token (otherwise AUTOSCALER_TOKEN).
     #[arg(long, env = "AUTOSCALER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Also serve Prometheus metrics over HTTP on this address (`GET /metrics`).
+    #[arg(long, env = "AUTOSCALER_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Which load to report.
     #[arg(long, value_enum, default_value_t = Source::Simulated)]
     load: Source,
@@ -195,7 +198,19 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             Source::Simulated => LoadConfig::Simulated(load),
         };
         config.registration.reregister_after = Duration::from_millis(flags.reregister_after_ms);
-        autoscaler_agent::run(config, listener, locator, shutdown_signal()).await?;
+        let metrics = match &flags.metrics_listen {
+            Some(address) => Some(
+                tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} for metrics"))?,
+            ),
+            None => None,
+        };
+        let listeners = autoscaler_agent::Listeners {
+            grpc: listener,
+            metrics,
+        };
+        autoscaler_agent::run(config, listeners, locator, shutdown_signal()).await?;
         Ok(())
     })
 }

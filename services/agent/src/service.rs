@@ -37,6 +37,7 @@ pub struct Sample {
 pub struct AgentState {
     instance_id: String,
     started: Instant,
+    polls: std::sync::atomic::AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -60,6 +61,7 @@ impl AgentState {
         Arc::new(AgentState {
             instance_id,
             started: now,
+            polls: std::sync::atomic::AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 source,
                 sample: Sample {
@@ -166,8 +168,13 @@ impl AgentState {
         }
     }
 
-    fn uptime(&self) -> Duration {
+    pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Heartbeats answered so far.
+    pub fn polls(&self) -> u64 {
+        self.polls.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -196,6 +203,9 @@ impl Agent for AgentService {
         request: Request<v1::PingRequest>,
     ) -> Result<Response<v1::PingResponse>, Status> {
         self.state.mark_activity();
+        self.state
+            .polls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Response::new(v1::PingResponse {
             instance_id: self.state.instance_id.clone(),
             agent_version: autoscaler_proto::VERSION.to_string(),

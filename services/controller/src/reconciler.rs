@@ -46,6 +46,21 @@ struct StatusInner {
     instances: Vec<CloudInstance>,
     decisions: VecDeque<DecisionRecord>,
     next_sequence: u64,
+    counters: Counters,
+}
+
+/// Totals since the controller started, for the metrics endpoint.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Counters {
+    pub evaluations: u64,
+    /// Evaluations in which each rule changed or held the recommendation.
+    pub rules: std::collections::BTreeMap<String, u64>,
+    /// Instances launched, scaled in and replaced.
+    pub launched: u64,
+    pub scaled_in: u64,
+    pub replaced: u64,
+    /// Failed provider calls by kind (each attempt counts).
+    pub provider_errors: std::collections::BTreeMap<String, u64>,
 }
 
 /// What the controller knows, shared with the status view: the provider's last list and the
@@ -65,6 +80,15 @@ impl ControllerStatus {
         self.lock().instances.clone()
     }
 
+    /// The desired size of the latest decision.
+    pub fn desired(&self) -> Option<u32> {
+        self.lock()
+            .decisions
+            .iter()
+            .rev()
+            .find_map(|r| r.decision.as_ref().map(|d| d.desired))
+    }
+
     /// Decisions with a sequence number above `after`, oldest first.
     pub fn decisions_after(&self, after: u64) -> Vec<DecisionRecord> {
         self.lock()
@@ -75,8 +99,34 @@ impl ControllerStatus {
             .collect()
     }
 
+    pub fn counters(&self) -> Counters {
+        self.lock().counters.clone()
+    }
+
+    fn count_error(&self, error: &CloudError) {
+        *self
+            .lock()
+            .counters
+            .provider_errors
+            .entry(format!("{:?}", error.kind))
+            .or_default() += 1;
+    }
+
     fn push(&self, mut record: DecisionRecord, keep: usize) -> DecisionRecord {
         let mut inner = self.lock();
+        let counters = &mut inner.counters;
+        counters.evaluations += 1;
+        if let Some(decision) = &record.decision {
+            for rule in &decision.rules {
+                *counters
+                    .rules
+                    .entry(rule.rule.as_str().to_string())
+                    .or_default() += 1;
+            }
+            counters.replaced += decision.replace.len() as u64;
+            counters.scaled_in += decision.scale_in.len() as u64;
+        }
+        counters.launched += record.launched.len() as u64;
         let quiet = |r: &DecisionRecord| {
             r.launched.is_empty()
                 && r.terminated.is_empty()
@@ -161,6 +211,7 @@ pub async fn with_retries<T, F, Fut>(
     what: &str,
     attempts: u32,
     notes: &mut Vec<String>,
+    status: &ControllerStatus,
     mut call: F,
 ) -> Result<T, CloudError>
 where
@@ -170,7 +221,11 @@ where
     let mut pause = Duration::from_millis(200);
     let mut attempt = 1;
     loop {
-        match call().await {
+        let result = call().await;
+        if let Err(error) = &result {
+            status.count_error(error);
+        }
+        match result {
             Ok(value) => return Ok(value),
             Err(error) if error.is_retryable() && attempt < attempts => {
                 tracing::warn!(%error, attempt, retry_in = ?pause, "{what} failed; retrying");
@@ -232,7 +287,10 @@ impl<C: Cloud> Controller<C> {
     pub async fn evaluate_once(&mut self) -> DecisionRecord {
         let keep = self.config.decision_history;
         let mut notes = Vec::new();
-        let listed = with_retries("listing instances", 3, &mut notes, || self.cloud.list()).await;
+        let listed = with_retries("listing instances", 3, &mut notes, &self.status, || {
+            self.cloud.list()
+        })
+        .await;
         let instances = match listed {
             Ok(instances) => instances,
             Err(error) => {
@@ -308,7 +366,7 @@ impl<C: Cloud> Controller<C> {
                 .await;
         }
         if decision.launch > 0 {
-            match with_retries("launching", 3, &mut record.outcome, || {
+            match with_retries("launching", 3, &mut record.outcome, &self.status, || {
                 self.cloud.launch(decision.launch)
             })
             .await
@@ -323,7 +381,7 @@ impl<C: Cloud> Controller<C> {
     }
 
     async fn terminate(&self, instance_ids: &[String], why: &str, record: &mut DecisionRecord) {
-        match with_retries("terminating", 3, &mut record.outcome, || {
+        match with_retries("terminating", 3, &mut record.outcome, &self.status, || {
             self.cloud.terminate(instance_ids)
         })
         .await

@@ -16,7 +16,8 @@ use autoscaler_proto::auth::Token;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
-use crate::status::StatusService;
+use crate::http::Dashboard;
+use crate::status::{History, StatusService};
 use crate::{Monitor, MonitorConfig, MonitorError};
 
 /// The whole config file.
@@ -43,6 +44,8 @@ fn default_group() -> String {
 #[serde(deny_unknown_fields, default)]
 pub struct MonitorSection {
     pub listen: String,
+    /// Where the dashboard, its JSON API and the Prometheus metrics are served (none if unset).
+    pub http_listen: Option<String>,
     pub poll_interval_ms: u64,
     pub poll_timeout_ms: u64,
     pub unhealthy_after: u32,
@@ -54,6 +57,7 @@ impl Default for MonitorSection {
         let defaults = MonitorConfig::default();
         MonitorSection {
             listen: "127.0.0.1:50051".to_string(),
+            http_listen: None,
             poll_interval_ms: defaults.poll_interval.as_millis() as u64,
             poll_timeout_ms: defaults.poll_timeout.as_millis() as u64,
             unhealthy_after: defaults.unhealthy_after,
@@ -157,7 +161,7 @@ impl DaemonConfig {
 }
 
 /// What the daemon needs besides its config, resolved by `main`.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct RunOptions {
     /// `autoscaler-agent`, for the local provider.
     pub agent_binary: PathBuf,
@@ -166,6 +170,8 @@ pub struct RunOptions {
     pub advertise: String,
     /// The AWS SDK config, for the EC2 provider and publishing the monitor's address.
     pub aws: Option<aws_config::SdkConfig>,
+    /// Where to serve the dashboard, the JSON API and the metrics.
+    pub http: Option<TcpListener>,
 }
 
 /// Runs the monitor and the controller on `listener` until `shutdown` completes. Then the
@@ -175,9 +181,10 @@ pub async fn run(
     config: DaemonConfig,
     token: Token,
     listener: TcpListener,
-    options: RunOptions,
+    mut options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let http = options.http.take();
     config.validate()?;
     let monitor = Monitor::start(config.monitor_config(), token.clone())?;
     match config.provider.clone() {
@@ -203,16 +210,9 @@ pub async fn run(
             );
             tracing::info!(state_dir = %cloud.state_dir().display(), "local provider");
             let leaving = cloud.clone();
+            let leaving = async move { leaving.terminate_all().await };
             serve(
-                &config,
-                monitor,
-                cloud,
-                token,
-                listener,
-                shutdown,
-                async move {
-                    leaving.terminate_all().await;
-                },
+                &config, monitor, cloud, token, listener, http, shutdown, leaving,
             )
             .await
         }
@@ -227,7 +227,17 @@ pub async fn run(
             );
             tracing::info!(ami = %cloud.config().ami_id, subnets = ?cloud.config().subnet_ids, "EC2 provider");
             publish_address(sdk, &config.group, &options.advertise).await?;
-            serve(&config, monitor, cloud, token, listener, shutdown, async {}).await
+            serve(
+                &config,
+                monitor,
+                cloud,
+                token,
+                listener,
+                http,
+                shutdown,
+                async {},
+            )
+            .await
         }
     }
 }
@@ -258,14 +268,16 @@ async fn publish_address(
     unreachable!("the last attempt returns")
 }
 
-/// Runs the controller and serves until `shutdown`; then stops the controller, runs `leaving`,
-/// and stops the monitor.
+/// Runs the controller and serves (gRPC, and the dashboard when given a listener) until
+/// `shutdown`; then stops the controller, runs `leaving`, and stops the monitor.
+#[allow(clippy::too_many_arguments)]
 async fn serve<C: Cloud>(
     config: &DaemonConfig,
     monitor: Monitor,
     cloud: Arc<C>,
     token: Token,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
     leaving: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
@@ -298,6 +310,22 @@ async fn serve<C: Cloud>(
         "monitor and controller starting"
     );
 
+    let history = Arc::new(History::new(900));
+    let sampling = tokio::spawn(record_history(status.clone(), history.clone()));
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let dashboard = match http {
+        Some(http) => {
+            tracing::info!(address = %http.local_addr().map_err(DaemonError::Listener)?, "dashboard serving");
+            let dashboard = Arc::new(Dashboard {
+                status: status.clone(),
+                history,
+            });
+            Some(tokio::spawn(crate::http::serve(http, dashboard, async {
+                http_stopped.await.ok();
+            })))
+        }
+        None => None,
+    };
     let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
     let controlling = tokio::spawn(controller.run(async {
         controller_stopped.await.ok();
@@ -312,12 +340,26 @@ async fn serve<C: Cloud>(
     let _ = stop_controller.send(());
     let _ = controlling.await;
     leaving.await;
+    sampling.abort();
+    let _ = stop_http.send(());
+    if let Some(dashboard) = dashboard {
+        let _ = dashboard.await;
+    }
     let _ = stop_server.send(());
     match serving.await {
         Ok(result) => result?,
         Err(join) => return Err(DaemonError::Provider(format!("monitor task: {join}"))),
     }
     Ok(())
+}
+
+/// Samples the status every second into the dashboard's history.
+async fn record_history(status: StatusService, history: Arc<History>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        history.record(&status.report(u64::MAX));
+    }
 }
 
 /// Why the daemon could not run.

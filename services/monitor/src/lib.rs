@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod http;
 mod poller;
 pub mod registry;
 pub mod service;

@@ -22,6 +22,9 @@ struct Flags {
     /// Overrides `monitor.listen`.
     #[arg(long, env = "AUTOSCALER_MONITOR_LISTEN")]
     listen: Option<String>,
+    /// Overrides `monitor.http_listen`: where the dashboard and metrics are served.
+    #[arg(long)]
+    http_listen: Option<String>,
     /// Overrides `group`.
     #[arg(long)]
     group: Option<String>,
@@ -126,6 +129,9 @@ fn load_config(flags: &Flags) -> anyhow::Result<DaemonConfig> {
     if let Some(listen) = &flags.listen {
         config.monitor.listen = listen.clone();
     }
+    if let Some(http) = &flags.http_listen {
+        config.monitor.http_listen = Some(http.clone());
+    }
     if let Some(group) = &flags.group {
         config.group = group.clone();
     }
@@ -207,10 +213,19 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             let monitor = Monitor::start(config.monitor_config(), token)?;
             monitor.serve(listener, shutdown_signal()).await?;
         } else {
+            let http = match &config.monitor.http_listen {
+                Some(address) => Some(
+                    tokio::net::TcpListener::bind(address)
+                        .await
+                        .with_context(|| format!("cannot listen on {address} for the dashboard"))?,
+                ),
+                None => None,
+            };
             let options = daemon::RunOptions {
                 agent_binary,
                 advertise,
                 aws,
+                http,
             };
             daemon::run(config, token, listener, options, shutdown_signal()).await?;
         }

@@ -75,10 +75,12 @@ pub(crate) async fn poll_forever(
     loop {
         ticker.tick().await;
         sequence += 1;
+        let started = std::time::Instant::now();
         let outcome = poll_once(&mut client, &instance_id, sequence, config.poll_timeout).await;
         let Some(registry) = registry.upgrade() else {
             return;
         };
+        registry.poll_latency.observe(started.elapsed());
         registry.record(&instance_id, generation, outcome);
     }
 }

@@ -52,6 +52,45 @@ struct Entry {
     poller: AbortHandle,
 }
 
+/// Upper bounds of the poll latency histogram's buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 10] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// How long polls take (Ping and GetMetrics together, answered or not): a Prometheus histogram.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, elapsed: std::time::Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(index) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket bound, the total count and the sum in seconds.
+    pub fn read(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut cumulative = 0;
+        let buckets = LATENCY_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, count)| {
+                cumulative += count.load(Ordering::Relaxed);
+                (*bound, cumulative)
+            })
+            .collect();
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, self.count.load(Ordering::Relaxed), sum)
+    }
+}
+
 /// The registry shared by the gRPC service, the poll tasks and the publisher.
 #[derive(Debug)]
 pub struct Registry {
@@ -62,6 +101,7 @@ pub struct Registry {
     /// Bumped on every change, so the publisher republishes only when something happened.
     changes: AtomicU64,
     view: watch::Sender<Arc<FleetView>>,
+    pub poll_latency: LatencyHistogram,
 }
 
 impl Registry {
@@ -77,6 +117,7 @@ impl Registry {
             generations: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             view,
+            poll_latency: LatencyHistogram::default(),
         })
     }
 

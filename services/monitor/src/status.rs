@@ -68,13 +68,10 @@ fn state_name(state: InstanceState) -> &'static str {
     }
 }
 
-#[tonic::async_trait]
-impl Status for StatusService {
-    async fn get_status(
-        &self,
-        request: Request<v1::GetStatusRequest>,
-    ) -> Result<Response<v1::GetStatusResponse>, tonic::Status> {
-        let after = request.into_inner().decisions_after;
+impl StatusService {
+    /// The group as the provider lists it joined with the monitor's view, and the decisions
+    /// with a sequence above `decisions_after`. The gRPC service and the dashboard serve this.
+    pub fn report(&self, decisions_after: u64) -> v1::GetStatusResponse {
         let view = self.registry.snapshot();
         let listed = self
             .controller
@@ -84,7 +81,7 @@ impl Status for StatusService {
         let decisions = self
             .controller
             .as_ref()
-            .map(|c| c.decisions_after(after))
+            .map(|c| c.decisions_after(decisions_after))
             .unwrap_or_default();
         let now = SystemTime::now();
         let mut instances: Vec<v1::InstanceStatus> = listed
@@ -125,24 +122,87 @@ impl Status for StatusService {
                 });
             }
         }
-        let desired_instances = self
-            .controller
-            .as_ref()
-            .and_then(|c| {
-                c.decisions_after(0)
-                    .iter()
-                    .rev()
-                    .find_map(|r| r.decision.as_ref().map(|d| d.desired))
-            })
-            .unwrap_or(0);
-        Ok(Response::new(v1::GetStatusResponse {
+        v1::GetStatusResponse {
             group: self.group.clone(),
             monitor_id: self.registry.config().monitor_id.clone(),
             min_instances: self.min_instances,
             max_instances: self.max_instances,
-            desired_instances,
+            desired_instances: self
+                .controller
+                .as_ref()
+                .and_then(ControllerStatus::desired)
+                .unwrap_or(0),
             instances,
             decisions: decisions.iter().map(record).collect(),
-        }))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Status for StatusService {
+    async fn get_status(
+        &self,
+        request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::GetStatusResponse>, tonic::Status> {
+        Ok(Response::new(
+            self.report(request.into_inner().decisions_after),
+        ))
+    }
+}
+
+/// One second of the fleet's history, for the dashboard's charts.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Sample {
+    pub at_unix_ms: i64,
+    /// Instances the provider lists.
+    pub observed: u32,
+    pub desired: u32,
+    pub healthy: u32,
+    /// Each reporting instance's load, percent.
+    pub loads: Vec<(String, f64)>,
+}
+
+/// The last `capacity` samples, oldest first.
+#[derive(Debug)]
+pub struct History {
+    samples: std::sync::Mutex<std::collections::VecDeque<Sample>>,
+    capacity: usize,
+}
+
+impl History {
+    pub fn new(capacity: usize) -> History {
+        History {
+            samples: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
+            capacity,
+        }
+    }
+
+    pub fn record(&self, report: &v1::GetStatusResponse) {
+        let listed = report.instances.iter().filter(|i| i.state != "unlisted");
+        let sample = Sample {
+            at_unix_ms: unix_ms(SystemTime::now()),
+            observed: listed.clone().count() as u32,
+            desired: report.desired_instances,
+            healthy: listed.clone().filter(|i| i.health == "healthy").count() as u32,
+            loads: report
+                .instances
+                .iter()
+                .filter_map(|i| i.load_percent.map(|load| (i.instance_id.clone(), load)))
+                .collect(),
+        };
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() == self.capacity {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
+    }
+
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 }

@@ -2,6 +2,8 @@
 //! waiting for a condition with a deadline.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,362 @@
+//! What operators look at: the dashboard (in a real headless Chromium), its JSON API, the
+//! Prometheus metrics of the monitor and of the agent, and gRPC health checking and reflection
+//! on both programs.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use support::daemon::*;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `GET path` on 127.0.0.1, returning the status code and the body.
+async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        String::from_utf8_lossy(&response).to_string()
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("an answer within 10 s");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+/// The value of the metric line that starts with `prefix` (name and labels).
+fn metric(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(prefix) && line[prefix.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn the_monitor_serves_metrics_and_a_json_api() {
+    let state_dir = StateDir::new("metrics");
+    let daemon = RunningDaemon::start(fast_daemon_config(&state_dir.0)).await;
+    let mut client = status_client(daemon.address);
+    wait_status(&mut client, "2 healthy", 4, Duration::from_secs(30), |s| {
+        healthy(s) == 2
+    })
+    .await;
+
+    assert_eq!(
+        http_get(daemon.http, "/healthz").await,
+        (200, "ok\n".to_string())
+    );
+    let (status, body) = http_get(daemon.http, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(&body, "autoscaler_desired_instances"),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "autoscaler_observed_instances"),
+        Some(2.0),
+        "{body}"
+    );
+    assert_eq!(metric(&body, "autoscaler_min_instances"), Some(2.0));
+    assert_eq!(metric(&body, "autoscaler_max_instances"), Some(4.0));
+    assert_eq!(
+        metric(&body, "autoscaler_instances{health=\"healthy\"}"),
+        Some(2.0),
+        "{body}"
+    );
+    assert!(
+        metric(
+            &body,
+            "autoscaler_instance_load_percent{instance_id=\"local-0001\"}"
+        )
+        .is_some(),
+        "{body}"
+    );
+    assert!(metric(&body, "autoscaler_poll_latency_seconds_count").unwrap() > 0.0);
+    assert!(body.contains("# TYPE autoscaler_poll_latency_seconds histogram"));
+    assert!(metric(&body, "autoscaler_poll_latency_seconds_bucket{le=\"+Inf\"}").unwrap() > 0.0);
+    assert_eq!(
+        metric(&body, "autoscaler_actions_total{action=\"launch\"}"),
+        Some(2.0),
+        "{body}"
+    );
+    assert!(
+        metric(&body, "autoscaler_decisions_total{reason=\"bounds\"}").unwrap() >= 1.0,
+        "{body}"
+    );
+    assert!(metric(&body, "autoscaler_evaluations_total").unwrap() >= 1.0);
+    assert!(body.contains("# TYPE autoscaler_provider_errors_total counter"));
+
+    // The JSON API: the Status payload and the history the charts draw.
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let api = loop {
+        let (status, body) = http_get(daemon.http, "/api/status").await;
+        assert_eq!(status, 200);
+        let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if api["history"].as_array().unwrap().len() >= 2 {
+            break api;
+        }
+        assert!(Instant::now() < give_up, "no history after 10 s: {api}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(api["status"]["instances"].as_array().unwrap().len(), 2);
+    assert_eq!(api["status"]["min_instances"], 2);
+    assert!(api["history"][0]["observed"].as_u64().is_some());
+    // No secret leaks into what the dashboard serves.
+    let (_, page) = http_get(daemon.http, "/").await;
+    assert!(
+        page.contains("local-0001"),
+        "the page carries its first data"
+    );
+    assert!(!page.contains(TOKEN) && !api.to_string().contains(TOKEN));
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn the_agent_serves_its_own_metrics() {
+    let monitor = RunningMonitor::start(fast_config(Duration::from_millis(100))).await;
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_address = metrics.local_addr().unwrap();
+    let mut config = autoscaler_agent::AgentConfig::new("local-0042", token());
+    config.load = steady_load(33.0);
+    let locator = std::sync::Arc::new(
+        autoscaler_agent::discovery::StaticLocator::new(&monitor.address.to_string()).unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(autoscaler_agent::run(
+        config,
+        autoscaler_agent::Listeners {
+            grpc,
+            metrics: Some(metrics),
+        },
+        locator,
+        async {
+            stopped.await.ok();
+        },
+    ));
+    eventually("the agent is polled", Duration::from_secs(10), || async {
+        let (_, body) = http_get(metrics_address, "/metrics").await;
+        metric(&body, "autoscaler_agent_polls_total").unwrap_or(0.0) >= 2.0
+    })
+    .await;
+    let (status, body) = http_get(metrics_address, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(
+            &body,
+            "autoscaler_agent_load_percent{instance_id=\"local-0042\"}"
+        ),
+        Some(33.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "autoscaler_agent_monitor_attached"),
+        Some(1.0)
+    );
+    assert!(metric(&body, "autoscaler_agent_uptime_seconds").unwrap() > 0.0);
+    assert_eq!(http_get(metrics_address, "/elsewhere").await.0, 404);
+    stop.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    monitor.stop().await;
+}
+
+#[tokio::test]
+async fn both_programs_answer_grpc_health_checks_and_reflection() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let monitor = RunningMonitor::start(fast_config(Duration::from_millis(200))).await;
+    let agent = RunningAgent::start("local-0043", monitor.address, |_| {}).await;
+    for (address, service) in [
+        (monitor.address, "autoscaler.v1.Monitor"),
+        (agent.address, "autoscaler.v1.Agent"),
+    ] {
+        // No token: load balancers and standard tools check health without the group's secret.
+        let mut health = HealthClient::new(channel(address));
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.status(), ServingStatus::Serving, "{service}");
+        let unknown = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "no.such.Service".to_string(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+        let mut reflection = ServerReflectionClient::new(channel(address));
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+            panic!("not a service list: {answer:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&service.to_string()), "{names:?}");
+        assert!(
+            names.contains(&"grpc.health.v1.Health".to_string()),
+            "{names:?}"
+        );
+    }
+    agent.stop().await;
+    monitor.stop().await;
+}
+
+/// Debian's Chromium, which `cargo xtask test` installs.
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("AUTOSCALER_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        path.exists(),
+        "{} does not exist: run `cargo xtask test` (it installs Debian's chromium package), or `apt-get install chromium`, or set AUTOSCALER_CHROMIUM",
+        path.display()
+    );
+    path
+}
+
+/// Runs headless Chromium on `url` with `extra` flags and returns what it printed.
+async fn headless(url: &str, extra: &[&str]) -> String {
+    let profile = std::env::temp_dir().join(format!(
+        "autoscaler-chromium-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--virtual-time-budget=3000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(url)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finishes within 60 s")
+    .expect("running chromium");
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        output.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// The `points` of the size chart's `observed` line in a dumped DOM.
+fn observed_points(dom: &str) -> String {
+    let start = dom
+        .find("data-series=\"observed\"")
+        .expect("the size chart has an observed line");
+    let element_start = dom[..start].rfind("<polyline").unwrap();
+    let element = &dom[element_start..dom[element_start..].find('>').unwrap() + element_start];
+    let points = element.split("points=\"").nth(1).unwrap();
+    points[..points.find('"').unwrap()].to_string()
+}
+
+fn instance_rows(dom: &str) -> usize {
+    dom.matches("<tr data-instance=").count()
+}
+
+#[tokio::test]
+async fn the_dashboard_in_a_real_browser_lists_instances_and_its_charts_follow_a_scale_out() {
+    let browser = chromium();
+    let state_dir = StateDir::new("browser");
+    let daemon = RunningDaemon::start(fast_daemon_config(&state_dir.0)).await;
+    let mut client = status_client(daemon.address);
+    wait_status(&mut client, "2 healthy", 4, Duration::from_secs(30), |s| {
+        healthy(s) == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // let the history hold a few samples
+    let url = format!("http://{}/", daemon.http);
+
+    let before = headless(&url, &["--dump-dom"]).await;
+    assert!(
+        before.contains("<tr data-instance=\"local-0001\""),
+        "the page lists the instances:\n{before}"
+    );
+    assert_eq!(instance_rows(&before), 2);
+    assert!(before.contains("class=\"badge healthy\""));
+    let points_before = observed_points(&before);
+    assert!(points_before.split(' ').count() >= 2, "{points_before}");
+
+    let load = LoadDriver::start(daemon.address, 90.0);
+    wait_status(&mut client, "scaled out", 4, Duration::from_secs(60), |s| {
+        healthy(s) >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = headless(&url, &["--dump-dom"]).await;
+    assert!(
+        instance_rows(&after) >= 3,
+        "more instances listed after the scale-out:\n{after}"
+    );
+    let points_after = observed_points(&after);
+    assert_ne!(points_before, points_after, "the size chart changed");
+    assert!(
+        after.contains("launch"),
+        "the decision log shows the scale-out"
+    );
+
+    // A screenshot, for the README (docs/dashboard.png is copied from here).
+    let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    headless(
+        &url,
+        &[
+            "--window-size=1280,1000",
+            &format!("--screenshot={}", screenshot.display()),
+        ],
+    )
+    .await;
+    assert!(
+        std::fs::metadata(&screenshot).unwrap().len() > 10_000,
+        "a screenshot of {}",
+        browser.display()
+    );
+    drop(load);
+    daemon.stop().await;
+}

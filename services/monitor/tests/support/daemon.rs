@@ -1,0 +1,263 @@
+//! Helpers for tests that run the whole daemon (monitor and controller) on the local provider:
+//! state directories that clean up after themselves, a status client, a load driver.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use autoscaler_monitor::daemon::{self, DaemonConfig};
+use autoscaler_proto::auth::AttachToken;
+use autoscaler_proto::v1;
+use autoscaler_proto::v1::status_client::StatusClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use super::*;
+
+pub type Status = StatusClient<InterceptedService<Channel, AttachToken>>;
+
+pub fn status_client(address: std::net::SocketAddr) -> Status {
+    StatusClient::with_interceptor(channel(address), AttachToken::new(&token()))
+}
+
+/// Kills every agent recorded in a state directory when dropped, so a failed test leaves no
+/// process behind.
+pub struct StateDir(pub PathBuf);
+
+impl StateDir {
+    pub fn new(name: &str) -> StateDir {
+        let dir =
+            std::env::temp_dir().join(format!("autoscaler-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        StateDir(dir)
+    }
+
+    pub fn pid_of(&self, instance_id: &str) -> Option<i32> {
+        let record =
+            std::fs::read_to_string(self.0.join(format!("{instance_id}.instance"))).ok()?;
+        record.split_whitespace().next()?.parse().ok()
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        std::fs::read_dir(&self.0)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()?
+                            .strip_suffix(".instance")
+                            .map(str::to_string)
+                    })
+                    .filter_map(|id| self.pid_of(&id))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            !stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+pub fn fast_daemon_config(state_dir: &Path) -> DaemonConfig {
+    let text = format!(
+        r#"
+group = "test"
+[monitor]
+poll_interval_ms = 200
+poll_timeout_ms = 150
+unhealthy_after = 3
+[controller]
+min_instances = 2
+max_instances = 4
+instance_limit = 5
+evaluation_interval_ms = 250
+warmup_secs = 3
+registration_grace_secs = 10
+scale_out_cooldown_secs = 1
+scale_in_cooldown_secs = 2
+[controller.policy]
+kind = "target-tracking"
+target = 50.0
+tolerance = 0.1
+[provider]
+kind = "local"
+state_dir = "{}"
+agent_args = ["--max-slope", "100", "--drift-amplitude", "0", "--initial-load", "30", "--target-load", "30"]
+terminate_grace_ms = 3000
+"#,
+        state_dir.display()
+    );
+    DaemonConfig::from_toml(&text).expect("valid test config")
+}
+
+pub struct RunningDaemon {
+    pub address: std::net::SocketAddr,
+    /// Where the dashboard listens.
+    pub http: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningDaemon {
+    pub async fn start(config: DaemonConfig) -> RunningDaemon {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = http_listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let options = daemon::RunOptions {
+                agent_binary: agent_binary(),
+                advertise: address.to_string(),
+                aws: None,
+                http: Some(http_listener),
+            };
+            daemon::run(config, token(), listener, options, async {
+                stopped.await.ok();
+            })
+            .await
+            .expect("daemon run");
+        });
+        RunningDaemon {
+            address,
+            http,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task)
+            .await
+            .expect("the daemon stops within 20 s")
+            .unwrap();
+    }
+}
+
+/// Reads the status until `condition` holds, checking on every read that the group never has
+/// more than `max` instances.
+pub async fn wait_status(
+    client: &mut Status,
+    what: &str,
+    max: usize,
+    deadline: Duration,
+    condition: impl Fn(&v1::GetStatusResponse) -> bool,
+) -> v1::GetStatusResponse {
+    let give_up = Instant::now() + deadline;
+    loop {
+        let status = match client
+            .get_status(v1::GetStatusRequest { decisions_after: 0 })
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            // The daemon may not listen yet.
+            Err(error) => {
+                assert!(
+                    Instant::now() < give_up,
+                    "timed out waiting until {what}: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let listed = status
+            .instances
+            .iter()
+            .filter(|i| i.state != "unlisted")
+            .count();
+        assert!(
+            listed <= max,
+            "{listed} instances, above the maximum {max}: {status:#?}"
+        );
+        if condition(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "timed out after {deadline:?} waiting until {what}; status: {:#?}",
+            status.instances
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn healthy(status: &v1::GetStatusResponse) -> usize {
+    status
+        .instances
+        .iter()
+        .filter(|i| i.health == "healthy" && i.state == "running")
+        .count()
+}
+
+/// Sets every healthy agent's load target to the shared value, as a load balancer spreading
+/// demand would, until dropped.
+pub struct LoadDriver {
+    target: Arc<Mutex<f64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoadDriver {
+    pub fn start(address: std::net::SocketAddr, initial: f64) -> LoadDriver {
+        let target = Arc::new(Mutex::new(initial));
+        let shared = target.clone();
+        let task = tokio::spawn(async move {
+            let mut status = status_client(address);
+            loop {
+                if let Ok(response) = status
+                    .get_status(v1::GetStatusRequest {
+                        decisions_after: u64::MAX,
+                    })
+                    .await
+                {
+                    let level = *shared.lock().unwrap();
+                    for instance in response.into_inner().instances {
+                        if instance.health != "healthy" {
+                            continue;
+                        }
+                        if let Ok(address) = instance.address.parse() {
+                            let _ = agent_client(address, Some(TOKEN))
+                                .set_load_target(v1::SetLoadTargetRequest {
+                                    target_percent: level,
+                                    hold: true,
+                                })
+                                .await;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        LoadDriver { target, task }
+    }
+
+    pub fn set(&self, level: f64) {
+        *self.target.lock().unwrap() = level;
+    }
+}
+
+impl Drop for LoadDriver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
