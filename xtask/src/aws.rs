@@ -543,16 +543,20 @@ async fn deliver_binaries(
     debug: bool,
 ) -> anyhow::Result<BTreeMap<&'static str, String>> {
     let profile = if debug { "dev" } else { "release" };
-    util::run(util::cargo().args([
-        "build",
-        "--quiet",
-        "--profile",
-        profile,
-        "--package",
-        "autoscaler-agent",
-        "--package",
-        "autoscaler-monitor",
-    ]))?;
+    if debug {
+        // The same build as the tests and the rehearsal: nothing is compiled twice.
+        util::build_binaries()?;
+    } else {
+        util::run(util::cargo().args([
+            "build",
+            "--quiet",
+            "--release",
+            "--package",
+            "autoscaler-agent",
+            "--package",
+            "autoscaler-monitor",
+        ]))?;
+    }
     let target = util::root()
         .join("target")
         .join(if debug { "debug" } else { "release" });
@@ -1224,17 +1228,17 @@ async fn delete_bucket(aws: &Aws) -> anyhow::Result<()> {
 #[derive(Debug, clap::Args)]
 pub struct Status {
     #[command(flatten)]
-    group: GroupArgs,
+    pub group: GroupArgs,
     /// Ask this monitor (`host:port`) directly instead of AWS; the token comes from
     /// --token-file or AUTOSCALER_TOKEN.
     #[arg(long)]
-    monitor: Option<String>,
+    pub monitor: Option<String>,
     /// File holding the group token, with --monitor.
     #[arg(long)]
-    token_file: Option<std::path::PathBuf>,
+    pub token_file: Option<std::path::PathBuf>,
     /// Keep printing decisions as they happen (Ctrl-C to stop).
     #[arg(long)]
-    follow: bool,
+    pub follow: bool,
 }
 
 impl Status {

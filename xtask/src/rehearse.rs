@@ -364,7 +364,23 @@ impl Rehearse {
         eprintln!("\n== a load cycle: up to the maximum, down to the minimum ==");
         let token = aws.parameters.get(&aws.names.token()).await?;
         load_cycle(aws, &address, &token).await?;
+        eprintln!(
+            "\n== cargo xtask status (from AWS), then --monitor (straight from the monitor) =="
+        );
         aws::print_status(aws).await?;
+        let token_file =
+            std::env::temp_dir().join(format!("autoscaler-rehearsal-token-{}", std::process::id()));
+        std::fs::write(&token_file, &token)?;
+        let shown = aws::Status {
+            group: group.clone(),
+            monitor: Some(address.clone()),
+            token_file: Some(token_file.clone()),
+            follow: false,
+        }
+        .run()
+        .await;
+        let _ = std::fs::remove_file(&token_file);
+        shown?;
 
         eprintln!("\n== cargo xtask down --purge --dry-run ==");
         aws::Down {

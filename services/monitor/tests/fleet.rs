@@ -231,3 +231,62 @@ async fn an_invalid_config_is_refused_with_the_field_named() {
         "an invalid config launched something"
     );
 }
+
+#[tokio::test]
+async fn logs_are_json_on_request_with_one_event_per_decision() {
+    let state_dir = StateDir::new("json-logs");
+    std::fs::create_dir_all(&state_dir.0).unwrap();
+    let port = free_port();
+    let daemon = tokio::process::Command::new(agent_binary().with_file_name("autoscaler-monitor"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .arg("--state-dir")
+        .arg(&state_dir.0)
+        .env("AUTOSCALER_TOKEN", TOKEN)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut client = status_client(format!("127.0.0.1:{port}").parse().unwrap());
+    wait_status(&mut client, "2 healthy", 5, Duration::from_secs(30), |s| {
+        healthy(s) == 2
+    })
+    .await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(20), daemon.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr);
+    let events: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let decision = events
+        .iter()
+        .find(|e| {
+            e["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("decision: launch 2"))
+        })
+        .expect("one event for the first decision");
+    assert_eq!(decision["fields"]["desired"], 2);
+    assert_eq!(decision["fields"]["current"], 0);
+    assert!(
+        decision["fields"]["rules"]
+            .as_str()
+            .unwrap()
+            .contains("Bounds"),
+        "{decision}"
+    );
+    assert!(!logs.contains(TOKEN), "the token leaked into the logs");
+}
