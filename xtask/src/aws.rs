@@ -1106,13 +1106,52 @@ impl Down {
             return Ok(());
         }
 
-        // The controller first, so that nothing is replaced while the fleet goes.
+        // The controller first, so that nothing is replaced while the fleet goes: its host
+        // terminated, then its address silent (a terminated host cannot answer; from outside
+        // the VPC the private address does not answer either), and only then the agents.
+        let monitor_address = match aws.parameters.get(&aws.names.monitor()).await {
+            Ok(address) => Some(address),
+            Err(autoscaler_aws::SsmError::NotFound(_)) => None,
+            Err(error) => return Err(error.into()),
+        };
         terminate(aws, &monitors).await?;
+        if let Some(address) = monitor_address {
+            wait_for(
+                "the monitor to stop answering",
+                Duration::from_secs(120),
+                Duration::from_millis(500),
+                || async { Ok((!answers(&address).await).then_some(())) },
+            )
+            .await?;
+        }
         let mut rest = agents;
         if self.purge {
             rest.extend(seeds);
         }
         terminate(aws, &rest).await?;
+        // A launch the controller made just before it stopped shows up only now: sweep
+        // until a listing of the group finds nothing running.
+        for _ in 0..5 {
+            let roles: &[&str] = if self.purge {
+                &["monitor", "agent", "seed"]
+            } else {
+                &["monitor", "agent"]
+            };
+            let left: Vec<String> = aws
+                .instances(roles)
+                .await?
+                .into_iter()
+                .filter(|i| i.state != "terminated" && i.state != "shutting-down")
+                .map(|i| i.instance_id)
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            for id in &left {
+                eprintln!("  removing instance {id} (launched while the group went down)");
+            }
+            terminate(aws, &left).await?;
+        }
         for name in &parameters {
             if name == &aws.names.bucket() {
                 continue;
@@ -1172,6 +1211,18 @@ impl Down {
         );
         Ok(())
     }
+}
+
+/// Whether something accepts TCP connections at `address` within a second.
+async fn answers(address: &str) -> bool {
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(address)
+        )
+        .await,
+        Ok(Ok(_))
+    )
 }
 
 async fn terminate(aws: &Aws, ids: &[String]) -> anyhow::Result<()> {
