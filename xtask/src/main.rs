@@ -2,8 +2,10 @@
 //! module with a `run` function.
 
 mod aws;
+mod bench;
 mod demo;
 mod rehearse;
+mod simulate;
 mod status_client;
 mod test;
 mod tidy;
@@ -40,6 +42,11 @@ enum Command {
     Status(aws::Status),
     /// The whole AWS workflow against a throwaway local emulator (moto server).
     Rehearse(rehearse::Rehearse),
+    /// Replays a demand trace through the project's policies and the AWS and Kubernetes
+    /// references, and scores them (a table and an SVG chart).
+    Simulate(simulate::Simulate),
+    /// Runs the benchmarks and writes docs/BENCHMARKS.md.
+    Bench(bench::Bench),
 }
 
 fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
@@ -57,6 +64,8 @@ fn main() -> std::process::ExitCode {
         Command::Down(command) => block_on(command.run()),
         Command::Status(command) => block_on(command.run()),
         Command::Rehearse(command) => block_on(command.run()),
+        Command::Simulate(command) => command.run(),
+        Command::Bench(command) => command.run(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -14,16 +14,7 @@ pub struct CloudInstance {
     pub zone: String,
 }
 
-/// Lifecycle of an instance as the provider reports it. Terminated instances are not listed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InstanceState {
-    /// Launched, not running yet.
-    Pending,
-    Running,
-    /// Exists but does not run (a stopped EC2 instance, an exited process): to be replaced.
-    Stopped,
-}
+pub use autoscaler_policy::InstanceState;
 
 /// The kinds of provider failure the controller tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

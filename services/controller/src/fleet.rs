@@ -5,36 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-/// Liveness of one instance as the monitor's polls see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Health {
-    /// Registered, not polled yet.
-    Unknown,
-    /// The last poll answered.
-    Healthy,
-    /// Missed at least one poll, fewer than the unhealthy threshold.
-    Suspect,
-    /// Missed the threshold's number of consecutive polls.
-    Unhealthy,
-}
-
-impl Health {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Unknown => "unknown",
-            Health::Healthy => "healthy",
-            Health::Suspect => "suspect",
-            Health::Unhealthy => "unhealthy",
-        }
-    }
-}
-
-impl std::fmt::Display for Health {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use autoscaler_policy::Health;
 
 /// One registered instance.
 #[derive(Clone, Debug, PartialEq)]

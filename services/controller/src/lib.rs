@@ -2,9 +2,9 @@
 //! terminates instances through a `Cloud` provider.
 
 pub mod cloud;
-pub mod config;
 pub mod ec2;
 pub mod fleet;
 pub mod local;
-pub mod policy;
 pub mod reconciler;
+
+pub use autoscaler_policy::{config, policy, simulate};

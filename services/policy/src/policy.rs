@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use crate::cloud::InstanceState;
 use crate::config::{ControllerConfig, PolicyConfig, TerminationPolicy};
-use crate::fleet::Health;
+use crate::instance::{Health, InstanceState};
 
 /// One instance as the controller sees it: the provider's facts joined with the monitor's.
 #[derive(Clone, Debug, PartialEq)]
@@ -200,8 +199,9 @@ pub fn evaluate(
         ..Observed::default()
     };
     let mut replace = Vec::new();
-    let mut candidates: Vec<(&ObservedInstance, Option<f64>)> = Vec::new();
-    let mut loads = Vec::new();
+    let mut candidates: Vec<(&ObservedInstance, Option<f64>)> =
+        Vec::with_capacity(observation.instances.len());
+    let mut loads = Vec::with_capacity(observation.instances.len());
     for instance in &observation.instances {
         match role(instance, config, observation.controller_uptime) {
             Role::InService(load) => {
@@ -228,30 +228,34 @@ pub fn evaluate(
 
     let current = observed.total;
     let mut rules = Vec::new();
-    let apply = |rules: &mut Vec<RuleApplied>, rule, from: u32, to: u32, detail: String| {
+    // The detail is formatted only for a rule that is recorded: evaluations are cheap, and the
+    // simulator makes millions of them.
+    fn apply(
+        rules: &mut Vec<RuleApplied>,
+        rule: Rule,
+        from: u32,
+        to: u32,
+        detail: impl FnOnce() -> String,
+    ) -> u32 {
         if from != to || rule == Rule::Sustain || rule == Rule::MissingMetrics {
             rules.push(RuleApplied {
                 rule,
                 from,
                 to,
-                detail,
+                detail: detail(),
             });
         }
         to
-    };
+    }
 
     // The creation / destruction rule.
     let recommendation = match observed.average_load {
         None => {
             state.above_since = None;
             state.below_since = None;
-            apply(
-                &mut rules,
-                Rule::MissingMetrics,
-                current,
-                current,
-                "no in-service instance reported a load; holding".to_string(),
-            )
+            apply(&mut rules, Rule::MissingMetrics, current, current, || {
+                "no in-service instance reported a load; holding".to_string()
+            })
         }
         Some(average) => match &config.policy {
             PolicyConfig::TargetTracking { target, .. } => (sum / target).ceil() as u32,
@@ -268,17 +272,13 @@ pub fn evaluate(
                     if held >= Duration::from_secs(scale_out.for_secs) {
                         current + scale_out.step
                     } else {
-                        apply(
-                            &mut rules,
-                            Rule::Sustain,
-                            current,
-                            current,
+                        apply(&mut rules, Rule::Sustain, current, current, || {
                             format!(
                                 "above {high}% for {}s of {}s",
                                 held.as_secs(),
                                 scale_out.for_secs
-                            ),
-                        )
+                            )
+                        })
                     }
                 } else if average < low {
                     state.above_since = None;
@@ -287,17 +287,13 @@ pub fn evaluate(
                     if held >= Duration::from_secs(scale_in.for_secs) {
                         current.saturating_sub(scale_in.step)
                     } else {
-                        apply(
-                            &mut rules,
-                            Rule::Sustain,
-                            current,
-                            current,
+                        apply(&mut rules, Rule::Sustain, current, current, || {
                             format!(
                                 "below {low}% for {}s of {}s",
                                 held.as_secs(),
                                 scale_in.for_secs
-                            ),
-                        )
+                            )
+                        })
                     }
                 } else {
                     state.above_since = None;
@@ -314,45 +310,33 @@ pub fn evaluate(
     {
         let ratio = average / target;
         if (ratio - 1.0).abs() <= *tolerance {
-            desired = apply(
-                &mut rules,
-                Rule::Tolerance,
-                desired,
-                current,
+            desired = apply(&mut rules, Rule::Tolerance, desired, current, || {
                 format!(
                     "average {average:.1}% within {:.0}% of the target {target}%",
                     tolerance * 100.0
-                ),
-            );
+                )
+            });
         }
     }
     if desired < current && observed.warming > 0 {
-        desired = apply(
-            &mut rules,
-            Rule::WarmUp,
-            desired,
-            current,
+        desired = apply(&mut rules, Rule::WarmUp, desired, current, || {
             format!(
                 "{} instance(s) still warming up: no scale-in",
                 observed.warming
-            ),
-        );
+            )
+        });
     }
     if desired > current
         && let Some(last) = state.last_scale_out
     {
         let until = last + config.scale_out_cooldown();
         if now < until {
-            desired = apply(
-                &mut rules,
-                Rule::Cooldown,
-                desired,
-                current,
+            desired = apply(&mut rules, Rule::Cooldown, desired, current, || {
                 format!(
                     "scale-out cooldown, {}s left",
                     (until - now).as_secs_f64().ceil()
-                ),
-            );
+                )
+            });
         }
     }
     if desired < current {
@@ -360,31 +344,23 @@ pub fn evaluate(
         if let Some(last) = last {
             let until = last + config.scale_in_cooldown();
             if now < until {
-                desired = apply(
-                    &mut rules,
-                    Rule::Cooldown,
-                    desired,
-                    current,
+                desired = apply(&mut rules, Rule::Cooldown, desired, current, || {
                     format!(
                         "scale-in cooldown, {}s left",
                         (until - now).as_secs_f64().ceil()
-                    ),
-                );
+                    )
+                });
             }
         }
     }
     let rule_driven = desired;
     let bounded = desired.clamp(config.min_instances, config.max_instances);
-    desired = apply(
-        &mut rules,
-        Rule::Bounds,
-        desired,
-        bounded,
+    desired = apply(&mut rules, Rule::Bounds, desired, bounded, || {
         format!(
             "kept within [{}, {}]",
             config.min_instances, config.max_instances
-        ),
-    );
+        )
+    });
     // Rule-driven scaling starts a cooldown; filling up to the minimum or trimming down to the
     // maximum alone does not.
     if desired > current && rule_driven > current {

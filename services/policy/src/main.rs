@@ -1,0 +1,265 @@
+//! `autoscaler-simulate`: replays a demand trace through several policies (the project's own,
+//! from its config files, and the AWS and Kubernetes references) and prints their scores as a
+//! table and their curves as an SVG chart.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use autoscaler_policy::config::ControllerConfig;
+use autoscaler_policy::simulate::trace::{Shape, ShapeParams, Trace, parse_duration};
+use autoscaler_policy::simulate::{CloudModel, Options, Policy, Run, chart, simulate};
+use clap::Parser;
+
+/// Replay a demand trace through scaling policies and score them.
+#[derive(Parser, Debug)]
+#[command(name = "autoscaler-simulate", version)]
+struct Args {
+    /// A built-in demand shape (ignored with --csv).
+    #[arg(long, value_enum, default_value = "flash-crowd")]
+    shape: Shape,
+    /// A `time,demand` CSV (seconds, instance capacities) to replay instead of a shape.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Length of a built-in shape: 90s, 15m, 6h, 30d.
+    #[arg(long, default_value = "6h", value_parser = parse_duration)]
+    duration: usize,
+    /// Lowest demand of a shape, in instance capacities.
+    #[arg(long, default_value_t = 0.6)]
+    base: f64,
+    /// Highest demand of a shape, in instance capacities.
+    #[arg(long, default_value_t = 2.4)]
+    peak: f64,
+    /// Per-second multiplicative noise of a shape (0.02 is +/-2 %).
+    #[arg(long, default_value_t = 0.02)]
+    noise: f64,
+    /// Seed of the noise and of launch failures.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Policies to compare: ours-target, ours-step, aws-step, k8s-hpa, or a TOML file (a daemon
+    /// config with a [controller] table, or the table's fields alone). Default: all four.
+    #[arg(long = "policy")]
+    policies: Vec<String>,
+    /// Smallest fleet for the built-in and reference policies.
+    #[arg(long, default_value_t = 2)]
+    min: u32,
+    /// Largest fleet for the built-in and reference policies.
+    #[arg(long, default_value_t = 5)]
+    max: u32,
+    /// Target load of the Kubernetes HPA reference, percent.
+    #[arg(long, default_value_t = 50.0)]
+    hpa_target: f64,
+    /// Seconds from launch to serving.
+    #[arg(long, default_value_t = 60)]
+    boot_delay: u64,
+    /// Seconds a terminated instance is still paid for.
+    #[arg(long, default_value_t = 30)]
+    termination_delay: u64,
+    /// Probability that a launch fails, 0-1.
+    #[arg(long, default_value_t = 0.0)]
+    launch_failure_rate: f64,
+    /// Per-instance load SLO, percent.
+    #[arg(long, default_value_t = 80.0)]
+    slo: f64,
+    /// A scale-in this many seconds after a scale-out counts as a reversal.
+    #[arg(long, default_value_t = 300)]
+    reversal_window: u64,
+    /// Where to write the chart.
+    #[arg(long, default_value = "target/simulation.svg")]
+    chart: PathBuf,
+}
+
+fn policy(name: &str, args: &Args) -> Result<Policy, String> {
+    let (min, max) = (args.min, args.max);
+    Ok(match name {
+        "ours-target" => Policy::ours_target(min, max),
+        "ours-step" => Policy::ours_step(min, max),
+        "aws-step" => Policy::aws_step(min, max),
+        "k8s-hpa" => Policy::hpa(args.hpa_target, min, max),
+        path => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!("policy `{path}` is neither ours-target, ours-step, aws-step, k8s-hpa nor a readable file: {e}")
+            })?;
+            let mut table: toml::Table =
+                toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+            let controller = match table.remove("controller") {
+                Some(toml::Value::Table(controller)) => controller,
+                Some(_) => return Err(format!("{path}: `controller` is not a table")),
+                None => table,
+            };
+            let config: ControllerConfig = controller
+                .try_into()
+                .map_err(|e| format!("{path}: [controller]: {e}"))?;
+            config.validate().map_err(|e| format!("{path}: {e}"))?;
+            let name = std::path::Path::new(path)
+                .file_stem()
+                .map_or(path.to_string(), |s| s.to_string_lossy().into_owned());
+            Policy::Project { name, config }
+        }
+    })
+}
+
+fn check(args: &Args) -> Result<(), String> {
+    let check_bounds = ControllerConfig {
+        min_instances: args.min,
+        max_instances: args.max,
+        instance_limit: args.max.max(1),
+        ..ControllerConfig::default()
+    };
+    check_bounds.validate().map_err(|e| {
+        e.to_string()
+            .replace("`controller.min_instances`", "--min")
+            .replace("`controller.max_instances`", "--max")
+    })?;
+    if !(args.hpa_target > 0.0 && args.hpa_target <= 100.0) {
+        return Err(format!(
+            "--hpa-target {} must be within 0-100",
+            args.hpa_target
+        ));
+    }
+    if !(args.slo > 0.0 && args.slo <= 100.0) {
+        return Err(format!("--slo {} must be within 0-100", args.slo));
+    }
+    if !(0.0..=1.0).contains(&args.launch_failure_rate) {
+        return Err(format!(
+            "--launch-failure-rate {} must be within 0-1",
+            args.launch_failure_rate
+        ));
+    }
+    for (flag, secs) in [
+        ("--boot-delay", args.boot_delay),
+        ("--termination-delay", args.termination_delay),
+    ] {
+        if secs > 86_400 {
+            return Err(format!("{flag} {secs} must be at most 86400"));
+        }
+    }
+    Ok(())
+}
+
+fn table(runs: &[Run]) -> String {
+    let mut out = format!(
+        "{:<14} {:>10} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>5} {:>5} {:>5}\n",
+        "POLICY",
+        "INST-H",
+        "ACC_U",
+        "ACC_O",
+        "TS_U%",
+        "TS_O%",
+        "JITTER",
+        "SLO%",
+        "OUT",
+        "IN",
+        "REV"
+    );
+    for run in runs {
+        let s = &run.scores;
+        out.push_str(&format!(
+            "{:<14} {:>10.1} {:>8.3} {:>8.3} {:>7.1} {:>7.1} {:>8.3} {:>8.1} {:>5} {:>5} {:>5}\n",
+            run.policy,
+            s.instance_hours,
+            s.accuracy_u,
+            s.accuracy_o,
+            s.timeshare_u,
+            s.timeshare_o,
+            s.jitter,
+            s.slo_violation_share,
+            s.scale_outs,
+            s.scale_ins,
+            s.reversals
+        ));
+    }
+    out
+}
+
+fn run(args: Args) -> Result<(), String> {
+    check(&args)?;
+    let trace = match &args.csv {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let name = path
+                .file_name()
+                .map_or("csv".into(), |n| n.to_string_lossy());
+            Trace::from_csv(&name, &text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => Trace::shape(
+            args.shape,
+            &ShapeParams {
+                duration_secs: args.duration,
+                base: args.base,
+                peak: args.peak,
+                noise: args.noise,
+                seed: args.seed,
+            },
+        )
+        .map_err(|e| e.to_string())?,
+    };
+    let names: Vec<String> = if args.policies.is_empty() {
+        ["ours-target", "ours-step", "aws-step", "k8s-hpa"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        args.policies.clone()
+    };
+    let policies = names
+        .iter()
+        .map(|name| policy(name, &args))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = Options {
+        cloud: CloudModel {
+            boot_delay_secs: args.boot_delay,
+            termination_delay_secs: args.termination_delay,
+            launch_failure_rate: args.launch_failure_rate,
+            seed: args.seed,
+        },
+        slo: args.slo,
+        reversal_window_secs: args.reversal_window,
+        keep_series: true,
+    };
+    let started = std::time::Instant::now();
+    let runs: Vec<Run> = policies
+        .iter()
+        .map(|policy| simulate(&trace, policy, &options))
+        .collect();
+    let elapsed = started.elapsed();
+    println!(
+        "trace {}: {} s ({:.1} h), demand {:.2}-{:.2} instance capacities; boot {} s, termination {} s, launch failures {:.0} %, SLO {} %",
+        trace.name,
+        trace.demand.len(),
+        trace.demand.len() as f64 / 3_600.0,
+        trace.demand.iter().copied().fold(f64::INFINITY, f64::min),
+        trace.demand.iter().copied().fold(0.0, f64::max),
+        args.boot_delay,
+        args.termination_delay,
+        args.launch_failure_rate * 100.0,
+        args.slo
+    );
+    for run in &runs {
+        println!("  {:<14} {}", run.policy, run.description);
+    }
+    println!();
+    print!("{}", table(&runs));
+    if let Some(parent) = args.chart.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    }
+    std::fs::write(&args.chart, chart::svg(&trace, &runs))
+        .map_err(|e| format!("cannot write {}: {e}", args.chart.display()))?;
+    println!(
+        "\nchart: {} ({} policies replayed in {:.0} ms)",
+        args.chart.display(),
+        runs.len(),
+        elapsed.as_secs_f64() * 1_000.0
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("autoscaler-simulate: {error}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! The policy simulator: replays a demand trace through the very `policy::evaluate` the live
+//! controller runs (or a reference policy) on a virtual clock, against a model of the cloud
+//! (boot delay, termination delay, launch failures), and scores the run. No sleeping: a month at
+//! one-second resolution replays in well under a second.
+
+pub mod chart;
+pub mod reference;
+pub mod score;
+pub mod trace;
+
+use std::time::Duration;
+
+use crate::config::{ControllerConfig, PolicyConfig};
+use crate::instance::{Health, InstanceState};
+use crate::policy::{self, Observation, ObservedInstance, PolicyState};
+use reference::{AwsStep, Hpa, Reference};
+use score::{Scorer, Scores};
+use trace::{SplitMix64, Trace};
+
+/// How the simulated cloud behaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloudModel {
+    /// Seconds from a launch to the instance serving (and reporting load).
+    pub boot_delay_secs: u64,
+    /// Seconds a terminated instance is still paid for. It stops serving at once.
+    pub termination_delay_secs: u64,
+    /// Probability that one launch fails (insufficient capacity); the policy sees no instance.
+    pub launch_failure_rate: f64,
+    pub seed: u64,
+}
+
+impl Default for CloudModel {
+    fn default() -> Self {
+        CloudModel {
+            boot_delay_secs: 60,
+            termination_delay_secs: 30,
+            launch_failure_rate: 0.0,
+            seed: 1,
+        }
+    }
+}
+
+/// Settings of a run that are not the policy's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Options {
+    pub cloud: CloudModel,
+    /// Per-instance load above which a second counts against the SLO, percent.
+    pub slo: f64,
+    /// A scale-in this many seconds or fewer after a scale-out is a reversal.
+    pub reversal_window_secs: u64,
+    /// Keep the per-second supply for a chart.
+    pub keep_series: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cloud: CloudModel::default(),
+            slo: 80.0,
+            reversal_window_secs: 300,
+            keep_series: true,
+        }
+    }
+}
+
+/// A policy to replay.
+#[derive(Clone, Debug)]
+pub enum Policy {
+    /// The project's own policy, run by `policy::evaluate` with this config.
+    Project {
+        name: String,
+        config: ControllerConfig,
+    },
+    /// The Kubernetes HPA reference.
+    Hpa { name: String, model: Hpa },
+    /// The AWS step scaling reference.
+    AwsStep { name: String, model: AwsStep },
+}
+
+impl Policy {
+    /// The project's target tracking with its default settings, within `[min, max]`.
+    pub fn ours_target(min: u32, max: u32) -> Policy {
+        Policy::Project {
+            name: "ours-target".to_string(),
+            config: bounded(ControllerConfig::default(), min, max),
+        }
+    }
+
+    /// The project's step policy: above 70 % for 60 s adds one, below 30 % for 120 s removes one.
+    pub fn ours_step(min: u32, max: u32) -> Policy {
+        let config = ControllerConfig {
+            policy: PolicyConfig::Step {
+                scale_out: crate::config::StepRule {
+                    above: Some(70.0),
+                    below: None,
+                    for_secs: 60,
+                    step: 1,
+                },
+                scale_in: crate::config::StepRule {
+                    above: None,
+                    below: Some(30.0),
+                    for_secs: 120,
+                    step: 1,
+                },
+            },
+            ..ControllerConfig::default()
+        };
+        Policy::Project {
+            name: "ours-step".to_string(),
+            config: bounded(config, min, max),
+        }
+    }
+
+    pub fn hpa(target: f64, min: u32, max: u32) -> Policy {
+        Policy::Hpa {
+            name: "k8s-hpa".to_string(),
+            model: Hpa::new(target, min, max),
+        }
+    }
+
+    pub fn aws_step(min: u32, max: u32) -> Policy {
+        Policy::AwsStep {
+            name: "aws-step".to_string(),
+            model: AwsStep::new(min, max),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Policy::Project { name, .. }
+            | Policy::Hpa { name, .. }
+            | Policy::AwsStep { name, .. } => name,
+        }
+    }
+
+    /// One line on what the policy does.
+    pub fn describe(&self) -> String {
+        match self {
+            Policy::Project { config, .. } => {
+                let rule = match &config.policy {
+                    PolicyConfig::TargetTracking { target, tolerance } => {
+                        format!("target tracking {target}% +/-{:.0}%", tolerance * 100.0)
+                    }
+                    PolicyConfig::Step {
+                        scale_out,
+                        scale_in,
+                    } => format!(
+                        "step +{} above {}% for {}s, -{} below {}% for {}s",
+                        scale_out.step,
+                        scale_out.above.unwrap_or(100.0),
+                        scale_out.for_secs,
+                        scale_in.step,
+                        scale_in.below.unwrap_or(0.0),
+                        scale_in.for_secs
+                    ),
+                };
+                format!(
+                    "{rule}; cooldowns out {}s, in {}s; every {}ms; [{}, {}]",
+                    config.scale_out_cooldown_secs,
+                    config.scale_in_cooldown_secs,
+                    config.evaluation_interval_ms,
+                    config.min_instances,
+                    config.max_instances
+                )
+            }
+            Policy::Hpa { model, .. } => format!(
+                "Kubernetes HPA: target {}% +/-{:.0}%, every 15s, scale-in stabilised {}s; [{}, {}]",
+                model.target,
+                model.tolerance * 100.0,
+                model.stabilization_secs,
+                model.min,
+                model.max
+            ),
+            Policy::AwsStep { model, .. } => format!(
+                "AWS step scaling: 1-min CloudWatch average, +1 above {}% (+2 at {}%), -1 below {}% for {} periods, cooldown {}s; [{}, {}]",
+                model.high,
+                model.very_high,
+                model.low,
+                model.low_periods,
+                model.cooldown_secs,
+                model.min,
+                model.max
+            ),
+        }
+    }
+
+    fn min_instances(&self) -> u32 {
+        match self {
+            Policy::Project { config, .. } => config.min_instances,
+            Policy::Hpa { model, .. } => model.min,
+            Policy::AwsStep { model, .. } => model.min,
+        }
+    }
+
+    fn period_secs(&self) -> u64 {
+        match self {
+            Policy::Project { config, .. } => config.evaluation_interval_ms.div_ceil(1_000).max(1),
+            Policy::Hpa { model, .. } => model.period(),
+            Policy::AwsStep { model, .. } => model.period(),
+        }
+    }
+}
+
+fn bounded(mut config: ControllerConfig, min: u32, max: u32) -> ControllerConfig {
+    config.min_instances = min;
+    config.max_instances = max;
+    config.instance_limit = config.instance_limit.max(max);
+    config
+}
+
+/// The result of one replay.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub policy: String,
+    pub description: String,
+    pub scores: Scores,
+    /// Instances serving, per second (empty unless `keep_series`).
+    pub supply: Vec<u32>,
+    /// Instances paid for, per second (empty unless `keep_series`).
+    pub billed: Vec<u32>,
+}
+
+#[derive(Clone, Debug)]
+struct Instance {
+    launched_at: u64,
+    ready_at: u64,
+}
+
+/// The simulated cloud: instances listed (parallel to the observation), and instances that are
+/// terminating and still paid for.
+struct World {
+    listed: Vec<Instance>,
+    observation: Observation,
+    terminating: Vec<u64>,
+    next_id: u64,
+    random: SplitMix64,
+}
+
+impl World {
+    fn launch(&mut self, now: u64, ready_at: u64) {
+        self.next_id += 1;
+        self.listed.push(Instance {
+            launched_at: now,
+            ready_at,
+        });
+        self.observation.instances.push(ObservedInstance {
+            instance_id: format!("sim-{:06}", self.next_id),
+            cloud_state: InstanceState::Pending,
+            age: Duration::ZERO,
+            health: None,
+            load: None,
+            has_reported: false,
+        });
+    }
+
+    fn terminate(&mut self, instance_id: &str, gone_at: u64) -> bool {
+        let Some(at) = self
+            .observation
+            .instances
+            .iter()
+            .position(|i| i.instance_id == instance_id)
+        else {
+            return false;
+        };
+        self.observation.instances.swap_remove(at);
+        self.listed.swap_remove(at);
+        self.terminating.push(gone_at);
+        true
+    }
+
+    fn serving(&self, now: u64) -> u32 {
+        self.listed.iter().filter(|i| i.ready_at <= now).count() as u32
+    }
+
+    /// Brings the observation up to second `now` with every serving instance at `load`.
+    fn observe(&mut self, now: u64, load: f64) {
+        self.observation.controller_uptime = Duration::from_secs(now);
+        for (instance, seen) in self.listed.iter().zip(&mut self.observation.instances) {
+            seen.age = Duration::from_secs(now - instance.launched_at);
+            if instance.ready_at <= now {
+                seen.cloud_state = InstanceState::Running;
+                seen.health = Some(Health::Healthy);
+                seen.load = Some(load);
+                seen.has_reported = true;
+            }
+        }
+    }
+
+    /// Instances to remove: booting ones first, then the newest.
+    fn victims(&self, count: usize, now: u64) -> Vec<String> {
+        let mut order: Vec<usize> = (0..self.listed.len()).collect();
+        order.sort_by_key(|&i| {
+            let instance = &self.listed[i];
+            (
+                instance.ready_at <= now,
+                std::cmp::Reverse(instance.launched_at),
+            )
+        });
+        order
+            .into_iter()
+            .take(count)
+            .map(|i| self.observation.instances[i].instance_id.clone())
+            .collect()
+    }
+}
+
+/// Replays `trace` through `policy`. The fleet starts with the policy's minimum, serving.
+pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
+    let mut policy = policy.clone();
+    let mut state = PolicyState::default();
+    let cloud = &options.cloud;
+    let mut world = World {
+        listed: Vec::new(),
+        observation: Observation::default(),
+        terminating: Vec::new(),
+        next_id: 0,
+        random: SplitMix64(cloud.seed),
+    };
+    for _ in 0..policy.min_instances() {
+        world.launch(0, 0);
+    }
+    let period = policy.period_secs();
+    let mut scorer = Scorer::new(options.slo, options.reversal_window_secs);
+    let keep = options.keep_series;
+    let mut supply_series = Vec::with_capacity(if keep { trace.demand.len() } else { 0 });
+    let mut billed_series = Vec::with_capacity(supply_series.capacity());
+    for (second, &demand) in trace.demand.iter().enumerate() {
+        let now = second as u64;
+        if !world.terminating.is_empty() {
+            world.terminating.retain(|&gone_at| gone_at > now);
+        }
+        let serving = world.serving(now);
+        let load = if serving == 0 {
+            0.0
+        } else {
+            (demand / f64::from(serving) * 100.0).min(100.0)
+        };
+        let evaluating = now.is_multiple_of(period);
+        let sampling = matches!(policy, Policy::AwsStep { .. });
+        if evaluating || sampling {
+            world.observe(now, load);
+        }
+        if let Policy::AwsStep { model, .. } = &mut policy {
+            model.sample(&world.observation);
+        }
+        if evaluating && now > 0 {
+            let (launch, terminate) = match &mut policy {
+                Policy::Project { config, .. } => {
+                    let decision = policy::evaluate(
+                        &world.observation,
+                        config,
+                        &mut state,
+                        Duration::from_secs(now),
+                    );
+                    let mut terminate = decision.scale_in;
+                    terminate.extend(decision.replace.into_iter().map(|r| r.instance_id));
+                    (decision.launch, terminate)
+                }
+                Policy::Hpa { model, .. } => {
+                    plan(&world, model.desired(&world.observation, now), now)
+                }
+                Policy::AwsStep { model, .. } => {
+                    plan(&world, model.desired(&world.observation, now), now)
+                }
+            };
+            if !terminate.is_empty() {
+                for instance_id in &terminate {
+                    world.terminate(instance_id, now + cloud.termination_delay_secs);
+                }
+                scorer.scale_in(now);
+            }
+            if launch > 0 {
+                scorer.scale_out(now);
+                for _ in 0..launch {
+                    if cloud.launch_failure_rate > 0.0
+                        && world.random.next_f64() < cloud.launch_failure_rate
+                    {
+                        scorer.launch_failed();
+                    } else {
+                        world.launch(now, now + cloud.boot_delay_secs);
+                    }
+                }
+            }
+        }
+        let serving = world.serving(now);
+        let billed = (world.listed.len() + world.terminating.len()) as u32;
+        scorer.second(demand, serving, billed);
+        if keep {
+            supply_series.push(serving);
+            billed_series.push(billed);
+        }
+    }
+    Run {
+        policy: policy.name().to_string(),
+        description: policy.describe(),
+        scores: scorer.finish(),
+        supply: supply_series,
+        billed: billed_series,
+    }
+}
+
+/// Launches or victims that take the listed fleet to `desired`.
+fn plan(world: &World, desired: u32, now: u64) -> (u32, Vec<String>) {
+    let current = world.listed.len() as u32;
+    if desired > current {
+        (desired - current, Vec::new())
+    } else {
+        (0, world.victims((current - desired) as usize, now))
+    }
+}
