@@ -30,6 +30,17 @@ pub struct DecisionRecord {
     pub terminated: Vec<String>,
     /// How many identical quiet evaluations this record stands for.
     pub repeated: u32,
+    /// What the shadow policy would have done, when one is configured.
+    pub shadow: Option<ShadowVerdict>,
+}
+
+/// The shadow policy's verdict on the same observation. It is never acted on.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct ShadowVerdict {
+    pub desired: u32,
+    pub summary: String,
+    /// True when its desired size differs from the live policy's.
+    pub differs: bool,
 }
 
 impl DecisionRecord {
@@ -58,6 +69,8 @@ pub struct Counters {
     /// Instances launched, scaled in and replaced.
     pub launched: u64,
     pub scaled_in: u64,
+    /// Evaluations where the shadow policy wanted another size.
+    pub shadow_disagreements: u64,
     pub replaced: u64,
     /// Failed provider calls by kind (each attempt counts).
     pub provider_errors: std::collections::BTreeMap<String, u64>,
@@ -127,6 +140,8 @@ impl ControllerStatus {
             counters.scaled_in += decision.scale_in.len() as u64;
         }
         counters.launched += record.launched.len() as u64;
+        counters.shadow_disagreements +=
+            u64::from(record.shadow.as_ref().is_some_and(|v| v.differs));
         let quiet = |r: &DecisionRecord| {
             r.launched.is_empty()
                 && r.terminated.is_empty()
@@ -144,10 +159,12 @@ impl ControllerStatus {
                     .decision
                     .as_ref()
                     .map(|d| (d.current, d.desired, rule_kinds(d)))
+            && last.shadow.as_ref().map(|v| v.desired) == record.shadow.as_ref().map(|v| v.desired)
         {
             last.repeated += 1;
             last.at = record.at;
             last.decision = record.decision;
+            last.shadow = record.shadow;
             return last.clone();
         }
         inner.next_sequence += 1;
@@ -176,6 +193,8 @@ pub struct Controller<C> {
     forget: Forget,
     status: ControllerStatus,
     state: PolicyState,
+    /// The shadow policy's config and memory.
+    shadow: Option<(ControllerConfig, PolicyState)>,
     started: Instant,
 }
 
@@ -250,6 +269,9 @@ impl<C: Cloud> Controller<C> {
         forget: Forget,
     ) -> Controller<C> {
         Controller {
+            shadow: config
+                .shadow_config()
+                .map(|shadow| (shadow, PolicyState::default())),
             cloud,
             config,
             fleet,
@@ -305,6 +327,7 @@ impl<C: Cloud> Controller<C> {
                         launched: Vec::new(),
                         terminated: Vec::new(),
                         repeated: 0,
+                        shadow: None,
                     },
                     keep,
                 );
@@ -314,6 +337,23 @@ impl<C: Cloud> Controller<C> {
         let uptime = self.started.elapsed();
         let observation = observe(&instances, &view, SystemTime::now(), uptime);
         let decision = policy::evaluate(&observation, &self.config, &mut self.state, uptime);
+        let shadow = self.shadow.as_mut().map(|(config, state)| {
+            let verdict = policy::evaluate(&observation, config, state, uptime);
+            ShadowVerdict {
+                desired: verdict.desired,
+                differs: verdict.desired != decision.desired,
+                summary: verdict.summary(),
+            }
+        });
+        if let Some(verdict) = shadow.as_ref().filter(|v| v.differs) {
+            tracing::info!(
+                current = decision.current,
+                desired = decision.desired,
+                shadow_desired = verdict.desired,
+                "shadow policy would decide differently: {}",
+                verdict.summary
+            );
+        }
         self.status.lock().instances = instances;
 
         let mut record = DecisionRecord {
@@ -324,6 +364,7 @@ impl<C: Cloud> Controller<C> {
             launched: Vec::new(),
             terminated: Vec::new(),
             repeated: 0,
+            shadow,
         };
         if decision.acts() {
             self.act(&decision, &view, &mut record).await;

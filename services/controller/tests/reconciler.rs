@@ -165,3 +165,89 @@ async fn a_non_retryable_error_is_not_retried() {
     );
     assert_eq!(cloud.launch_failures.lock().unwrap().len(), 1, "tried once");
 }
+
+#[tokio::test]
+async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
+    use autoscaler_controller::config::{PolicyConfig, ShadowConfig};
+    use autoscaler_controller::fleet::{Health, InstanceView};
+
+    let cloud = Arc::new(ScriptedCloud::default());
+    let launched_at = SystemTime::now() - Duration::from_secs(600);
+    for id in ["i-a", "i-b"] {
+        cloud.instances.lock().unwrap().push(CloudInstance {
+            instance_id: id.into(),
+            state: InstanceState::Running,
+            launched_at,
+            zone: "test".into(),
+        });
+    }
+    let view = FleetView {
+        taken_at: Instant::now(),
+        poll_interval: Duration::from_secs(1),
+        instances: ["i-a", "i-b"]
+            .map(|id| InstanceView {
+                instance_id: id.into(),
+                address: "127.0.0.1:1".into(),
+                agent_version: "test".into(),
+                health: Health::Healthy,
+                consecutive_misses: 0,
+                load: Some(52.0),
+                recent_loads: vec![52.0],
+                registered_at: Instant::now(),
+                last_seen: Some(Instant::now()),
+                last_error: None,
+            })
+            .to_vec(),
+    };
+    let (_keep, fleet) = tokio::sync::watch::channel(Arc::new(view));
+    // Live: target 50 % -> 52 % is within the tolerance, hold. Shadow: target 30 % -> 4.
+    let config = ControllerConfig {
+        shadow: Some(ShadowConfig {
+            policy: PolicyConfig::TargetTracking {
+                target: 30.0,
+                tolerance: 0.1,
+            },
+            warmup_secs: None,
+            scale_out_cooldown_secs: None,
+            scale_in_cooldown_secs: None,
+            termination_policy: None,
+        }),
+        ..ControllerConfig::default()
+    };
+    config.validate().unwrap();
+    let mut controller = Controller::new(
+        cloud.clone(),
+        config,
+        fleet,
+        Token::new("test-token-0123456789").unwrap(),
+        Arc::new(|_: &str| {}),
+    );
+    let status = controller.status();
+    let record = controller.evaluate_once().await;
+    let decision = record.decision.as_ref().unwrap();
+    assert_eq!((decision.current, decision.desired), (2, 2));
+    let shadow = record.shadow.as_ref().expect("a shadow verdict");
+    assert!(shadow.differs, "{record:#?}");
+    assert_eq!(shadow.desired, 4);
+    assert!(
+        shadow.summary.starts_with("launch 2: 2 -> 4"),
+        "{}",
+        shadow.summary
+    );
+    assert!(record.launched.is_empty());
+    // The shadow keeps its own memory: having "scaled out", it is in its own cooldown now.
+    let record = controller.evaluate_once().await;
+    let shadow = record.shadow.as_ref().expect("a shadow verdict");
+    assert!(!shadow.differs, "{record:#?}");
+    assert!(
+        shadow.summary.contains("scale-out cooldown"),
+        "{}",
+        shadow.summary
+    );
+    assert_eq!(
+        *cloud.launches.lock().unwrap(),
+        0,
+        "the shadow launched nothing"
+    );
+    assert_eq!(status.counters().shadow_disagreements, 1);
+}

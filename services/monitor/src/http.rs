@@ -169,6 +169,12 @@ pub fn render_metrics(dashboard: &Dashboard) -> String {
             "action",
         );
         counter(
+            "autoscaler_shadow_disagreements_total",
+            "Evaluations where the shadow policy wanted another fleet size (never acted on).",
+            vec![(String::new(), counters.shadow_disagreements)],
+            "",
+        );
+        counter(
             "autoscaler_provider_errors_total",
             "Failed provider calls, each attempt counted, by kind.",
             counters.provider_errors.into_iter().collect(),

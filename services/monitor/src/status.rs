@@ -57,6 +57,12 @@ fn record(record: &DecisionRecord) -> v1::DecisionRecord {
             .unwrap_or_default(),
         repeated: record.repeated,
         average_load_percent: decision.and_then(|d| d.observed.average_load),
+        shadow_disagreement: record
+            .shadow
+            .as_ref()
+            .filter(|v| v.differs)
+            .map(|v| v.summary.clone())
+            .unwrap_or_default(),
     }
 }
 

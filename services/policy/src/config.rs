@@ -36,6 +36,25 @@ pub struct ControllerConfig {
     pub decision_history: usize,
     /// The creation and destruction rules.
     pub policy: PolicyConfig,
+    /// A second policy evaluated on the same observations, logged where it would decide
+    /// differently, never acted on.
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// The shadow policy: its rules, and the settings where it differs from the live policy (the
+/// others are the live policy's).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub warmup_secs: Option<u64>,
+    #[serde(default)]
+    pub scale_out_cooldown_secs: Option<u64>,
+    #[serde(default)]
+    pub scale_in_cooldown_secs: Option<u64>,
+    #[serde(default)]
+    pub termination_policy: Option<TerminationPolicy>,
 }
 
 impl Default for ControllerConfig {
@@ -52,6 +71,7 @@ impl Default for ControllerConfig {
             termination_policy: TerminationPolicy::Oldest,
             decision_history: 200,
             policy: PolicyConfig::default(),
+            shadow: None,
         }
     }
 }
@@ -122,7 +142,36 @@ fn fail<T>(field: &'static str, problem: impl Into<String>) -> Result<T, ConfigE
 }
 
 impl ControllerConfig {
+    /// The shadow policy as a whole config: the live one with the shadow's settings over it.
+    pub fn shadow_config(&self) -> Option<ControllerConfig> {
+        let shadow = self.shadow.as_ref()?;
+        Some(ControllerConfig {
+            policy: shadow.policy.clone(),
+            warmup_secs: shadow.warmup_secs.unwrap_or(self.warmup_secs),
+            scale_out_cooldown_secs: shadow
+                .scale_out_cooldown_secs
+                .unwrap_or(self.scale_out_cooldown_secs),
+            scale_in_cooldown_secs: shadow
+                .scale_in_cooldown_secs
+                .unwrap_or(self.scale_in_cooldown_secs),
+            termination_policy: shadow.termination_policy.unwrap_or(self.termination_policy),
+            shadow: None,
+            ..self.clone()
+        })
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_own()?;
+        if let Some(shadow) = self.shadow_config() {
+            shadow.validate_own().map_err(|error| ConfigError {
+                field: "shadow",
+                problem: format!("has {}: {}", error.field, error.problem),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn validate_own(&self) -> Result<(), ConfigError> {
         if self.instance_limit == 0 {
             return fail("instance_limit", "is 0; it must be at least 2");
         }
@@ -331,6 +380,53 @@ mod tests {
             }
             .validate(),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_shadow_inherits_what_it_does_not_set_and_is_validated() {
+        let config: ControllerConfig = toml::from_str(
+            r#"
+            scale_out_cooldown_secs = 30
+            [policy]
+            kind = "target-tracking"
+            target = 50.0
+            tolerance = 0.1
+            [shadow]
+            scale_in_cooldown_secs = 600
+            [shadow.policy]
+            kind = "target-tracking"
+            target = 70.0
+            tolerance = 0.05
+            "#,
+        )
+        .expect("a valid config");
+        assert_eq!(config.validate(), Ok(()));
+        let shadow = config.shadow_config().expect("a shadow");
+        assert_eq!(shadow.scale_out_cooldown_secs, 30, "inherited");
+        assert_eq!(shadow.scale_in_cooldown_secs, 600, "its own");
+        assert_eq!(
+            shadow.policy,
+            PolicyConfig::TargetTracking {
+                target: 70.0,
+                tolerance: 0.05
+            }
+        );
+        assert_eq!(shadow.shadow, None);
+
+        let bad: ControllerConfig = toml::from_str(
+            "[shadow.policy]\nkind = \"target-tracking\"\ntarget = 150.0\ntolerance = 0.1\n",
+        )
+        .expect("parses");
+        let error = bad.validate().unwrap_err();
+        assert_eq!(error.field, "shadow");
+        assert!(
+            error.to_string().contains("policy.target: is 150"),
+            "{error}"
+        );
+        assert!(
+            toml::from_str::<ControllerConfig>("[shadow]\nmin_instances = 3\n").is_err(),
+            "bounds are the live policy's: a shadow cannot set them"
         );
     }
 }
