@@ -93,7 +93,10 @@ fn policy(name: &str, args: &Args) -> Result<Policy, String> {
             let name = std::path::Path::new(path)
                 .file_stem()
                 .map_or(path.to_string(), |s| s.to_string_lossy().into_owned());
-            Policy::Project { name, config }
+            Policy::Project {
+                name,
+                config: Box::new(config),
+            }
         }
     })
 }

@@ -69,7 +69,7 @@ pub enum Policy {
     /// The project's own policy, run by `policy::evaluate` with this config.
     Project {
         name: String,
-        config: ControllerConfig,
+        config: Box<ControllerConfig>,
     },
     /// The Kubernetes HPA reference.
     Hpa { name: String, model: Hpa },
@@ -82,7 +82,7 @@ impl Policy {
     pub fn ours_target(min: u32, max: u32) -> Policy {
         Policy::Project {
             name: "ours-target".to_string(),
-            config: bounded(ControllerConfig::default(), min, max),
+            config: Box::new(bounded(ControllerConfig::default(), min, max)),
         }
     }
 
@@ -107,7 +107,7 @@ impl Policy {
         };
         Policy::Project {
             name: "ours-step".to_string(),
-            config: bounded(config, min, max),
+            config: Box::new(bounded(config, min, max)),
         }
     }
 
