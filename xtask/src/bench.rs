@@ -122,11 +122,14 @@ impl Bench {
                 figure.name, figure.value, figure.unit, figure.note
             );
         }
-        let _ = writeln!(
-            report,
-            "\nAt the default 1 s evaluation interval a fleet of 10,000 costs the controller \
-             that many microseconds of CPU per second; the policy is never the bottleneck.\n"
-        );
+        if let Some(largest) = deciding.iter().find(|f| f.name == "evaluate-10000") {
+            let _ = writeln!(
+                report,
+                "\nAt the default 1 s evaluation interval, deciding for a fleet of 10,000 takes \
+                 {:.4} % of one core: the policy is never the bottleneck.\n",
+                largest.value / 1e6 * 100.0
+            );
+        }
         let _ = writeln!(report, "## Not measured yet\n");
         let _ = writeln!(
             report,
