@@ -80,7 +80,14 @@ where
             _ => CloudErrorKind::Other,
         },
     };
-    CloudError::new(kind, DisplayErrorContext(&error).to_string())
+    // The service's own words when it sent some (the raw response is noise in a decision
+    // record); the whole chain for timeouts and transport failures.
+    let message = match (error.code(), error.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_string(),
+        _ => DisplayErrorContext(&error).to_string(),
+    };
+    CloudError::new(kind, message)
 }
 
 /// Instances of one group on EC2.
@@ -90,6 +97,10 @@ pub struct Ec2Cloud {
     group: String,
     config: Ec2Config,
     launches: AtomicU64,
+    /// ClientTokens of launches whose outcome is unknown (a timeout or a lost response): the
+    /// next launch reuses one, so that if the first took effect EC2 returns that instance
+    /// instead of launching a second.
+    uncertain: std::sync::Mutex<Vec<String>>,
 }
 
 impl Ec2Cloud {
@@ -160,6 +171,7 @@ impl Ec2Cloud {
             group: group.to_string(),
             config,
             launches: AtomicU64::new(0),
+            uncertain: std::sync::Mutex::default(),
         })
     }
 
@@ -245,11 +257,18 @@ impl Ec2Cloud {
         subnet_id: &str,
         user_data: Option<String>,
     ) -> Result<String, CloudError> {
-        let launch = self.launches.fetch_add(1, Ordering::Relaxed);
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        let client_token = format!("{}-{role}-{stamp}-{launch}", self.group);
+        let reused = self
+            .uncertain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let client_token = reused.unwrap_or_else(|| {
+            let launch = self.launches.fetch_add(1, Ordering::Relaxed);
+            let stamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            format!("{}-{role}-{stamp}-{launch}", self.group)
+        });
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
             .tags(
@@ -270,7 +289,7 @@ impl Ec2Cloud {
             .max_count(1)
             .subnet_id(subnet_id)
             .set_security_group_ids(Some(self.config.security_group_ids.clone()))
-            .client_token(client_token)
+            .client_token(&client_token)
             .tag_specifications(tags)
             .metadata_options(
                 InstanceMetadataOptionsRequest::builder()
@@ -303,7 +322,21 @@ impl Ec2Cloud {
         if let Some(user_data) = user_data {
             request = request.user_data(user_data);
         }
-        let output = request.send().await.map_err(classify)?;
+        let output = request
+            .send()
+            .await
+            .map_err(classify)
+            .inspect_err(|error| {
+                if matches!(
+                    error.kind,
+                    CloudErrorKind::Timeout | CloudErrorKind::Unavailable
+                ) {
+                    self.uncertain
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(client_token.clone());
+                }
+            })?;
         output
             .instances()
             .first()

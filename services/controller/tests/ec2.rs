@@ -2,108 +2,15 @@
 //! port): what it launches (type, key, profile, tags, subnets, IMDSv2, root volume), that it
 //! lists and terminates only the group's instances, and that a hung endpoint times out.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
-use autoscaler_aws::{GroupParameters, Parameters, Timeouts};
+use autoscaler_aws::Timeouts;
 use autoscaler_controller::cloud::{Cloud, CloudErrorKind, InstanceState};
 use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config, GROUP_TAG, ROLE_TAG};
-use aws_sdk_ec2::types::{Filter, HttpTokensState};
-
-/// A moto server on 127.0.0.1, stopped when dropped.
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_server() -> PathBuf {
-    let path = std::env::var_os("AUTOSCALER_MOTO_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/moto_server")
-        });
-    assert!(
-        path.exists(),
-        "{} does not exist: run `cargo xtask test`, which installs moto[server] from xtask/requirements.txt into .venv, or set AUTOSCALER_MOTO_SERVER",
-        path.display()
-    );
-    path
-}
-
-fn start_moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(moto_server())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting moto_server");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "moto_server did not listen on {port} within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-/// What an AWS Academy account provides, and what bootstrap and bake-ami leave: a key pair, an
-/// instance profile, the group's security group and the AMI's parameter.
-async fn prepare(sdk: &aws_config::SdkConfig, group: &str) -> String {
-    let ec2 = aws_sdk_ec2::Client::new(sdk);
-    ec2.create_key_pair()
-        .key_name("vockey")
-        .send()
-        .await
-        .unwrap();
-    let iam = aws_sdk_iam::Client::new(sdk);
-    iam.create_instance_profile()
-        .instance_profile_name("LabInstanceProfile")
-        .send()
-        .await
-        .unwrap();
-    let vpc = ec2
-        .describe_vpcs()
-        .filters(Filter::builder().name("is-default").values("true").build())
-        .send()
-        .await
-        .unwrap();
-    let vpc_id = vpc.vpcs()[0].vpc_id().unwrap().to_string();
-    ec2.create_security_group()
-        .group_name(format!("autoscaler-{group}"))
-        .description("test")
-        .vpc_id(vpc_id)
-        .send()
-        .await
-        .unwrap();
-    let parameters = Parameters::new(sdk);
-    let ami = parameters
-        .get("/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")
-        .await
-        .expect("moto serves the public Amazon Linux parameters");
-    parameters
-        .put(&GroupParameters::new(group).ami(), &ami, false)
-        .await
-        .unwrap();
-    ami
-}
+use aws_sdk_ec2::types::HttpTokensState;
+use support::*;
 
 #[tokio::test]
 async fn launches_lists_and_terminates_only_the_groups_instances() {
