@@ -13,4 +13,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// Version of this build, reported by agents in Ping and Register.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Largest request a server of this protocol decodes. Every message is a few hundred bytes at
+/// most; anything near this is hostile, and is refused before it is parsed.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+
 pub mod auth;

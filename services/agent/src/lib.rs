@@ -138,8 +138,9 @@ pub async fn run(
         .register_encoded_file_descriptor_set(autoscaler_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let agent = AgentServer::with_interceptor(
-        AgentService::new(state.clone()),
+    let agent = tonic::service::interceptor::InterceptedService::new(
+        AgentServer::new(AgentService::new(state.clone()))
+            .max_decoding_message_size(autoscaler_proto::MAX_MESSAGE_BYTES),
         RequireToken::new(config.token.clone()),
     );
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -78,14 +78,63 @@ pub struct Counters {
 
 /// What the controller knows, shared with the status view: the provider's last list and the
 /// recent decisions.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ControllerStatus {
     inner: Arc<Mutex<StatusInner>>,
+    /// Counts the provider's successful lists, so a caller can wait for the next one.
+    lists: Arc<watch::Sender<u64>>,
+}
+
+impl Default for ControllerStatus {
+    fn default() -> Self {
+        ControllerStatus {
+            inner: Arc::default(),
+            lists: Arc::new(watch::channel(0).0),
+        }
+    }
 }
 
 impl ControllerStatus {
     fn lock(&self) -> MutexGuard<'_, StatusInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_instances(&self, instances: Vec<CloudInstance>) {
+        self.lock().instances = instances;
+        self.lists.send_modify(|lists| *lists += 1);
+    }
+
+    /// True when the provider's last list holds `instance_id`, or one of the latest decisions
+    /// launched it (a list made just before the launch cannot show it yet).
+    pub fn knows(&self, instance_id: &str) -> bool {
+        let inner = self.lock();
+        if inner.instances.iter().any(|i| i.instance_id == instance_id) {
+            return true;
+        }
+        let recent: Vec<&DecisionRecord> = inner.decisions.iter().rev().take(3).collect();
+        recent
+            .iter()
+            .any(|r| r.launched.iter().any(|id| id == instance_id))
+            && !recent
+                .iter()
+                .any(|r| r.terminated.iter().any(|id| id == instance_id))
+    }
+
+    /// Whether `instance_id` belongs to the group as the provider lists it, waiting up to
+    /// `wait` for the next list if it is not known yet (an instance may register before the
+    /// controller has listed it once).
+    pub async fn admits(&self, instance_id: &str, wait: Duration) -> bool {
+        let mut lists = self.lists.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.knows(instance_id) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, lists.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return false,
+            }
+        }
     }
 
     /// The instances the provider listed at the last evaluation.
@@ -354,7 +403,7 @@ impl<C: Cloud> Controller<C> {
                 verdict.summary
             );
         }
-        self.status.lock().instances = instances;
+        self.status.set_instances(instances);
 
         let mut record = DecisionRecord {
             sequence: 0,

@@ -67,8 +67,11 @@ impl Default for MonitorSection {
 }
 
 /// `[provider]`: where instances come from.
+///
+/// Read through [`RawProvider`], a plain struct, so that a bad value's error points at its line
+/// (serde buffers an internally tagged enum's fields, and the spans are lost).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(try_from = "RawProvider")]
 pub enum ProviderSection {
     /// Instances are `autoscaler-agent` processes on this machine.
     Local {
@@ -91,6 +94,95 @@ pub enum ProviderSection {
 
 fn default_terminate_grace_ms() -> u64 {
     5_000
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    Local,
+    Ec2,
+}
+
+/// `[provider]` as written: the fields of every kind, checked against `kind` after.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    kind: ProviderKind,
+    state_dir: Option<PathBuf>,
+    agent_binary: Option<PathBuf>,
+    agent_args: Option<Vec<String>>,
+    terminate_grace_ms: Option<u64>,
+    ami_id: Option<String>,
+    instance_type: Option<String>,
+    key_name: Option<String>,
+    instance_profile: Option<String>,
+    security_group_ids: Option<Vec<String>>,
+    subnet_ids: Option<Vec<String>>,
+    root_volume_gib: Option<i32>,
+    root_device_name: Option<String>,
+}
+
+impl TryFrom<RawProvider> for ProviderSection {
+    type Error = String;
+
+    fn try_from(raw: RawProvider) -> Result<ProviderSection, String> {
+        let (kind, stray) = match raw.kind {
+            ProviderKind::Local => (
+                "local",
+                [
+                    ("ami_id", raw.ami_id.is_some()),
+                    ("instance_type", raw.instance_type.is_some()),
+                    ("key_name", raw.key_name.is_some()),
+                    ("instance_profile", raw.instance_profile.is_some()),
+                    ("security_group_ids", raw.security_group_ids.is_some()),
+                    ("subnet_ids", raw.subnet_ids.is_some()),
+                    ("root_volume_gib", raw.root_volume_gib.is_some()),
+                    ("root_device_name", raw.root_device_name.is_some()),
+                ]
+                .to_vec(),
+            ),
+            ProviderKind::Ec2 => (
+                "ec2",
+                [
+                    ("state_dir", raw.state_dir.is_some()),
+                    ("agent_binary", raw.agent_binary.is_some()),
+                    ("agent_args", raw.agent_args.is_some()),
+                    ("terminate_grace_ms", raw.terminate_grace_ms.is_some()),
+                ]
+                .to_vec(),
+            ),
+        };
+        if let Some((field, _)) = stray.iter().find(|(_, present)| *present) {
+            return Err(format!(
+                "`provider.{field}` does not apply to kind = \"{kind}\""
+            ));
+        }
+        Ok(match raw.kind {
+            ProviderKind::Local => ProviderSection::Local {
+                state_dir: raw.state_dir,
+                agent_binary: raw.agent_binary,
+                agent_args: raw.agent_args.unwrap_or_default(),
+                terminate_grace_ms: raw
+                    .terminate_grace_ms
+                    .unwrap_or_else(default_terminate_grace_ms),
+            },
+            ProviderKind::Ec2 => {
+                let defaults = Ec2Config::default();
+                ProviderSection::Ec2(Ec2Config {
+                    ami_id: raw.ami_id.unwrap_or(defaults.ami_id),
+                    instance_type: raw.instance_type.unwrap_or(defaults.instance_type),
+                    key_name: raw.key_name.unwrap_or(defaults.key_name),
+                    instance_profile: raw.instance_profile.unwrap_or(defaults.instance_profile),
+                    security_group_ids: raw
+                        .security_group_ids
+                        .unwrap_or(defaults.security_group_ids),
+                    subnet_ids: raw.subnet_ids.unwrap_or(defaults.subnet_ids),
+                    root_volume_gib: raw.root_volume_gib.unwrap_or(defaults.root_volume_gib),
+                    root_device_name: raw.root_device_name.unwrap_or(defaults.root_device_name),
+                })
+            }
+        })
+    }
 }
 
 impl Default for ProviderSection {

@@ -17,12 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use autoscaler_controller::fleet::FleetView;
+use autoscaler_proto::MAX_MESSAGE_BYTES;
 use autoscaler_proto::auth::{RequireToken, Token};
 use autoscaler_proto::v1::monitor_server::MonitorServer;
 use autoscaler_proto::v1::status_server::StatusServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 pub use crate::config::{MonitorConfig, MonitorConfigError};
 use crate::registry::Registry;
@@ -93,12 +95,20 @@ impl Monitor {
             .register_encoded_file_descriptor_set(autoscaler_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let monitor = MonitorServer::with_interceptor(
-            MonitorService::new(self.registry.clone()),
+        // With a controller, only the instances its provider lists may register.
+        let mut service = MonitorService::new(self.registry.clone());
+        if let Some(controller) = status.as_ref().and_then(|s| s.controller.clone()) {
+            service = service.admitting(controller);
+        }
+        let monitor = InterceptedService::new(
+            MonitorServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES),
             RequireToken::new(self.registry.token().clone()),
         );
         let status = status.map(|status| {
-            StatusServer::with_interceptor(status, RequireToken::new(self.registry.token().clone()))
+            InterceptedService::new(
+                StatusServer::new(status).max_decoding_message_size(MAX_MESSAGE_BYTES),
+                RequireToken::new(self.registry.token().clone()),
+            )
         });
         let result = tonic::transport::Server::builder()
             .add_service(health_service)

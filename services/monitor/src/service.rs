@@ -2,6 +2,9 @@
 //! domain types and hands them to the registry.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use autoscaler_controller::reconciler::ControllerStatus;
 
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::monitor_server::Monitor;
@@ -16,14 +19,29 @@ pub const MAX_ADDRESS_LEN: usize = 260;
 /// Longest agent version accepted.
 pub const MAX_VERSION_LEN: usize = 64;
 
+/// How long a registration of an instance the provider has not listed yet waits for the next
+/// list before it is refused (below the agent's 2 s call timeout).
+pub const ADMISSION_WAIT: Duration = Duration::from_millis(1_500);
+
 #[derive(Clone, Debug)]
 pub struct MonitorService {
     registry: Arc<Registry>,
+    /// With a controller, only instances its provider lists may register.
+    admission: Option<ControllerStatus>,
 }
 
 impl MonitorService {
     pub fn new(registry: Arc<Registry>) -> MonitorService {
-        MonitorService { registry }
+        MonitorService {
+            registry,
+            admission: None,
+        }
+    }
+
+    /// Accepts registrations only from instances `controller`'s provider lists.
+    pub fn admitting(mut self, controller: ControllerStatus) -> MonitorService {
+        self.admission = Some(controller);
+        self
     }
 }
 
@@ -102,6 +120,21 @@ impl Monitor for MonitorService {
         let registration = parse_registration(request.into_inner()).inspect_err(|status| {
             tracing::warn!(error = status.message(), "registration refused");
         })?;
+        if let Some(controller) = &self.admission
+            && !controller
+                .admits(&registration.instance_id, ADMISSION_WAIT)
+                .await
+        {
+            tracing::warn!(
+                instance_id = %registration.instance_id,
+                address = %registration.address,
+                "registration refused: the provider does not list this instance in the group"
+            );
+            return Err(Status::permission_denied(format!(
+                "instance {} is not an instance of this group as the provider lists it",
+                registration.instance_id
+            )));
+        }
         self.registry.register(registration);
         let config = self.registry.config();
         Ok(Response::new(v1::RegisterResponse {

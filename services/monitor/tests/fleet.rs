@@ -1,7 +1,7 @@
 //! End-to-end tests of the controller on the local provider: scale out under high load, scale in
-//! under low load, a killed agent replaced, a restarted daemon adopting its running instances
-//! without duplicates, and an invalid config refused. The fleet stays within its bounds
-//! throughout (checked on every status read).
+//! under low load, a killed agent replaced, a restarted daemon (monitor and controller) adopting
+//! its running instances without duplicates or replacements, an invalid config refused, JSON
+//! logs. The fleet stays within its bounds throughout (a background watcher, `FleetInvariant`).
 
 mod support;
 
@@ -17,6 +17,7 @@ use support::*;
 async fn scales_out_under_high_load_and_in_under_low_load() {
     let state_dir = StateDir::new("scale");
     let daemon = RunningDaemon::start(fast_daemon_config(&state_dir.0)).await;
+    let invariant = FleetInvariant::watch(daemon.address, 2, 4);
     let mut client = status_client(daemon.address);
     wait_status(
         &mut client,
@@ -66,6 +67,7 @@ async fn scales_out_under_high_load_and_in_under_low_load() {
 
     let pids = state_dir.pids();
     assert_eq!(pids.len(), 2);
+    invariant.check();
     daemon.stop().await;
     for pid in pids {
         assert!(!alive(pid), "agent {pid} outlived the daemon");
@@ -76,6 +78,7 @@ async fn scales_out_under_high_load_and_in_under_low_load() {
 async fn a_killed_agent_is_replaced() {
     let state_dir = StateDir::new("replace");
     let daemon = RunningDaemon::start(fast_daemon_config(&state_dir.0)).await;
+    let invariant = FleetInvariant::watch(daemon.address, 2, 4);
     let mut client = status_client(daemon.address);
     let status = wait_status(&mut client, "2 healthy", 4, Duration::from_secs(30), |s| {
         healthy(s) == 2
@@ -105,6 +108,7 @@ async fn a_killed_agent_is_replaced() {
     assert_eq!(replacing.terminated, [victim]);
     assert_eq!(replacing.launched.len(), 1, "{replacing:#?}");
     assert!(replacing.rules.contains(&"health".to_string()));
+    invariant.check();
     daemon.stop().await;
 }
 
@@ -157,6 +161,7 @@ async fn a_restarted_daemon_adopts_its_running_instances_without_duplicates() {
     first.wait().await.unwrap();
 
     let mut second = spawn_daemon_process(&state_dir.0, port, &config_path);
+    let invariant = FleetInvariant::watch(address, 2, 5);
     let mut client = status_client(address);
     let after = wait_status(
         &mut client,
@@ -188,6 +193,7 @@ async fn a_restarted_daemon_adopts_its_running_instances_without_duplicates() {
         later.decisions
     );
     assert_eq!(later.instances.len(), 2);
+    invariant.check();
 
     let pids = state_dir.pids();
     nix::sys::signal::kill(
@@ -257,6 +263,16 @@ async fn logs_are_json_on_request_with_one_event_per_decision() {
         healthy(s) == 2
     })
     .await;
+    // A stranger's registration is refused, and the refusal logged.
+    let refused = monitor_client(format!("127.0.0.1:{port}").parse().unwrap(), Some(TOKEN))
+        .register(v1::RegisterRequest {
+            instance_id: "i-stranger".into(),
+            address: "127.0.0.1:9".into(),
+            agent_version: "test".into(),
+        })
+        .await
+        .expect_err("a stranger is refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.id().unwrap() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -288,5 +304,15 @@ async fn logs_are_json_on_request_with_one_event_per_decision() {
             .contains("Bounds"),
         "{decision}"
     );
+    let refusal = events
+        .iter()
+        .find(|e| {
+            e["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("registration refused"))
+        })
+        .expect("the stranger's refusal logged");
+    assert_eq!(refusal["fields"]["instance_id"], "i-stranger", "{refusal}");
+    assert_eq!(refusal["level"], "WARN");
     assert!(!logs.contains(TOKEN), "the token leaked into the logs");
 }

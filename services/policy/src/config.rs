@@ -86,8 +86,12 @@ pub enum TerminationPolicy {
 }
 
 /// The rule that turns loads into a desired size.
+///
+/// Read through [`RawPolicy`], a plain struct, rather than as an internally tagged enum: serde
+/// buffers a tagged enum's fields and the TOML parser then cannot point at the bad one, while a
+/// struct's fields keep their lines in error messages.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(try_from = "RawPolicy")]
 pub enum PolicyConfig {
     /// Threshold/step: an average above `scale_out.above` for `scale_out.for_secs` adds
     /// `scale_out.step` instances; below `scale_in.below` for `scale_in.for_secs` removes
@@ -99,6 +103,71 @@ pub enum PolicyConfig {
     /// Target tracking: desired = ceil(sum of loads / target), unless the average is within
     /// `tolerance` (a fraction) of the target.
     TargetTracking { target: f64, tolerance: f64 },
+}
+
+/// The kinds of policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    Step,
+    TargetTracking,
+}
+
+/// `[controller.policy]` as written: every field of every kind, checked against `kind` after.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub kind: PolicyKind,
+    #[serde(default)]
+    pub target: Option<f64>,
+    #[serde(default)]
+    pub tolerance: Option<f64>,
+    #[serde(default)]
+    pub scale_out: Option<StepRule>,
+    #[serde(default)]
+    pub scale_in: Option<StepRule>,
+}
+
+impl TryFrom<RawPolicy> for PolicyConfig {
+    type Error = String;
+
+    fn try_from(raw: RawPolicy) -> Result<PolicyConfig, String> {
+        let stray = |present: bool, field: &str, kind: &str| {
+            if present {
+                Err(format!(
+                    "`policy.{field}` does not apply to kind = \"{kind}\""
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match raw.kind {
+            PolicyKind::TargetTracking => {
+                stray(raw.scale_out.is_some(), "scale_out", "target-tracking")?;
+                stray(raw.scale_in.is_some(), "scale_in", "target-tracking")?;
+                Ok(PolicyConfig::TargetTracking {
+                    target: raw
+                        .target
+                        .ok_or("`policy.target` is missing: kind = \"target-tracking\" needs it")?,
+                    tolerance: raw.tolerance.ok_or(
+                        "`policy.tolerance` is missing: kind = \"target-tracking\" needs it",
+                    )?,
+                })
+            }
+            PolicyKind::Step => {
+                stray(raw.target.is_some(), "target", "step")?;
+                stray(raw.tolerance.is_some(), "tolerance", "step")?;
+                Ok(PolicyConfig::Step {
+                    scale_out: raw
+                        .scale_out
+                        .ok_or("`policy.scale_out` is missing: kind = \"step\" needs it")?,
+                    scale_in: raw
+                        .scale_in
+                        .ok_or("`policy.scale_in` is missing: kind = \"step\" needs it")?,
+                })
+            }
+        }
+    }
 }
 
 impl Default for PolicyConfig {

@@ -261,3 +261,76 @@ impl Drop for LoadDriver {
         self.task.abort();
     }
 }
+
+/// Watches a daemon's fleet in the background, every 50 ms, for the invariant "the provider
+/// lists no more than `max` instances, and, once the fleet has reached `min`, no fewer than
+/// `min`". `check` fails the test with every violation seen.
+pub struct FleetInvariant {
+    violations: Arc<Mutex<Vec<String>>>,
+    samples: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FleetInvariant {
+    pub fn watch(address: std::net::SocketAddr, min: usize, max: usize) -> FleetInvariant {
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let samples = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = {
+            let violations = violations.clone();
+            let samples = samples.clone();
+            tokio::spawn(async move {
+                let mut client = status_client(address);
+                let mut converged = false;
+                loop {
+                    if let Ok(Ok(response)) = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        client.get_status(v1::GetStatusRequest {
+                            decisions_after: u64::MAX,
+                        }),
+                    )
+                    .await
+                    {
+                        let status = response.into_inner();
+                        let listed = status
+                            .instances
+                            .iter()
+                            .filter(|i| i.state != "unlisted")
+                            .count();
+                        samples.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        converged |= listed >= min;
+                        if listed > max || (converged && listed < min) {
+                            violations.lock().unwrap().push(format!(
+                                "{listed} instances listed, outside [{min}, {max}]: {:?}",
+                                status
+                                    .instances
+                                    .iter()
+                                    .map(|i| (&i.instance_id, &i.state, &i.health))
+                                    .collect::<Vec<_>>()
+                            ));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        FleetInvariant {
+            violations,
+            samples,
+            task,
+        }
+    }
+
+    /// Stops watching; fails if the invariant ever broke or was never sampled.
+    pub fn check(self) {
+        self.task.abort();
+        let samples = self.samples.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(samples > 0, "the fleet invariant was never sampled");
+        let violations = self.violations.lock().unwrap();
+        assert!(
+            violations.is_empty(),
+            "the fleet left its bounds {} times in {samples} samples: {:#?}",
+            violations.len(),
+            &violations[..violations.len().min(5)]
+        );
+    }
+}
