@@ -1,8 +1,9 @@
 //! The real AWS SDK paths under a misbehaving API: a fault proxy in front of the emulator makes
 //! EC2 and SSM throttle, fail with 5xx and InsufficientInstanceCapacity, hang, and lose the
 //! response of a launch that took effect. The controller backs off, records every failure in
-//! its decisions, never launches twice, and converges once the API recovers. Figures are
-//! printed (`figure:` lines) for docs/RELIABILITY.md.
+//! its decisions, never launches twice, and converges once the API recovers. And a controller
+//! killed at random points of its evaluations, again and again, never takes the group past its
+//! maximum and leaves no orphan. Figures are printed (`figure:` lines) for docs/RELIABILITY.md.
 
 mod support;
 
@@ -175,5 +176,162 @@ async fn ssm_throttling_is_absorbed_and_persistent_failures_and_hangs_end_in_cle
             "error"
         },
         waited.as_secs_f64()
+    );
+}
+
+/// A fleet view in which every listed instance answers with `load`.
+fn answering(instances: &[autoscaler_controller::cloud::CloudInstance], load: f64) -> FleetView {
+    use autoscaler_controller::fleet::{Health, InstanceView};
+    let mut view = FleetView::empty(std::time::Instant::now(), Duration::from_secs(1));
+    view.instances = instances
+        .iter()
+        .map(|i| InstanceView {
+            instance_id: i.instance_id.clone(),
+            // Nothing listens there: NotifyRemoval fails fast, as it may in life.
+            address: "127.0.0.1:1".into(),
+            agent_version: "test".into(),
+            health: Health::Healthy,
+            consecutive_misses: 0,
+            load: Some(load),
+            recent_loads: vec![load],
+            registered_at: std::time::Instant::now(),
+            last_seen: Some(std::time::Instant::now()),
+            last_error: None,
+        })
+        .collect();
+    view.instances
+        .sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    view
+}
+
+#[tokio::test]
+async fn a_controller_killed_at_random_points_never_exceeds_its_bounds_or_orphans_an_instance() {
+    let moto = start_moto();
+    // Default timeouts: moto's first calls can take more than a short attempt timeout.
+    let sdk = autoscaler_aws::emulator_config(&moto.endpoint, Timeouts::default()).await;
+    prepare(&sdk, "crash").await;
+    let cloud = Arc::new(
+        Ec2Cloud::open(&sdk, "crash", Ec2Config::default())
+            .await
+            .unwrap(),
+    );
+    let config = ControllerConfig {
+        min_instances: 2,
+        max_instances: 4,
+        warmup_secs: 0,
+        scale_out_cooldown_secs: 0,
+        scale_in_cooldown_secs: 0,
+        ..ControllerConfig::default()
+    };
+    let (views, fleet) = tokio::sync::watch::channel(Arc::new(answering(&[], 0.0)));
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    // Every instance of the group EC2 has, whatever the controller lists.
+    let group_instances = || async {
+        ec2.describe_instances()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("tag:autoscaler:group")
+                    .values("crash")
+                    .build(),
+            )
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| i.instance_id().map(str::to_string))
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+
+    // 60 controller lives, each killed at a random point of an evaluation (its future dropped
+    // mid-call: the in-memory state is lost, as in a crash), then restarted. The load flips
+    // every five lives, so that most lives scale out (to the maximum) or in (to the minimum).
+    let mut seed: u64 = 0x5eed;
+    let mut kills = 0;
+    let mut sizes = std::collections::BTreeSet::new();
+    for life in 0..60 {
+        let load = if (life / 5) % 2 == 0 { 95.0 } else { 5.0 };
+        let listed = cloud.list().await.unwrap();
+        views.send_replace(Arc::new(answering(&listed, load)));
+        let mut controller = Controller::new(
+            cloud.clone(),
+            config.clone(),
+            fleet.clone(),
+            Token::new("test-token-0123456789").unwrap(),
+            Arc::new(|_: &str| {}),
+        );
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let kill_after = Duration::from_millis((seed >> 33) % 80);
+        if life % 3 == 2 {
+            // Every third life completes, so the fleet makes progress however slow the machine.
+            controller.evaluate_once().await;
+        } else if tokio::time::timeout(kill_after, controller.evaluate_once())
+            .await
+            .is_err()
+        {
+            kills += 1;
+        }
+        drop(controller);
+        let all = group_instances().await;
+        sizes.insert(all.len());
+        assert!(
+            all.len() <= 4,
+            "life {life}: {} instances of the group exist, above the maximum: {all:?}",
+            all.len()
+        );
+    }
+    assert!(kills >= 5, "only {kills} of 60 lives were cut short");
+    assert!(
+        sizes.contains(&4) && sizes.contains(&2),
+        "the lives never reached both bounds: sizes seen {sizes:?}"
+    );
+
+    // A last controller that lives: it converges to the minimum; nothing is left over.
+    let mut controller = Controller::new(
+        cloud.clone(),
+        config.clone(),
+        fleet.clone(),
+        Token::new("test-token-0123456789").unwrap(),
+        Arc::new(|_: &str| {}),
+    );
+    let started = Instant::now();
+    loop {
+        let listed = cloud.list().await.unwrap();
+        views.send_replace(Arc::new(answering(&listed, 5.0)));
+        controller.evaluate_once().await;
+        let listed: std::collections::BTreeSet<String> = cloud
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.instance_id)
+            .collect();
+        if listed.len() == 2 {
+            assert_eq!(
+                group_instances().await,
+                listed,
+                "an instance of the group that the controller does not list (an orphan)"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no convergence to the minimum: {listed:?}"
+        );
+    }
+    eprintln!(
+        "figure: 60 controller lives, {kills} killed mid-evaluation, fleet sizes seen {sizes:?}: \
+         never above 4; converged to 2 with no orphan {:.1} s after the last restart",
+        started.elapsed().as_secs_f64()
     );
 }
