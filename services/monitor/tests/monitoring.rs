@@ -1,5 +1,5 @@
 //! End-to-end tests of the monitoring plane over real gRPC on 127.0.0.1: registration,
-//! heartbeats and metrics, health, hung and killed agents, monitor restarts, SIGTERM, and the
+//! heartbeats and metrics, health, hung, killed and cut-off agents, monitor restarts, SIGTERM, and the
 //! UNAUTHENTICATED, INVALID_ARGUMENT and NOT_FOUND cases.
 
 mod support;
@@ -585,5 +585,122 @@ async fn a_load_outside_0_to_100_is_a_miss_and_keeps_the_last_good_load() {
                 .is_some_and(|i| i.health == Health::Healthy && i.load == Some(60.0))
         })
         .await;
+    monitor.stop().await;
+}
+
+/// A TCP relay that can be cut (every connection dropped, new ones refused) and restored on the
+/// same port: a network partition between the monitor and one agent.
+struct Relay {
+    address: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut relay = Relay {
+            address,
+            target,
+            task: None,
+        };
+        relay.serve(listener);
+        relay
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Drops every connection and refuses new ones.
+    fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.address).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+#[tokio::test]
+async fn an_agent_cut_off_is_marked_unhealthy_and_counted_once_when_it_comes_back() {
+    let poll = Duration::from_millis(200);
+    let mut monitor = RunningMonitor::start(fast_config(poll)).await;
+    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_address = agent_listener.local_addr().unwrap();
+    drop(agent_listener);
+    let mut relay = Relay::start(agent_address).await;
+    let advertised = relay.address.to_string();
+    let _agent = RunningAgent::start_on("local-0031", agent_address, monitor.address, |config| {
+        config.load = steady_load(30.0);
+        config.advertise_address = Some(advertised.clone());
+    })
+    .await;
+    monitor
+        .wait_until(
+            "healthy through the relay",
+            Duration::from_secs(10),
+            |view| {
+                view.get("local-0031")
+                    .is_some_and(|i| i.health == Health::Healthy && i.address == advertised)
+            },
+        )
+        .await;
+
+    // Cut: the monitor cannot reach the agent; the agent can still reach the monitor (and
+    // registers again when it is not polled), which must not reset its health.
+    relay.cut();
+    let cut = Instant::now();
+    monitor
+        .wait_until("unhealthy once cut off", Duration::from_secs(10), |view| {
+            view.get("local-0031")
+                .is_some_and(|i| i.health == Health::Unhealthy)
+        })
+        .await;
+    let noticed = cut.elapsed();
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // past the agent's re-registration
+    let instance = monitor.instance("local-0031").expect("still registered");
+    assert_eq!(
+        instance.health,
+        Health::Unhealthy,
+        "re-registration reset the health of an unreachable agent: {instance:?}"
+    );
+    eprintln!(
+        "figure: agent cut off noticed (unhealthy) {:.2} s after the cut (3 x {} ms polls)",
+        noticed.as_secs_f64(),
+        poll.as_millis()
+    );
+
+    // Back: healthy again, one instance, not two.
+    relay.restore().await;
+    let back = Instant::now();
+    let view = monitor
+        .wait_until("healthy again", Duration::from_secs(10), |view| {
+            view.get("local-0031")
+                .is_some_and(|i| i.health == Health::Healthy)
+        })
+        .await;
+    assert_eq!(view.instances.len(), 1, "{:#?}", view.instances);
+    eprintln!(
+        "figure: agent back {:.2} s after the relay returned, counted once",
+        back.elapsed().as_secs_f64()
+    );
     monitor.stop().await;
 }

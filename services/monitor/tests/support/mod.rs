@@ -181,6 +181,26 @@ impl RunningAgent {
         configure: impl FnOnce(&mut AgentConfig),
     ) -> RunningAgent {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_with(instance_id, listener, monitor, configure)
+    }
+
+    /// Like `start`, listening on `address`.
+    pub async fn start_on(
+        instance_id: &str,
+        address: SocketAddr,
+        monitor: SocketAddr,
+        configure: impl FnOnce(&mut AgentConfig),
+    ) -> RunningAgent {
+        let listener = TcpListener::bind(address).await.unwrap();
+        Self::start_with(instance_id, listener, monitor, configure)
+    }
+
+    fn start_with(
+        instance_id: &str,
+        listener: TcpListener,
+        monitor: SocketAddr,
+        configure: impl FnOnce(&mut AgentConfig),
+    ) -> RunningAgent {
         let address = listener.local_addr().unwrap();
         let mut config = AgentConfig::new(instance_id, token());
         config.registration.initial_backoff = Duration::from_millis(50);
