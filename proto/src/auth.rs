@@ -123,6 +123,44 @@ impl tonic::service::Interceptor for RequireToken {
     }
 }
 
+/// What a process shows and checks on every connection: the group token and the transport
+/// (mutual TLS, or plaintext when a local run asks for it).
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub token: Token,
+    pub transport: crate::tls::Transport,
+}
+
+impl Credentials {
+    pub fn new(token: Token, transport: crate::tls::Transport) -> Credentials {
+        Credentials { token, transport }
+    }
+
+    /// A channel to `address` (`host:port`) expecting `peer` there, connecting on first use;
+    /// every stage of every call is bounded by `timeout`.
+    pub fn channel(
+        &self,
+        address: &str,
+        peer: crate::tls::Role,
+        timeout: std::time::Duration,
+    ) -> Result<tonic::transport::Channel, String> {
+        self.transport
+            .endpoint(address, peer, timeout)
+            .map(|endpoint| endpoint.tcp_nodelay(true).connect_lazy())
+            .map_err(|error| format!("bad address {address:?}: {error}"))
+    }
+
+    /// The client interceptor that attaches the token.
+    pub fn attach(&self) -> AttachToken {
+        AttachToken::new(&self.token)
+    }
+
+    /// The server interceptor that checks it.
+    pub fn require(&self) -> RequireToken {
+        RequireToken::new(self.token.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

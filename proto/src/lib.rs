@@ -18,3 +18,4 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 pub mod auth;
+pub mod tls;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail, ensure};
 use autoscaler_aws::{GroupParameters, Parameters, Timeouts};
 use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config, GROUP_TAG, ROLE_TAG};
+use autoscaler_proto::auth::{Credentials, Token};
+use autoscaler_proto::tls::{GroupCa, Role, Transport};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     Filter, IpPermission, ResourceType, Tag, TagSpecification, UserIdGroupPair,
@@ -117,6 +119,19 @@ fn tag(key: &str, value: &str) -> Tag {
 }
 
 impl Aws {
+    /// The operator's credentials: the group token and the operator's certificate, both from
+    /// Parameter Store (written by `up`).
+    pub async fn operator_credentials(&self) -> anyhow::Result<Credentials> {
+        let token = self.parameters.get(&self.names.token()).await?;
+        let material = autoscaler_aws::tls_material(&self.parameters, &self.names, Role::Operator)
+            .await
+            .context("the operator's TLS material (made by `cargo xtask up`)")?;
+        Ok(Credentials::new(
+            Token::new(&token).context("the group token")?,
+            Transport::tls(material),
+        ))
+    }
+
     pub async fn connect(group: &str) -> anyhow::Result<Aws> {
         let sdk = autoscaler_aws::sdk_config(Timeouts::default()).await;
         if sdk.region().is_none() {
@@ -925,6 +940,7 @@ impl Up {
                 aws.names.token()
             );
         }
+        ensure_tls(aws).await?;
 
         let monitors = aws.instances(&["monitor"]).await?;
         let monitor = match monitors
@@ -985,10 +1001,10 @@ impl Up {
         .await?;
         eprintln!("  the monitor listens at {address}");
         let min = config.controller.min_instances as usize;
-        let token = aws.parameters.get(&aws.names.token()).await?;
+        let credentials = aws.operator_credentials().await?;
         let unreachable_since = std::sync::Mutex::new(None::<Instant>);
         wait_for(&format!("{min} healthy instances"), timeout, Duration::from_secs(2), || async {
-            match crate::status_client::get_status(&address, &token).await {
+            match crate::status_client::get_status(&address, &credentials).await {
                 Ok(status) => {
                     *unreachable_since.lock().expect("not poisoned") = None;
                     let healthy = status.instances.iter().filter(|i| i.health == "healthy").count();
@@ -1075,6 +1091,7 @@ impl Down {
             }
         }
         let mut parameters = vec![aws.names.monitor(), aws.names.token()];
+        parameters.extend(aws.names.tls_all());
         let images = if self.purge {
             aws.images().await?
         } else {
@@ -1281,12 +1298,19 @@ pub struct Status {
     #[command(flatten)]
     pub group: GroupArgs,
     /// Ask this monitor (`host:port`) directly instead of AWS; the token comes from
-    /// --token-file or AUTOSCALER_TOKEN.
+    /// --token-file or AUTOSCALER_TOKEN, the operator's certificate from --tls-dir.
     #[arg(long)]
     pub monitor: Option<String>,
     /// File holding the group token, with --monitor.
     #[arg(long)]
     pub token_file: Option<std::path::PathBuf>,
+    /// With --monitor: the group's TLS directory (`ca.pem`, `operator.pem`, `operator.key`);
+    /// the demo prints it.
+    #[arg(long, env = "AUTOSCALER_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+    /// With --monitor: talk plaintext, to a monitor started with --plaintext.
+    #[arg(long, conflicts_with = "tls_dir")]
+    pub plaintext: bool,
     /// Keep printing decisions as they happen (Ctrl-C to stop).
     #[arg(long)]
     pub follow: bool,
@@ -1294,7 +1318,7 @@ pub struct Status {
 
 impl Status {
     pub async fn run(self) -> anyhow::Result<()> {
-        let (address, token) = match &self.monitor {
+        let (address, credentials) = match &self.monitor {
             Some(address) => {
                 let token = match &self.token_file {
                     Some(path) => std::fs::read_to_string(path)
@@ -1302,7 +1326,14 @@ impl Status {
                     None => std::env::var("AUTOSCALER_TOKEN")
                         .context("no group token: pass --token-file or set AUTOSCALER_TOKEN")?,
                 };
-                (address.clone(), token.trim().to_string())
+                if self.tls_dir.is_none() && !self.plaintext {
+                    bail!(
+                        "no TLS material: pass --tls-dir DIR (the demo prints it), or --plaintext for a monitor started with --plaintext"
+                    );
+                }
+                let credentials =
+                    crate::status_client::credentials(token.trim(), self.tls_dir.as_deref())?;
+                (address.clone(), credentials)
             }
             None => {
                 let aws = Aws::connect(&self.group.group).await?;
@@ -1311,10 +1342,11 @@ impl Status {
                     return Ok(());
                 }
                 let address = aws.parameters.get(&aws.names.monitor()).await?;
-                (address, aws.parameters.get(&aws.names.token()).await?)
+                (address, aws.operator_credentials().await?)
             }
         };
-        let report = crate::status_client::get_status(&address, &token).await?;
+        let mut daemon = crate::status_client::Daemon::new(&address, &credentials)?;
+        let report = daemon.status_after(0).await?;
         if self.monitor.is_some() {
             print_fleet(&report);
         }
@@ -1323,7 +1355,7 @@ impl Status {
         }
         let mut seen = 0;
         loop {
-            let report = crate::status_client::get_status_after(&address, &token, seen).await?;
+            let report = daemon.status_after(seen).await?;
             for record in &report.decisions {
                 seen = seen.max(record.sequence);
                 let at = record.at_unix_ms as f64 / 1000.0;
@@ -1377,10 +1409,10 @@ pub async fn print_status(aws: &Aws) -> anyhow::Result<()> {
     let instances = aws.instances(&[]).await?;
     let monitor = match (
         aws.parameters.get(&aws.names.monitor()).await,
-        aws.parameters.get(&aws.names.token()).await,
+        aws.operator_credentials().await,
     ) {
-        (Ok(address), Ok(token)) => {
-            match crate::status_client::get_status(&address, &token).await {
+        (Ok(address), Ok(credentials)) => {
+            match crate::status_client::get_status(&address, &credentials).await {
                 Ok(status) => Some(status),
                 Err(error) => {
                     println!("(the monitor at {address} is not reachable from here: {error})");
@@ -1418,5 +1450,36 @@ pub async fn print_status(aws: &Aws) -> anyhow::Result<()> {
     if let Some(last) = monitor.as_ref().and_then(|s| s.decisions.last()) {
         println!("last decision: {}", last.summary);
     }
+    Ok(())
+}
+
+/// Makes the group's CA and its three identities unless every TLS parameter is there: the CA
+/// certificate as a String, each role's certificate and key as one SecureString. The CA's key
+/// is used here and thrown away; it is never stored.
+async fn ensure_tls(aws: &Aws) -> anyhow::Result<()> {
+    let mut missing = false;
+    for name in aws.names.tls_all() {
+        if let Err(autoscaler_aws::SsmError::NotFound(_)) = aws.parameters.get(&name).await {
+            missing = true;
+        }
+    }
+    if !missing {
+        return Ok(());
+    }
+    let ca = GroupCa::generate(&aws.group)?;
+    for role in Role::ALL {
+        let issued = ca.issue(role)?;
+        aws.parameters
+            .put(&aws.names.tls_identity(role), &issued.bundle(), true)
+            .await?;
+    }
+    // The CA certificate last: agents wait for it, and then find their identity there too.
+    aws.parameters
+        .put(&aws.names.tls_ca(), &ca.cert_pem(), false)
+        .await?;
+    eprintln!(
+        "  created the group CA and the monitor, agent and operator certificates in {} (SecureStrings)",
+        aws.names.tls_ca().trim_end_matches("/ca")
+    );
     Ok(())
 }

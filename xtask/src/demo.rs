@@ -2,21 +2,16 @@
 //! story live: demand rises (the fleet grows from 2 to 5), an agent is killed (it is replaced),
 //! demand falls (the fleet shrinks back to 2). Exits 0 only if all of that happened.
 
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use autoscaler_proto::auth::{AttachToken, Token};
+use autoscaler_proto::auth::Token;
 use autoscaler_proto::v1;
-use autoscaler_proto::v1::agent_client::AgentClient;
-use autoscaler_proto::v1::status_client::StatusClient;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::util;
 
@@ -29,8 +24,6 @@ pub struct Demo {
     #[arg(long)]
     plain: bool,
 }
-
-type Status = StatusClient<InterceptedService<Channel, AttachToken>>;
 
 /// Demand over the story, in units of instance capacity (one instance at 100 % serves one unit).
 fn demand(progress: f64) -> f64 {
@@ -144,6 +137,8 @@ impl Demo {
             &token_file,
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )?;
+        let tls_dir = state_dir.join("tls");
+        autoscaler_proto::tls::ensure_dir(&tls_dir, "demo")?;
         let log = std::fs::File::create(state_dir.join("monitor.log"))?;
         let child = Command::new(target_dir.join("autoscaler-monitor"))
             .arg("--config")
@@ -151,6 +146,8 @@ impl Demo {
             .args(["--listen", &address, "--http-listen", &dashboard])
             .arg("--state-dir")
             .arg(&state_dir)
+            .arg("--tls-dir")
+            .arg(&tls_dir)
             .env("AUTOSCALER_TOKEN", token.expose())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -167,8 +164,9 @@ impl Demo {
         );
         println!("  dashboard: http://{dashboard}/  (metrics: http://{dashboard}/metrics)");
         println!(
-            "  from another terminal: cargo xtask status --monitor {address} --token-file {} --follow",
-            token_file.display()
+            "  from another terminal: cargo xtask status --monitor {address} --token-file {} --tls-dir {} --follow",
+            token_file.display(),
+            tls_dir.display()
         );
         println!("  logs and instance records: {}", state_dir.display());
         println!(
@@ -177,13 +175,8 @@ impl Demo {
             self.duration
         );
 
-        let channel = Endpoint::from_shared(format!("http://{address}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(2))
-            .connect_lazy();
-        let mut status: Status = StatusClient::with_interceptor(channel, AttachToken::new(&token));
-        let mut agents: BTreeMap<String, AgentClient<InterceptedService<Channel, AttachToken>>> =
-            BTreeMap::new();
+        let credentials = crate::status_client::credentials(token.expose(), Some(&tls_dir))?;
+        let mut daemon_client = crate::status_client::Daemon::new(&address, &credentials)?;
         let mut story = Story::default();
         let mut seen_decisions = 0u64;
         let mut decision_lines: Vec<String> = Vec::new();
@@ -203,15 +196,9 @@ impl Demo {
             }
             let t = started.elapsed().as_secs_f64();
             let progress = t / total.as_secs_f64();
-            let Ok(response) = status
-                .get_status(v1::GetStatusRequest {
-                    decisions_after: seen_decisions,
-                })
-                .await
-            else {
+            let Ok(report) = daemon_client.status_after(seen_decisions).await else {
                 continue;
             };
-            let report = response.into_inner();
 
             // New decisions, as they happen.
             for record in &report.decisions {
@@ -271,22 +258,8 @@ impl Demo {
             if !healthy.is_empty() {
                 let per_instance = (level * 100.0 / healthy.len() as f64).min(100.0);
                 for instance in &healthy {
-                    let client = agents
-                        .entry(instance.instance_id.clone())
-                        .or_insert_with(|| {
-                            let channel =
-                                Endpoint::from_shared(format!("http://{}", instance.address))
-                                    .expect("the monitor checked the address")
-                                    .connect_timeout(Duration::from_secs(1))
-                                    .timeout(Duration::from_secs(1))
-                                    .connect_lazy();
-                            AgentClient::with_interceptor(channel, AttachToken::new(&token))
-                        });
-                    let _ = client
-                        .set_load_target(v1::SetLoadTargetRequest {
-                            target_percent: per_instance,
-                            hold: true,
-                        })
+                    let _ = daemon_client
+                        .set_load_target(&instance.instance_id, per_instance, true)
                         .await;
                 }
             }

@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use autoscaler_aws::Timeouts;
 use autoscaler_controller::ec2::{GROUP_TAG, ROLE_TAG};
-use autoscaler_proto::auth::{AttachToken, Token};
+use autoscaler_proto::auth::Credentials;
+use autoscaler_proto::tls::Role;
 use autoscaler_proto::v1;
 use aws_sdk_ec2::types::Filter;
 use base64::Engine;
@@ -168,6 +169,7 @@ impl Runner {
                     "--group",
                     &self.aws.group,
                     "--token-from-ssm",
+                    "--tls-from-ssm",
                 ])
                 .args([
                     "--listen",
@@ -361,25 +363,49 @@ impl Rehearse {
             "the token is a SecureString"
         );
 
+        for name in aws.names.tls_all().into_iter().skip(1) {
+            let kind = aws
+                .ssm
+                .get_parameter()
+                .name(&name)
+                .send()
+                .await
+                .map_err(|e| aws::explain("read a TLS parameter", e))?
+                .parameter()
+                .and_then(|p| p.r#type().cloned());
+            ensure!(
+                kind == Some(aws_sdk_ssm::types::ParameterType::SecureString),
+                "{name} is a SecureString"
+            );
+        }
+
         eprintln!("\n== a load cycle: up to the maximum, down to the minimum ==");
         let token = aws.parameters.get(&aws.names.token()).await?;
-        load_cycle(aws, &address, &token).await?;
+        let credentials = aws.operator_credentials().await?;
+        load_cycle(aws, &address, &credentials).await?;
         eprintln!(
             "\n== cargo xtask status (from AWS), then --monitor (straight from the monitor) =="
         );
         aws::print_status(aws).await?;
-        let token_file =
-            std::env::temp_dir().join(format!("autoscaler-rehearsal-token-{}", std::process::id()));
+        let private =
+            std::env::temp_dir().join(format!("autoscaler-rehearsal-{}", std::process::id()));
+        let token_file = private.join("token");
+        let tls_dir = private.join("tls");
+        autoscaler_aws::tls_material(&aws.parameters, &aws.names, Role::Operator)
+            .await?
+            .write_dir(&tls_dir)?;
         std::fs::write(&token_file, &token)?;
         let shown = aws::Status {
             group: group.clone(),
             monitor: Some(address.clone()),
             token_file: Some(token_file.clone()),
+            tls_dir: Some(tls_dir),
+            plaintext: false,
             follow: false,
         }
         .run()
         .await;
-        let _ = std::fs::remove_file(&token_file);
+        let _ = std::fs::remove_dir_all(&private);
         shown?;
 
         eprintln!("\n== cargo xtask down --purge --dry-run ==");
@@ -572,8 +598,8 @@ fn check_instance(
 
 /// Drives every healthy agent's load high until the fleet stands at its maximum, then low until
 /// it is back at its minimum, as a load balancer spreading demand would.
-async fn load_cycle(aws: &Aws, address: &str, token: &str) -> anyhow::Result<()> {
-    let token = Token::new(token)?;
+async fn load_cycle(aws: &Aws, address: &str, credentials: &Credentials) -> anyhow::Result<()> {
+    let daemon = tokio::sync::Mutex::new(crate::status_client::Daemon::new(address, credentials)?);
     for (level, size, what) in [
         (95.0, 4usize, "4 healthy agents (the maximum)"),
         (5.0, 2, "2 healthy agents (the minimum)"),
@@ -583,28 +609,16 @@ async fn load_cycle(aws: &Aws, address: &str, token: &str) -> anyhow::Result<()>
             Duration::from_secs(180),
             Duration::from_millis(500),
             || async {
-                let status = crate::status_client::get_status(address, token.expose()).await?;
+                let mut daemon = daemon.lock().await;
+                let status = daemon.status_after(0).await?;
                 let healthy: Vec<&v1::InstanceStatus> = status
                     .instances
                     .iter()
                     .filter(|i| i.health == "healthy")
                     .collect();
                 for instance in &healthy {
-                    let channel = tonic::transport::Endpoint::from_shared(format!(
-                        "http://{}",
-                        instance.address
-                    ))?
-                    .timeout(Duration::from_secs(1))
-                    .connect_lazy();
-                    let mut agent = v1::agent_client::AgentClient::with_interceptor(
-                        channel,
-                        AttachToken::new(&token),
-                    );
-                    let _ = agent
-                        .set_load_target(v1::SetLoadTargetRequest {
-                            target_percent: level,
-                            hold: true,
-                        })
+                    let _ = daemon
+                        .set_load_target(&instance.instance_id, level, true)
                         .await;
                 }
                 let listed = status

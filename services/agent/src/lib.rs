@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use autoscaler_proto::auth::{RequireToken, Token};
+use autoscaler_proto::auth::Credentials;
 use autoscaler_proto::v1::agent_server::AgentServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -39,7 +39,8 @@ pub struct AgentConfig {
     pub instance_id: String,
     /// The `host:port` the monitor should poll; `None` uses the listener's own address.
     pub advertise_address: Option<String>,
-    pub token: Token,
+    /// The group token and the transport (mutual TLS unless plaintext was asked for).
+    pub credentials: Credentials,
     pub load: LoadConfig,
     /// How often the load is sampled (and the simulation advanced).
     pub sample_interval: Duration,
@@ -49,11 +50,11 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    pub fn new(instance_id: impl Into<String>, token: Token) -> AgentConfig {
+    pub fn new(instance_id: impl Into<String>, credentials: Credentials) -> AgentConfig {
         AgentConfig {
             instance_id: instance_id.into(),
             advertise_address: None,
-            token,
+            credentials,
             load: LoadConfig::Simulated(LoadModelConfig::default()),
             sample_interval: Duration::from_millis(200),
             registration: RegistrationConfig::default(),
@@ -141,11 +142,14 @@ pub async fn run(
     let agent = tonic::service::interceptor::InterceptedService::new(
         AgentServer::new(AgentService::new(state.clone()))
             .max_decoding_message_size(autoscaler_proto::MAX_MESSAGE_BYTES),
-        RequireToken::new(config.token.clone()),
+        config.credentials.require(),
     );
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
+        config
+            .credentials
+            .transport
+            .server()?
             .add_service(health_service)
             .add_service(reflection)
             .add_service(agent)
@@ -156,6 +160,7 @@ pub async fn run(
     tracing::info!(
         instance_id = %config.instance_id,
         listen = %local_address,
+        tls = config.credentials.transport.is_tls(),
         advertise = %advertise_address,
         "agent serving"
     );
@@ -163,7 +168,7 @@ pub async fn run(
     let registrar = Arc::new(Registrar::new(
         state.clone(),
         locator,
-        config.token.clone(),
+        config.credentials.clone(),
         advertise_address,
         config.registration.clone(),
     ));

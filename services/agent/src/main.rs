@@ -11,7 +11,8 @@ use autoscaler_agent::load::LoadModelConfig;
 use autoscaler_agent::{AgentConfig, LoadConfig};
 use autoscaler_aws::imds::Imds;
 use autoscaler_aws::{GroupParameters, Parameters};
-use autoscaler_proto::auth::Token;
+use autoscaler_proto::auth::{Credentials, Token};
+use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
 use clap::{Parser, ValueEnum};
 
 /// MonitorC: the autoscaler's agent on an application instance.
@@ -46,6 +47,16 @@ struct Flags {
     /// `/autoscaler/<group>/monitor` at every registration.
     #[arg(long, env = "AUTOSCALER_MONITOR")]
     monitor: Option<String>,
+    /// Directory with the group's TLS material: `ca.pem`, `agent.pem`, `agent.key` (the local
+    /// provider's is `<state-dir>/tls`). With --from-aws or --tls-from-ssm, read from SSM instead.
+    #[arg(long, env = "AUTOSCALER_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Read the TLS material from SSM: `/autoscaler/<group>/tls/ca` and `.../tls/agent`.
+    #[arg(long)]
+    tls_from_ssm: bool,
+    /// Talk plaintext gRPC, no TLS: for local runs only, never on AWS.
+    #[arg(long, env = "AUTOSCALER_PLAINTEXT", conflicts_with_all = ["tls_dir", "tls_from_ssm", "from_aws"])]
+    plaintext: bool,
     /// File holding the group's shared token (otherwise AUTOSCALER_TOKEN).
     #[arg(long, env = "AUTOSCALER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -141,7 +152,15 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         ..LoadModelConfig::default()
     };
     load.validate()?;
-    let needs_ssm = flags.from_aws || flags.token_from_ssm || flags.monitor.is_none();
+    let tls_from_ssm = flags.from_aws || flags.tls_from_ssm;
+    if !flags.plaintext && !tls_from_ssm && flags.tls_dir.is_none() {
+        anyhow::bail!(
+            "no TLS material: pass --tls-dir DIR (ca.pem, agent.pem, agent.key), --tls-from-ssm, \
+             or --plaintext for a local run"
+        );
+    }
+    let needs_ssm =
+        flags.from_aws || flags.token_from_ssm || tls_from_ssm || flags.monitor.is_none();
     let parameters = match (&flags.group, needs_ssm) {
         (Some(group), _) => Some(GroupParameters::new(group)),
         (None, true) => anyhow::bail!(
@@ -181,9 +200,25 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         };
         let token = match (&ssm, &parameters) {
             (Some(ssm), Some(names)) if flags.from_aws || flags.token_from_ssm => {
-                wait_for_parameter(ssm, &names.token()).await
+                let name = names.token();
+                wait_for("group token", || async {
+                    let value = ssm.get(&name).await?;
+                    Token::new(&value).context("the token in Parameter Store")
+                })
+                .await
             }
             _ => read_token(flags.token_file.as_ref())?,
+        };
+        let transport = match (&ssm, &parameters, &flags.tls_dir) {
+            _ if flags.plaintext => Transport::Plaintext,
+            (Some(ssm), Some(names), _) if tls_from_ssm => Transport::tls(
+                wait_for("TLS material", || async {
+                    Ok(autoscaler_aws::tls_material(ssm, names, Role::Agent).await?)
+                })
+                .await,
+            ),
+            (_, _, Some(dir)) => Transport::tls(TlsMaterial::load(dir, Role::Agent)?),
+            _ => unreachable!("checked before the runtime started"),
         };
         let locator: Arc<dyn MonitorLocator> = match (&flags.monitor, ssm, &parameters) {
             (Some(address), _, _) => Arc::new(StaticLocator::new(address)?),
@@ -191,7 +226,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             _ => unreachable!("checked before the runtime started"),
         };
 
-        let mut config = AgentConfig::new(instance_id, token);
+        let mut config = AgentConfig::new(instance_id, Credentials::new(token, transport));
         config.advertise_address = advertise;
         config.load = match flags.load {
             Source::Cpu => LoadConfig::Cpu,
@@ -215,19 +250,19 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     })
 }
 
-/// The group token from Parameter Store, waiting (with backoff) until it is there and valid.
-async fn wait_for_parameter(ssm: &Parameters, name: &str) -> Token {
+/// A value from Parameter Store, waiting (with backoff) until it is there and valid: the
+/// workflow may still be writing it when the instance boots.
+async fn wait_for<T, F, Fut>(what: &str, mut fetch: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let mut pause = Duration::from_millis(500);
     loop {
-        match ssm
-            .get(name)
-            .await
-            .map_err(anyhow::Error::from)
-            .and_then(|value| Token::new(&value).context("the token in Parameter Store"))
-        {
-            Ok(token) => return token,
+        match fetch().await {
+            Ok(value) => return value,
             Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), retry_in = ?pause, "no group token yet");
+                tracing::warn!(error = %format!("{error:#}"), retry_in = ?pause, "no {what} yet");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(10));
             }

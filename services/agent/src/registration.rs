@@ -4,11 +4,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use autoscaler_proto::auth::{AttachToken, Token};
+use autoscaler_proto::auth::{AttachToken, Credentials};
+use autoscaler_proto::tls::Role;
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::monitor_client::MonitorClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::discovery::{MonitorEndpoint, MonitorLocator};
 use crate::service::AgentState;
@@ -40,7 +41,7 @@ impl Default for RegistrationConfig {
 pub struct Registrar {
     state: Arc<AgentState>,
     locator: Arc<dyn MonitorLocator>,
-    token: Token,
+    credentials: Credentials,
     advertise_address: String,
     config: RegistrationConfig,
     /// The monitor we last registered with, to deregister from on shutdown.
@@ -53,14 +54,14 @@ impl Registrar {
     pub fn new(
         state: Arc<AgentState>,
         locator: Arc<dyn MonitorLocator>,
-        token: Token,
+        credentials: Credentials,
         advertise_address: String,
         config: RegistrationConfig,
     ) -> Registrar {
         Registrar {
             state,
             locator,
-            token,
+            credentials,
             advertise_address,
             config,
             last_endpoint: Mutex::new(None),
@@ -68,16 +69,17 @@ impl Registrar {
     }
 
     async fn client(&self, endpoint: &str) -> Result<Client, String> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
+        let channel = self
+            .credentials
+            .transport
+            .endpoint(endpoint, Role::Monitor, self.config.rpc_timeout)
             .map_err(|error| format!("bad monitor endpoint {endpoint:?}: {error}"))?
-            .connect_timeout(self.config.rpc_timeout)
-            .timeout(self.config.rpc_timeout)
             .connect()
             .await
             .map_err(|error| format!("cannot connect to the monitor at {endpoint}: {error}"))?;
         Ok(MonitorClient::with_interceptor(
             channel,
-            AttachToken::new(&self.token),
+            self.credentials.attach(),
         ))
     }
 

@@ -1,9 +1,11 @@
 //! The agent's state (load, attached monitor, last poll) and the gRPC service that exposes it.
-//! Protocol types are converted here and go no further.
+//! Protocol types are converted here and go no further. Under TLS, the control calls (attach,
+//! detach, load target, removal) are taken only from the monitor's certificate.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use autoscaler_proto::tls::{Role, require_caller};
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::agent_server::Agent;
 use tonic::{Request, Response, Status};
@@ -236,6 +238,7 @@ impl Agent for AgentService {
         &self,
         request: Request<v1::AttachMonitorRequest>,
     ) -> Result<Response<v1::AttachMonitorResponse>, Status> {
+        require_caller(&request, Role::Monitor)?;
         let request = request.into_inner();
         if request.monitor_id.is_empty() {
             return Err(Status::invalid_argument("monitor_id is empty"));
@@ -261,6 +264,7 @@ impl Agent for AgentService {
         &self,
         request: Request<v1::DetachMonitorRequest>,
     ) -> Result<Response<v1::DetachMonitorResponse>, Status> {
+        require_caller(&request, Role::Monitor)?;
         let monitor_id = request.into_inner().monitor_id;
         if self.state.detach(&monitor_id) {
             tracing::info!(%monitor_id, "monitor detached");
@@ -272,6 +276,7 @@ impl Agent for AgentService {
         &self,
         request: Request<v1::SetLoadTargetRequest>,
     ) -> Result<Response<v1::SetLoadTargetResponse>, Status> {
+        require_caller(&request, Role::Monitor)?;
         let request = request.into_inner();
         if !is_percent(request.target_percent) {
             return Err(Status::invalid_argument(format!(
@@ -296,6 +301,7 @@ impl Agent for AgentService {
         &self,
         request: Request<v1::NotifyRemovalRequest>,
     ) -> Result<Response<v1::NotifyRemovalResponse>, Status> {
+        require_caller(&request, Role::Monitor)?;
         let mut reason = request.into_inner().reason;
         reason.truncate(256);
         tracing::info!(%reason, "this instance is being removed; no more registrations");

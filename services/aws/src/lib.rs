@@ -6,6 +6,7 @@ pub mod imds;
 
 use std::time::Duration;
 
+use autoscaler_proto::tls::{Role, TlsError, TlsMaterial};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
@@ -90,6 +91,24 @@ impl GroupParameters {
     /// The group's shared token (SecureString).
     pub fn token(&self) -> String {
         self.name("token")
+    }
+
+    /// The group CA's certificate (public), made by `up` (`xtask/src/aws.rs`).
+    pub fn tls_ca(&self) -> String {
+        self.name("tls/ca")
+    }
+
+    /// One role's certificate and private key in one text (SecureString): `tls/monitor`,
+    /// `tls/agent`, `tls/operator`.
+    pub fn tls_identity(&self, role: Role) -> String {
+        self.name(&format!("tls/{}", role.stem()))
+    }
+
+    /// Every TLS parameter of the group.
+    pub fn tls_all(&self) -> Vec<String> {
+        let mut names = vec![self.tls_ca()];
+        names.extend(Role::ALL.map(|role| self.tls_identity(role)));
+        names
     }
 
     /// The custom AMI's id, recorded by `bake-ami`.
@@ -181,4 +200,25 @@ impl Parameters {
             }),
         }
     }
+}
+
+/// Why a role's TLS material could not be read from Parameter Store.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsParameterError {
+    #[error(transparent)]
+    Ssm(#[from] SsmError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// A role's TLS material from Parameter Store (the CA certificate and the role's SecureString).
+pub async fn tls_material(
+    ssm: &Parameters,
+    names: &GroupParameters,
+    role: Role,
+) -> Result<TlsMaterial, TlsParameterError> {
+    let ca = ssm.get(&names.tls_ca()).await?;
+    let name = names.tls_identity(role);
+    let bundle = ssm.get(&name).await?;
+    Ok(TlsMaterial::from_bundle(role, &ca, &bundle, &name)?)
 }

@@ -24,6 +24,9 @@ pub struct LocalConfig {
     /// The monitor's address, `host:port`, given to every agent.
     pub monitor_address: String,
     pub token: Token,
+    /// The group's TLS directory, given to every agent (`--tls-dir`); `None` starts them with
+    /// `--plaintext`, which only a local run asks for.
+    pub tls_dir: Option<PathBuf>,
     /// Extra flags for every agent (load model settings, for example).
     pub agent_args: Vec<String>,
     /// How long an agent gets to exit after SIGTERM before SIGKILL.
@@ -172,6 +175,10 @@ impl LocalCloud {
             .args(["--listen", "127.0.0.1:0"])
             .args(["--monitor", &self.config.monitor_address])
             .args(["--seed", &seed.to_string()])
+            .args(match &self.config.tls_dir {
+                Some(dir) => vec!["--tls-dir".into(), dir.clone().into_os_string()],
+                None => vec![std::ffi::OsString::from("--plaintext")],
+            })
             .args(&self.config.agent_args)
             .env("AUTOSCALER_TOKEN", self.config.token.expose())
             .stdin(Stdio::null())

@@ -7,7 +7,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use autoscaler_proto::auth::{AttachToken, Token};
+use autoscaler_proto::auth::Credentials;
+use autoscaler_proto::tls::Role;
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::agent_client::AgentClient;
 use tokio::sync::watch;
@@ -238,7 +239,7 @@ pub struct Controller<C> {
     cloud: Arc<C>,
     config: ControllerConfig,
     fleet: watch::Receiver<Arc<FleetView>>,
-    token: Token,
+    credentials: Credentials,
     forget: Forget,
     status: ControllerStatus,
     state: PolicyState,
@@ -314,7 +315,7 @@ impl<C: Cloud> Controller<C> {
         cloud: Arc<C>,
         config: ControllerConfig,
         fleet: watch::Receiver<Arc<FleetView>>,
-        token: Token,
+        credentials: Credentials,
         forget: Forget,
     ) -> Controller<C> {
         Controller {
@@ -324,7 +325,7 @@ impl<C: Cloud> Controller<C> {
             cloud,
             config,
             fleet,
-            token,
+            credentials,
             forget,
             status: ControllerStatus::default(),
             state: PolicyState::default(),
@@ -491,16 +492,11 @@ impl<C: Cloud> Controller<C> {
 
     /// Tells the agent its instance is being removed; best effort, bounded by one second.
     async fn notify_removal(&self, instance_id: &str, address: &str) {
-        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        else {
+        let timeout = Duration::from_secs(1);
+        let Ok(channel) = self.credentials.channel(address, Role::Agent, timeout) else {
             return;
         };
-        let timeout = Duration::from_secs(1);
-        let channel = endpoint
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect_lazy();
-        let mut client = AgentClient::with_interceptor(channel, AttachToken::new(&self.token));
+        let mut client = AgentClient::with_interceptor(channel, self.credentials.attach());
         let call = client.notify_removal(v1::NotifyRemovalRequest {
             reason: "scale-in".to_string(),
         });

@@ -16,7 +16,8 @@ use autoscaler_controller::config::ControllerConfig;
 use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config};
 use autoscaler_controller::fleet::FleetView;
 use autoscaler_controller::reconciler::Controller;
-use autoscaler_proto::auth::Token;
+use autoscaler_proto::auth::{Credentials, Token};
+use autoscaler_proto::tls::Transport;
 use support::fault_proxy::{Fault, FaultProxy};
 use support::*;
 
@@ -38,7 +39,11 @@ fn controller(cloud: Arc<Ec2Cloud>) -> Controller<Ec2Cloud> {
         cloud,
         ControllerConfig::default(),
         fleet,
-        Token::new("test-token-0123456789").unwrap(),
+        // No agent answers in these tests: NotifyRemoval has nobody to reach, TLS or not.
+        Credentials::new(
+            Token::new("test-token-0123456789").unwrap(),
+            Transport::Plaintext,
+        ),
         Arc::new(|_: &str| {}),
     )
 }
@@ -265,7 +270,11 @@ async fn a_controller_killed_at_random_points_never_exceeds_its_bounds_or_orphan
             cloud.clone(),
             config.clone(),
             fleet.clone(),
-            Token::new("test-token-0123456789").unwrap(),
+            // No agent answers in these tests: NotifyRemoval has nobody to reach, TLS or not.
+            Credentials::new(
+                Token::new("test-token-0123456789").unwrap(),
+                Transport::Plaintext,
+            ),
             Arc::new(|_: &str| {}),
         );
         seed = seed
@@ -301,7 +310,11 @@ async fn a_controller_killed_at_random_points_never_exceeds_its_bounds_or_orphan
         cloud.clone(),
         config.clone(),
         fleet.clone(),
-        Token::new("test-token-0123456789").unwrap(),
+        // No agent answers in these tests: NotifyRemoval has nobody to reach, TLS or not.
+        Credentials::new(
+            Token::new("test-token-0123456789").unwrap(),
+            Transport::Plaintext,
+        ),
         Arc::new(|_: &str| {}),
     );
     let started = Instant::now();

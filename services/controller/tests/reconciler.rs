@@ -12,7 +12,8 @@ use autoscaler_controller::cloud::{
 use autoscaler_controller::config::ControllerConfig;
 use autoscaler_controller::fleet::FleetView;
 use autoscaler_controller::reconciler::Controller;
-use autoscaler_proto::auth::Token;
+use autoscaler_proto::auth::{Credentials, Token};
+use autoscaler_proto::tls::Transport;
 
 /// A cloud whose calls fail as scripted, then succeed.
 #[derive(Default)]
@@ -69,7 +70,11 @@ fn controller(cloud: Arc<ScriptedCloud>) -> Controller<ScriptedCloud> {
         cloud,
         ControllerConfig::default(),
         fleet,
-        Token::new("test-token-0123456789").unwrap(),
+        // No agent answers in these tests: NotifyRemoval has nobody to reach, TLS or not.
+        Credentials::new(
+            Token::new("test-token-0123456789").unwrap(),
+            Transport::Plaintext,
+        ),
         Arc::new(|_: &str| {}),
     )
 }
@@ -219,7 +224,11 @@ async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
         cloud.clone(),
         config,
         fleet,
-        Token::new("test-token-0123456789").unwrap(),
+        // No agent answers in these tests: NotifyRemoval has nobody to reach, TLS or not.
+        Credentials::new(
+            Token::new("test-token-0123456789").unwrap(),
+            Transport::Plaintext,
+        ),
         Arc::new(|_: &str| {}),
     );
     let status = controller.status();

@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use autoscaler_monitor::daemon::{self, DaemonConfig, RunOptions};
-use autoscaler_proto::auth::{AttachToken, Token};
+use autoscaler_proto::auth::{AttachToken, Credentials, Token};
+use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
 use autoscaler_proto::v1;
-use autoscaler_proto::v1::agent_client::AgentClient;
+use autoscaler_proto::v1::operator_client::OperatorClient;
 use autoscaler_proto::v1::status_client::StatusClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -26,12 +27,12 @@ const TOKEN: &str = "bench-token-0123456789";
 
 type Status = StatusClient<InterceptedService<Channel, AttachToken>>;
 
-fn channel(address: &str) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+/// A channel to the daemon at `address`, as the operator of the group whose material is in `tls_dir`.
+fn channel(address: &str, tls_dir: &std::path::Path) -> Channel {
+    let material = TlsMaterial::load(tls_dir, Role::Operator).expect("the bench's TLS material");
+    Credentials::new(token(), Transport::tls(material))
+        .channel(address, Role::Monitor, Duration::from_secs(5))
         .expect("a valid address")
-        .timeout(Duration::from_secs(5))
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy()
 }
 
 fn token() -> Token {
@@ -147,11 +148,14 @@ terminate_grace_ms = 1000
         .expect("a port");
     let address = listener.local_addr().expect("an address").to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let tls_dir = state_dir.join("tls");
+    autoscaler_proto::tls::ensure_dir(&tls_dir, "bench").expect("the bench's TLS material");
     let options = RunOptions {
         agent_binary,
         advertise: address.clone(),
         aws: None,
         http: None,
+        tls: daemon::TlsSource::Dir(tls_dir.clone()),
     };
     let daemon = tokio::spawn(async move {
         daemon::run(config, token(), listener, options, async {
@@ -160,7 +164,10 @@ terminate_grace_ms = 1000
         .await
         .expect("the daemon runs");
     });
-    let mut client = StatusClient::with_interceptor(channel(&address), AttachToken::new(&token()));
+    let mut client =
+        StatusClient::with_interceptor(channel(&address, &tls_dir), AttachToken::new(&token()));
+    let mut operator =
+        OperatorClient::with_interceptor(channel(&address, &tls_dir), AttachToken::new(&token()));
     wait_for(&mut client, "3 healthy", Duration::from_secs(60), |s| {
         healthy(s) == 3
     })
@@ -324,10 +331,9 @@ terminate_grace_ms = 1000
         .unwrap_or(0);
     let raised_at = now_ms();
     for instance in &current.instances {
-        let mut agent =
-            AgentClient::with_interceptor(channel(&instance.address), AttachToken::new(&token()));
-        agent
-            .set_load_target(v1::SetLoadTargetRequest {
+        operator
+            .set_load_target(v1::OperatorLoadTargetRequest {
+                instance_id: instance.instance_id.clone(),
                 target_percent: 90.0,
                 hold: true,
             })

@@ -12,7 +12,8 @@ use autoscaler_controller::config::ControllerConfig;
 use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config};
 use autoscaler_controller::local::{LocalCloud, LocalConfig};
 use autoscaler_controller::reconciler::Controller;
-use autoscaler_proto::auth::Token;
+use autoscaler_proto::auth::{Credentials, Token};
+use autoscaler_proto::tls::{self, Role, TlsMaterial, Transport};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -264,6 +265,22 @@ pub struct RunOptions {
     pub aws: Option<aws_config::SdkConfig>,
     /// Where to serve the dashboard, the JSON API and the metrics.
     pub http: Option<TcpListener>,
+    /// Where the TLS material comes from.
+    pub tls: TlsSource,
+}
+
+/// Where the daemon's TLS material comes from.
+#[derive(Clone, Debug, Default)]
+pub enum TlsSource {
+    /// Local provider: `<state-dir>/tls`, made there (a new group CA) if absent. EC2 provider:
+    /// the SSM parameters `up` wrote (`/autoscaler/<group>/tls/...`).
+    #[default]
+    Auto,
+    /// A directory with `ca.pem`, `monitor.pem` and `monitor.key` (and, for local agents,
+    /// `agent.pem` and `agent.key`).
+    Dir(PathBuf),
+    /// No TLS: refused with the EC2 provider; local runs only, and only when asked for.
+    Plaintext,
 }
 
 /// Runs the monitor and the controller on `listener` until `shutdown` completes. Then the
@@ -278,7 +295,6 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let http = options.http.take();
     config.validate()?;
-    let monitor = Monitor::start(config.monitor_config(), token.clone())?;
     match config.provider.clone() {
         ProviderSection::Local {
             state_dir,
@@ -289,12 +305,35 @@ pub async fn run(
             let state_dir = state_dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("autoscaler-{}", config.group))
             });
+            let tls_dir = match &options.tls {
+                TlsSource::Plaintext => None,
+                TlsSource::Dir(dir) => Some(dir.clone()),
+                TlsSource::Auto => {
+                    let dir = state_dir.join("tls");
+                    if tls::ensure_dir(&dir, &config.group)? {
+                        tracing::info!(dir = %dir.display(), "made a new group CA and its certificates");
+                    }
+                    Some(dir)
+                }
+            };
+            let transport = match &tls_dir {
+                Some(dir) => Transport::tls(TlsMaterial::load(dir, Role::Monitor)?),
+                None => {
+                    tracing::warn!(
+                        "plaintext gRPC, as asked: no TLS between the monitor and its agents"
+                    );
+                    Transport::Plaintext
+                }
+            };
+            let credentials = Credentials::new(token.clone(), transport);
+            let monitor = Monitor::start(config.monitor_config(), credentials.clone())?;
             let cloud = Arc::new(
                 LocalCloud::open(LocalConfig {
                     state_dir,
                     agent_binary: agent_binary.unwrap_or(options.agent_binary),
                     monitor_address: options.advertise.clone(),
                     token: token.clone(),
+                    tls_dir,
                     agent_args,
                     terminate_grace: Duration::from_millis(terminate_grace_ms),
                 })
@@ -304,7 +343,14 @@ pub async fn run(
             let leaving = cloud.clone();
             let leaving = async move { leaving.terminate_all().await };
             serve(
-                &config, monitor, cloud, token, listener, http, shutdown, leaving,
+                &config,
+                monitor,
+                cloud,
+                credentials,
+                listener,
+                http,
+                shutdown,
+                leaving,
             )
             .await
         }
@@ -318,12 +364,34 @@ pub async fn run(
                     .map_err(|error| DaemonError::Provider(error.to_string()))?,
             );
             tracing::info!(ami = %cloud.config().ami_id, subnets = ?cloud.config().subnet_ids, "EC2 provider");
+            let material = match &options.tls {
+                TlsSource::Plaintext => {
+                    return Err(DaemonError::Provider(
+                        "plaintext is for local runs only: the EC2 provider always uses TLS"
+                            .to_string(),
+                    ));
+                }
+                TlsSource::Dir(dir) => TlsMaterial::load(dir, Role::Monitor)?,
+                TlsSource::Auto => autoscaler_aws::tls_material(
+                    &autoscaler_aws::Parameters::new(sdk),
+                    &autoscaler_aws::GroupParameters::new(&config.group),
+                    Role::Monitor,
+                )
+                .await
+                .map_err(|error| {
+                    DaemonError::Provider(format!(
+                        "the group's TLS material (run `cargo xtask up`, which makes it): {error}"
+                    ))
+                })?,
+            };
+            let credentials = Credentials::new(token, Transport::tls(material));
+            let monitor = Monitor::start(config.monitor_config(), credentials.clone())?;
             publish_address(sdk, &config.group, &options.advertise).await?;
             serve(
                 &config,
                 monitor,
                 cloud,
-                token,
+                credentials,
                 listener,
                 http,
                 shutdown,
@@ -367,7 +435,7 @@ async fn serve<C: Cloud>(
     config: &DaemonConfig,
     monitor: Monitor,
     cloud: Arc<C>,
-    token: Token,
+    credentials: Credentials,
     listener: TcpListener,
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
@@ -384,7 +452,7 @@ async fn serve<C: Cloud>(
         cloud,
         config.controller.clone(),
         monitor.fleet(),
-        token,
+        credentials,
         forget,
     );
     let status = StatusService {
@@ -465,6 +533,8 @@ pub enum DaemonError {
     Listener(#[source] std::io::Error),
     #[error("provider: {0}")]
     Provider(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! MonitorS: the registry of instances, the poller that pings and fetches metrics from every
 //! agent, health per instance, and the fleet view published in-process to the controller.
 //!
-//! The library takes a config, a token and a bound listener; only `main.rs` reads the
+//! The library takes a config, the group's credentials and a bound listener; only `main.rs` reads the
 //! environment, binds ports and installs signal handlers.
 
 pub mod config;
 pub mod daemon;
 pub mod http;
+pub mod operator;
 mod poller;
 pub mod registry;
 pub mod service;
@@ -18,8 +19,9 @@ use std::time::Duration;
 
 use autoscaler_controller::fleet::FleetView;
 use autoscaler_proto::MAX_MESSAGE_BYTES;
-use autoscaler_proto::auth::{RequireToken, Token};
+use autoscaler_proto::auth::Credentials;
 use autoscaler_proto::v1::monitor_server::MonitorServer;
+use autoscaler_proto::v1::operator_server::OperatorServer;
 use autoscaler_proto::v1::status_server::StatusServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -51,9 +53,9 @@ pub struct Monitor {
 
 impl Monitor {
     /// Checks the config and starts publishing. Must be called inside a Tokio runtime.
-    pub fn start(config: MonitorConfig, token: Token) -> Result<Monitor, MonitorError> {
+    pub fn start(config: MonitorConfig, credentials: Credentials) -> Result<Monitor, MonitorError> {
         config.validate()?;
-        let registry = Registry::new(config, token);
+        let registry = Registry::new(config, credentials);
         let publisher = tokio::spawn(registry.clone().publish_forever());
         Ok(Monitor {
             registry,
@@ -102,18 +104,28 @@ impl Monitor {
         }
         let monitor = InterceptedService::new(
             MonitorServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES),
-            RequireToken::new(self.registry.token().clone()),
+            self.registry.credentials().require(),
         );
         let status = status.map(|status| {
             InterceptedService::new(
                 StatusServer::new(status).max_decoding_message_size(MAX_MESSAGE_BYTES),
-                RequireToken::new(self.registry.token().clone()),
+                self.registry.credentials().require(),
             )
         });
-        let result = tonic::transport::Server::builder()
+        let operator = InterceptedService::new(
+            OperatorServer::new(operator::OperatorService::new(self.registry.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            self.registry.credentials().require(),
+        );
+        let result = self
+            .registry
+            .credentials()
+            .transport
+            .server()?
             .add_service(health_service)
             .add_service(reflection)
             .add_service(monitor)
+            .add_service(operator)
             .add_optional_service(status)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;

@@ -8,7 +8,8 @@ use autoscaler_aws::imds::Imds;
 use autoscaler_aws::{GroupParameters, Parameters};
 use autoscaler_monitor::Monitor;
 use autoscaler_monitor::daemon::{self, DaemonConfig, ProviderSection};
-use autoscaler_proto::auth::Token;
+use autoscaler_proto::auth::{Credentials, Token};
+use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
 use clap::{Parser, ValueEnum};
 
 /// MonitorS and ControllerASG: polls every registered agent, keeps the fleet view, and keeps the
@@ -63,6 +64,15 @@ struct Flags {
     /// File holding the group's shared token (otherwise AUTOSCALER_TOKEN).
     #[arg(long, env = "AUTOSCALER_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Directory with the group's TLS material (`ca.pem`, `monitor.pem`, `monitor.key`; local
+    /// agents get `agent.pem`, `agent.key` from it too). Default: with the local provider
+    /// `<state-dir>/tls`, made with a new group CA if absent; on AWS the SSM parameters
+    /// `/autoscaler/<group>/tls/ca` and `.../tls/monitor`, made by `cargo xtask up`.
+    #[arg(long, env = "AUTOSCALER_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Talk plaintext gRPC, no TLS: for local runs only (refused with the EC2 provider).
+    #[arg(long, env = "AUTOSCALER_PLAINTEXT", conflicts_with = "tls_dir")]
+    plaintext: bool,
     /// Log format.
     #[arg(long, value_enum, env = "AUTOSCALER_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -209,8 +219,31 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             (None, false) => local.to_string(),
         };
         tracing::info!(listen = %local, %advertise, "monitor serving");
+        let tls = match (&flags.tls_dir, flags.plaintext) {
+            (_, true) => daemon::TlsSource::Plaintext,
+            (Some(dir), false) => daemon::TlsSource::Dir(dir.clone()),
+            (None, false) => daemon::TlsSource::Auto,
+        };
         if flags.no_controller {
-            let monitor = Monitor::start(config.monitor_config(), token)?;
+            let transport = match (&tls, &aws) {
+                (daemon::TlsSource::Plaintext, _) => Transport::Plaintext,
+                (daemon::TlsSource::Dir(dir), _) => {
+                    Transport::tls(TlsMaterial::load(dir, Role::Monitor)?)
+                }
+                (daemon::TlsSource::Auto, Some(sdk)) => Transport::tls(
+                    autoscaler_aws::tls_material(
+                        &Parameters::new(sdk),
+                        &GroupParameters::new(&config.group),
+                        Role::Monitor,
+                    )
+                    .await?,
+                ),
+                (daemon::TlsSource::Auto, None) => anyhow::bail!(
+                    "--no-controller has no provider to make TLS material: pass --tls-dir DIR or --plaintext"
+                ),
+            };
+            let credentials = Credentials::new(token, transport);
+            let monitor = Monitor::start(config.monitor_config(), credentials)?;
             monitor.serve(listener, shutdown_signal()).await?;
         } else {
             let http = match &config.monitor.http_listen {
@@ -226,6 +259,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
                 advertise,
                 aws,
                 http,
+                tls,
             };
             daemon::run(config, token, listener, options, shutdown_signal()).await?;
         }

@@ -5,11 +5,12 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use autoscaler_proto::auth::AttachToken;
+use autoscaler_proto::auth::{AttachToken, Credentials};
+use autoscaler_proto::tls::Role;
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::agent_client::AgentClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::registry::{PollOutcome, Registry};
 
@@ -20,18 +21,10 @@ pub(crate) type Client = AgentClient<InterceptedService<Channel, AttachToken>>;
 pub(crate) fn agent_client(
     address: &str,
     timeout: Duration,
-    token: &autoscaler_proto::auth::Token,
+    credentials: &Credentials,
 ) -> Result<Client, String> {
-    let channel = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|error| format!("bad agent address {address:?}: {error}"))?
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect_lazy();
-    Ok(AgentClient::with_interceptor(
-        channel,
-        AttachToken::new(token),
-    ))
+    let channel = credentials.channel(address, Role::Agent, timeout)?;
+    Ok(AgentClient::with_interceptor(channel, credentials.attach()))
 }
 
 pub(crate) async fn poll_forever(
@@ -42,7 +35,7 @@ pub(crate) async fn poll_forever(
 ) {
     let Some((config, client)) = registry.upgrade().map(|registry| {
         let config = registry.config().clone();
-        let client = agent_client(&address, config.poll_timeout, registry.token());
+        let client = agent_client(&address, config.poll_timeout, registry.credentials());
         (config, client)
     }) else {
         return;
@@ -152,10 +145,10 @@ pub(crate) async fn detach_all(registry: &Arc<Registry>, timeout: Duration) {
         .addresses()
         .into_iter()
         .map(|(instance_id, address)| {
-            let token = registry.token().clone();
+            let credentials = registry.credentials().clone();
             let monitor_id = config.monitor_id.clone();
             async move {
-                let Ok(mut client) = agent_client(&address, timeout, &token) else {
+                let Ok(mut client) = agent_client(&address, timeout, &credentials) else {
                     return;
                 };
                 if let Err(status) = client

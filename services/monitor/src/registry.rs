@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use autoscaler_controller::fleet::{FleetView, Health, InstanceView};
-use autoscaler_proto::auth::Token;
+use autoscaler_proto::auth::Credentials;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -95,7 +95,7 @@ impl LatencyHistogram {
 #[derive(Debug)]
 pub struct Registry {
     config: MonitorConfig,
-    token: Token,
+    credentials: Credentials,
     entries: Mutex<HashMap<String, Entry>>,
     generations: AtomicU64,
     /// Bumped on every change, so the publisher republishes only when something happened.
@@ -105,14 +105,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(config: MonitorConfig, token: Token) -> Arc<Registry> {
+    pub(crate) fn new(config: MonitorConfig, credentials: Credentials) -> Arc<Registry> {
         let (view, _) = watch::channel(Arc::new(FleetView::empty(
             Instant::now(),
             config.poll_interval,
         )));
         Arc::new(Registry {
             config,
-            token,
+            credentials,
             entries: Mutex::new(HashMap::new()),
             generations: AtomicU64::new(0),
             changes: AtomicU64::new(0),
@@ -131,8 +131,8 @@ impl Registry {
         &self.config
     }
 
-    pub(crate) fn token(&self) -> &Token {
-        &self.token
+    pub(crate) fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     /// Adds an instance, or updates one that registers again (its history is kept), and starts
@@ -293,6 +293,13 @@ impl Registry {
             .iter()
             .map(|(id, entry)| (id.clone(), entry.address.clone()))
             .collect()
+    }
+
+    /// The agent address of one registered instance.
+    pub(crate) fn address_of(&self, instance_id: &str) -> Option<String> {
+        self.lock()
+            .get(instance_id)
+            .map(|entry| entry.address.clone())
     }
 
     /// Stops every poll task.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use autoscaler_controller::reconciler::ControllerStatus;
 
+use autoscaler_proto::tls::{Role, require_caller};
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::monitor_server::Monitor;
 use tonic::{Request, Response, Status};
@@ -117,6 +118,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
+        require_caller(&request, Role::Agent)?;
         let registration = parse_registration(request.into_inner()).inspect_err(|status| {
             tracing::warn!(error = status.message(), "registration refused");
         })?;
@@ -147,6 +149,7 @@ impl Monitor for MonitorService {
         &self,
         request: Request<v1::DeregisterRequest>,
     ) -> Result<Response<v1::DeregisterResponse>, Status> {
+        require_caller(&request, Role::Agent)?;
         let instance_id = request.into_inner().instance_id;
         check_instance_id(&instance_id).map_err(Status::invalid_argument)?;
         self.registry

@@ -150,6 +150,7 @@ impl Status for StatusService {
         &self,
         request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::GetStatusResponse>, tonic::Status> {
+        autoscaler_proto::tls::require_caller(&request, autoscaler_proto::tls::Role::Operator)?;
         Ok(Response::new(
             self.report(request.into_inner().decisions_after),
         ))

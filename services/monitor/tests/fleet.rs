@@ -114,6 +114,8 @@ async fn a_killed_agent_is_replaced() {
 
 fn spawn_daemon_process(state_dir: &Path, port: u16, config_path: &Path) -> tokio::process::Child {
     let monitor_binary = agent_binary().with_file_name("autoscaler-monitor");
+    // The daemon keeps the material it finds in `<state-dir>/tls`: the test group's.
+    write_tls_dir(&state_dir.join("tls"));
     tokio::process::Command::new(monitor_binary)
         .arg("--config")
         .arg(config_path)
@@ -242,6 +244,7 @@ async fn an_invalid_config_is_refused_with_the_field_named() {
 async fn logs_are_json_on_request_with_one_event_per_decision() {
     let state_dir = StateDir::new("json-logs");
     std::fs::create_dir_all(&state_dir.0).unwrap();
+    write_tls_dir(&state_dir.0.join("tls"));
     let port = free_port();
     let daemon = tokio::process::Command::new(agent_binary().with_file_name("autoscaler-monitor"))
         .args([

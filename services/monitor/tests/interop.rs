@@ -1,5 +1,6 @@
 //! A client generated from the .proto files by another gRPC implementation (Python's grpcio)
-//! calls every RPC of the agent and the monitor: the protocol is plain proto3.
+//! calls every RPC of the agent and the monitor over the group's mutual TLS: the protocol is plain
+//! proto3, and the identities hold across implementations.
 
 mod support;
 
@@ -40,15 +41,19 @@ async fn a_python_grpcio_client_calls_every_rpc() {
         })
         .await;
 
+    let tls_dir = std::env::temp_dir().join(format!("autoscaler-interop-{}", std::process::id()));
+    write_tls_dir(&tls_dir);
     let output = tokio::process::Command::new(python())
         .arg(workspace_root().join("proto/interop/check.py"))
         .arg(workspace_root().join("proto"))
         .arg(monitor.address.to_string())
         .arg(agent.address.to_string())
         .arg(TOKEN)
+        .arg(&tls_dir)
         .output()
         .await
         .expect("running the Python client");
+    std::fs::remove_dir_all(&tls_dir).unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -78,6 +83,8 @@ async fn a_python_grpcio_client_calls_every_rpc() {
     assert_eq!(results["SetLoadTarget"]["current_load_percent"], 25.0);
     assert_eq!(results["SetLoadTarget(170)"], "INVALID_ARGUMENT");
     assert_eq!(results["Ping(no token)"], "UNAUTHENTICATED");
+    assert_eq!(results["SetLoadTarget(as agent)"], "PERMISSION_DENIED");
+    assert_eq!(results["Ping(plaintext)"], "UNAVAILABLE");
     assert_eq!(results["Deregister(again)"], "NOT_FOUND");
     assert_eq!(results["Register(empty)"], "INVALID_ARGUMENT");
     assert_eq!(results["Register"]["poll_interval_ms"], 200);

@@ -365,10 +365,13 @@ async fn calls_without_the_group_token_are_unauthenticated_and_change_nothing() 
 
     // A monitor of another group cannot poll our agents: every poll is refused.
     let strangers_token = autoscaler_proto::auth::Token::new(wrong).unwrap();
-    let mut stranger = RunningMonitor::start_with_token(
+    let mut stranger = RunningMonitor::start_with_credentials(
         "127.0.0.1:0",
         fast_config(Duration::from_millis(100)),
-        strangers_token,
+        autoscaler_proto::auth::Credentials::new(
+            strangers_token,
+            credentials(Role::Monitor).transport,
+        ),
     )
     .await;
     stranger
@@ -528,7 +531,10 @@ mod fake_agent {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(
-            tonic::transport::Server::builder()
+            super::credentials(super::Role::Agent)
+                .transport
+                .server()
+                .unwrap()
                 .add_service(AgentServer::new(agent))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );

@@ -126,7 +126,7 @@ async fn the_agent_serves_its_own_metrics() {
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_address = metrics.local_addr().unwrap();
-    let mut config = autoscaler_agent::AgentConfig::new("local-0042", token());
+    let mut config = autoscaler_agent::AgentConfig::new("local-0042", credentials(Role::Agent));
     config.load = steady_load(33.0);
     let locator = std::sync::Arc::new(
         autoscaler_agent::discovery::StaticLocator::new(&monitor.address.to_string()).unwrap(),
@@ -180,12 +180,13 @@ async fn both_programs_answer_grpc_health_checks_and_reflection() {
 
     let monitor = RunningMonitor::start(fast_config(Duration::from_millis(200))).await;
     let agent = RunningAgent::start("local-0043", monitor.address, |_| {}).await;
-    for (address, service) in [
-        (monitor.address, "autoscaler.v1.Monitor"),
-        (agent.address, "autoscaler.v1.Agent"),
+    for (address, peer, service) in [
+        (monitor.address, Role::Monitor, "autoscaler.v1.Monitor"),
+        (agent.address, Role::Agent, "autoscaler.v1.Agent"),
     ] {
-        // No token: load balancers and standard tools check health without the group's secret.
-        let mut health = HealthClient::new(channel(address));
+        // No token: tools check health without the group's secret (but with a group certificate).
+        let channel = || channel_as(address, Role::Operator, peer);
+        let mut health = HealthClient::new(channel());
         let answer = health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: service.to_string(),
@@ -202,7 +203,7 @@ async fn both_programs_answer_grpc_health_checks_and_reflection() {
             .unwrap_err();
         assert_eq!(unknown.code(), tonic::Code::NotFound);
 
-        let mut reflection = ServerReflectionClient::new(channel(address));
+        let mut reflection = ServerReflectionClient::new(channel());
         let request = ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),

@@ -17,7 +17,10 @@ use super::*;
 pub type Status = StatusClient<InterceptedService<Channel, AttachToken>>;
 
 pub fn status_client(address: std::net::SocketAddr) -> Status {
-    StatusClient::with_interceptor(channel(address), AttachToken::new(&token()))
+    StatusClient::with_interceptor(
+        channel_as(address, Role::Operator, Role::Monitor),
+        AttachToken::new(&token()),
+    )
 }
 
 /// Kills every agent recorded in a state directory when dropped, so a failed test leaves no
@@ -119,7 +122,20 @@ pub struct RunningDaemon {
 }
 
 impl RunningDaemon {
+    /// Starts the daemon with the test group's TLS material, written into its state directory.
     pub async fn start(config: DaemonConfig) -> RunningDaemon {
+        let daemon::ProviderSection::Local { state_dir, .. } = &config.provider else {
+            panic!("the daemon tests run the local provider");
+        };
+        let tls_dir = state_dir
+            .as_ref()
+            .expect("test configs name their state_dir")
+            .join("tls");
+        write_tls_dir(&tls_dir);
+        RunningDaemon::start_with_tls(config, daemon::TlsSource::Dir(tls_dir)).await
+    }
+
+    pub async fn start_with_tls(config: DaemonConfig, tls: daemon::TlsSource) -> RunningDaemon {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -131,6 +147,7 @@ impl RunningDaemon {
                 advertise: address.to_string(),
                 aws: None,
                 http: Some(http_listener),
+                tls,
             };
             daemon::run(config, token(), listener, options, async {
                 stopped.await.ok();

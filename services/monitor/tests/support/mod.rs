@@ -15,7 +15,9 @@ use autoscaler_agent::{AgentConfig, LoadConfig};
 use autoscaler_controller::fleet::{FleetView, InstanceView};
 use autoscaler_monitor::registry::Registry;
 use autoscaler_monitor::{Monitor, MonitorConfig};
-use autoscaler_proto::auth::{AttachToken, Token};
+use autoscaler_proto::auth::{AttachToken, Credentials, Token};
+pub use autoscaler_proto::tls::Role;
+use autoscaler_proto::tls::{GroupCa, Issued, TlsMaterial, Transport};
 use autoscaler_proto::v1::agent_client::AgentClient;
 use autoscaler_proto::v1::monitor_client::MonitorClient;
 use tokio::net::TcpListener;
@@ -27,6 +29,56 @@ pub const TOKEN: &str = "test-token-0123456789";
 
 pub fn token() -> Token {
     Token::new(TOKEN).unwrap()
+}
+
+/// The tests' group CA and its three identities, made once per test process and kept in
+/// memory (the daemon tests write them into their state directory for their agent processes).
+struct TestPki {
+    ca: String,
+    issued: Vec<(Role, Issued)>,
+}
+
+fn pki() -> &'static TestPki {
+    static PKI: std::sync::OnceLock<TestPki> = std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        let ca = GroupCa::generate("test").expect("a test CA");
+        let issued = Role::ALL
+            .iter()
+            .map(|&role| (role, ca.issue(role).expect("a test certificate")))
+            .collect();
+        TestPki {
+            ca: ca.cert_pem(),
+            issued,
+        }
+    })
+}
+
+/// The test group's TLS material for `role`.
+pub fn material(role: Role) -> TlsMaterial {
+    let pki = pki();
+    let (_, issued) = pki.issued.iter().find(|(r, _)| *r == role).unwrap();
+    TlsMaterial::from_pems(
+        role,
+        &pki.ca,
+        &issued.cert_pem,
+        &issued.key_pem,
+        "test material",
+    )
+    .unwrap()
+}
+
+/// The token and mutual TLS as `role`.
+pub fn credentials(role: Role) -> Credentials {
+    Credentials::new(token(), Transport::tls(material(role)))
+}
+
+/// Writes every role's material into `dir`, as the daemon and `autoscaler-agent --tls-dir` read it.
+pub fn write_tls_dir(dir: &std::path::Path) {
+    for role in Role::ALL {
+        material(role)
+            .write_dir(dir)
+            .expect("writing test TLS material");
+    }
 }
 
 /// A monitor config that polls fast, so tests finish quickly.
@@ -50,19 +102,19 @@ pub struct RunningMonitor {
 impl RunningMonitor {
     /// Starts a monitor on `address` (port 0 for any free port).
     pub async fn start_on(address: &str, config: MonitorConfig) -> RunningMonitor {
-        RunningMonitor::start_with_token(address, config, token()).await
+        RunningMonitor::start_with_credentials(address, config, credentials(Role::Monitor)).await
     }
 
-    pub async fn start_with_token(
+    pub async fn start_with_credentials(
         address: &str,
         config: MonitorConfig,
-        token: Token,
+        credentials: Credentials,
     ) -> RunningMonitor {
         let listener = TcpListener::bind(address)
             .await
             .expect("binding the monitor");
         let address = listener.local_addr().unwrap();
-        let monitor = Monitor::start(config, token).expect("valid monitor config");
+        let monitor = Monitor::start(config, credentials).expect("valid monitor config");
         let fleet = monitor.fleet();
         let registry = monitor.registry().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -136,15 +188,14 @@ impl RunningMonitor {
     }
 }
 
-pub fn channel(address: SocketAddr) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+/// A channel to `peer` at `address`, with the test group's certificate for `me`.
+pub fn channel_as(address: SocketAddr, me: Role, peer: Role) -> Channel {
+    credentials(me)
+        .channel(&address.to_string(), peer, Duration::from_secs(5))
         .unwrap()
-        .timeout(Duration::from_secs(5))
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy()
 }
 
-/// A client that sends `token` (a raw header value when it is too short to be a Token, none when
+/// A client (the monitor's identity to agents, an agent's to monitors) that sends `token` (a raw header value when it is too short to be a Token, none when
 /// `None`).
 fn interceptor(token: Option<&str>) -> AttachToken {
     match token {
@@ -157,14 +208,20 @@ pub fn monitor_client(
     address: SocketAddr,
     token: Option<&str>,
 ) -> MonitorClient<InterceptedService<Channel, AttachToken>> {
-    MonitorClient::with_interceptor(channel(address), interceptor(token))
+    MonitorClient::with_interceptor(
+        channel_as(address, Role::Agent, Role::Monitor),
+        interceptor(token),
+    )
 }
 
 pub fn agent_client(
     address: SocketAddr,
     token: Option<&str>,
 ) -> AgentClient<InterceptedService<Channel, AttachToken>> {
-    AgentClient::with_interceptor(channel(address), interceptor(token))
+    AgentClient::with_interceptor(
+        channel_as(address, Role::Monitor, Role::Agent),
+        interceptor(token),
+    )
 }
 
 /// An agent running inside the test process.
@@ -202,7 +259,7 @@ impl RunningAgent {
         configure: impl FnOnce(&mut AgentConfig),
     ) -> RunningAgent {
         let address = listener.local_addr().unwrap();
-        let mut config = AgentConfig::new(instance_id, token());
+        let mut config = AgentConfig::new(instance_id, credentials(Role::Agent));
         config.registration.initial_backoff = Duration::from_millis(50);
         config.registration.max_backoff = Duration::from_millis(500);
         config.registration.reregister_after = Duration::from_secs(1);
@@ -271,16 +328,33 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// An agent process, killed when dropped.
+/// An agent process with the test group's certificate, killed when dropped (its TLS
+/// directory removed).
 pub struct AgentProcess {
     pub child: tokio::process::Child,
     pub address: SocketAddr,
+    tls_dir: PathBuf,
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.tls_dir);
+    }
 }
 
 impl AgentProcess {
     pub fn spawn(instance_id: &str, monitor: SocketAddr) -> AgentProcess {
         let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let tls_dir = std::env::temp_dir().join(format!(
+            "autoscaler-test-agent-{}-{}",
+            std::process::id(),
+            address.port()
+        ));
+        write_tls_dir(&tls_dir);
         let child = tokio::process::Command::new(agent_binary())
+            .arg("--tls-dir")
+            .arg(&tls_dir)
             .args(["--instance-id", instance_id])
             .args(["--listen", &address.to_string()])
             .args(["--monitor", &monitor.to_string()])
@@ -290,7 +364,11 @@ impl AgentProcess {
             .kill_on_drop(true)
             .spawn()
             .expect("starting autoscaler-agent");
-        AgentProcess { child, address }
+        AgentProcess {
+            child,
+            address,
+            tls_dir,
+        }
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {

@@ -1,0 +1,70 @@
+//! The Operator service: steering calls from operators (the demo, rehearsals) that the monitor
+//! passes on to an agent under its own certificate, since agents take control calls only from
+//! the monitor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use autoscaler_proto::tls::{Role, require_caller};
+use autoscaler_proto::v1;
+use autoscaler_proto::v1::operator_server::Operator;
+use tonic::{Request, Response, Status};
+
+use crate::poller::agent_client;
+use crate::registry::Registry;
+
+/// How long the agent gets to answer a forwarded call.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves `autoscaler.v1.Operator` over the monitor's registry.
+#[derive(Clone, Debug)]
+pub struct OperatorService {
+    registry: Arc<Registry>,
+}
+
+impl OperatorService {
+    pub fn new(registry: Arc<Registry>) -> OperatorService {
+        OperatorService { registry }
+    }
+}
+
+#[tonic::async_trait]
+impl Operator for OperatorService {
+    async fn set_load_target(
+        &self,
+        request: Request<v1::OperatorLoadTargetRequest>,
+    ) -> Result<Response<v1::OperatorLoadTargetResponse>, Status> {
+        require_caller(&request, Role::Operator)?;
+        let request = request.into_inner();
+        if !(0.0..=100.0).contains(&request.target_percent) {
+            return Err(Status::invalid_argument(format!(
+                "target_percent {} is outside 0-100",
+                request.target_percent
+            )));
+        }
+        let address = self
+            .registry
+            .address_of(&request.instance_id)
+            .ok_or_else(|| {
+                Status::not_found(format!("no registered instance {:?}", request.instance_id))
+            })?;
+        let mut client = agent_client(&address, FORWARD_TIMEOUT, self.registry.credentials())
+            .map_err(Status::internal)?;
+        let call = client.set_load_target(v1::SetLoadTargetRequest {
+            target_percent: request.target_percent,
+            hold: request.hold,
+        });
+        let answer = tokio::time::timeout(FORWARD_TIMEOUT, call)
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "the agent of {} did not answer in {FORWARD_TIMEOUT:?}",
+                    request.instance_id
+                ))
+            })??
+            .into_inner();
+        Ok(Response::new(v1::OperatorLoadTargetResponse {
+            current_load_percent: answer.current_load_percent,
+        }))
+    }
+}
