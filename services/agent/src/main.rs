@@ -24,7 +24,7 @@ struct Flags {
     #[arg(long, env = "AUTOSCALER_INSTANCE_ID")]
     instance_id: Option<String>,
     /// On an EC2 instance: the instance id and private address from IMDSv2, the monitor and the
-    /// group token from SSM Parameter Store (needs --group).
+    /// group token and the agent's TLS certificate from SSM Parameter Store (needs --group).
     #[arg(long)]
     from_aws: bool,
     /// The group's name, for the SSM parameters `/autoscaler/<group>/monitor` and `.../token`.
