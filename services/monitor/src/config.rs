@@ -24,7 +24,7 @@ impl Default for MonitorConfig {
         MonitorConfig {
             monitor_id: new_monitor_id(),
             poll_interval: Duration::from_secs(1),
-            poll_timeout: Duration::from_millis(800),
+            poll_timeout: Duration::from_millis(500),
             unhealthy_after: 3,
             load_window: 60,
             publish_interval: Duration::from_millis(100),

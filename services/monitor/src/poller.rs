@@ -1,6 +1,6 @@
 //! The poll task of one instance: tells the agent which monitor watches it, then every poll
 //! interval pings it and fetches its metrics, concurrently and under one deadline, over a
-//! connection kept open between polls.
+//! connection kept open between polls; a suspect instance is probed again sooner.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -62,19 +62,41 @@ pub(crate) async fn poll_forever(
         Err(_) => tracing::warn!(%instance_id, "AttachMonitor timed out"),
     }
 
-    let mut ticker = tokio::time::interval(config.poll_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut next = tokio::time::Instant::now();
     let mut sequence = 0u64;
     loop {
-        ticker.tick().await;
+        tokio::time::sleep_until(next).await;
         sequence += 1;
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let outcome = poll_once(&mut client, &instance_id, sequence, config.poll_timeout).await;
+        next = next_poll(
+            started,
+            tokio::time::Instant::now(),
+            config.poll_interval,
+            matches!(outcome, PollOutcome::Missed { .. }),
+        );
         let Some(registry) = registry.upgrade() else {
             return;
         };
         registry.poll_latency.observe(started.elapsed());
         registry.record(&instance_id, generation, outcome);
+    }
+}
+
+/// When to poll next. After an answer, one interval after this poll began. After a miss, the
+/// instance is suspect: probe again half an interval after this poll began, or at once if the
+/// miss took longer (a timeout), so a dead agent reaches `unhealthy_after` misses in about
+/// `interval + (n - 1) * max(interval / 2, timeout)` instead of `n` whole intervals.
+fn next_poll(
+    started: tokio::time::Instant,
+    now: tokio::time::Instant,
+    interval: Duration,
+    missed: bool,
+) -> tokio::time::Instant {
+    if missed {
+        (started + interval / 2).max(now)
+    } else {
+        (started + interval).max(now)
     }
 }
 
@@ -167,5 +189,37 @@ async fn join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures:
     let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
     for handle in handles {
         let _ = handle.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_suspect_instance_is_probed_again_sooner() {
+        let interval = Duration::from_secs(1);
+        let start = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        // An answer keeps the schedule.
+        assert_eq!(
+            next_poll(start, start + ms(3), interval, false),
+            start + interval
+        );
+        // A fast miss (connection refused): half an interval after the poll began.
+        assert_eq!(
+            next_poll(start, start + ms(3), interval, true),
+            start + ms(500)
+        );
+        // A miss by timeout: at once.
+        assert_eq!(
+            next_poll(start, start + ms(500), interval, true),
+            start + ms(500)
+        );
+        // A poll that overran the interval never schedules in the past.
+        assert_eq!(
+            next_poll(start, start + ms(1200), interval, false),
+            start + ms(1200)
+        );
     }
 }
