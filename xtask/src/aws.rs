@@ -1454,7 +1454,7 @@ pub async fn print_status(aws: &Aws) -> anyhow::Result<()> {
 }
 
 /// Makes the group's CA and its three identities unless every TLS parameter is there: the CA
-/// certificate as a String, each role's certificate and key as one SecureString. The CA's key
+/// certificate, and each role's certificate and key as one text, all SecureStrings. The CA's key
 /// is used here and thrown away; it is never stored.
 async fn ensure_tls(aws: &Aws) -> anyhow::Result<()> {
     let mut missing = false;
@@ -1473,9 +1473,10 @@ async fn ensure_tls(aws: &Aws) -> anyhow::Result<()> {
             .put(&aws.names.tls_identity(role), &issued.bundle(), true)
             .await?;
     }
-    // The CA certificate last: agents wait for it, and then find their identity there too.
+    // The CA certificate last: agents wait for it, and then find their identity there too. It is
+    // public, but kept as a SecureString like the rest of the group's TLS material.
     aws.parameters
-        .put(&aws.names.tls_ca(), &ca.cert_pem(), false)
+        .put(&aws.names.tls_ca(), &ca.cert_pem(), true)
         .await?;
     eprintln!(
         "  created the group CA and the monitor, agent and operator certificates in {} (SecureStrings)",

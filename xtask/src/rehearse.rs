@@ -363,7 +363,7 @@ impl Rehearse {
             "the token is a SecureString"
         );
 
-        for name in aws.names.tls_all().into_iter().skip(1) {
+        for name in aws.names.tls_all() {
             let kind = aws
                 .ssm
                 .get_parameter()

@@ -93,7 +93,8 @@ impl GroupParameters {
         self.name("token")
     }
 
-    /// The group CA's certificate (public), made by `up` (`xtask/src/aws.rs`).
+    /// The group CA's certificate (public, but a SecureString like the rest), made by `up`
+    /// (`xtask/src/aws.rs`).
     pub fn tls_ca(&self) -> String {
         self.name("tls/ca")
     }
