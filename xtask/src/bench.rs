@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: runs the benchmarks (release builds, never part of `cargo xtask test`)
+//! `cargo xtask bench`: runs the benchmarks (optimised builds: release for the policy, the
+//! `measure` profile for the monitor and agents; never part of `cargo xtask test`)
 //! and writes docs/BENCHMARKS.md with the machine's description and every figure beside the
 //! goal or reference it answers.
 
@@ -67,7 +68,9 @@ fn machine() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    format!("{cores} cores ({model}), {memory} of memory, {rustc}, release build")
+    format!(
+        "{cores} cores ({model}), {memory} of memory, {rustc}, optimised builds (release; `measure` for the monitor and agents)"
+    )
 }
 
 impl Bench {
@@ -95,27 +98,50 @@ impl Bench {
         if deciding.is_empty() {
             bail!("{shown} printed no figures");
         }
-        util::build_binaries()?;
-        let shown_reaction = "cargo run -p autoscaler-monitor --example reaction";
-        eprintln!("$ {shown_reaction} (about three minutes: 20 frozen agents, 30 s of CPU hog)");
-        let output = util::cargo()
+        let shown_build = "cargo build --profile measure -p autoscaler-agent -p autoscaler-monitor --bins --examples";
+        eprintln!("$ {shown_build}");
+        let status = util::cargo()
             .args([
-                "run",
+                "build",
                 "--quiet",
+                "--profile",
+                "measure",
+                "-p",
+                "autoscaler-agent",
                 "-p",
                 "autoscaler-monitor",
-                "--example",
-                "reaction",
+                "--bins",
+                "--examples",
             ])
-            .output()
-            .context("cannot run the reaction benchmark")?;
-        if !output.status.success() {
-            bail!(
-                "{shown_reaction} failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            .status()
+            .context("cannot build the benchmarks")?;
+        if !status.success() {
+            bail!("{shown_build} failed");
         }
-        let reaction = figures(&String::from_utf8_lossy(&output.stdout));
+        let examples = util::root().join("target/measure/examples");
+        let run_example = |name: &str, about: &str| -> anyhow::Result<Vec<Figure>> {
+            let path = examples.join(name);
+            eprintln!("$ {} ({about})", path.display());
+            let output = Command::new(&path)
+                .output()
+                .with_context(|| format!("cannot run {}", path.display()))?;
+            if !output.status.success() {
+                bail!(
+                    "{} failed:\n{}",
+                    path.display(),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            Ok(figures(&String::from_utf8_lossy(&output.stdout)))
+        };
+        let reach = run_example(
+            "reach",
+            "about two minutes: a tonic ceiling, then 100, 1,000 and 10,000 agents",
+        )?;
+        let reaction = run_example(
+            "reaction",
+            "about three minutes: 20 frozen agents, 30 s of CPU hog",
+        )?;
         let value = |name: &str| {
             reaction
                 .iter()
@@ -163,8 +189,8 @@ impl Bench {
             "The daemon with its default timings (1 s polls, unhealthy after 3 missed polls, \
              1 s evaluations) on the local provider, 3 agents. Agents are frozen with SIGSTOP, \
              one at a time: the process stays alive, so only the monitor's polls can tell (a \
-             killed process is seen sooner, by the provider). Debug build: these figures are \
-             set by the protocol's intervals, not by CPU.\n"
+             killed process is seen sooner, by the provider). These figures are set by the \
+             protocol's intervals, not by CPU.\n"
         );
         let verdict = |met: bool| if met { "met" } else { "**missed**" };
         let _ = writeln!(
@@ -244,14 +270,13 @@ impl Bench {
                 figure.name, figure.value, figure.unit, figure.note
             );
         }
-        let _ = writeln!(report, "\n## Not measured yet\n");
-        let _ = writeln!(
-            report,
-            "Reach (one monitor polling 100 / 1,000 / 10,000 agents in a separate process, \
-             against a plain tonic ceiling measured in the same run: polls per second, p50/p99 \
-             poll latency, the monitor's CPU and memory per agent) is issue 8's remaining work \
-             and has no figures here yet."
-        );
+        write_reach(&mut report, &reach);
+        for figure in &reach {
+            println!(
+                "{:<32} {:>10} {:<8} {}",
+                figure.name, figure.value, figure.unit, figure.note
+            );
+        }
         if !self.no_write {
             let path = util::root().join("docs/BENCHMARKS.md");
             std::fs::create_dir_all(path.parent().expect("docs/"))?;
@@ -268,4 +293,89 @@ fn date() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|_| "an unknown date".to_string())
+}
+
+/// The Reach section: one row per fleet size, the ceiling beside it, verdicts on the goals.
+fn write_reach(report: &mut String, reach: &[Figure]) {
+    let value = |name: &str| {
+        reach
+            .iter()
+            .find(|f| f.name == name)
+            .map_or(f64::NAN, |f| f.value)
+    };
+    let verdict = |met: bool| if met { "met" } else { "**missed**" };
+    let _ = writeln!(report, "\n## Reach\n");
+    let _ = writeln!(
+        report,
+        "One monitor (the benchmark process: the monitor's own registry and poller, mutual TLS, \
+         default timings) polling N agents at 1 Hz; the agents are real agent services in \
+         separate swarm processes (at most 5,000 each, for the file descriptor limit), each on \
+         its own port of 127.0.0.1. A poll is two RPCs (Ping and GetMetrics). Both sides share \
+         the machine's 2 cores. 20 s measured after every agent is healthy.\n"
+    );
+    let _ = writeln!(
+        report,
+        "| N | polls/s asked | polls/s made | poll p50 | poll p99 | monitor CPU | monitor CPU per RPC | memory per agent | agents' CPU | all healthy after | not healthy at the end |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut sizes: Vec<u64> = reach
+        .iter()
+        .filter_map(|f| {
+            f.name
+                .strip_prefix("reach-")?
+                .strip_suffix("-asked")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    sizes.sort_unstable();
+    for n in &sizes {
+        let v = |what: &str| value(&format!("reach-{n}-{what}"));
+        let _ = writeln!(
+            report,
+            "| {n} | {:.0} | {:.0} | {} | {} | {:.0} % | {:.0} us | {:.1} KiB | {:.0} % | {:.1} s | {:.0} |",
+            v("asked"),
+            v("achieved"),
+            milliseconds(v("p50")),
+            milliseconds(v("p99")),
+            v("cpu"),
+            v("cpu-per-rpc"),
+            v("rss-per-agent"),
+            v("swarm-cpu"),
+            v("healthy-after"),
+            v("not-healthy")
+        );
+    }
+    let _ = writeln!(
+        report,
+        "\nThe ceiling, in the same run: a trivial unary RPC (Ping) over the same mutual TLS between \
+         two processes, 32 callers as fast as they go: {:.0} RPC/s, {:.0} us of the caller's CPU \
+         per RPC ({:.0} us of the server's).\n",
+        value("ceiling-rps"),
+        value("ceiling-caller-cpu-per-rpc"),
+        value("ceiling-server-cpu-per-rpc")
+    );
+    let big = sizes.last().copied().unwrap_or(0);
+    let v = |what: &str| value(&format!("reach-{big}-{what}"));
+    let efficiency = value("ceiling-caller-cpu-per-rpc") / v("cpu-per-rpc");
+    let _ = writeln!(
+        report,
+        "| goal | at N = {big} | verdict |\n|---|---|---|\n| 10,000 agents at 1 Hz on 2 cores | {:.0} of {:.0} polls/s, {:.0} not healthy | {} |\n| at least half the ceiling's efficiency (its CPU per RPC over ours) | {:.2} | {} |\n| memory per agent in kilobytes | {:.1} KiB | {} |",
+        v("achieved"),
+        v("asked"),
+        v("not-healthy"),
+        verdict(big >= 10_000 && v("achieved") >= 0.99 * v("asked") && v("not-healthy") == 0.0),
+        efficiency,
+        verdict(efficiency >= 0.5),
+        v("rss-per-agent"),
+        verdict(v("rss-per-agent") < 1024.0)
+    );
+}
+
+/// A latency for the table; the histogram's last bucket ends at 1 s.
+fn milliseconds(value: f64) -> String {
+    if value.is_finite() {
+        format!("{value:.1} ms")
+    } else {
+        "> 1000 ms".to_string()
+    }
 }
