@@ -65,7 +65,12 @@ def main():
         with secure_channel(agent_addr, tls_dir, "monitor", "agent") as channel:
             agent = agent_pb2_grpc.AgentStub(channel)
             ping = agent.Ping(agent_pb2.PingRequest(sequence=9), metadata=auth, timeout=5)
-            results["Ping"] = {"instance_id": ping.instance_id, "sequence": ping.sequence, "uptime_ms": ping.uptime_ms}
+            results["Ping"] = {
+                "instance_id": ping.instance_id,
+                "sequence": ping.sequence,
+                "uptime_ms": ping.uptime_ms,
+                "load_percent": ping.metrics.load_percent if ping.HasField("metrics") else None,
+            }
             metrics = agent.GetMetrics(agent_pb2.GetMetricsRequest(), metadata=auth, timeout=5)
             results["GetMetrics"] = {
                 "instance_id": metrics.instance_id,

@@ -14,6 +14,10 @@ use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
 use autoscaler_proto::v1::agent_server::AgentServer;
 use tokio_stream::wrappers::TcpListenerStream;
 
+/// The agent binary's allocator (services/agent/src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [count, first, tls_dir, token] = args.as_slice() else {

@@ -15,6 +15,11 @@ use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
 use clap::{Parser, ValueEnum};
 
+/// mimalloc rather than glibc's malloc: the same allocator as the monitor, for the same
+/// reason: every answered poll allocates a few dozen small buffers.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// MonitorC: the autoscaler's agent on an application instance.
 #[derive(Debug, Parser)]
 #[command(version)]

@@ -190,6 +190,18 @@ impl AgentService {
     pub fn new(state: Arc<AgentState>) -> AgentService {
         AgentService { state }
     }
+
+    /// The current sample, as Ping and GetMetrics answer it.
+    fn metrics(&self) -> v1::Metrics {
+        let sample = self.state.current();
+        v1::Metrics {
+            load_percent: sample.load,
+            sampled_at_unix_ms: unix_ms(sample.sampled_at),
+            cpu_percent: sample.cpu,
+            memory_percent: None,
+            requests_per_second: None,
+        }
+    }
 }
 
 fn unix_ms(time: SystemTime) -> i64 {
@@ -213,6 +225,7 @@ impl Agent for AgentService {
             agent_version: autoscaler_proto::VERSION.to_string(),
             uptime_ms: self.state.uptime().as_millis() as u64,
             sequence: request.into_inner().sequence,
+            metrics: Some(self.metrics()),
         }))
     }
 
@@ -221,16 +234,9 @@ impl Agent for AgentService {
         _request: Request<v1::GetMetricsRequest>,
     ) -> Result<Response<v1::GetMetricsResponse>, Status> {
         self.state.mark_activity();
-        let sample = self.state.current();
         Ok(Response::new(v1::GetMetricsResponse {
             instance_id: self.state.instance_id.clone(),
-            metrics: Some(v1::Metrics {
-                load_percent: sample.load,
-                sampled_at_unix_ms: unix_ms(sample.sampled_at),
-                cpu_percent: sample.cpu,
-                memory_percent: None,
-                requests_per_second: None,
-            }),
+            metrics: Some(self.metrics()),
         }))
     }
 

@@ -3,6 +3,8 @@
 //! and ControllerASG) and the policy reads it. It lives here, with its reader, so that the policy
 //! and the simulator can build views without a monitor.
 
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use autoscaler_policy::Health;
@@ -19,7 +21,7 @@ pub struct InstanceView {
     /// The last load reported, 0 to 100 percent; `None` before the first good poll.
     pub load: Option<f64>,
     /// The most recent loads, oldest first (at most the monitor's window).
-    pub recent_loads: Vec<f64>,
+    pub recent_loads: VecDeque<f64>,
     pub registered_at: Instant,
     /// When a poll last succeeded.
     pub last_seen: Option<Instant>,
@@ -27,12 +29,14 @@ pub struct InstanceView {
     pub last_error: Option<String>,
 }
 
-/// Every registered instance, sorted by instance id.
+/// Every registered instance, sorted by instance id. Each instance's view is shared with the
+/// monitor's registry, which builds it once per change, so taking a view of a fleet of 10,000
+/// copies 10,000 pointers, not 10,000 sets of strings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FleetView {
     pub taken_at: Instant,
     pub poll_interval: Duration,
-    pub instances: Vec<InstanceView>,
+    pub instances: Vec<Arc<InstanceView>>,
 }
 
 impl FleetView {
@@ -48,7 +52,7 @@ impl FleetView {
         self.instances
             .binary_search_by(|instance| instance.instance_id.as_str().cmp(instance_id))
             .ok()
-            .map(|index| &self.instances[index])
+            .map(|index| &*self.instances[index])
     }
 
     /// How many instances are in each state.

@@ -190,18 +190,20 @@ fn answering(instances: &[autoscaler_controller::cloud::CloudInstance], load: f6
     let mut view = FleetView::empty(std::time::Instant::now(), Duration::from_secs(1));
     view.instances = instances
         .iter()
-        .map(|i| InstanceView {
-            instance_id: i.instance_id.clone(),
-            // Nothing listens there: NotifyRemoval fails fast, as it may in life.
-            address: "127.0.0.1:1".into(),
-            agent_version: "test".into(),
-            health: Health::Healthy,
-            consecutive_misses: 0,
-            load: Some(load),
-            recent_loads: vec![load],
-            registered_at: std::time::Instant::now(),
-            last_seen: Some(std::time::Instant::now()),
-            last_error: None,
+        .map(|i| {
+            std::sync::Arc::new(InstanceView {
+                instance_id: i.instance_id.clone(),
+                // Nothing listens there: NotifyRemoval fails fast, as it may in life.
+                address: "127.0.0.1:1".into(),
+                agent_version: "test".into(),
+                health: Health::Healthy,
+                consecutive_misses: 0,
+                load: Some(load),
+                recent_loads: [load].into(),
+                registered_at: std::time::Instant::now(),
+                last_seen: Some(std::time::Instant::now()),
+                last_error: None,
+            })
         })
         .collect();
     view.instances

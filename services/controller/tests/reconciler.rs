@@ -190,17 +190,19 @@ async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
         taken_at: Instant::now(),
         poll_interval: Duration::from_secs(1),
         instances: ["i-a", "i-b"]
-            .map(|id| InstanceView {
-                instance_id: id.into(),
-                address: "127.0.0.1:1".into(),
-                agent_version: "test".into(),
-                health: Health::Healthy,
-                consecutive_misses: 0,
-                load: Some(52.0),
-                recent_loads: vec![52.0],
-                registered_at: Instant::now(),
-                last_seen: Some(Instant::now()),
-                last_error: None,
+            .map(|id| {
+                Arc::new(InstanceView {
+                    instance_id: id.into(),
+                    address: "127.0.0.1:1".into(),
+                    agent_version: "test".into(),
+                    health: Health::Healthy,
+                    consecutive_misses: 0,
+                    load: Some(52.0),
+                    recent_loads: [52.0].into(),
+                    registered_at: Instant::now(),
+                    last_seen: Some(Instant::now()),
+                    last_error: None,
+                })
             })
             .to_vec(),
     };

@@ -9,7 +9,7 @@ pub struct MonitorConfig {
     pub monitor_id: String,
     /// How often each agent is polled.
     pub poll_interval: Duration,
-    /// Deadline of one poll (Ping and GetMetrics together), connection included.
+    /// Deadline of one poll (one Ping, which carries the metrics), connection included.
     pub poll_timeout: Duration,
     /// Consecutive missed polls after which an instance is unhealthy.
     pub unhealthy_after: u32,

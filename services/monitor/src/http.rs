@@ -120,7 +120,7 @@ pub fn render_metrics(dashboard: &Dashboard) -> String {
     let (buckets, count, sum) = registry.poll_latency.read();
     let _ = writeln!(
         out,
-        "# HELP autoscaler_poll_latency_seconds Time one poll (Ping and GetMetrics) took.\n# TYPE autoscaler_poll_latency_seconds histogram"
+        "# HELP autoscaler_poll_latency_seconds Time one poll (a Ping carrying the metrics) took.\n# TYPE autoscaler_poll_latency_seconds histogram"
     );
     for (bound, cumulative) in buckets {
         let _ = writeln!(

@@ -12,6 +12,12 @@ use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
 use clap::{Parser, ValueEnum};
 
+/// mimalloc rather than glibc's malloc: a poll allocates a few dozen small buffers across two
+/// threads, and glibc's arenas spent a quarter of the monitor's CPU on them at 10,000 agents
+/// (docs/BENCHMARKS.md, "Before and after").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// MonitorS and ControllerASG: polls every registered agent, keeps the fleet view, and keeps the
 /// fleet between its bounds.
 #[derive(Debug, Parser)]

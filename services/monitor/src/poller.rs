@@ -1,5 +1,5 @@
 //! The poll task of one instance: tells the agent which monitor watches it, then every poll
-//! interval pings it and fetches its metrics, concurrently and under one deadline, over a
+//! interval pings it (one RPC: the answer carries the metrics) under a deadline, over a
 //! connection kept open between polls; a suspect instance is probed again sooner.
 
 use std::sync::{Arc, Weak};
@@ -100,38 +100,21 @@ fn next_poll(
     }
 }
 
-/// One poll: Ping and GetMetrics at once, both within `timeout`.
+/// One poll: one Ping (a heartbeat that carries the current metrics) within `timeout`.
 pub(crate) async fn poll_once(
     client: &mut Client,
     instance_id: &str,
     sequence: u64,
     timeout: Duration,
 ) -> PollOutcome {
-    let mut metrics_client = client.clone();
-    let both = async {
-        tokio::join!(
-            client.ping(v1::PingRequest { sequence }),
-            metrics_client.get_metrics(v1::GetMetricsRequest {})
-        )
-    };
-    let (ping, metrics) = match tokio::time::timeout(timeout, both).await {
-        Ok(answers) => answers,
-        Err(_) => {
-            return PollOutcome::Missed {
-                reason: format!("no answer within {timeout:?}"),
-            };
-        }
-    };
     let missed = |reason: String| PollOutcome::Missed { reason };
-    let ping = match ping {
-        Ok(response) => response.into_inner(),
-        Err(status) => return missed(describe(&status)),
+    let ping = match tokio::time::timeout(timeout, client.ping(v1::PingRequest { sequence })).await
+    {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return missed(describe(&status)),
+        Err(_) => return missed(format!("no answer within {timeout:?}")),
     };
-    let metrics = match metrics {
-        Ok(response) => response.into_inner(),
-        Err(status) => return missed(describe(&status)),
-    };
-    if ping.instance_id != instance_id || metrics.instance_id != instance_id {
+    if ping.instance_id != instance_id {
         return missed(format!(
             "the agent at this address answers as {:?}, not {instance_id:?}",
             ping.instance_id
@@ -143,8 +126,10 @@ pub(crate) async fn poll_once(
             ping.sequence
         ));
     }
-    let Some(load) = metrics.metrics.map(|metrics| metrics.load_percent) else {
-        return missed("GetMetrics answered without metrics".to_string());
+    let Some(load) = ping.metrics.map(|metrics| metrics.load_percent) else {
+        return missed(
+            "Ping answered without metrics (an agent older than the monitor?)".to_string(),
+        );
     };
     if !(0.0..=100.0).contains(&load) {
         return missed(format!("load {load} is outside 0-100"));

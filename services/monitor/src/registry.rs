@@ -2,7 +2,7 @@
 //! Each instance has its own poll task (see `poller`), so a hung agent delays nobody else; the
 //! registry turns poll outcomes into health and publishes the fleet view.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -39,14 +39,10 @@ pub struct NotRegistered(pub String);
 
 #[derive(Debug)]
 struct Entry {
-    address: String,
-    agent_version: String,
-    registered_at: Instant,
-    health: Health,
-    misses: u32,
-    loads: VecDeque<f64>,
-    last_seen: Option<Instant>,
-    last_error: Option<String>,
+    /// The instance as the fleet view shows it. Published views share it; a change copies it
+    /// first only if a published view still holds it (`Arc::make_mut`), so taking a snapshot
+    /// of 10,000 instances copies 10,000 pointers and builds nothing.
+    view: Arc<InstanceView>,
     /// Which poll task is current; outcomes from older tasks are dropped.
     generation: u64,
     poller: AbortHandle,
@@ -96,7 +92,8 @@ impl LatencyHistogram {
 pub struct Registry {
     config: MonitorConfig,
     credentials: Credentials,
-    entries: Mutex<HashMap<String, Entry>>,
+    /// Sorted by instance id, as the fleet view lists them.
+    entries: Mutex<BTreeMap<String, Entry>>,
     generations: AtomicU64,
     /// Bumped on every change, so the publisher republishes only when something happened.
     changes: AtomicU64,
@@ -113,7 +110,7 @@ impl Registry {
         Arc::new(Registry {
             config,
             credentials,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(BTreeMap::new()),
             generations: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             view,
@@ -121,7 +118,7 @@ impl Registry {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -153,22 +150,28 @@ impl Registry {
                 entry.poller.abort();
                 entry.poller = poller;
                 entry.generation = generation;
-                entry.address = registration.address;
-                entry.agent_version = registration.agent_version;
+                let view = Arc::make_mut(&mut entry.view);
+                view.address = registration.address;
+                view.agent_version = registration.agent_version;
             }
             None => {
                 tracing::info!(instance_id = %registration.instance_id, address = %registration.address, version = %registration.agent_version, "instance registered");
+                let view = InstanceView {
+                    instance_id: registration.instance_id.clone(),
+                    address: registration.address,
+                    agent_version: registration.agent_version,
+                    health: Health::Unknown,
+                    consecutive_misses: 0,
+                    load: None,
+                    recent_loads: VecDeque::with_capacity(self.config.load_window),
+                    registered_at: Instant::now(),
+                    last_seen: None,
+                    last_error: None,
+                };
                 entries.insert(
                     registration.instance_id,
                     Entry {
-                        address: registration.address,
-                        agent_version: registration.agent_version,
-                        registered_at: Instant::now(),
-                        health: Health::Unknown,
-                        misses: 0,
-                        loads: VecDeque::with_capacity(self.config.load_window),
-                        last_seen: None,
-                        last_error: None,
+                        view: Arc::new(view),
                         generation,
                         poller,
                     },
@@ -200,35 +203,37 @@ impl Registry {
         if entry.generation != generation {
             return;
         }
-        let before = entry.health;
+        let view = Arc::make_mut(&mut entry.view);
+        let before = view.health;
         match outcome {
             PollOutcome::Answered { load } => {
-                entry.health = Health::Healthy;
-                entry.misses = 0;
-                entry.last_seen = Some(Instant::now());
-                entry.last_error = None;
-                if entry.loads.len() == self.config.load_window {
-                    entry.loads.pop_front();
+                view.health = Health::Healthy;
+                view.consecutive_misses = 0;
+                view.last_seen = Some(Instant::now());
+                view.last_error = None;
+                view.load = Some(load);
+                if view.recent_loads.len() >= self.config.load_window {
+                    view.recent_loads.pop_front();
                 }
-                entry.loads.push_back(load);
+                view.recent_loads.push_back(load);
             }
             PollOutcome::Missed { reason } => {
-                entry.misses = entry.misses.saturating_add(1);
-                entry.health = if entry.misses >= self.config.unhealthy_after {
+                view.consecutive_misses = view.consecutive_misses.saturating_add(1);
+                view.health = if view.consecutive_misses >= self.config.unhealthy_after {
                     Health::Unhealthy
                 } else {
                     Health::Suspect
                 };
-                entry.last_error = Some(reason);
+                view.last_error = Some(reason);
             }
         }
-        if entry.health != before {
+        if view.health != before {
             tracing::info!(
                 %instance_id,
                 from = %before,
-                to = %entry.health,
-                misses = entry.misses,
-                error = entry.last_error.as_deref().unwrap_or(""),
+                to = %view.health,
+                misses = view.consecutive_misses,
+                error = view.last_error.as_deref().unwrap_or(""),
                 "health changed"
             );
         }
@@ -240,26 +245,13 @@ impl Registry {
         self.changes.fetch_add(1, Ordering::Release);
     }
 
-    /// The registry as it is now.
+    /// The registry as it is now: one shared pointer per instance, already sorted by id.
     pub fn snapshot(&self) -> FleetView {
-        let entries = self.lock();
-        let mut instances: Vec<InstanceView> = entries
-            .iter()
-            .map(|(instance_id, entry)| InstanceView {
-                instance_id: instance_id.clone(),
-                address: entry.address.clone(),
-                agent_version: entry.agent_version.clone(),
-                health: entry.health,
-                consecutive_misses: entry.misses,
-                load: entry.loads.back().copied(),
-                recent_loads: entry.loads.iter().copied().collect(),
-                registered_at: entry.registered_at,
-                last_seen: entry.last_seen,
-                last_error: entry.last_error.clone(),
-            })
+        let instances = self
+            .lock()
+            .values()
+            .map(|entry| Arc::clone(&entry.view))
             .collect();
-        drop(entries);
-        instances.sort_unstable_by(|a, b| a.instance_id.cmp(&b.instance_id));
         FleetView {
             taken_at: Instant::now(),
             poll_interval: self.config.poll_interval,
@@ -291,7 +283,7 @@ impl Registry {
     pub(crate) fn addresses(&self) -> Vec<(String, String)> {
         self.lock()
             .iter()
-            .map(|(id, entry)| (id.clone(), entry.address.clone()))
+            .map(|(id, entry)| (id.clone(), entry.view.address.clone()))
             .collect()
     }
 
@@ -299,7 +291,7 @@ impl Registry {
     pub(crate) fn address_of(&self, instance_id: &str) -> Option<String> {
         self.lock()
             .get(instance_id)
-            .map(|entry| entry.address.clone())
+            .map(|entry| entry.view.address.clone())
     }
 
     /// Stops every poll task.

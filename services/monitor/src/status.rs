@@ -101,7 +101,9 @@ impl StatusService {
                         .map_or("unregistered", |i| i.health.as_str())
                         .to_string(),
                     load_percent: seen.and_then(|i| i.load),
-                    recent_loads: seen.map(|i| i.recent_loads.clone()).unwrap_or_default(),
+                    recent_loads: seen
+                        .map(|i| i.recent_loads.iter().copied().collect())
+                        .unwrap_or_default(),
                     address: seen.map(|i| i.address.clone()).unwrap_or_default(),
                     age_ms: now
                         .duration_since(cloud.launched_at)
@@ -119,7 +121,7 @@ impl StatusService {
                     state: "unlisted".to_string(),
                     health: seen.health.as_str().to_string(),
                     load_percent: seen.load,
-                    recent_loads: seen.recent_loads.clone(),
+                    recent_loads: seen.recent_loads.iter().copied().collect(),
                     address: seen.address.clone(),
                     age_ms: 0,
                     consecutive_misses: seen.consecutive_misses,

@@ -64,6 +64,8 @@ async fn a_python_grpcio_client_calls_every_rpc() {
 
     assert_eq!(results["Ping"]["instance_id"], "local-0100");
     assert_eq!(results["Ping"]["sequence"], 9);
+    // The monitor's one poll call carries the metrics.
+    assert_eq!(results["Ping"]["load_percent"], 25.0);
     assert_eq!(results["GetMetrics"]["instance_id"], "local-0100");
     assert_eq!(results["GetMetrics"]["load_percent"], 25.0);
     assert!(

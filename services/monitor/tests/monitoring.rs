@@ -487,6 +487,10 @@ mod fake_agent {
                 agent_version: "fake".into(),
                 uptime_ms: 1,
                 sequence: request.into_inner().sequence,
+                metrics: Some(v1::Metrics {
+                    load_percent: *self.load.lock().unwrap(),
+                    ..Default::default()
+                }),
             }))
         }
         async fn get_metrics(
