@@ -224,7 +224,8 @@ impl Transport {
     }
 
     /// A client endpoint for `address` (`host:port`, or a URL whose scheme is replaced), that
-    /// expects the server to be `peer`; every stage of the call is bounded by `timeout`.
+    /// expects the server to be `peer`; connecting and the TLS handshake are bounded by
+    /// `timeout`, calls are not (add `Endpoint::timeout`, or bound each call yourself).
     pub fn endpoint(
         &self,
         address: &str,
@@ -246,7 +247,7 @@ impl Transport {
                         .timeout(timeout),
                 )?,
         };
-        Ok(endpoint.connect_timeout(timeout).timeout(timeout))
+        Ok(endpoint.connect_timeout(timeout))
     }
 
     /// A server builder that, under TLS, presents this process's certificate and refuses any

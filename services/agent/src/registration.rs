@@ -74,6 +74,7 @@ impl Registrar {
             .transport
             .endpoint(endpoint, Role::Monitor, self.config.rpc_timeout)
             .map_err(|error| format!("bad monitor endpoint {endpoint:?}: {error}"))?
+            .timeout(self.config.rpc_timeout)
             .connect()
             .await
             .map_err(|error| format!("cannot connect to the monitor at {endpoint}: {error}"))?;

@@ -35,7 +35,11 @@ pub(crate) async fn poll_forever(
 ) {
     let Some((config, client)) = registry.upgrade().map(|registry| {
         let config = registry.config().clone();
-        let client = agent_client(&address, config.poll_timeout, registry.credentials());
+        // Every call below is bounded here, so the channel adds no timer of its own.
+        let client = registry
+            .credentials()
+            .channel_caller_bounded(&address, Role::Agent, config.poll_timeout)
+            .map(|channel| AgentClient::with_interceptor(channel, registry.credentials().attach()));
         (config, client)
     }) else {
         return;
@@ -70,7 +74,7 @@ pub(crate) async fn poll_forever(
         let started = tokio::time::Instant::now();
         let outcome = poll_once(&mut client, &instance_id, sequence, config.poll_timeout).await;
         next = next_poll(
-            started,
+            next,
             tokio::time::Instant::now(),
             config.poll_interval,
             matches!(outcome, PollOutcome::Missed { .. }),
@@ -83,20 +87,21 @@ pub(crate) async fn poll_forever(
     }
 }
 
-/// When to poll next. After an answer, one interval after this poll began. After a miss, the
-/// instance is suspect: probe again half an interval after this poll began, or at once if the
-/// miss took longer (a timeout), so a dead agent reaches `unhealthy_after` misses in about
-/// `interval + (n - 1) * max(interval / 2, timeout)` instead of `n` whole intervals.
+/// When to poll next, from when this poll was due (not when the task woke up for it, so late
+/// wake-ups do not add up and the rate stays at one per interval). After an answer, one interval
+/// after it was due. After a miss, the instance is suspect: probe again half an interval after,
+/// or at once if the miss took longer (a timeout), so a dead agent reaches `unhealthy_after`
+/// misses in about `interval + (n - 1) * max(interval / 2, timeout)` instead of `n` intervals.
 fn next_poll(
-    started: tokio::time::Instant,
+    due: tokio::time::Instant,
     now: tokio::time::Instant,
     interval: Duration,
     missed: bool,
 ) -> tokio::time::Instant {
     if missed {
-        (started + interval / 2).max(now)
+        (due + interval / 2).max(now)
     } else {
-        (started + interval).max(now)
+        (due + interval).max(now)
     }
 }
 
