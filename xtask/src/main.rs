@@ -1,17 +1,15 @@
 //! `cargo xtask`: the project's commands. Flags are parsed here; each command lives in its own
 //! module with a `run` function.
 
-mod aws;
 mod bench;
 mod demo;
-mod rehearse;
 mod simulate;
-mod status_client;
 mod test;
 mod tidy;
-mod util;
 
 use clap::{Parser, Subcommand};
+// `crate::util` and `crate::status_client`, shared with `xtask-aws` through this package's lib.
+use xtask::{status_client, util};
 
 /// The autoscaler's ops and developer commands.
 #[derive(Debug, Parser)]
@@ -31,17 +29,23 @@ enum Command {
     Test(test::Test),
     /// Creates or reuses the security group, launches the seed t2.micro from a base image and
     /// installs the agent on it over SSM Run Command.
-    Bootstrap(aws::Bootstrap),
+    #[command(disable_help_flag = true)]
+    Bootstrap(Forward),
     /// Creates the custom AMI from the seed and records its id in SSM.
-    BakeAmi(aws::BakeAmi),
+    #[command(disable_help_flag = true)]
+    BakeAmi(Forward),
     /// Starts the monitor host from the AMI and waits for the fleet's minimum.
-    Up(aws::Up),
+    #[command(disable_help_flag = true)]
+    Up(Forward),
     /// Stops the controller, terminates the group's instances, deletes its parameters.
-    Down(aws::Down),
+    #[command(disable_help_flag = true)]
+    Down(Forward),
     /// The group as the cloud sees it, beside what the monitor knows.
-    Status(aws::Status),
+    #[command(disable_help_flag = true)]
+    Status(Forward),
     /// The whole AWS workflow against a throwaway local emulator (moto server).
-    Rehearse(rehearse::Rehearse),
+    #[command(disable_help_flag = true)]
+    Rehearse(Forward),
     /// Replays a demand trace through the project's policies and the AWS and Kubernetes
     /// references, and scores them (a table and an SVG chart).
     Simulate(simulate::Simulate),
@@ -49,8 +53,28 @@ enum Command {
     Bench(bench::Bench),
 }
 
-fn block_on(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    tokio::runtime::Runtime::new()?.block_on(future)
+/// The flags of an AWS command, passed on untouched to `xtask-aws` (`--help` included).
+#[derive(Debug, clap::Args)]
+struct Forward {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// Runs `cargo run -p xtask-aws -- <command> <args>` (the AWS SDK is compiled there, on first
+/// use) and ends with its exit code.
+fn forward(command: &str, forward: Forward) -> std::process::ExitCode {
+    let status = util::cargo()
+        .args(["run", "--quiet", "--package", "xtask-aws", "--", command])
+        .args(&forward.args)
+        .status();
+    match status {
+        Ok(status) if status.success() => std::process::ExitCode::SUCCESS,
+        Ok(status) => std::process::ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8),
+        Err(error) => {
+            eprintln!("xtask: cannot run cargo for xtask-aws: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,12 +82,12 @@ fn main() -> std::process::ExitCode {
     let result = match flags.command {
         Command::Demo(demo) => demo.run(),
         Command::Test(test) => test.run(),
-        Command::Bootstrap(command) => block_on(command.run()),
-        Command::BakeAmi(command) => block_on(command.run()),
-        Command::Up(command) => block_on(command.run()),
-        Command::Down(command) => block_on(command.run()),
-        Command::Status(command) => block_on(command.run()),
-        Command::Rehearse(command) => block_on(command.run()),
+        Command::Bootstrap(args) => return forward("bootstrap", args),
+        Command::BakeAmi(args) => return forward("bake-ami", args),
+        Command::Up(args) => return forward("up", args),
+        Command::Down(args) => return forward("down", args),
+        Command::Status(args) => return forward("status", args),
+        Command::Rehearse(args) => return forward("rehearse", args),
         Command::Simulate(command) => command.run(),
         Command::Bench(command) => command.run(),
     };

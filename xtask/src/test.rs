@@ -31,6 +31,21 @@ impl Test {
                 "-D",
                 "warnings",
             ]))?;
+            // What `cargo xtask bench` builds: the monitor without its EC2 provider.
+            util::run(util::cargo().args([
+                "clippy",
+                "--no-default-features",
+                "-p",
+                "autoscaler-agent",
+                "-p",
+                "autoscaler-monitor",
+                "--bins",
+                "--examples",
+                "--quiet",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
         }
         // The end-to-end tests start the agent and monitor binaries: build them first.
         util::build_binaries()?;

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use autoscaler_controller::cloud::Cloud;
 use autoscaler_controller::config::ControllerConfig;
-use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config};
+#[cfg(feature = "ec2")]
+use autoscaler_controller::ec2::Ec2Cloud;
+use autoscaler_controller::ec2::Ec2Config;
 use autoscaler_controller::local::{LocalCloud, LocalConfig};
 use autoscaler_controller::reconciler::Controller;
 use autoscaler_proto::auth::{Credentials, Token};
@@ -354,7 +356,17 @@ pub async fn run(
             )
             .await
         }
+        #[cfg(not(feature = "ec2"))]
+        ProviderSection::Ec2(_) => Err(DaemonError::Provider(
+            "this monitor was built without the EC2 provider (the `ec2` feature, on by default)"
+                .to_string(),
+        )),
+        #[cfg(feature = "ec2")]
         ProviderSection::Ec2(ec2) => {
+            // Refused before anything is opened.
+            if matches!(options.tls, TlsSource::Plaintext) {
+                return Err(plaintext_refused());
+            }
             let sdk = options.aws.as_ref().ok_or_else(|| {
                 DaemonError::Provider("the EC2 provider needs AWS settings".to_string())
             })?;
@@ -365,12 +377,7 @@ pub async fn run(
             );
             tracing::info!(ami = %cloud.config().ami_id, subnets = ?cloud.config().subnet_ids, "EC2 provider");
             let material = match &options.tls {
-                TlsSource::Plaintext => {
-                    return Err(DaemonError::Provider(
-                        "plaintext is for local runs only: the EC2 provider always uses TLS"
-                            .to_string(),
-                    ));
-                }
+                TlsSource::Plaintext => return Err(plaintext_refused()),
                 TlsSource::Dir(dir) => TlsMaterial::load(dir, Role::Monitor)?,
                 TlsSource::Auto => autoscaler_aws::tls_material(
                     &autoscaler_aws::Parameters::new(sdk),
@@ -402,7 +409,15 @@ pub async fn run(
     }
 }
 
+#[cfg(feature = "ec2")]
+fn plaintext_refused() -> DaemonError {
+    DaemonError::Provider(
+        "plaintext is for local runs only: the EC2 provider always uses TLS".to_string(),
+    )
+}
+
 /// Writes the monitor's address to `/autoscaler/<group>/monitor`, where agents look for it.
+#[cfg(feature = "ec2")]
 async fn publish_address(
     sdk: &aws_config::SdkConfig,
     group: &str,

@@ -73,32 +73,35 @@ pub(crate) async fn poll_forever(
         sequence += 1;
         let started = tokio::time::Instant::now();
         let outcome = poll_once(&mut client, &instance_id, sequence, config.poll_timeout).await;
-        next = next_poll(
-            next,
-            tokio::time::Instant::now(),
-            config.poll_interval,
-            matches!(outcome, PollOutcome::Missed { .. }),
-        );
+        let missed = matches!(outcome, PollOutcome::Missed { .. });
         let Some(registry) = registry.upgrade() else {
             return;
         };
         registry.poll_latency.observe(started.elapsed());
-        registry.record(&instance_id, generation, outcome);
+        let early = registry.record(&instance_id, generation, outcome);
+        next = next_poll(
+            next,
+            tokio::time::Instant::now(),
+            config.poll_interval,
+            missed && early,
+        );
     }
 }
 
 /// When to poll next, from when this poll was due (not when the task woke up for it, so late
 /// wake-ups do not add up and the rate stays at one per interval). After an answer, one interval
-/// after it was due. After a miss, the instance is suspect: probe again half an interval after,
-/// or at once if the miss took longer (a timeout), so a dead agent reaches `unhealthy_after`
-/// misses in about `interval + (n - 1) * max(interval / 2, timeout)` instead of `n` intervals.
+/// after it was due. After a miss (unless too many instances miss at once: see
+/// `registry::early_probes_allowed`), the instance is suspect: probe again half an interval
+/// after, or at once if the miss took longer (a timeout), so a dead agent reaches
+/// `unhealthy_after` misses in about `interval + (n - 1) * max(interval / 2, timeout)` instead
+/// of `n` intervals.
 fn next_poll(
     due: tokio::time::Instant,
     now: tokio::time::Instant,
     interval: Duration,
-    missed: bool,
+    probe_early: bool,
 ) -> tokio::time::Instant {
-    if missed {
+    if probe_early {
         (due + interval / 2).max(now)
     } else {
         (due + interval).max(now)

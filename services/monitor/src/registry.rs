@@ -3,7 +3,7 @@
 //! registry turns poll outcomes into health and publishes the fleet view.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -87,6 +87,18 @@ impl LatencyHistogram {
     }
 }
 
+/// Whether instances whose poll missed may be probed again early, with `missing` of
+/// `registered` instances in that state. A few missing instances are probably dead agents, and
+/// probing them sooner is what makes noticing fast. Many at once more likely mean the monitor
+/// itself, or its network, is overloaded: probing them more often would add to the load that made
+/// them miss, so they keep the normal interval (noticing takes one interval more).
+pub(crate) fn early_probes_allowed(missing: usize, registered: usize) -> bool {
+    missing <= EARLY_PROBE_FLOOR.max(registered / 10)
+}
+
+/// Up to this many missing instances are always probed early, however small the fleet.
+const EARLY_PROBE_FLOOR: usize = 8;
+
 /// The registry shared by the gRPC service, the poll tasks and the publisher.
 #[derive(Debug)]
 pub struct Registry {
@@ -95,6 +107,8 @@ pub struct Registry {
     /// Sorted by instance id, as the fleet view lists them.
     entries: Mutex<BTreeMap<String, Entry>>,
     generations: AtomicU64,
+    /// How many instances' last poll missed (changed only under the `entries` lock).
+    missing: AtomicUsize,
     /// Bumped on every change, so the publisher republishes only when something happened.
     changes: AtomicU64,
     view: watch::Sender<Arc<FleetView>>,
@@ -112,6 +126,7 @@ impl Registry {
             credentials,
             entries: Mutex::new(BTreeMap::new()),
             generations: AtomicU64::new(0),
+            missing: AtomicUsize::new(0),
             changes: AtomicU64::new(0),
             view,
             poll_latency: LatencyHistogram::default(),
@@ -188,6 +203,9 @@ impl Registry {
             .lock()
             .remove(instance_id)
             .ok_or_else(|| NotRegistered(instance_id.to_string()))?;
+        if entry.view.consecutive_misses > 0 {
+            self.missing.fetch_sub(1, Ordering::Relaxed);
+        }
         entry.poller.abort();
         tracing::info!(%instance_id, "instance deregistered");
         self.changed();
@@ -195,16 +213,20 @@ impl Registry {
     }
 
     /// Applies one poll's outcome, unless it comes from a poll task that has been replaced.
-    pub(crate) fn record(&self, instance_id: &str, generation: u64, outcome: PollOutcome) {
+    /// Returns whether an instance whose poll missed may be probed again early (see
+    /// `early_probes_allowed`).
+    pub(crate) fn record(&self, instance_id: &str, generation: u64, outcome: PollOutcome) -> bool {
         let mut entries = self.lock();
+        let registered = entries.len();
         let Some(entry) = entries.get_mut(instance_id) else {
-            return;
+            return false;
         };
         if entry.generation != generation {
-            return;
+            return false;
         }
         let view = Arc::make_mut(&mut entry.view);
         let before = view.health;
+        let was_missing = view.consecutive_misses > 0;
         match outcome {
             PollOutcome::Answered { load } => {
                 view.health = Health::Healthy;
@@ -237,8 +259,14 @@ impl Registry {
                 "health changed"
             );
         }
+        let missing = match (was_missing, view.consecutive_misses > 0) {
+            (false, true) => self.missing.fetch_add(1, Ordering::Relaxed) + 1,
+            (true, false) => self.missing.fetch_sub(1, Ordering::Relaxed) - 1,
+            _ => self.missing.load(Ordering::Relaxed),
+        };
         drop(entries);
         self.changed();
+        early_probes_allowed(missing, registered)
     }
 
     fn changed(&self) {
@@ -299,5 +327,24 @@ impl Registry {
         for entry in self.lock().values() {
             entry.poller.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::early_probes_allowed;
+
+    #[test]
+    fn a_few_missing_instances_are_probed_early_a_mass_of_them_is_not() {
+        // A small fleet: any missing instance is probed early, even all of them.
+        assert!(early_probes_allowed(1, 2));
+        assert!(early_probes_allowed(5, 5));
+        assert!(early_probes_allowed(8, 8));
+        // A large fleet: up to a tenth of it.
+        assert!(early_probes_allowed(1_000, 10_000));
+        assert!(!early_probes_allowed(1_001, 10_000));
+        assert!(!early_probes_allowed(4_411, 10_000));
+        // Past the floor in a fleet too small for a tenth to reach it.
+        assert!(!early_probes_allowed(9, 50));
     }
 }

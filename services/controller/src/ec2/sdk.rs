@@ -1,0 +1,379 @@
+//! The EC2 provider itself, on the AWS SDK (see `ec2.rs`, which holds its configuration).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
+    ResourceType, Tag, TagSpecification, VolumeType,
+};
+
+use super::{Ec2Config, GROUP_TAG, ROLE_TAG};
+use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState};
+
+/// Turns an SDK failure into a `CloudError` of the right kind, keeping the SDK's whole message.
+pub fn classify<E, R>(error: SdkError<E, R>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    let status = error.raw_response().map(|_| ());
+    let kind = match &error {
+        SdkError::TimeoutError(_) => CloudErrorKind::Timeout,
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => CloudErrorKind::Unavailable,
+        _ => match error.code() {
+            Some("RequestLimitExceeded" | "Throttling" | "ThrottlingException") => {
+                CloudErrorKind::Throttled
+            }
+            Some("InsufficientInstanceCapacity") => CloudErrorKind::InsufficientCapacity,
+            Some(code) if code.starts_with("InvalidInstanceID") => CloudErrorKind::NotFound,
+            Some("InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable") => {
+                CloudErrorKind::Unavailable
+            }
+            _ if status.is_some() && error.code().is_none() => CloudErrorKind::Unavailable,
+            _ => CloudErrorKind::Other,
+        },
+    };
+    // The service's own words when it sent some (the raw response is noise in a decision
+    // record); the whole chain for timeouts and transport failures.
+    let message = match (error.code(), error.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_string(),
+        _ => DisplayErrorContext(&error).to_string(),
+    };
+    CloudError::new(kind, message)
+}
+
+/// Instances of one group on EC2.
+#[derive(Debug)]
+pub struct Ec2Cloud {
+    client: aws_sdk_ec2::Client,
+    group: String,
+    config: Ec2Config,
+    launches: AtomicU64,
+    /// ClientTokens of launches whose outcome is unknown (a timeout or a lost response): the
+    /// next launch reuses one, so that if the first took effect EC2 returns that instance
+    /// instead of launching a second.
+    uncertain: std::sync::Mutex<Vec<String>>,
+}
+
+impl Ec2Cloud {
+    /// Resolves what the config leaves out (AMI, security group, subnets) and checks it exists.
+    pub async fn open(
+        sdk: &aws_config::SdkConfig,
+        group: &str,
+        mut config: Ec2Config,
+    ) -> Result<Ec2Cloud, CloudError> {
+        let client = aws_sdk_ec2::Client::new(sdk);
+        if config.ami_id.is_empty() {
+            let parameters = autoscaler_aws::Parameters::new(sdk);
+            let name = autoscaler_aws::GroupParameters::new(group).ami();
+            config.ami_id = parameters.get(&name).await.map_err(|error| {
+                CloudError::new(
+                    CloudErrorKind::Other,
+                    format!("no AMI configured and {error}: run `cargo xtask bake-ami` first"),
+                )
+            })?;
+        }
+        if config.security_group_ids.is_empty() {
+            let name = format!("autoscaler-{group}");
+            let groups = client
+                .describe_security_groups()
+                .filters(Filter::builder().name("group-name").values(&name).build())
+                .send()
+                .await
+                .map_err(classify)?;
+            config.security_group_ids = groups
+                .security_groups()
+                .iter()
+                .filter_map(|g| g.group_id().map(str::to_string))
+                .collect();
+            if config.security_group_ids.is_empty() {
+                return Err(CloudError::new(
+                    CloudErrorKind::Other,
+                    format!("security group {name} not found: run `cargo xtask bootstrap` first"),
+                ));
+            }
+        }
+        if config.subnet_ids.is_empty() {
+            let subnets = client
+                .describe_subnets()
+                .filters(
+                    Filter::builder()
+                        .name("default-for-az")
+                        .values("true")
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(classify)?;
+            config.subnet_ids = subnets
+                .subnets()
+                .iter()
+                .filter_map(|s| s.subnet_id().map(str::to_string))
+                .collect();
+            config.subnet_ids.sort();
+            if config.subnet_ids.is_empty() {
+                return Err(CloudError::new(
+                    CloudErrorKind::Other,
+                    "no default subnets (no default VPC?): set provider.subnet_ids",
+                ));
+            }
+        }
+        Ok(Ec2Cloud {
+            client,
+            group: group.to_string(),
+            config,
+            launches: AtomicU64::new(0),
+            uncertain: std::sync::Mutex::default(),
+        })
+    }
+
+    pub fn config(&self) -> &Ec2Config {
+        &self.config
+    }
+
+    /// The group's instances in `role`, not terminated, with their subnet.
+    async fn describe(
+        &self,
+        role: &str,
+        ids: &[String],
+    ) -> Result<Vec<(CloudInstance, String)>, CloudError> {
+        let mut request = self
+            .client
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{GROUP_TAG}"))
+                    .values(&self.group)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{ROLE_TAG}"))
+                    .values(role)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .set_values(Some(
+                        ["pending", "running", "stopping", "stopped"]
+                            .map(String::from)
+                            .to_vec(),
+                    ))
+                    .build(),
+            );
+        if !ids.is_empty() {
+            request = request.set_instance_ids(Some(ids.to_vec()));
+        }
+        let mut found = Vec::new();
+        let mut pages = request.into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(classify)?;
+            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
+                let Some(instance_id) = instance.instance_id() else {
+                    continue;
+                };
+                let state = match instance.state().and_then(|s| s.name()) {
+                    Some(InstanceStateName::Pending) => InstanceState::Pending,
+                    Some(InstanceStateName::Running) => InstanceState::Running,
+                    _ => InstanceState::Stopped,
+                };
+                let launched_at = instance
+                    .launch_time()
+                    .and_then(|t| SystemTime::try_from(*t).ok())
+                    .unwrap_or(UNIX_EPOCH);
+                let zone = instance
+                    .placement()
+                    .and_then(|p| p.availability_zone())
+                    .unwrap_or("")
+                    .to_string();
+                found.push((
+                    CloudInstance {
+                        instance_id: instance_id.to_string(),
+                        state,
+                        launched_at,
+                        zone,
+                    },
+                    instance.subnet_id().unwrap_or("").to_string(),
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Launches one instance in `role` from `image_id` in `subnet_id`; returns its id.
+    pub async fn run_instance(
+        &self,
+        role: &str,
+        image_id: &str,
+        subnet_id: &str,
+        user_data: Option<String>,
+    ) -> Result<String, CloudError> {
+        let reused = self
+            .uncertain
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let client_token = reused.unwrap_or_else(|| {
+            let launch = self.launches.fetch_add(1, Ordering::Relaxed);
+            let stamp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            format!("{}-{role}-{stamp}-{launch}", self.group)
+        });
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .tags(
+                Tag::builder()
+                    .key("Name")
+                    .value(format!("autoscaler-{}-{role}", self.group))
+                    .build(),
+            )
+            .tags(Tag::builder().key(GROUP_TAG).value(&self.group).build())
+            .tags(Tag::builder().key(ROLE_TAG).value(role).build())
+            .build();
+        let mut request = self
+            .client
+            .run_instances()
+            .image_id(image_id)
+            .instance_type(InstanceType::from(self.config.instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(subnet_id)
+            .set_security_group_ids(Some(self.config.security_group_ids.clone()))
+            .client_token(&client_token)
+            .tag_specifications(tags)
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::Required)
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .build(),
+            )
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(&self.config.root_device_name)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_type(VolumeType::Gp3)
+                            .volume_size(self.config.root_volume_gib)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            );
+        if !self.config.key_name.is_empty() {
+            request = request.key_name(&self.config.key_name);
+        }
+        if !self.config.instance_profile.is_empty() {
+            request = request.iam_instance_profile(
+                IamInstanceProfileSpecification::builder()
+                    .name(&self.config.instance_profile)
+                    .build(),
+            );
+        }
+        if let Some(user_data) = user_data {
+            request = request.user_data(user_data);
+        }
+        let output = request
+            .send()
+            .await
+            .map_err(classify)
+            .inspect_err(|error| {
+                if matches!(
+                    error.kind,
+                    CloudErrorKind::Timeout | CloudErrorKind::Unavailable
+                ) {
+                    self.uncertain
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(client_token.clone());
+                }
+            })?;
+        output
+            .instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                CloudError::new(CloudErrorKind::Other, "RunInstances returned no instance")
+            })
+    }
+
+    /// The subnet with the fewest of the group's instances, to spread them over zones.
+    fn emptiest_subnet(&self, counts: &BTreeMap<String, usize>) -> String {
+        self.config
+            .subnet_ids
+            .iter()
+            .min_by_key(|subnet| counts.get(*subnet).copied().unwrap_or(0))
+            .cloned()
+            .expect("open() guarantees at least one subnet")
+    }
+}
+
+impl Cloud for Ec2Cloud {
+    async fn list(&self) -> Result<Vec<CloudInstance>, CloudError> {
+        Ok(self
+            .describe("agent", &[])
+            .await?
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect())
+    }
+
+    async fn launch(&self, count: u32) -> Result<Vec<String>, CloudError> {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, subnet) in self.describe("agent", &[]).await? {
+            *counts.entry(subnet).or_default() += 1;
+        }
+        let mut launched = Vec::new();
+        for _ in 0..count {
+            let subnet = self.emptiest_subnet(&counts);
+            match self
+                .run_instance("agent", &self.config.ami_id, &subnet, None)
+                .await
+            {
+                Ok(instance_id) => {
+                    tracing::info!(%instance_id, %subnet, "instance launched");
+                    *counts.entry(subnet).or_default() += 1;
+                    launched.push(instance_id);
+                }
+                Err(error) if launched.is_empty() => return Err(error),
+                Err(error) => {
+                    tracing::warn!(%error, launched = launched.len(), "a launch failed after others succeeded");
+                    break;
+                }
+            }
+        }
+        Ok(launched)
+    }
+
+    async fn terminate(&self, instance_ids: &[String]) -> Result<(), CloudError> {
+        if instance_ids.is_empty() {
+            return Ok(());
+        }
+        let ours: Vec<String> = self
+            .describe("agent", instance_ids)
+            .await?
+            .into_iter()
+            .map(|(i, _)| i.instance_id)
+            .collect();
+        if let Some(stranger) = instance_ids.iter().find(|id| !ours.contains(id)) {
+            return Err(CloudError::new(
+                CloudErrorKind::NotFound,
+                format!("{stranger} is not a live instance of group {}", self.group),
+            ));
+        }
+        self.client
+            .terminate_instances()
+            .set_instance_ids(Some(instance_ids.to_vec()))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
