@@ -94,7 +94,7 @@ impl GroupParameters {
     }
 
     /// The group CA's certificate (public, but a SecureString like the rest), made by `up`
-    /// (`xtask/src/aws.rs`).
+    /// (`xtask/aws/src/aws.rs`).
     pub fn tls_ca(&self) -> String {
         self.name("tls/ca")
     }
