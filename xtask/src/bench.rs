@@ -238,10 +238,12 @@ impl Bench {
         let _ = writeln!(
             report,
             "\nHow noticing is bounded: a poll that misses makes the instance suspect, and a suspect \
-             instance is probed again half an interval after its missed poll began (at once after a \
-             timeout), so the third miss lands within about one interval plus two times \
+             instance is probed again half an interval after its missed poll was due (at once after \
+             a timeout), so the third miss lands within about one interval plus two times \
              max(interval / 2, poll timeout) of an agent stopping: 1 + 2 x 0.5 = 2 s, plus the poll \
-             timeout of 0.5 s, at the defaults.{}",
+             timeout of 0.5 s, at the defaults. (Only while at most a tenth of the fleet, or 8 \
+             instances, is missing at once: more than that is likelier the monitor's own overload, \
+             and those keep the normal interval.){}",
             if value("notice-unhealthy-p99") > 3.0 {
                 " This run missed the goal anyway: look for a loaded machine (the false-alarm rows)."
             } else {
