@@ -107,7 +107,8 @@ pub struct Registry {
     /// Sorted by instance id, as the fleet view lists them.
     entries: Mutex<BTreeMap<String, Entry>>,
     generations: AtomicU64,
-    /// How many instances' last poll missed (changed only under the `entries` lock).
+    /// How many instances' last poll missed: raised and lowered with their
+    /// `consecutive_misses` leaving and returning to 0, and when a missing instance leaves.
     missing: AtomicUsize,
     /// Bumped on every change, so the publisher republishes only when something happened.
     changes: AtomicU64,
