@@ -91,6 +91,10 @@ impl Registrar {
             .locate()
             .await
             .map_err(|error| error.to_string())?;
+        // Remember the monitor before the call, not after the answer: the monitor starts polling
+        // as soon as it has the registration, so a stop that comes before this task reads the
+        // answer must still deregister (a monitor that never had us answers NOT_FOUND).
+        *self.last_endpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint.clone());
         let attempt = async {
             let mut client = self.client(&endpoint).await?;
             client
@@ -128,7 +132,6 @@ impl Registrar {
                         "registered with the monitor"
                     );
                     self.state.mark_activity();
-                    *self.last_endpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(endpoint);
                     return;
                 }
                 Err(error) => {
@@ -169,7 +172,8 @@ impl Registrar {
         }
     }
 
-    /// Leaves the registry of the monitor we last registered with. Bounded by the RPC timeout.
+    /// Leaves the registry of the monitor we last registered (or tried to register) with.
+    /// Bounded by the RPC timeout.
     pub async fn deregister(&self) -> Result<(), String> {
         let endpoint = self
             .last_endpoint
