@@ -108,7 +108,8 @@ fn next_poll(
     }
 }
 
-/// One poll: one Ping (a heartbeat that carries the current metrics) within `timeout`.
+/// One poll: one Ping (a heartbeat that carries the current metrics) within `timeout`; an agent
+/// too old to put metrics in its answer is asked for them with GetMetrics, in the same time.
 pub(crate) async fn poll_once(
     client: &mut Client,
     instance_id: &str,
@@ -116,12 +117,13 @@ pub(crate) async fn poll_once(
     timeout: Duration,
 ) -> PollOutcome {
     let missed = |reason: String| PollOutcome::Missed { reason };
-    let ping = match tokio::time::timeout(timeout, client.ping(v1::PingRequest { sequence })).await
-    {
-        Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) => return missed(describe(&status)),
-        Err(_) => return missed(format!("no answer within {timeout:?}")),
-    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let ping =
+        match tokio::time::timeout_at(deadline, client.ping(v1::PingRequest { sequence })).await {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => return missed(describe(&status)),
+            Err(_) => return missed(format!("no answer within {timeout:?}")),
+        };
     if ping.instance_id != instance_id {
         return missed(format!(
             "the agent at this address answers as {:?}, not {instance_id:?}",
@@ -134,11 +136,24 @@ pub(crate) async fn poll_once(
             ping.sequence
         ));
     }
-    let Some(load) = ping.metrics.map(|metrics| metrics.load_percent) else {
-        return missed(
-            "Ping answered without metrics (an agent older than the monitor?)".to_string(),
-        );
+    let metrics = match ping.metrics {
+        Some(metrics) => metrics,
+        // An agent older than Ping's metrics field: ask for them as monitors once did, within
+        // what is left of the same deadline.
+        None => {
+            match tokio::time::timeout_at(deadline, client.get_metrics(v1::GetMetricsRequest {}))
+                .await
+            {
+                Ok(Ok(response)) => match response.into_inner().metrics {
+                    Some(metrics) => metrics,
+                    None => return missed("GetMetrics answered without metrics".to_string()),
+                },
+                Ok(Err(status)) => return missed(format!("GetMetrics: {}", describe(&status))),
+                Err(_) => return missed(format!("no metrics within {timeout:?}")),
+            }
+        }
     };
+    let load = metrics.load_percent;
     if !(0.0..=100.0).contains(&load) {
         return missed(format!("load {load} is outside 0-100"));
     }

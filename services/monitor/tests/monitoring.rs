@@ -474,6 +474,8 @@ mod fake_agent {
     pub struct FakeAgent {
         pub instance_id: String,
         pub load: Arc<Mutex<f64>>,
+        /// Answer Ping as agents did before it carried the metrics.
+        pub old: bool,
     }
 
     #[tonic::async_trait]
@@ -487,7 +489,7 @@ mod fake_agent {
                 agent_version: "fake".into(),
                 uptime_ms: 1,
                 sequence: request.into_inner().sequence,
-                metrics: Some(v1::Metrics {
+                metrics: (!self.old).then(|| v1::Metrics {
                     load_percent: *self.load.lock().unwrap(),
                     ..Default::default()
                 }),
@@ -553,6 +555,7 @@ async fn a_load_outside_0_to_100_is_a_miss_and_keeps_the_last_good_load() {
     let address = fake_agent::serve(fake_agent::FakeAgent {
         instance_id: "fake-1".into(),
         load: load.clone(),
+        old: false,
     })
     .await;
     monitor
@@ -595,6 +598,43 @@ async fn a_load_outside_0_to_100_is_a_miss_and_keeps_the_last_good_load() {
                 .is_some_and(|i| i.health == Health::Healthy && i.load == Some(60.0))
         })
         .await;
+    monitor.stop().await;
+}
+
+#[tokio::test]
+async fn an_agent_older_than_pings_metrics_is_read_through_get_metrics() {
+    let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(100))).await;
+    let load = std::sync::Arc::new(std::sync::Mutex::new(35.0));
+    let address = fake_agent::serve(fake_agent::FakeAgent {
+        instance_id: "old-1".into(),
+        load: load.clone(),
+        old: true,
+    })
+    .await;
+    monitor
+        .monitor_client(Some(TOKEN))
+        .register(v1::RegisterRequest {
+            instance_id: "old-1".into(),
+            address: address.to_string(),
+            agent_version: "0.0.1".into(),
+        })
+        .await
+        .unwrap();
+    monitor
+        .wait_until("old-1 healthy at 35", Duration::from_secs(10), |view| {
+            view.get("old-1")
+                .is_some_and(|i| i.health == Health::Healthy && i.load == Some(35.0))
+        })
+        .await;
+    *load.lock().unwrap() = 72.5;
+    let view = monitor
+        .wait_until("old-1 at 72.5", Duration::from_secs(10), |view| {
+            view.get("old-1").is_some_and(|i| i.load == Some(72.5))
+        })
+        .await;
+    let instance = view.get("old-1").unwrap();
+    assert_eq!(instance.health, Health::Healthy, "{instance:?}");
+    assert_eq!(instance.last_error, None, "{instance:?}");
     monitor.stop().await;
 }
 
