@@ -144,36 +144,12 @@ impl Credentials {
         peer: crate::tls::Role,
         timeout: std::time::Duration,
     ) -> Result<tonic::transport::Channel, String> {
-        self.channel_with(address, peer, timeout, Some(timeout))
-    }
-
-    /// Like `channel`, but only connecting is bounded (by `connect_timeout`): the caller bounds
-    /// each call itself. The poller does, so a poll arms one timer instead of two.
-    pub fn channel_caller_bounded(
-        &self,
-        address: &str,
-        peer: crate::tls::Role,
-        connect_timeout: std::time::Duration,
-    ) -> Result<tonic::transport::Channel, String> {
-        self.channel_with(address, peer, connect_timeout, None)
-    }
-
-    fn channel_with(
-        &self,
-        address: &str,
-        peer: crate::tls::Role,
-        connect_timeout: std::time::Duration,
-        call_timeout: Option<std::time::Duration>,
-    ) -> Result<tonic::transport::Channel, String> {
         let endpoint = self
             .transport
-            .endpoint(address, peer, connect_timeout)
+            .endpoint(address, peer, timeout)
             .map_err(|error| format!("bad address {address:?}: {error}"))?
-            .tcp_nodelay(true);
-        let endpoint = match call_timeout {
-            Some(timeout) => endpoint.timeout(timeout),
-            None => endpoint,
-        };
+            .tcp_nodelay(true)
+            .timeout(timeout);
         Ok(endpoint.connect_lazy())
     }
 

@@ -82,6 +82,8 @@ pub enum TlsError {
     },
     #[error("{what}: the certificate cannot be parsed: {reason}")]
     BadCertificate { what: String, reason: String },
+    #[error("the TLS client settings cannot be made: {0}")]
+    ClientConfig(String),
     #[error("issuing a certificate: {0}")]
     Issue(String),
 }
@@ -170,6 +172,35 @@ impl TlsMaterial {
     /// The group's CA certificate (public).
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The rustls client settings tonic's clients are made with (the group's CA as the only
+    /// root, this process's certificate as its client identity, HTTP/2 by ALPN), for a caller
+    /// that speaks HTTP/2 itself: the monitor's poller. Make it once and share it: it holds the
+    /// TLS session cache.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let fail = |reason: String| TlsError::ClientConfig(reason);
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| fail(format!("the CA certificate: {e}")))?)
+                .map_err(|e| fail(format!("the CA certificate: {e}")))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("the certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| fail(format!("the private key: {e}")))?;
+        let mut config = rustls::ClientConfig::builder_with_provider(
+            rustls::crypto::ring::default_provider().into(),
+        )
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| fail(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
     }
 
     fn identity(&self) -> Identity {

@@ -12,6 +12,7 @@ mod poller;
 pub mod registry;
 pub mod service;
 pub mod status;
+mod unary;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ use crate::status::StatusService;
 pub enum MonitorError {
     #[error(transparent)]
     Config(#[from] MonitorConfigError),
+    #[error(transparent)]
+    Tls(#[from] autoscaler_proto::tls::TlsError),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
@@ -55,7 +58,7 @@ impl Monitor {
     /// Checks the config and starts publishing. Must be called inside a Tokio runtime.
     pub fn start(config: MonitorConfig, credentials: Credentials) -> Result<Monitor, MonitorError> {
         config.validate()?;
-        let registry = Registry::new(config, credentials);
+        let registry = Registry::new(config, credentials)?;
         let publisher = tokio::spawn(registry.clone().publish_forever());
         Ok(Monitor {
             registry,

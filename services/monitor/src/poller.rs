@@ -1,6 +1,6 @@
 //! The poll task of one instance: tells the agent which monitor watches it, then every poll
 //! interval pings it (one RPC: the answer carries the metrics) under a deadline, over a
-//! connection kept open between polls; a suspect instance is probed again sooner.
+//! connection kept open between polls (`unary`); a suspect instance is probed again sooner.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -13,11 +13,16 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::registry::{PollOutcome, Registry};
+use crate::unary::{AgentConnection, CallError};
+
+const PING: &str = "/autoscaler.v1.Agent/Ping";
+const GET_METRICS: &str = "/autoscaler.v1.Agent/GetMetrics";
+const ATTACH_MONITOR: &str = "/autoscaler.v1.Agent/AttachMonitor";
 
 pub(crate) type Client = AgentClient<InterceptedService<Channel, AttachToken>>;
 
-/// A client for the agent at `address` (`host:port`); it connects on first use and reconnects
-/// by itself after a failure.
+/// A tonic client for the agent at `address` (`host:port`), for the calls made once (the poll
+/// loop has its own, leaner connection); it connects on first use.
 pub(crate) fn agent_client(
     address: &str,
     timeout: Duration,
@@ -33,19 +38,14 @@ pub(crate) async fn poll_forever(
     address: String,
     generation: u64,
 ) {
-    let Some((config, client)) = registry.upgrade().map(|registry| {
-        let config = registry.config().clone();
-        // Every call below is bounded here, so the channel adds no timer of its own.
-        let client = registry
-            .credentials()
-            .channel_caller_bounded(&address, Role::Agent, config.poll_timeout)
-            .map(|channel| AgentClient::with_interceptor(channel, registry.credentials().attach()));
-        (config, client)
+    let Some((config, agent)) = registry.upgrade().map(|registry| {
+        let agent = AgentConnection::new(registry.connector().clone(), &address);
+        (registry.config().clone(), agent)
     }) else {
         return;
     };
-    let mut client = match client {
-        Ok(client) => client,
+    let mut agent = match agent {
+        Ok(agent) => agent,
         Err(reason) => {
             if let Some(registry) = registry.upgrade() {
                 registry.record(&instance_id, generation, PollOutcome::Missed { reason });
@@ -54,25 +54,29 @@ pub(crate) async fn poll_forever(
         }
     };
 
-    let attach = client.attach_monitor(v1::AttachMonitorRequest {
+    let attach = v1::AttachMonitorRequest {
         monitor_id: config.monitor_id.clone(),
         poll_interval_ms: config.poll_interval.as_millis() as u64,
-    });
-    match tokio::time::timeout(config.poll_timeout, attach).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(status)) => {
-            tracing::warn!(%instance_id, code = ?status.code(), message = status.message(), "agent refused AttachMonitor")
+    };
+    let deadline = tokio::time::Instant::now() + config.poll_timeout;
+    match agent
+        .call::<_, v1::AttachMonitorResponse>(ATTACH_MONITOR, &attach, deadline)
+        .await
+    {
+        Ok(_) => {}
+        Err(CallError::Failed(reason)) => {
+            tracing::warn!(%instance_id, reason, "agent refused AttachMonitor")
         }
-        Err(_) => tracing::warn!(%instance_id, "AttachMonitor timed out"),
+        Err(CallError::TimedOut) => tracing::warn!(%instance_id, "AttachMonitor timed out"),
     }
 
     let mut next = tokio::time::Instant::now();
     let mut sequence = 0u64;
     loop {
-        tokio::time::sleep_until(next).await;
+        agent.idle_until(next).await;
         sequence += 1;
         let started = tokio::time::Instant::now();
-        let outcome = poll_once(&mut client, &instance_id, sequence, config.poll_timeout).await;
+        let outcome = poll_once(&mut agent, &instance_id, sequence, config.poll_timeout).await;
         let missed = matches!(outcome, PollOutcome::Missed { .. });
         let Some(registry) = registry.upgrade() else {
             return;
@@ -111,19 +115,24 @@ fn next_poll(
 /// One poll: one Ping (a heartbeat that carries the current metrics) within `timeout`; an agent
 /// too old to put metrics in its answer is asked for them with GetMetrics, in the same time.
 pub(crate) async fn poll_once(
-    client: &mut Client,
+    agent: &mut AgentConnection,
     instance_id: &str,
     sequence: u64,
     timeout: Duration,
 ) -> PollOutcome {
     let missed = |reason: String| PollOutcome::Missed { reason };
+    let no_answer = |error: CallError, what: &str| match error {
+        CallError::Failed(reason) => missed(format!("{what}{reason}")),
+        CallError::TimedOut => missed(format!("no answer within {timeout:?}")),
+    };
     let deadline = tokio::time::Instant::now() + timeout;
-    let ping =
-        match tokio::time::timeout_at(deadline, client.ping(v1::PingRequest { sequence })).await {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return missed(describe(&status)),
-            Err(_) => return missed(format!("no answer within {timeout:?}")),
-        };
+    let ping: v1::PingResponse = match agent
+        .call(PING, &v1::PingRequest { sequence }, deadline)
+        .await
+    {
+        Ok(ping) => ping,
+        Err(error) => return no_answer(error, ""),
+    };
     if ping.instance_id != instance_id {
         return missed(format!(
             "the agent at this address answers as {:?}, not {instance_id:?}",
@@ -140,32 +149,22 @@ pub(crate) async fn poll_once(
         Some(metrics) => metrics,
         // An agent older than Ping's metrics field: ask for them as monitors once did, within
         // what is left of the same deadline.
-        None => {
-            match tokio::time::timeout_at(deadline, client.get_metrics(v1::GetMetricsRequest {}))
-                .await
-            {
-                Ok(Ok(response)) => match response.into_inner().metrics {
-                    Some(metrics) => metrics,
-                    None => return missed("GetMetrics answered without metrics".to_string()),
-                },
-                Ok(Err(status)) => return missed(format!("GetMetrics: {}", describe(&status))),
-                Err(_) => return missed(format!("no metrics within {timeout:?}")),
-            }
-        }
+        None => match agent
+            .call::<_, v1::GetMetricsResponse>(GET_METRICS, &v1::GetMetricsRequest {}, deadline)
+            .await
+        {
+            Ok(answer) => match answer.metrics {
+                Some(metrics) => metrics,
+                None => return missed("GetMetrics answered without metrics".to_string()),
+            },
+            Err(error) => return no_answer(error, "GetMetrics: "),
+        },
     };
     let load = metrics.load_percent;
     if !(0.0..=100.0).contains(&load) {
         return missed(format!("load {load} is outside 0-100"));
     }
     PollOutcome::Answered { load }
-}
-
-fn describe(status: &tonic::Status) -> String {
-    if status.message().is_empty() {
-        format!("{:?}", status.code())
-    } else {
-        format!("{:?}: {}", status.code(), status.message())
-    }
 }
 
 /// Tells every agent that this monitor stops watching it; bounded by `timeout` in all.

@@ -9,11 +9,13 @@ use std::time::Instant;
 
 use autoscaler_controller::fleet::{FleetView, Health, InstanceView};
 use autoscaler_proto::auth::Credentials;
+use autoscaler_proto::tls::{Role, TlsError};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::config::MonitorConfig;
 use crate::poller;
+use crate::unary::Connector;
 
 /// A validated registration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -104,6 +106,8 @@ const EARLY_PROBE_FLOOR: usize = 8;
 pub struct Registry {
     config: MonitorConfig,
     credentials: Credentials,
+    /// What every poll connection shares (TLS settings and session cache, the token header).
+    connector: Arc<Connector>,
     /// Sorted by instance id, as the fleet view lists them.
     entries: Mutex<BTreeMap<String, Entry>>,
     generations: AtomicU64,
@@ -117,21 +121,26 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(config: MonitorConfig, credentials: Credentials) -> Arc<Registry> {
+    pub(crate) fn new(
+        config: MonitorConfig,
+        credentials: Credentials,
+    ) -> Result<Arc<Registry>, TlsError> {
+        let connector = Arc::new(Connector::new(&credentials, Role::Agent)?);
         let (view, _) = watch::channel(Arc::new(FleetView::empty(
             Instant::now(),
             config.poll_interval,
         )));
-        Arc::new(Registry {
+        Ok(Arc::new(Registry {
             config,
             credentials,
+            connector,
             entries: Mutex::new(BTreeMap::new()),
             generations: AtomicU64::new(0),
             missing: AtomicUsize::new(0),
             changes: AtomicU64::new(0),
             view,
             poll_latency: LatencyHistogram::default(),
-        })
+        }))
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
@@ -146,6 +155,10 @@ impl Registry {
 
     pub(crate) fn credentials(&self) -> &Credentials {
         &self.credentials
+    }
+
+    pub(crate) fn connector(&self) -> &Arc<Connector> {
+        &self.connector
     }
 
     /// Adds an instance, or updates one that registers again (its history is kept), and starts

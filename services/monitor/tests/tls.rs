@@ -1,5 +1,6 @@
 //! Mutual TLS between the group's processes: strangers with another CA's certificate, plaintext
-//! callers and the wrong role are all refused and change nothing; operators steer agents only
+//! callers and the wrong role are all refused and change nothing; the monitor polls no agent that
+//! cannot prove it is one of the group's; operators steer agents only
 //! through the monitor; the local provider makes its own CA when given none.
 
 mod support;
@@ -131,6 +132,63 @@ async fn strangers_and_plaintext_callers_are_refused_and_change_nothing() {
         Health::Healthy
     );
     agent.stop().await;
+    monitor.stop().await;
+}
+
+#[tokio::test]
+async fn the_monitor_polls_only_agents_that_prove_they_are_the_groups() {
+    let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(200))).await;
+    // Each serves the agent service, but: with another CA's agent certificate; with the
+    // group's own certificate for another role (the monitor's); in plaintext.
+    let impostors = [
+        ("local-0311", strangers(Role::Agent)),
+        ("local-0312", credentials(Role::Monitor)),
+        (
+            "local-0313",
+            Credentials::new(token(), Transport::Plaintext),
+        ),
+    ];
+    let mut agents = Vec::new();
+    for (instance_id, credentials) in impostors {
+        let agent = RunningAgent::start(instance_id, monitor.address, |config| {
+            config.credentials = credentials;
+            config.load = steady_load(20.0);
+        })
+        .await;
+        // They cannot register themselves (the monitor refuses them too): the test does.
+        monitor
+            .monitor_client(Some(TOKEN))
+            .register(v1::RegisterRequest {
+                instance_id: instance_id.into(),
+                address: agent.address.to_string(),
+                agent_version: "x".into(),
+            })
+            .await
+            .unwrap();
+        agents.push(agent);
+    }
+    let view = monitor
+        .wait_until(
+            "every impostor unhealthy",
+            Duration::from_secs(20),
+            |view| {
+                ["local-0311", "local-0312", "local-0313"]
+                    .iter()
+                    .all(|id| view.get(id).is_some_and(|i| i.health == Health::Unhealthy))
+            },
+        )
+        .await;
+    for id in ["local-0311", "local-0312", "local-0313"] {
+        let instance = view.get(id).unwrap();
+        // Never answered: no load was taken from any of them.
+        assert_eq!(instance.load, None, "{instance:?}");
+        assert_eq!(instance.last_seen, None, "{instance:?}");
+        let error = instance.last_error.as_deref().unwrap_or_default();
+        assert!(error.contains("TLS handshake"), "{id}: {error}");
+    }
+    for agent in agents {
+        agent.stop().await;
+    }
     monitor.stop().await;
 }
 
