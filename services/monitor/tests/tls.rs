@@ -193,6 +193,39 @@ async fn the_monitor_polls_only_agents_that_prove_they_are_the_groups() {
 }
 
 #[tokio::test]
+async fn a_plaintext_monitor_polls_plaintext_agents_when_a_local_run_asks_for_it() {
+    let plaintext = || Credentials::new(token(), Transport::Plaintext);
+    let mut monitor = RunningMonitor::start_with_credentials(
+        "127.0.0.1:0",
+        fast_config(Duration::from_millis(200)),
+        plaintext(),
+    )
+    .await;
+    let agent = RunningAgent::start("local-0321", monitor.address, |config| {
+        config.credentials = plaintext();
+        config.load = steady_load(42.0);
+    })
+    .await;
+    monitor
+        .wait_until(
+            "local-0321 healthy at 42",
+            Duration::from_secs(10),
+            |view| {
+                view.get("local-0321")
+                    .is_some_and(|i| i.health == Health::Healthy && i.load == Some(42.0))
+            },
+        )
+        .await;
+    agent.stop().await;
+    monitor
+        .wait_until("local-0321 deregistered", Duration::from_secs(10), |view| {
+            view.get("local-0321").is_none()
+        })
+        .await;
+    monitor.stop().await;
+}
+
+#[tokio::test]
 async fn each_call_takes_only_its_roles_certificate() {
     let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(200))).await;
     let agent = RunningAgent::start("local-0302", monitor.address, |config| {
