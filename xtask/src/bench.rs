@@ -379,7 +379,7 @@ fn write_reach(report: &mut String, reach: &[Figure]) {
     );
     let _ = writeln!(
         report,
-        "\nBefore and after (N = 10,000, the same benchmark, this machine, 2026-11-28; CPU figures \
+        "\nBefore and after (N = 10,000, the same benchmark, this machine, 2026-11-28 and 2026-12-02; CPU figures \
          vary by about 15 % from run to run here, the ceiling with them, which is why the ratio is \
          taken within one run). Profiled with `perf record` on the benchmark process.\n\n\
          | step | polls/s made | not healthy | monitor CPU per poll | ceiling, caller's CPU per RPC |\n\
@@ -387,14 +387,19 @@ fn write_reach(report: &mut String, reach: &[Figure]) {
          | before: Ping and GetMetrics per poll, the whole fleet view cloned every 100 ms, glibc malloc | 7,716 | 4,825 | 148 us | 31 us |\n\
          | one RPC per poll (Ping's answer carries the metrics) | 8,864-9,244 | 1,114-2,529 | 125-132 us | 36-40 us |\n\
          | and the fleet view shares each instance's view (copy-on-write; a snapshot copies pointers), mimalloc | 9,944 | 0 | 80 us | 36 us |\n\
-         | and one timer per poll, the schedule kept from when a poll was due | 9,999-10,000 | 0 | 82-89 us | 39-46 us |\n\n\
+         | and one timer per poll, the schedule kept from when a poll was due | 9,999-10,000 | 0 | 82-89 us | 39-46 us |\n\
+         | and the poll made on HTTP/2 directly (`h2` and `tokio-rustls`, driven by the poll task: no buffer task, dispatch channel or connection task per agent) | 9,999-10,002 | 0 | 51-54 us | 33-35 us |\n\n\
          What the profile showed: a quarter of the monitor's CPU in glibc's malloc and free; a tenth \
          in `Registry::snapshot` (10,000 instances' strings and load windows cloned ten times a \
-         second); two RPCs, so two HTTP/2 streams and four TLS writes, where one would do. What \
-         is left is per-RPC work in hyper, h2, rustls and the kernel (two `writev` per request: \
-         h2 sends a new stream's headers before its body gets send capacity), each of it two to \
-         three times dearer per call than in the ceiling's loop: 10,000 connections' state is cold \
-         in the cache at every poll, 32 are not."
+         second); two RPCs, so two HTTP/2 streams and four TLS writes, where one would do; then \
+         the layers of tonic's client between the caller and the connection (tower's buffer task, \
+         hyper's dispatch channel and connection task, a body pipe task: three task wake-ups and \
+         two `writev` per request), each two to three times dearer per call than in the ceiling's \
+         loop, because 10,000 connections' state is cold in the cache at every poll and 32 are \
+         not. The monitor now makes its polls with its own small client (`services/monitor/src/\
+         unary.rs`; the ceiling still measures tonic's). What is left is spread thin: h2's stream \
+         and HPACK bookkeeping, rustls, the allocator and the kernel's socket calls, none above 4 % \
+         of the monitor's CPU."
     );
 }
 
