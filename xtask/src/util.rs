@@ -33,10 +33,30 @@ pub fn build_binaries() -> anyhow::Result<()> {
     run(cargo().args(["build", "--workspace", "--bins", "--quiet"]))
 }
 
-/// `cargo` as the one running us.
+/// `cargo` as the one running us, without what `cargo run` told us about ourselves
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...): some build scripts (ring's) rerun when those
+/// change, and with them everything above them, the AWS SDK included. Without this, a build
+/// started from `xtask` and the same build started from `xtask-aws` rebuilt each other's work
+/// (4 minutes each, on this machine).
 pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(root());
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            command.env_remove(name);
+        }
+    }
     command
 }
 
