@@ -6,6 +6,24 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+/// `command` as one would type it: the variables it sets, the program, the arguments (not the
+/// variables it removes: see `cargo`).
+fn shown(command: &Command) -> String {
+    let set = command
+        .get_envs()
+        .filter_map(|(name, value)| Some(format!("{}={}", name.display(), value?.display())));
+    let program = Path::new(command.get_program())
+        .file_name()
+        .unwrap_or(command.get_program())
+        .display()
+        .to_string();
+    let args = command.get_args().map(|arg| arg.display().to_string());
+    set.chain([program])
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The workspace root (the parent of `xtask/`).
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -16,7 +34,7 @@ pub fn root() -> PathBuf {
 
 /// Runs `command` with inherited output; an error names the command if it fails.
 pub fn run(command: &mut Command) -> anyhow::Result<()> {
-    let shown = format!("{command:?}");
+    let shown = shown(command);
     eprintln!("$ {shown}");
     let status = command
         .status()
@@ -122,4 +140,16 @@ pub fn chromium() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(chromium)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_is_shown_as_typed_without_the_variables_it_removes() {
+        let mut command = cargo();
+        command.args(["build", "--quiet"]).env("AUTOSCALER_X", "1");
+        assert_eq!(shown(&command), "AUTOSCALER_X=1 cargo build --quiet");
+    }
 }

@@ -465,6 +465,7 @@ mod fake_agent {
     //! An agent that reports whatever load the test sets, to check the monitor's side of it.
 
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use autoscaler_proto::v1;
     use autoscaler_proto::v1::agent_server::{Agent, AgentServer};
@@ -533,6 +534,40 @@ mod fake_agent {
         }
     }
 
+    /// Serves a fake agent reporting `load` (`old`: without metrics in Ping's answer), registers
+    /// it as `instance_id` and waits until the monitor has it healthy at that load; returns the
+    /// load to change.
+    pub async fn serve_healthy(
+        monitor: &mut super::RunningMonitor,
+        instance_id: &str,
+        load: f64,
+        old: bool,
+    ) -> Arc<Mutex<f64>> {
+        let shared = Arc::new(Mutex::new(load));
+        let address = serve(FakeAgent {
+            instance_id: instance_id.into(),
+            load: shared.clone(),
+            old,
+        })
+        .await;
+        monitor
+            .monitor_client(Some(super::TOKEN))
+            .register(v1::RegisterRequest {
+                instance_id: instance_id.into(),
+                address: address.to_string(),
+                agent_version: "fake".into(),
+            })
+            .await
+            .unwrap();
+        monitor
+            .wait_until("the fake agent healthy", Duration::from_secs(10), |view| {
+                view.get(instance_id)
+                    .is_some_and(|i| i.health == super::Health::Healthy && i.load == Some(load))
+            })
+            .await;
+        shared
+    }
+
     pub async fn serve(agent: FakeAgent) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -551,28 +586,7 @@ mod fake_agent {
 #[tokio::test]
 async fn a_load_outside_0_to_100_is_a_miss_and_keeps_the_last_good_load() {
     let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(100))).await;
-    let load = std::sync::Arc::new(std::sync::Mutex::new(55.0));
-    let address = fake_agent::serve(fake_agent::FakeAgent {
-        instance_id: "fake-1".into(),
-        load: load.clone(),
-        old: false,
-    })
-    .await;
-    monitor
-        .monitor_client(Some(TOKEN))
-        .register(v1::RegisterRequest {
-            instance_id: "fake-1".into(),
-            address: address.to_string(),
-            agent_version: "fake".into(),
-        })
-        .await
-        .unwrap();
-    monitor
-        .wait_until("fake-1 healthy at 55", Duration::from_secs(10), |view| {
-            view.get("fake-1")
-                .is_some_and(|i| i.health == Health::Healthy && i.load == Some(55.0))
-        })
-        .await;
+    let load = fake_agent::serve_healthy(&mut monitor, "fake-1", 55.0, false).await;
     *load.lock().unwrap() = 130.0;
     let view = monitor
         .wait_until("fake-1 unhealthy", Duration::from_secs(10), |view| {
@@ -604,28 +618,7 @@ async fn a_load_outside_0_to_100_is_a_miss_and_keeps_the_last_good_load() {
 #[tokio::test]
 async fn an_agent_older_than_pings_metrics_is_read_through_get_metrics() {
     let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(100))).await;
-    let load = std::sync::Arc::new(std::sync::Mutex::new(35.0));
-    let address = fake_agent::serve(fake_agent::FakeAgent {
-        instance_id: "old-1".into(),
-        load: load.clone(),
-        old: true,
-    })
-    .await;
-    monitor
-        .monitor_client(Some(TOKEN))
-        .register(v1::RegisterRequest {
-            instance_id: "old-1".into(),
-            address: address.to_string(),
-            agent_version: "0.0.1".into(),
-        })
-        .await
-        .unwrap();
-    monitor
-        .wait_until("old-1 healthy at 35", Duration::from_secs(10), |view| {
-            view.get("old-1")
-                .is_some_and(|i| i.health == Health::Healthy && i.load == Some(35.0))
-        })
-        .await;
+    let load = fake_agent::serve_healthy(&mut monitor, "old-1", 35.0, true).await;
     *load.lock().unwrap() = 72.5;
     let view = monitor
         .wait_until("old-1 at 72.5", Duration::from_secs(10), |view| {
