@@ -24,6 +24,9 @@ use autoscaler_proto::tls::{Role, TlsError, Transport};
 /// The largest answer accepted from an agent (tonic's default limit is 4 MiB; ours are tiny).
 const MAX_MESSAGE: usize = 64 * 1024;
 
+/// The largest header block accepted from an agent (hyper's default for HTTP/2 clients).
+const MAX_HEADERS: u32 = 16 * 1024;
+
 /// What every connection of one monitor shares: the TLS settings (and their session cache) and
 /// the token header.
 pub(crate) struct Connector {
@@ -216,6 +219,8 @@ impl AgentConnection {
         };
         let (send, connection) = h2::client::Builder::new()
             .enable_push(false)
+            // As hyper's client (tonic's) bounds an agent's answer headers.
+            .max_header_list_size(MAX_HEADERS)
             .handshake(io)
             .await
             .map_err(|e| fail("HTTP/2 handshake with", &e))?;

@@ -631,6 +631,38 @@ async fn an_agent_older_than_pings_metrics_is_read_through_get_metrics() {
     monitor.stop().await;
 }
 
+#[tokio::test]
+async fn an_oversized_answer_is_a_miss_and_is_not_kept() {
+    let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(100))).await;
+    // An agent whose every answer is 100 KB (its instance id), over the 64 KiB the monitor takes.
+    let address = fake_agent::serve(fake_agent::FakeAgent {
+        instance_id: "x".repeat(100_000),
+        load: std::sync::Arc::new(std::sync::Mutex::new(10.0)),
+        old: false,
+    })
+    .await;
+    monitor
+        .monitor_client(Some(TOKEN))
+        .register(v1::RegisterRequest {
+            instance_id: "big-1".into(),
+            address: address.to_string(),
+            agent_version: "fake".into(),
+        })
+        .await
+        .unwrap();
+    let view = monitor
+        .wait_until("big-1 unhealthy", Duration::from_secs(10), |view| {
+            view.get("big-1")
+                .is_some_and(|i| i.health == Health::Unhealthy)
+        })
+        .await;
+    let instance = view.get("big-1").unwrap();
+    assert_eq!(instance.load, None, "{instance:?}");
+    let error = instance.last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("larger than 65536 bytes"), "{error}");
+    monitor.stop().await;
+}
+
 /// A TCP relay that can be cut (every connection dropped, new ones refused) and restored on the
 /// same port: a network partition between the monitor and one agent.
 struct Relay {
