@@ -149,13 +149,12 @@ impl AgentConnection {
         path: &'static str,
         request: &Q,
     ) -> Result<R, Failure> {
-        if self.live.is_none() {
-            self.live = Some(self.connect().await?);
-        }
         let http_request = self.http_request(path)?;
-        let Some(Live { send, connection }) = &mut self.live else {
-            unreachable!("connected above")
+        let live = match self.live.take() {
+            Some(live) => live,
+            None => self.connect().await?,
         };
+        let Live { send, connection } = self.live.insert(live);
         let body = frame(request);
         let exchange = async move {
             poll_fn(|cx| send.poll_ready(cx))
