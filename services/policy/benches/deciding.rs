@@ -21,6 +21,7 @@ fn fleet(size: usize) -> Observation {
                 health: Some(Health::Healthy),
                 load: Some(40.0 + (i % 20) as f64),
                 has_reported: true,
+                state_reason: None,
             })
             .collect(),
         controller_uptime: Duration::from_secs(86_400),

@@ -24,8 +24,15 @@ pub struct ControllerConfig {
     /// after this many seconds, whichever comes first.
     pub warmup_secs: u64,
     /// An instance that has not registered this many seconds after its launch (or after the
-    /// controller started, if later) is replaced.
+    /// controller started, if later) is replaced. The default, 300 s, is EC2 Auto Scaling's
+    /// health check grace: a t2.micro boots and starts its agent well within it.
     pub registration_grace_secs: u64,
+    /// After a failed launch (an instance that exits or is replaced before it ever reported, or
+    /// a launch the provider refused), no launch for this many seconds; the pause doubles with
+    /// every further failure in a row, up to `launch_backoff_max_secs`.
+    pub launch_backoff_secs: u64,
+    /// The longest pause between failing launches.
+    pub launch_backoff_max_secs: u64,
     /// After a scale-out, no further scale-out for this many seconds.
     pub scale_out_cooldown_secs: u64,
     /// After any scaling, no scale-in for this many seconds.
@@ -65,7 +72,9 @@ impl Default for ControllerConfig {
             instance_limit: DEFAULT_INSTANCE_LIMIT,
             evaluation_interval_ms: 1_000,
             warmup_secs: 60,
-            registration_grace_secs: 120,
+            registration_grace_secs: 300,
+            launch_backoff_secs: 10,
+            launch_backoff_max_secs: 300,
             scale_out_cooldown_secs: 60,
             scale_in_cooldown_secs: 120,
             termination_policy: TerminationPolicy::Oldest,
@@ -285,6 +294,8 @@ impl ControllerConfig {
             ("registration_grace_secs", self.registration_grace_secs),
             ("scale_out_cooldown_secs", self.scale_out_cooldown_secs),
             ("scale_in_cooldown_secs", self.scale_in_cooldown_secs),
+            ("launch_backoff_secs", self.launch_backoff_secs),
+            ("launch_backoff_max_secs", self.launch_backoff_max_secs),
         ] {
             if secs > 86_400 {
                 return fail(
@@ -292,6 +303,21 @@ impl ControllerConfig {
                     format!("is {secs}; it must be at most 86400 (a day)"),
                 );
             }
+        }
+        if self.launch_backoff_secs == 0 {
+            return fail(
+                "launch_backoff_secs",
+                "is 0; it must be at least 1 (a failing launch is never retried at once)",
+            );
+        }
+        if self.launch_backoff_max_secs < self.launch_backoff_secs {
+            return fail(
+                "launch_backoff_max_secs",
+                format!(
+                    "is {}, below launch_backoff_secs = {}",
+                    self.launch_backoff_max_secs, self.launch_backoff_secs
+                ),
+            );
         }
         match &self.policy {
             PolicyConfig::TargetTracking { target, tolerance } => {
@@ -365,6 +391,16 @@ impl ControllerConfig {
 
     pub fn registration_grace(&self) -> Duration {
         Duration::from_secs(self.registration_grace_secs)
+    }
+
+    /// The pause before the next launch after `failures` failed launches in a row (at least 1).
+    pub fn launch_backoff(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(32);
+        let secs = self
+            .launch_backoff_secs
+            .saturating_mul(1u64 << doublings)
+            .min(self.launch_backoff_max_secs);
+        Duration::from_secs(secs)
     }
 
     pub fn scale_out_cooldown(&self) -> Duration {

@@ -240,6 +240,9 @@ fn run(args: Args) -> Result<(), String> {
     for run in &runs {
         println!("  {:<14} {}", run.policy, run.description);
     }
+    for warning in runs.iter().flat_map(|run| &run.warnings) {
+        eprintln!("warning: {warning}");
+    }
     println!();
     print!("{}", table(&runs));
     if let Some(parent) = args.chart.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -20,6 +20,9 @@ pub struct ObservedInstance {
     pub load: Option<f64>,
     /// True once the monitor got healthy metrics from it (ends warm-up).
     pub has_reported: bool,
+    /// Why the provider says it does not run, when it does not (the local provider: the
+    /// agent's exit status and the last line of its log; EC2: the state reason).
+    pub state_reason: Option<String>,
 }
 
 /// Everything the policy looks at.
@@ -38,11 +41,60 @@ pub struct PolicyState {
     below_since: Option<Duration>,
     last_scale_out: Option<Duration>,
     last_scale_in: Option<Duration>,
+    launches: LaunchFailures,
+}
+
+/// Failed launches in a row, and when the next launch may be tried.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct LaunchFailures {
+    consecutive: u32,
+    last_at: Duration,
+    retry_at: Duration,
+    reason: String,
+    /// Instances already counted as failed, while the provider still lists them.
+    counted: Vec<String>,
+}
+
+impl PolicyState {
+    /// Records a launch the provider refused (after its own retries) at `now`.
+    pub fn launch_failed(&mut self, config: &ControllerConfig, now: Duration, reason: &str) {
+        self.launches.fail(config, now, reason.to_string());
+    }
+
+    /// Where the launches stand at `now`, while they are failing.
+    pub fn launch_backoff(&self, now: Duration) -> Option<LaunchBackoff> {
+        let launches = &self.launches;
+        (launches.consecutive > 0).then(|| LaunchBackoff {
+            consecutive_failures: launches.consecutive,
+            retry_in: launches.retry_at.saturating_sub(now),
+            last_reason: launches.reason.clone(),
+        })
+    }
+}
+
+impl LaunchFailures {
+    fn fail(&mut self, config: &ControllerConfig, now: Duration, reason: String) {
+        self.consecutive = self.consecutive.saturating_add(1);
+        self.last_at = now;
+        self.retry_at = now + config.launch_backoff(self.consecutive);
+        self.reason = reason;
+    }
+}
+
+/// Launches are failing: the controller waits before the next one, and then launches one
+/// instance at a time until one reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaunchBackoff {
+    /// Failed launches in a row since the last one that reported.
+    pub consecutive_failures: u32,
+    /// Until the next launch may be tried (zero: it may be tried now).
+    pub retry_in: Duration,
+    /// The instance that failed last and why, or the provider's refusal.
+    pub last_reason: String,
 }
 
 /// A rule that changed the recommendation, or held it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Rule {
     MissingMetrics,
     Tolerance,
@@ -51,6 +103,7 @@ pub enum Rule {
     Cooldown,
     Bounds,
     Health,
+    LaunchBackoff,
 }
 
 impl Rule {
@@ -63,12 +116,13 @@ impl Rule {
             Rule::Cooldown => "cooldown",
             Rule::Bounds => "bounds",
             Rule::Health => "health",
+            Rule::LaunchBackoff => "launch-backoff",
         }
     }
 }
 
 /// A rule's effect on the desired size.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RuleApplied {
     pub rule: Rule,
     pub from: u32,
@@ -77,26 +131,83 @@ pub struct RuleApplied {
 }
 
 /// What was observed, in counts.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Observed {
     pub total: u32,
+    /// Running, healthy, past warm-up and with a fresh load.
     pub in_service: u32,
+    /// In warm-up: launched recently and not reported yet.
     pub warming: u32,
+    /// Listed and not being replaced, but without a fresh metric (not registered yet, not
+    /// polled yet, or the last poll missed).
     pub without_metrics: u32,
+    /// Marked unhealthy by the monitor (and so replaced).
+    pub unhealthy: u32,
     pub to_replace: u32,
     /// Average load of the in-service instances, percent.
     pub average_load: Option<f64>,
 }
 
+/// Why an instance the provider lists has no fresh metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingReason {
+    /// Not registered with the monitor (yet, or again after a restart).
+    NotRegistered,
+    /// Registered, not polled yet.
+    NotPolled,
+    /// Missed its last poll.
+    Suspect,
+    /// Answered, but has reported no load yet.
+    NoLoad,
+}
+
+impl MissingReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MissingReason::NotRegistered => "not registered",
+            MissingReason::NotPolled => "not polled yet",
+            MissingReason::Suspect => "missed its last poll",
+            MissingReason::NoLoad => "no load reported",
+        }
+    }
+}
+
+/// An instance without a fresh metric, and how the recommendation counted it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MissingMetric {
+    pub instance_id: String,
+    pub reason: MissingReason,
+    /// The load it was counted at, percent: the target (or the scale-in threshold) when the
+    /// others' loads pointed to a scale-in, 0 when they pointed to a scale-out; `None` when it
+    /// did not enter the recommendation (no instance reported, or the loads pointed nowhere).
+    pub counted_as: Option<f64>,
+}
+
+impl MissingMetric {
+    /// `local-0003 (not registered, counted at 50%)`.
+    pub fn describe(&self) -> String {
+        match self.counted_as {
+            Some(load) => format!(
+                "{} ({}, counted at {load}%)",
+                self.instance_id,
+                self.reason.as_str()
+            ),
+            None => format!("{} ({})", self.instance_id, self.reason.as_str()),
+        }
+    }
+}
+
 /// An instance to terminate and replace, and why.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Replacement {
     pub instance_id: String,
     pub reason: String,
+    /// It never reported: the launch that made it failed.
+    pub failed_launch: bool,
 }
 
 /// One evaluation: what was seen, what the rule recommended, what changed it, what to do.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
     pub observed: Observed,
     /// Instances listed by the provider.
@@ -106,10 +217,14 @@ pub struct Decision {
     pub desired: u32,
     pub rules: Vec<RuleApplied>,
     pub replace: Vec<Replacement>,
+    /// Instances without a fresh metric and how they were counted.
+    pub missing: Vec<MissingMetric>,
     /// New instances to launch (replacements included).
     pub launch: u32,
     /// Instances removed by scale-in.
     pub scale_in: Vec<String>,
+    /// Set while launches are failing.
+    pub launch_backoff: Option<LaunchBackoff>,
 }
 
 impl Decision {
@@ -160,18 +275,31 @@ impl Decision {
 enum Role {
     InService(f64),
     Warming,
-    WithoutMetrics,
-    Replace(String),
+    WithoutMetric(MissingReason),
+    Replace(Replacement),
 }
 
 fn role(instance: &ObservedInstance, config: &ControllerConfig, uptime: Duration) -> Role {
+    // An instance launched since this controller started that is replaced before it ever
+    // reported is a failed launch; an adopted one that is lost is not.
+    let failed_launch = !instance.has_reported && instance.age < uptime;
+    let replace = |reason: String| {
+        Role::Replace(Replacement {
+            instance_id: instance.instance_id.clone(),
+            reason,
+            failed_launch,
+        })
+    };
     if instance.cloud_state == InstanceState::Stopped {
-        return Role::Replace("not running".to_string());
+        return replace(match &instance.state_reason {
+            Some(why) => format!("not running: {why}"),
+            None => "not running".to_string(),
+        });
     }
     match instance.health {
-        Some(Health::Unhealthy) => return Role::Replace("unhealthy per the monitor".to_string()),
+        Some(Health::Unhealthy) => return replace("unhealthy per the monitor".to_string()),
         None if instance.age.min(uptime) > config.registration_grace() => {
-            return Role::Replace(format!(
+            return replace(format!(
                 "never registered within {}s",
                 config.registration_grace_secs
             ));
@@ -183,48 +311,76 @@ fn role(instance: &ObservedInstance, config: &ControllerConfig, uptime: Duration
     }
     match (instance.health, instance.load) {
         (Some(Health::Healthy), Some(load)) => Role::InService(load),
-        _ => Role::WithoutMetrics,
+        (None, _) => Role::WithoutMetric(MissingReason::NotRegistered),
+        (Some(Health::Unknown), _) => Role::WithoutMetric(MissingReason::NotPolled),
+        (Some(Health::Suspect), _) => Role::WithoutMetric(MissingReason::Suspect),
+        (Some(_), _) => Role::WithoutMetric(MissingReason::NoLoad),
     }
 }
 
+/// The direction the reported loads point to, before instances without a metric are counted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Out,
+    In,
+    Hold,
+}
+
+fn ids(missing: &[MissingMetric]) -> String {
+    let listed: Vec<String> = missing.iter().map(MissingMetric::describe).collect();
+    listed.join(", ")
+}
+
 /// Evaluates the policy at time `now` (of the same clock as earlier calls with `state`).
+///
+/// Instances without a fresh metric are counted as the Kubernetes HPA counts pods without
+/// metrics: at the target when the others point to a scale-in, at 0 % when they point to a
+/// scale-out, and no scaling when counting them reverses the direction. On top of that, no
+/// instance is scaled in while any listed instance lacks a fresh metric (unless the fleet is
+/// above its maximum): the controller decides only on what it sees.
 pub fn evaluate(
     observation: &Observation,
     config: &ControllerConfig,
     state: &mut PolicyState,
     now: Duration,
 ) -> Decision {
+    let uptime = observation.controller_uptime;
     let mut observed = Observed {
         total: observation.instances.len() as u32,
         ..Observed::default()
     };
     let mut replace = Vec::new();
+    let mut missing: Vec<MissingMetric> = Vec::new();
     let mut candidates: Vec<(&ObservedInstance, Option<f64>)> =
         Vec::with_capacity(observation.instances.len());
-    let mut loads = Vec::with_capacity(observation.instances.len());
+    let mut sum = 0.0;
     for instance in &observation.instances {
-        match role(instance, config, observation.controller_uptime) {
+        match role(instance, config, uptime) {
             Role::InService(load) => {
                 observed.in_service += 1;
-                loads.push(load);
+                sum += load;
                 candidates.push((instance, Some(load)));
             }
             Role::Warming => observed.warming += 1,
-            Role::WithoutMetrics => {
+            Role::WithoutMetric(reason) => {
                 observed.without_metrics += 1;
-                candidates.push((instance, None));
-            }
-            Role::Replace(reason) => {
-                observed.to_replace += 1;
-                replace.push(Replacement {
+                missing.push(MissingMetric {
                     instance_id: instance.instance_id.clone(),
                     reason,
+                    counted_as: None,
                 });
+                candidates.push((instance, None));
+            }
+            Role::Replace(replacement) => {
+                observed.to_replace += 1;
+                observed.unhealthy += u32::from(instance.health == Some(Health::Unhealthy));
+                replace.push(replacement);
             }
         }
     }
-    let sum: f64 = loads.iter().sum();
-    observed.average_load = (!loads.is_empty()).then(|| sum / loads.len() as f64);
+    let reported = observed.in_service;
+    observed.average_load = (reported > 0).then(|| sum / f64::from(reported));
+    track_launches(observation, &replace, config, state, now);
 
     let current = observed.total;
     let mut rules = Vec::new();
@@ -248,23 +404,118 @@ pub fn evaluate(
         to
     }
 
+    // Where the reported loads point, and the level at which a missing instance is counted.
+    let unseen = missing.len() as u32;
+    let direction = match (&config.policy, observed.average_load) {
+        (_, None) => Direction::Hold,
+        (PolicyConfig::TargetTracking { target, .. }, Some(average)) => {
+            if average < *target {
+                Direction::In
+            } else if average > *target {
+                Direction::Out
+            } else {
+                Direction::Hold
+            }
+        }
+        (
+            PolicyConfig::Step {
+                scale_out,
+                scale_in,
+            },
+            Some(average),
+        ) => {
+            if average > scale_out.above.unwrap_or(100.0) {
+                Direction::Out
+            } else if average < scale_in.below.unwrap_or(0.0) {
+                Direction::In
+            } else {
+                Direction::Hold
+            }
+        }
+    };
+    let fill = match (direction, &config.policy) {
+        (Direction::Out, _) => Some(0.0),
+        (Direction::In, PolicyConfig::TargetTracking { target, .. }) => Some(*target),
+        (Direction::In, PolicyConfig::Step { scale_in, .. }) => scale_in.below,
+        (Direction::Hold, _) => None,
+    };
+    if unseen > 0 {
+        for metric in &mut missing {
+            metric.counted_as = fill;
+        }
+    }
+    // An instance being replaced keeps its place in the sizing, as EC2 Auto Scaling keeps the
+    // desired capacity through a replacement: it counts as one without a metric does, and at
+    // the target when the loads point nowhere.
+    let replaced = observed.to_replace;
+    let replaced_fill = match (fill, &config.policy) {
+        (Some(level), _) => level,
+        (None, PolicyConfig::TargetTracking { target, .. }) => *target,
+        (None, PolicyConfig::Step { .. }) => 0.0,
+    };
+    let absent_sum = f64::from(unseen) * fill.unwrap_or(0.0) + f64::from(replaced) * replaced_fill;
+    // The average with the missing and replaced instances counted as above.
+    let counted_average = observed
+        .average_load
+        .map(|_| (sum + absent_sum) / f64::from(reported + unseen + replaced));
+
     // The creation / destruction rule.
-    let recommendation = match observed.average_load {
+    let recommendation = match counted_average {
         None => {
             state.above_since = None;
             state.below_since = None;
             apply(&mut rules, Rule::MissingMetrics, current, current, || {
-                "no in-service instance reported a load; holding".to_string()
+                if unseen == 0 {
+                    "no in-service instance reported a load; holding".to_string()
+                } else {
+                    format!(
+                        "no in-service instance reported a load ({} without a fresh metric: {}); holding",
+                        unseen,
+                        ids(&missing)
+                    )
+                }
             })
         }
         Some(average) => match &config.policy {
-            PolicyConfig::TargetTracking { target, .. } => (sum / target).ceil() as u32,
+            PolicyConfig::TargetTracking { target, .. } => {
+                let raw = ((sum + absent_sum) / target).ceil() as u32;
+                let reversed = match direction {
+                    Direction::In => average > *target || raw > current,
+                    Direction::Out => average < *target || raw < current,
+                    Direction::Hold => false,
+                };
+                if unseen == 0 {
+                    raw
+                } else if reversed {
+                    apply(&mut rules, Rule::MissingMetrics, raw, current, || {
+                        format!(
+                            "{unseen} without a fresh metric: {}; counted so, the average is {average:.1}%, which reverses the direction: holding",
+                            ids(&missing)
+                        )
+                    })
+                } else {
+                    apply(&mut rules, Rule::MissingMetrics, raw, raw, || {
+                        format!(
+                            "{unseen} without a fresh metric: {}; counted so, the average is {average:.1}%",
+                            ids(&missing)
+                        )
+                    })
+                }
+            }
             PolicyConfig::Step {
                 scale_out,
                 scale_in,
             } => {
                 let high = scale_out.above.unwrap_or(100.0);
                 let low = scale_in.below.unwrap_or(0.0);
+                if unseen > 0 {
+                    apply(&mut rules, Rule::MissingMetrics, current, current, || {
+                        format!(
+                            "{unseen} without a fresh metric: {}; counted so, the average is {average:.1}%",
+                            ids(&missing)
+                        )
+                    });
+                }
                 if average > high {
                     state.below_since = None;
                     let since = *state.above_since.get_or_insert(now);
@@ -306,7 +557,7 @@ pub fn evaluate(
 
     let mut desired = recommendation;
     if let (PolicyConfig::TargetTracking { target, tolerance }, Some(average)) =
-        (&config.policy, observed.average_load)
+        (&config.policy, counted_average)
     {
         let ratio = average / target;
         if (ratio - 1.0).abs() <= *tolerance {
@@ -323,6 +574,14 @@ pub fn evaluate(
             format!(
                 "{} instance(s) still warming up: no scale-in",
                 observed.warming
+            )
+        });
+    }
+    if desired < current && unseen > 0 {
+        desired = apply(&mut rules, Rule::MissingMetrics, desired, current, || {
+            format!(
+                "{unseen} instance(s) without a fresh metric ({}): no scale-in",
+                ids(&missing)
             )
         });
     }
@@ -361,15 +620,6 @@ pub fn evaluate(
             config.min_instances, config.max_instances
         )
     });
-    // Rule-driven scaling starts a cooldown; filling up to the minimum or trimming down to the
-    // maximum alone does not.
-    if desired > current && rule_driven > current {
-        state.last_scale_out = Some(now);
-        state.above_since = None;
-    } else if desired < current && rule_driven < current {
-        state.last_scale_in = Some(now);
-        state.below_since = None;
-    }
 
     if !replace.is_empty() {
         rules.push(RuleApplied {
@@ -380,7 +630,17 @@ pub fn evaluate(
         });
     }
     let remaining = current - replace.len() as u32;
-    let launch = desired.saturating_sub(remaining);
+    let wanted = desired.saturating_sub(remaining);
+    let launch = hold_launches(observation, wanted, state, now, &mut rules);
+    // Rule-driven scaling starts a cooldown; filling up to the minimum or trimming down to the
+    // maximum alone does not, nor does a scale-out the launch backoff holds back.
+    if desired > current && rule_driven > current && launch == wanted {
+        state.last_scale_out = Some(now);
+        state.above_since = None;
+    } else if desired < current && rule_driven < current {
+        state.last_scale_in = Some(now);
+        state.below_since = None;
+    }
     let mut scale_in = Vec::new();
     if desired < remaining {
         order_for_termination(&mut candidates, config.termination_policy);
@@ -397,9 +657,92 @@ pub fn evaluate(
         desired,
         rules,
         replace,
+        missing,
         launch,
         scale_in,
+        launch_backoff: state.launch_backoff(now),
     }
+}
+
+/// Counts the failed launches this observation shows, and forgets them once a launch made
+/// after the last failure has reported.
+fn track_launches(
+    observation: &Observation,
+    replace: &[Replacement],
+    config: &ControllerConfig,
+    state: &mut PolicyState,
+    now: Duration,
+) {
+    let launches = &mut state.launches;
+    if launches.consecutive > 0 {
+        let since_failure = now.saturating_sub(launches.last_at);
+        let proven = observation
+            .instances
+            .iter()
+            .any(|i| i.has_reported && i.health == Some(Health::Healthy) && i.age < since_failure);
+        if proven {
+            *launches = LaunchFailures::default();
+        }
+    }
+    if !launches.counted.is_empty() {
+        launches
+            .counted
+            .retain(|id| observation.instances.iter().any(|i| &i.instance_id == id));
+    }
+    let failed: Vec<&Replacement> = replace
+        .iter()
+        .filter(|r| r.failed_launch && !launches.counted.contains(&r.instance_id))
+        .collect();
+    if let Some(last) = failed.last() {
+        launches
+            .counted
+            .extend(failed.iter().map(|r| r.instance_id.clone()));
+        let reason = format!("{}: {}", last.instance_id, last.reason);
+        launches.fail(config, now, reason);
+    }
+}
+
+/// The launches to make of the `wanted` ones: all of them while launches succeed; while they
+/// fail, none before the backoff ends, then one at a time, and none while that one has yet to
+/// report.
+fn hold_launches(
+    observation: &Observation,
+    wanted: u32,
+    state: &PolicyState,
+    now: Duration,
+    rules: &mut Vec<RuleApplied>,
+) -> u32 {
+    let launches = &state.launches;
+    if wanted == 0 || launches.consecutive == 0 {
+        return wanted;
+    }
+    let since_failure = now.saturating_sub(launches.last_at);
+    let probing = observation.instances.iter().find(|i| {
+        !i.has_reported && i.age < since_failure && i.cloud_state != InstanceState::Stopped
+    });
+    let (launch, why) = if now < launches.retry_at {
+        (
+            0,
+            format!(
+                "next attempt in {}s",
+                (launches.retry_at - now).as_secs_f64().ceil()
+            ),
+        )
+    } else if let Some(probe) = probing {
+        (0, format!("waiting for {} to report", probe.instance_id))
+    } else {
+        (1, "one instance at a time until one reports".to_string())
+    };
+    rules.push(RuleApplied {
+        rule: Rule::LaunchBackoff,
+        from: wanted,
+        to: launch,
+        detail: format!(
+            "launches failing ({} in a row; last: {}): {why}",
+            launches.consecutive, launches.reason
+        ),
+    });
+    launch
 }
 
 /// Puts the instances a scale-in should remove first at the front.

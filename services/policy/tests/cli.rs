@@ -72,9 +72,16 @@ fn bad_input_is_refused_with_a_clear_message() {
     let chart = dir.join("chart.svg");
     let bad_csv = dir.join("bad.csv");
     std::fs::write(&bad_csv, "0,1\n5,2\n3,1\n").unwrap();
+    let bad_first_row = dir.join("bad-first.csv");
+    std::fs::write(&bad_first_row, "0,1x\n600,2\n").unwrap();
     let bad_config = dir.join("bad.toml");
     std::fs::write(&bad_config, "[controller]\nmin_instances = 1\n").unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
+        // A first row with a number in it is data, not a header to skip.
+        (
+            &["--csv", bad_first_row.to_str().unwrap()],
+            "line 1: `0,1x` is not two numbers",
+        ),
         (
             &["--csv", bad_csv.to_str().unwrap()],
             "line 3: time 3 does not rise",
@@ -98,4 +105,39 @@ fn bad_input_is_refused_with_a_clear_message() {
         assert!(stderr.contains(words), "{args:?}: {stderr}");
         assert!(!chart.exists(), "{args:?} wrote a chart");
     }
+}
+
+#[test]
+fn jitter_on_a_multi_instance_step_is_bungee_s() {
+    // Demand 1 -> 4 instances; the HPA model's supply goes 2 -> 4 -> 5: 3 supply events
+    // against 3 demand events, so BUNGEE's jitter over the 20 minutes is 0.
+    let dir = scratch("cli-bungee");
+    let csv = dir.join("step.csv");
+    std::fs::write(&csv, "0,0.8\n600,3.8\n1199,3.8\n").unwrap();
+    let chart = dir.join("chart.svg");
+    let (code, stdout, stderr) = simulate(&[
+        "--csv",
+        csv.to_str().unwrap(),
+        "--policy",
+        "k8s-hpa",
+        "--chart",
+        chart.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("POLICY"))
+        .expect("a score table");
+    let column = header
+        .split_whitespace()
+        .position(|c| c == "JITTER")
+        .expect("a jitter column");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("k8s-hpa") && l.split_whitespace().count() == 11)
+        .unwrap_or_else(|| panic!("no k8s-hpa row:\n{stdout}"));
+    let jitter = row.split_whitespace().nth(column).unwrap();
+    assert_eq!(jitter, "0.000", "{stdout}");
+    let scale_outs = row.split_whitespace().nth(8).unwrap();
+    assert_eq!(scale_outs, "2", "the supply moved in two steps: {stdout}");
 }

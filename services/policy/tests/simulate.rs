@@ -34,8 +34,8 @@ fn elasticity_metrics_match_a_hand_computed_trace() {
     close(scores.accuracy_o, 2.0 / 4.0);
     close(scores.timeshare_u, 25.0);
     close(scores.timeshare_o, 50.0);
-    // one supply change, one demand change
-    close(scores.jitter, 0.0);
+    // supply events: 1 (2 -> 3); demand events: 2 (1 -> 3 instances), in 4 s
+    close(scores.jitter, (1.0 - 2.0) / (4.0 / 60.0));
     close(scores.instance_hours, 11.0 / 3_600.0);
     assert_eq!(scores.slo_violation_secs, 2);
     close(scores.slo_violation_share, 50.0);
@@ -56,6 +56,30 @@ fn jitter_counts_supply_moves_beyond_the_demand_s_per_minute() {
     }
     // 4 demand changes, no supply change, in 6 s = 1/10 minute
     close(lagging.finish().jitter, -40.0);
+}
+
+#[test]
+fn jitter_counts_every_instance_added_or_removed_as_bungee_does() {
+    // BUNGEE's AbstractScaleEvents adds each step's amount: demand 1 -> 4 is 3 events, supply
+    // 2 -> 4 -> 5 is 2 + 1 = 3 events; over 20 minutes the jitter is (3 - 3) / 20 = 0.
+    let mut scorer = Scorer::new(80.0, 300);
+    for second in 0..1200 {
+        let demand = if second < 600 { 0.8 } else { 3.8 };
+        let supply = match second {
+            0..=659 => 2,
+            660..=719 => 4,
+            _ => 5,
+        };
+        scorer.second(demand, supply, supply);
+    }
+    close(scorer.finish().jitter, 0.0);
+
+    // A single step of +3 against a demand that does not move: 3 events in 2 minutes.
+    let mut jumpy = Scorer::new(80.0, 300);
+    for second in 0..120 {
+        jumpy.second(1.0, if second < 60 { 2 } else { 5 }, 5);
+    }
+    close(jumpy.finish().jitter, 3.0 / 2.0);
 }
 
 #[test]
@@ -109,7 +133,8 @@ fn a_replay_runs_the_controller_s_policy_second_by_second() {
     close(s.accuracy_o, (60.0 + 79.0 * 2.0) / 200.0);
     close(s.timeshare_u, 30.5);
     close(s.timeshare_o, 69.5);
-    close(s.jitter, 2.0 / (200.0 / 60.0));
+    // supply events: 2 (2 -> 4) + 1 (4 -> 5); no demand event
+    close(s.jitter, 3.0 / (200.0 / 60.0));
     // billed: 2 at t=0, 4 for t=1..60, 5 for t=61..199
     close(s.instance_hours, (2.0 + 4.0 * 60.0 + 5.0 * 139.0) / 3_600.0);
     assert_eq!(s.slo_violation_secs, 61);
@@ -168,6 +193,7 @@ fn observation(ready: &[f64], booting: usize) -> Observation {
             health: Some(Health::Healthy),
             load: Some(load),
             has_reported: true,
+            state_reason: None,
         })
         .collect();
     instances.extend((0..booting).map(|i| ObservedInstance {
@@ -177,6 +203,7 @@ fn observation(ready: &[f64], booting: usize) -> Observation {
         health: None,
         load: None,
         has_reported: false,
+        state_reason: None,
     }));
     Observation {
         instances,
@@ -262,4 +289,66 @@ fn the_chart_draws_every_policy_on_the_trace() {
     }
     // per panel: the demand area, the paid-for line and the supply line
     assert_eq!(svg.matches("<path").count(), 6);
+}
+
+fn slow_boot_day() -> (Trace, Options) {
+    let trace = Trace::shape(
+        autoscaler_policy::simulate::trace::Shape::Steady,
+        &autoscaler_policy::simulate::trace::ShapeParams {
+            duration_secs: 86_400,
+            base: 0.95,
+            peak: 4.9,
+            noise: 0.0,
+            seed: 1,
+        },
+    )
+    .expect("a steady day");
+    let options = Options {
+        cloud: CloudModel {
+            boot_delay_secs: 180,
+            ..CloudModel::default()
+        },
+        keep_series: false,
+        ..Options::default()
+    };
+    (trace, options)
+}
+
+#[test]
+fn a_boot_slower_than_the_old_grace_is_served_by_the_default_one() {
+    // Booting for 180 s: the old 120 s grace replaced every booting instance, forever (714
+    // reversals a day, 100 % under-provisioned). The default grace (300 s) covers the boot.
+    let (trace, options) = slow_boot_day();
+    let run = simulate(&trace, &Policy::ours_target(2, 5), &options);
+    assert!(run.warnings.is_empty(), "{:?}", run.warnings);
+    let s = &run.scores;
+    assert!(s.timeshare_u < 1.0, "{s:?}");
+    assert_eq!(s.reversals, 0, "{s:?}");
+}
+
+#[test]
+fn a_boot_slower_than_the_grace_is_warned_of_and_its_launches_back_off() {
+    let (trace, options) = slow_boot_day();
+    let mut policy = Policy::ours_target(2, 5);
+    if let Policy::Project { config, .. } = &mut policy {
+        config.registration_grace_secs = 120;
+    }
+    let run = simulate(&trace, &policy, &options);
+    assert!(
+        run.warnings
+            .iter()
+            .any(|w| w.contains("boot delay (180 s) exceeds registration_grace_secs (120 s)")),
+        "{:?}",
+        run.warnings
+    );
+    // Every launch fails (nothing registers before it is replaced): after the first, the
+    // controller waits 10 s, 20 s, ... up to 300 s, and launches one instance at a time, each
+    // living 120 s before it is replaced: at most a launch every 420 s once the cap is reached.
+    let s = &run.scores;
+    assert!(
+        s.scale_outs <= 86_400 / 420 + 10,
+        "{} launches in a day, {} before the backoff: {s:?}",
+        s.scale_outs,
+        715
+    );
 }

@@ -218,6 +218,22 @@ pub struct Run {
     pub supply: Vec<u32>,
     /// Instances paid for, per second (empty unless `keep_series`).
     pub billed: Vec<u32>,
+    /// What makes this replay unlike a sound deployment (a boot slower than the grace).
+    pub warnings: Vec<String>,
+}
+
+/// Settings of `policy` that the modelled cloud defeats.
+pub fn warnings(policy: &Policy, cloud: &CloudModel) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Policy::Project { name, config } = policy
+        && cloud.boot_delay_secs > config.registration_grace_secs
+    {
+        warnings.push(format!(
+            "{name}: the modelled boot delay ({} s) exceeds registration_grace_secs ({} s): every booting instance is replaced before it can register, and launches back off as failing",
+            cloud.boot_delay_secs, config.registration_grace_secs
+        ));
+    }
+    warnings
 }
 
 #[derive(Clone, Debug)]
@@ -250,6 +266,7 @@ impl World {
             health: None,
             load: None,
             has_reported: false,
+            state_reason: None,
         });
     }
 
@@ -371,14 +388,24 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
             }
             if launch > 0 {
                 scorer.scale_out(now);
+                let mut refused = 0;
                 for _ in 0..launch {
                     if cloud.launch_failure_rate > 0.0
                         && world.random.next_f64() < cloud.launch_failure_rate
                     {
                         scorer.launch_failed();
+                        refused += 1;
                     } else {
                         world.launch(now, now + cloud.boot_delay_secs);
                     }
+                }
+                // The live controller backs off after a refused launch; so does the replay.
+                if let (Policy::Project { config, .. }, true) = (&policy, refused > 0) {
+                    state.launch_failed(
+                        config,
+                        Duration::from_secs(now),
+                        "insufficient capacity (simulated)",
+                    );
                 }
             }
         }
@@ -396,6 +423,7 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
         scores: scorer.finish(),
         supply: supply_series,
         billed: billed_series,
+        warnings: warnings(&policy, cloud),
     }
 }
 

@@ -7,8 +7,10 @@
 //! - accuracy_U = sum over t of max(d_t - s_t, 0) / T: instances missing, on average;
 //! - accuracy_O = sum over t of max(s_t - d_t, 0) / T: instances in excess, on average;
 //! - timeshare_U, timeshare_O: share of the time with s_t < d_t, with s_t > d_t (percent);
-//! - jitter = (supply changes - demand changes) per minute: below 0 the supply does not follow
-//!   the demand's moves, above 0 it moves more than the demand does (oscillation).
+//! - jitter = (supply events - demand events) per minute, where a series' events are the sum of
+//!   the absolute changes of its amount (BUNGEE's `AbstractScaleEvents`: a step of +3 instances
+//!   is 3 events): below 0 the supply does not follow the demand's moves, above 0 it moves more
+//!   than the demand does (oscillation).
 
 /// Instances needed to serve `demand` at 100 %: the demand curve of the elasticity metrics.
 pub fn required(demand: f64) -> u32 {
@@ -53,6 +55,7 @@ pub struct Scorer {
     over_area: u64,
     under_secs: u64,
     over_secs: u64,
+    /// Instances added or removed, summed over the run (BUNGEE's scale events).
     supply_changes: u64,
     demand_changes: u64,
     billed_secs: u64,
@@ -103,8 +106,8 @@ impl Scorer {
             self.over_secs += 1;
         }
         if let Some((last_demand, last_supply)) = self.previous {
-            self.demand_changes += u64::from(last_demand != needed);
-            self.supply_changes += u64::from(last_supply != supply);
+            self.demand_changes += u64::from(last_demand.abs_diff(needed));
+            self.supply_changes += u64::from(last_supply.abs_diff(supply));
         }
         self.previous = Some((needed, supply));
         let overloaded = if supply == 0 {

@@ -178,7 +178,8 @@ impl Trace {
     }
 
     /// Reads `time,demand` rows (seconds from the start, instance capacities). Blank lines and
-    /// lines starting with `#` are skipped, as is a header on the first line. Times must rise;
+    /// lines starting with `#` are skipped, as is a header on the first line (a row in which
+    /// neither field is a number; a first row with a number in it is data, checked as such). Times must rise;
     /// the trace holds each value until the next row.
     pub fn from_csv(name: &str, text: &str) -> Result<Trace, TraceError> {
         let mut points: Vec<(f64, f64)> = Vec::new();
@@ -198,11 +199,12 @@ impl Trace {
                     fields.len()
                 )));
             }
-            let (Ok(time), Ok(demand)) = (fields[0].parse::<f64>(), fields[1].parse::<f64>())
-            else {
-                if is_first {
-                    continue; // a header
-                }
+            let (time, demand) = (fields[0].parse::<f64>(), fields[1].parse::<f64>());
+            // Only a header that holds no number is skipped: a first row with one is data.
+            if is_first && time.is_err() && demand.is_err() {
+                continue;
+            }
+            let (Ok(time), Ok(demand)) = (time, demand) else {
                 return Err(fail(format!("`{row}` is not two numbers")));
             };
             if !time.is_finite() || time < 0.0 {

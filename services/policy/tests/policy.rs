@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use autoscaler_controller::cloud::InstanceState;
-use autoscaler_controller::config::{ControllerConfig, PolicyConfig, StepRule, TerminationPolicy};
-use autoscaler_controller::fleet::Health;
-use autoscaler_controller::policy::{
+use autoscaler_policy::Health;
+use autoscaler_policy::InstanceState;
+use autoscaler_policy::config::{ControllerConfig, PolicyConfig, StepRule, TerminationPolicy};
+use autoscaler_policy::policy::{
     Decision, Observation, ObservedInstance, PolicyState, Rule, evaluate,
 };
 use proptest::prelude::*;
@@ -21,6 +21,7 @@ fn serving(id: &str, load: f64) -> ObservedInstance {
         health: Some(Health::Healthy),
         load: Some(load),
         has_reported: true,
+        state_reason: None,
     }
 }
 
@@ -229,6 +230,7 @@ fn warming_instances_are_excluded_from_averages_and_never_scaled_in() {
         load: Some(100.0),
         health: Some(Health::Suspect),
         has_reported: false,
+        state_reason: None,
         ..serving("i-new", 100.0)
     });
     let decision = once(&observation, &config);
@@ -254,6 +256,7 @@ fn warming_instances_are_excluded_from_averages_and_never_scaled_in() {
         health: Some(Health::Suspect),
         load: None,
         has_reported: false,
+        state_reason: None,
         ..serving("i-late", 0.0)
     });
     let decision = once(&late, &config);
@@ -302,7 +305,10 @@ fn unhealthy_stopped_and_unregistered_instances_are_replaced_despite_cooldowns()
         health: None,
         load: None,
         has_reported: false,
-        age: Duration::from_secs(config.registration_grace_secs + 1),
+        state_reason: None,
+        // Launched before this controller started (adopted), and never heard of since: lost,
+        // not a failed launch, so its replacement does not wait for a backoff.
+        age: 2 * 60 * MINUTE,
         ..serving("i-silent", 0.0)
     });
     let decision = evaluate(
