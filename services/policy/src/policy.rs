@@ -461,6 +461,12 @@ pub fn evaluate(
 
     // The creation / destruction rule.
     let recommendation = match counted_average {
+        // An empty fleet has nothing to miss: only the bounds act on it.
+        None if current == 0 => {
+            state.above_since = None;
+            state.below_since = None;
+            current
+        }
         None => {
             state.above_since = None;
             state.below_since = None;
