@@ -19,3 +19,40 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 pub mod auth;
 pub mod tls;
+
+/// An error and its causes on one line, each cause once: an error whose message already
+/// includes its source (as `cannot read X: <io error>` does) would otherwise print it twice.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = crate::tls::TlsError::Read {
+            path: "/x/agent.pem".into(),
+            source: io,
+        };
+        assert_eq!(
+            super::error_chain(&error),
+            "cannot read /x/agent.pem: no such file"
+        );
+        let wrapped = anyhow::Error::new(error).context("loading the TLS material");
+        assert_eq!(
+            super::error_chain(wrapped.as_ref()),
+            "loading the TLS material: cannot read /x/agent.pem: no such file"
+        );
+    }
+}

@@ -346,6 +346,12 @@ fn draw(
         report.min_instances,
         report.max_instances
     ));
+    if let Some(failing) = &report.launch_failures {
+        out.push_str(&format!(
+            "   launches failing: {} in a row; last: {}\n\n",
+            failing.consecutive, failing.last_reason
+        ));
+    }
     out.push_str(&format!(
         "{:<12} {:<9} {:<11} {:>6}  {}\n",
         "INSTANCE", "STATE", "HEALTH", "LOAD", "RECENT LOAD"

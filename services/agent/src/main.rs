@@ -141,7 +141,10 @@ fn main() -> std::process::ExitCode {
     match run(flags) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("autoscaler-agent: {error:#}");
+            eprintln!(
+                "autoscaler-agent: {}",
+                autoscaler_proto::error_chain(error.as_ref())
+            );
             std::process::ExitCode::from(64)
         }
     }
@@ -267,7 +270,7 @@ where
         match fetch().await {
             Ok(value) => return value,
             Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), retry_in = ?pause, "no {what} yet");
+                tracing::warn!(error = %autoscaler_proto::error_chain(error.as_ref()), retry_in = ?pause, "no {what} yet");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(10));
             }

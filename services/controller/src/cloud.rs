@@ -5,20 +5,22 @@ use std::future::Future;
 use std::time::SystemTime;
 
 /// What the provider says of one instance of the group.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloudInstance {
     pub instance_id: String,
     pub state: InstanceState,
     pub launched_at: SystemTime,
     /// Where the instance is (an availability zone; `local` for processes).
     pub zone: String,
+    /// Why it is not running, when the provider says (EC2's state reason; a local agent's exit
+    /// status and last log line).
+    pub state_reason: Option<String>,
 }
 
 pub use autoscaler_policy::InstanceState;
 
 /// The kinds of provider failure the controller tells apart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CloudErrorKind {
     Throttled,
     /// 5xx or a transport failure.
@@ -30,9 +32,23 @@ pub enum CloudErrorKind {
     Other,
 }
 
+impl CloudErrorKind {
+    /// The kebab-case name used in metrics labels and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloudErrorKind::Throttled => "throttled",
+            CloudErrorKind::Unavailable => "unavailable",
+            CloudErrorKind::Timeout => "timeout",
+            CloudErrorKind::InsufficientCapacity => "insufficient-capacity",
+            CloudErrorKind::NotFound => "not-found",
+            CloudErrorKind::Other => "other",
+        }
+    }
+}
+
 /// A failed provider call.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{kind:?}: {message}")]
+#[error("{}: {message}", kind.as_str())]
 pub struct CloudError {
     pub kind: CloudErrorKind,
     pub message: String,

@@ -33,12 +33,28 @@ pub struct LocalConfig {
     pub terminate_grace: Duration,
 }
 
+/// The largest instance number: ids are `local-` and at most nine digits, so no arithmetic on
+/// them can overflow, whatever the state dir holds.
+pub const MAX_INSTANCE_NUMBER: u64 = 999_999_999;
+
+/// Where unreadable files of the state dir are moved (never deleted), under the state dir.
+pub const SET_ASIDE_DIR: &str = "set-aside";
+
+/// Set in every agent's environment to the state dir, so that a restarted daemon finds the
+/// agents its group started even when their records are missing or unreadable.
+pub const STATE_DIR_ENV: &str = "AUTOSCALER_LOCAL_STATE_DIR";
+
+/// The most of a record or counter file that is read: a real one is a line.
+const MAX_RECORD_BYTES: u64 = 4096;
+
 #[derive(Debug)]
 struct LocalInstance {
     pid: u32,
     launched_at: SystemTime,
     /// Present for processes this daemon started; adopted ones are not our children.
     child: Option<Child>,
+    /// Why the process ended, once it has: its exit status and the last line of its log.
+    ended: Option<String>,
 }
 
 #[derive(Debug)]
@@ -51,6 +67,8 @@ struct State {
 #[derive(Debug)]
 pub struct LocalCloud {
     config: LocalConfig,
+    /// The state dir as every agent's environment names it (`STATE_DIR_ENV`).
+    marker: PathBuf,
     state: Mutex<State>,
 }
 
@@ -63,43 +81,250 @@ fn unix_ms(time: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// True if `pid` runs the agent of `instance_id` (guards against a reused pid) and is no zombie.
-fn runs_agent(pid: u32, instance_id: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
+/// The number of a well-formed instance id, `local-` and one to nine digits.
+fn instance_number(instance_id: &str) -> Option<u64> {
+    let digits = instance_id.strip_prefix("local-")?;
+    if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Reads at most `MAX_RECORD_BYTES` of a small text file.
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_RECORD_BYTES)
+        .read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// An instance record: `<pid> <launch time, ms since the Unix epoch>`.
+fn parse_record(text: &str) -> Option<(u32, SystemTime)> {
+    let mut fields = text.split_whitespace();
+    let pid: u32 = fields.next()?.parse().ok()?;
+    let launched_ms: u64 = fields.next()?.parse().ok()?;
+    if fields.next().is_some() || !valid_pid(pid) {
+        return None;
+    }
+    Some((
+        pid,
+        UNIX_EPOCH.checked_add(Duration::from_millis(launched_ms))?,
+    ))
+}
+
+/// A pid a signal can safely go to: never 0, 1 or a negative number (a process group, or all).
+fn valid_pid(pid: u32) -> bool {
+    pid >= 2 && i32::try_from(pid).is_ok()
+}
+
+/// Moves `path` into the state dir's `set-aside/` directory, and says so.
+fn set_aside(state_dir: &Path, path: &Path, why: &str) {
+    let dir = state_dir.join(SET_ASIDE_DIR);
+    let name = path
+        .file_name()
+        .map_or("unnamed".into(), |n| n.to_string_lossy().into_owned());
+    let stamp = unix_ms(SystemTime::now());
+    let mut target = dir.join(format!("{name}.{stamp}"));
+    let mut n = 1;
+    while target.exists() {
+        target = dir.join(format!("{name}.{stamp}.{n}"));
+        n += 1;
+    }
+    match std::fs::create_dir_all(&dir).and_then(|()| std::fs::rename(path, &target)) {
+        Ok(()) => tracing::warn!(
+            file = %path.display(),
+            moved_to = %target.display(),
+            "{why}: set aside"
+        ),
+        Err(error) => tracing::warn!(
+            file = %path.display(),
+            %error,
+            "{why}; it could not be set aside and is ignored"
+        ),
+    }
+}
+
+/// The value of `--instance-id` in a NUL-separated command line.
+fn instance_id_of(cmdline: &[u8]) -> Option<String> {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let ours = args
-        .windows(2)
-        .any(|pair| pair[0] == b"--instance-id" && pair[1] == instance_id.as_bytes());
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    args.windows(2)
+        .find(|pair| pair[0] == b"--instance-id")
+        .and_then(|pair| std::str::from_utf8(pair[1]).ok())
+        .map(str::to_string)
+}
+
+fn zombie_or_gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
             stat.rsplit_once(") ")
                 .map(|(_, rest)| rest.starts_with('Z'))
         })
-        .unwrap_or(true);
-    ours && !zombie
+        .unwrap_or(true)
+}
+
+/// True if `pid` runs the agent of `instance_id` (guards against a reused pid) and is no zombie.
+fn runs_agent(pid: u32, instance_id: &str) -> bool {
+    valid_pid(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|cmdline| instance_id_of(&cmdline))
+            .is_some_and(|id| id == instance_id)
+        && !zombie_or_gone(pid)
+}
+
+/// The live processes whose environment names `marker` as their state dir, with the instance
+/// id of their command line (`None` when it has none).
+fn agents_of(marker: &Path) -> Vec<(u32, Option<String>)> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut wanted = STATE_DIR_ENV.as_bytes().to_vec();
+    wanted.push(b'=');
+    wanted.extend_from_slice(marker.as_os_str().as_bytes());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || !valid_pid(pid) {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !environ
+            .split(|b| *b == 0)
+            .any(|var| var == wanted.as_slice())
+            || zombie_or_gone(pid)
+        {
+            continue;
+        }
+        let id = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|cmdline| instance_id_of(&cmdline));
+        found.push((pid, id));
+    }
+    found
+}
+
+/// When a process started, from `/proc` (its start time in clock ticks since boot; Linux
+/// reports them at 100 per second to user space).
+fn process_started(pid: u32) -> Option<SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    // Fields after the command: state is field 3, starttime field 22.
+    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_millis(
+        boot.checked_mul(1000)?
+            .checked_add(ticks.checked_mul(10)?)?,
+    ))
+}
+
+/// SIGTERM, then SIGKILL after `grace`: for a process that is not our child.
+fn stop_stray(pid: u32, grace: Duration) {
+    if !valid_pid(pid) {
+        return;
+    }
+    let target = Pid::from_raw(pid as i32);
+    let _ = kill(target, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while !zombie_or_gone(pid) {
+        if Instant::now() >= deadline {
+            let _ = kill(target, Signal::SIGKILL);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last line of an agent's log with text in it, without terminal colour codes, shortened.
+fn last_log_line(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let length = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(MAX_RECORD_BYTES)))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
+    let mut clean = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            clean.push(c);
+        }
+    }
+    let clean = clean.trim();
+    Some(match clean.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}...", &clean[..cut]),
+        None => clean.to_string(),
+    })
 }
 
 impl LocalInstance {
-    fn alive(&mut self, instance_id: &str) -> bool {
-        match &mut self.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => runs_agent(self.pid, instance_id),
+    /// Whether the process still runs; the first time it is found ended, notes why.
+    fn alive(&mut self, instance_id: &str, state_dir: &Path) -> bool {
+        if self.ended.is_some() {
+            return false;
         }
+        let ended = match &mut self.child {
+            Some(child) => match child.try_wait() {
+                Ok(None) => None,
+                Ok(Some(status)) => Some(status.to_string()),
+                Err(error) => Some(format!("cannot wait for process {}: {error}", self.pid)),
+            },
+            None => (!runs_agent(self.pid, instance_id))
+                .then(|| format!("process {} is gone", self.pid)),
+        };
+        let Some(mut why) = ended else {
+            return true;
+        };
+        if let Some(line) = last_log_line(&state_dir.join(format!("{instance_id}.log"))) {
+            why = format!("{why}; last log line: {line}");
+        }
+        tracing::warn!(%instance_id, pid = self.pid, "local instance ended: {why}");
+        self.ended = Some(why);
+        false
     }
 }
 
 impl LocalCloud {
-    /// Opens the state directory and adopts the agents recorded there that still run.
+    /// Opens the state directory and adopts the agents of the group that still run: those
+    /// recorded there, and those whose record is missing or unreadable (found by their
+    /// environment). A file it cannot read is set aside, never deleted; an agent of the group
+    /// with an id it cannot take is stopped. No content of the directory makes it panic.
     pub fn open(config: LocalConfig) -> Result<LocalCloud, CloudError> {
-        std::fs::create_dir_all(&config.state_dir)
-            .map_err(|e| io_error(&format!("cannot create {}", config.state_dir.display()), e))?;
+        let state_dir = &config.state_dir;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| io_error(&format!("cannot create {}", state_dir.display()), e))?;
+        let marker = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.clone());
         let mut instances = BTreeMap::new();
-        let mut next_id = 1;
-        let entries = std::fs::read_dir(&config.state_dir)
-            .map_err(|e| io_error(&format!("cannot read {}", config.state_dir.display()), e))?;
+        let mut next_id: u64 = 1;
+        let entries = std::fs::read_dir(state_dir)
+            .map_err(|e| io_error(&format!("cannot read {}", state_dir.display()), e))?;
         for entry in entries.flatten() {
             let path = entry.path();
             let Some(instance_id) = path
@@ -110,38 +335,106 @@ impl LocalCloud {
             else {
                 continue;
             };
-            if let Some(number) = instance_id
-                .strip_prefix("local-")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                next_id = next_id.max(number + 1);
-            }
-            let record = std::fs::read_to_string(&path).unwrap_or_default();
-            let mut fields = record.split_whitespace().map(|f| f.parse::<u64>().ok());
-            match (fields.next().flatten(), fields.next().flatten()) {
-                (Some(pid), Some(launched_ms)) if runs_agent(pid as u32, &instance_id) => {
+            let Some(number) = instance_number(&instance_id) else {
+                set_aside(
+                    state_dir,
+                    &path,
+                    &format!(
+                        "{instance_id:?} is not a local instance id (local- and at most nine digits)"
+                    ),
+                );
+                continue;
+            };
+            next_id = next_id.max(number + 1);
+            match read_small(&path).ok().as_deref().and_then(parse_record) {
+                Some((pid, launched_at)) if runs_agent(pid, &instance_id) => {
                     tracing::info!(%instance_id, pid, "adopting a running local instance");
                     instances.insert(
                         instance_id,
                         LocalInstance {
-                            pid: pid as u32,
-                            launched_at: UNIX_EPOCH + Duration::from_millis(launched_ms),
+                            pid,
+                            launched_at,
                             child: None,
+                            ended: None,
                         },
                     );
                 }
-                _ => {
+                Some((pid, _)) => {
+                    tracing::info!(%instance_id, pid, "local instance ended while no daemon ran; its record removed");
                     let _ = std::fs::remove_file(&path);
+                }
+                // Its agent, if it runs, is found below by its environment.
+                None => set_aside(
+                    state_dir,
+                    &path,
+                    &format!(
+                        "the record of {instance_id} is unreadable (expected \"<pid> <launch ms>\")"
+                    ),
+                ),
+            }
+        }
+        let counter = state_dir.join("next-id");
+        match read_small(&counter) {
+            Ok(text) => match text.trim().parse::<u64>() {
+                Ok(recorded) if recorded <= MAX_INSTANCE_NUMBER => {
+                    next_id = next_id.max(recorded);
+                }
+                _ => set_aside(
+                    state_dir,
+                    &counter,
+                    &format!("next-id is not a number of at most {MAX_INSTANCE_NUMBER}"),
+                ),
+            },
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => set_aside(
+                state_dir,
+                &counter,
+                &format!("next-id is unreadable ({error})"),
+            ),
+        }
+        for (pid, instance_id) in agents_of(&marker) {
+            if instances.values().any(|i: &LocalInstance| i.pid == pid) {
+                continue;
+            }
+            match instance_id {
+                Some(instance_id)
+                    if instance_number(&instance_id).is_some()
+                        && !instances.contains_key(&instance_id) =>
+                {
+                    let number = instance_number(&instance_id).unwrap_or(0);
+                    next_id = next_id.max(number + 1);
+                    let launched_at = process_started(pid).unwrap_or_else(SystemTime::now);
+                    let record = config.state_dir.join(format!("{instance_id}.instance"));
+                    if let Err(error) =
+                        std::fs::write(&record, format!("{pid} {}\n", unix_ms(launched_at)))
+                    {
+                        tracing::warn!(%instance_id, %error, "cannot write the record again");
+                    }
+                    tracing::warn!(%instance_id, pid, "adopting a running agent of this group whose record was missing or unreadable");
+                    instances.insert(
+                        instance_id,
+                        LocalInstance {
+                            pid,
+                            launched_at,
+                            child: None,
+                            ended: None,
+                        },
+                    );
+                }
+                instance_id => {
+                    tracing::warn!(
+                        pid,
+                        ?instance_id,
+                        "stopping an agent of this group whose instance id cannot be taken"
+                    );
+                    stop_stray(pid, config.terminate_grace);
                 }
             }
         }
-        if let Ok(recorded) = std::fs::read_to_string(config.state_dir.join("next-id"))
-            && let Ok(recorded) = recorded.trim().parse::<u64>()
-        {
-            next_id = next_id.max(recorded);
-        }
+        let next_id = next_id.min(MAX_INSTANCE_NUMBER + 1);
         Ok(LocalCloud {
             config,
+            marker,
             state: Mutex::new(State { instances, next_id }),
         })
     }
@@ -154,11 +447,6 @@ impl LocalCloud {
         self.config
             .state_dir
             .join(format!("{instance_id}.instance"))
-    }
-
-    /// The pid of a running instance, for tests and the demo (which kill agents on purpose).
-    pub fn pid(&self, instance_id: &str) -> Option<u32> {
-        self.lock().instances.get(instance_id).map(|i| i.pid)
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -181,6 +469,7 @@ impl LocalCloud {
             })
             .args(&self.config.agent_args)
             .env("AUTOSCALER_TOKEN", self.config.token.expose())
+            .env(STATE_DIR_ENV, &self.marker)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -204,19 +493,24 @@ impl LocalCloud {
 
 impl Cloud for LocalCloud {
     async fn list(&self) -> Result<Vec<CloudInstance>, CloudError> {
+        let state_dir = &self.config.state_dir;
         let mut state = self.lock();
         Ok(state
             .instances
             .iter_mut()
-            .map(|(instance_id, instance)| CloudInstance {
-                instance_id: instance_id.clone(),
-                state: if instance.alive(instance_id) {
-                    InstanceState::Running
-                } else {
-                    InstanceState::Stopped
-                },
-                launched_at: instance.launched_at,
-                zone: "local".to_string(),
+            .map(|(instance_id, instance)| {
+                let running = instance.alive(instance_id, state_dir);
+                CloudInstance {
+                    instance_id: instance_id.clone(),
+                    state: if running {
+                        InstanceState::Running
+                    } else {
+                        InstanceState::Stopped
+                    },
+                    launched_at: instance.launched_at,
+                    zone: "local".to_string(),
+                    state_reason: instance.ended.clone(),
+                }
             })
             .collect())
     }
@@ -225,10 +519,20 @@ impl Cloud for LocalCloud {
         let mut launched = Vec::new();
         for _ in 0..count {
             let mut state = self.lock();
-            let instance_id = format!("local-{:04}", state.next_id);
-            let seed = state.next_id;
-            state.next_id += 1;
-            let next = state.next_id;
+            let number = state.next_id;
+            if number > MAX_INSTANCE_NUMBER {
+                return Err(CloudError::new(
+                    CloudErrorKind::Other,
+                    format!(
+                        "no local instance number is left (the last is {MAX_INSTANCE_NUMBER}); \
+                         start with an empty state dir"
+                    ),
+                ));
+            }
+            let instance_id = format!("local-{number:04}");
+            let seed = number;
+            let next = number + 1;
+            state.next_id = next;
             drop(state);
             std::fs::write(self.config.state_dir.join("next-id"), next.to_string())
                 .map_err(|e| io_error("cannot record the next instance id", e))?;
@@ -247,6 +551,7 @@ impl Cloud for LocalCloud {
                     pid,
                     launched_at,
                     child: Some(child),
+                    ended: None,
                 },
             );
             launched.push(instance_id);
@@ -271,8 +576,10 @@ impl Cloud for LocalCloud {
         {
             let mut state = self.lock();
             for instance_id in instance_ids {
-                let instance = state.instances.get_mut(instance_id).expect("checked above");
-                if instance.alive(instance_id) {
+                let Some(instance) = state.instances.get_mut(instance_id) else {
+                    continue;
+                };
+                if instance.alive(instance_id, &self.config.state_dir) {
                     let _ = kill(Pid::from_raw(instance.pid as i32), Signal::SIGTERM);
                     pending.push(instance_id.clone());
                 }
@@ -284,11 +591,10 @@ impl Cloud for LocalCloud {
             let mut state = self.lock();
             let past_grace = Instant::now() >= deadline;
             pending.retain(|instance_id| {
-                let instance = state
-                    .instances
-                    .get_mut(instance_id)
-                    .expect("only we remove");
-                if !instance.alive(instance_id) {
+                let Some(instance) = state.instances.get_mut(instance_id) else {
+                    return false;
+                };
+                if !instance.alive(instance_id, &self.config.state_dir) {
                     return false;
                 }
                 if past_grace {

@@ -16,10 +16,10 @@ use tokio::sync::watch;
 use crate::cloud::{Cloud, CloudError, CloudInstance};
 use crate::config::ControllerConfig;
 use crate::fleet::FleetView;
-use crate::policy::{self, Decision, Observation, ObservedInstance, PolicyState};
+use crate::policy::{self, Decision, LaunchBackoff, Observation, ObservedInstance, PolicyState};
 
 /// One evaluation as kept for the status view and logged.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug)]
 pub struct DecisionRecord {
     pub sequence: u64,
     pub at: SystemTime,
@@ -36,7 +36,7 @@ pub struct DecisionRecord {
 }
 
 /// The shadow policy's verdict on the same observation. It is never acted on.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ShadowVerdict {
     pub desired: u32,
     pub summary: String,
@@ -59,10 +59,12 @@ struct StatusInner {
     decisions: VecDeque<DecisionRecord>,
     next_sequence: u64,
     counters: Counters,
+    /// The launch backoff as of the last evaluation, and when that was.
+    launch_backoff: Option<(LaunchBackoff, Instant)>,
 }
 
 /// Totals since the controller started, for the metrics endpoint.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Counters {
     pub evaluations: u64,
     /// Evaluations in which each rule changed or held the recommendation.
@@ -73,6 +75,9 @@ pub struct Counters {
     /// Evaluations where the shadow policy wanted another size.
     pub shadow_disagreements: u64,
     pub replaced: u64,
+    /// Launches that failed: refused by the provider, or instances that stopped or were
+    /// replaced before they ever reported.
+    pub launch_failures: u64,
     /// Failed provider calls by kind (each attempt counts).
     pub provider_errors: std::collections::BTreeMap<String, u64>,
 }
@@ -166,12 +171,27 @@ impl ControllerStatus {
         self.lock().counters.clone()
     }
 
+    /// Where the launches stand while they are failing: failures in a row, the time left until
+    /// the next attempt, and the last reason. `None` while launches succeed.
+    pub fn launch_backoff(&self) -> Option<LaunchBackoff> {
+        let inner = self.lock();
+        let (backoff, at) = inner.launch_backoff.as_ref()?;
+        Some(LaunchBackoff {
+            retry_in: backoff.retry_in.saturating_sub(at.elapsed()),
+            ..backoff.clone()
+        })
+    }
+
+    fn set_launch_backoff(&self, backoff: Option<LaunchBackoff>) {
+        self.lock().launch_backoff = backoff.map(|b| (b, Instant::now()));
+    }
+
     fn count_error(&self, error: &CloudError) {
         *self
             .lock()
             .counters
             .provider_errors
-            .entry(format!("{:?}", error.kind))
+            .entry(error.kind.as_str().to_string())
             .or_default() += 1;
     }
 
@@ -180,15 +200,20 @@ impl ControllerStatus {
         let counters = &mut inner.counters;
         counters.evaluations += 1;
         if let Some(decision) = &record.decision {
-            for rule in &decision.rules {
-                *counters
-                    .rules
-                    .entry(rule.rule.as_str().to_string())
-                    .or_default() += 1;
+            // A rule counts once per evaluation, however many times it acted in it.
+            let mut rules = rule_kinds(decision);
+            rules.sort();
+            rules.dedup();
+            for rule in rules {
+                *counters.rules.entry(rule.as_str().to_string()).or_default() += 1;
             }
             counters.replaced += decision.replace.len() as u64;
             counters.scaled_in += decision.scale_in.len() as u64;
+            counters.launch_failures +=
+                decision.replace.iter().filter(|r| r.failed_launch).count() as u64;
         }
+        counters.launch_failures +=
+            u64::from(record.outcome.iter().any(|o| o.starts_with(LAUNCH_FAILED)));
         counters.launched += record.launched.len() as u64;
         counters.shadow_disagreements +=
             u64::from(record.shadow.as_ref().is_some_and(|v| v.differs));
@@ -226,6 +251,9 @@ impl ControllerStatus {
         record
     }
 }
+
+/// How the outcome of a launch the provider refused begins.
+const LAUNCH_FAILED: &str = "launch failed: ";
 
 fn rule_kinds(decision: &Decision) -> Vec<policy::Rule> {
     decision.rules.iter().map(|r| r.rule).collect()
@@ -267,6 +295,7 @@ pub fn observe(
                     health: seen.map(|i| i.health),
                     load: seen.and_then(|i| i.load),
                     has_reported: seen.is_some_and(|i| !i.recent_loads.is_empty()),
+                    state_reason: instance.state_reason.clone(),
                 }
             })
             .collect(),
@@ -416,21 +445,53 @@ impl<C: Cloud> Controller<C> {
             repeated: 0,
             shadow,
         };
-        if decision.acts() {
-            self.act(&decision, &view, &mut record).await;
+        let mut decision = decision;
+        if decision.acts()
+            && let Some(refused) = self.act(&decision, &view, &mut record).await
+        {
+            // The provider refused the launch after its retries: back off as for an instance
+            // that died at start.
+            self.state.launch_failed(&self.config, uptime, &refused);
+            if let Some((config, state)) = self.shadow.as_mut() {
+                state.launch_failed(config, uptime, &refused);
+            }
+            decision.launch_backoff = self.state.launch_backoff(uptime);
+        }
+        self.status
+            .set_launch_backoff(decision.launch_backoff.clone());
+        if let Some(backoff) = &decision.launch_backoff
+            && decision.launch == 0
+            && decision
+                .rules
+                .iter()
+                .any(|r| r.rule == policy::Rule::LaunchBackoff)
+        {
+            tracing::warn!(
+                consecutive_failures = backoff.consecutive_failures,
+                retry_in_secs = backoff.retry_in.as_secs_f64(),
+                last_reason = %backoff.last_reason,
+                "launches are failing; holding launches"
+            );
         }
         record.decision = Some(decision);
         let record = self.status.push(record, keep);
         if record.repeated == 0 {
             let decision = record.decision.as_ref().expect("set above");
+            let rules: Vec<&str> = rule_kinds(decision).iter().map(|r| r.as_str()).collect();
+            let missing: Vec<String> = decision.missing.iter().map(|m| m.describe()).collect();
             tracing::info!(
                 sequence = record.sequence,
                 current = decision.current,
                 desired = decision.desired,
                 recommendation = decision.recommendation,
                 average_load = decision.observed.average_load,
-                rules = ?rule_kinds(decision),
-                outcome = ?record.outcome,
+                in_service = decision.observed.in_service,
+                warming = decision.observed.warming,
+                without_metric = decision.observed.without_metrics,
+                unhealthy = decision.observed.unhealthy,
+                missing = %missing.join(", "),
+                rules = %rules.join(","),
+                outcome = %record.outcome.join("; "),
                 "decision: {}",
                 decision.summary()
             );
@@ -438,7 +499,13 @@ impl<C: Cloud> Controller<C> {
         record
     }
 
-    async fn act(&self, decision: &Decision, view: &FleetView, record: &mut DecisionRecord) {
+    /// Carries out `decision`; returns the provider's reason when it refused the launch.
+    async fn act(
+        &self,
+        decision: &Decision,
+        view: &FleetView,
+        record: &mut DecisionRecord,
+    ) -> Option<String> {
         let replaced: Vec<String> = decision
             .replace
             .iter()
@@ -466,9 +533,13 @@ impl<C: Cloud> Controller<C> {
                     record.outcome.push(format!("launched {}", ids.join(", ")));
                     record.launched = ids;
                 }
-                Err(error) => record.outcome.push(format!("launch failed: {error}")),
+                Err(error) => {
+                    record.outcome.push(format!("{LAUNCH_FAILED}{error}"));
+                    return Some(error.to_string());
+                }
             }
         }
+        None
     }
 
     async fn terminate(&self, instance_ids: &[String], why: &str, record: &mut DecisionRecord) {

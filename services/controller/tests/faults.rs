@@ -103,16 +103,16 @@ async fn ec2_faults_are_retried_recorded_and_the_fleet_converges_without_duplica
     );
 
     let text = outcomes.join("\n");
-    for kind in ["Throttled", "InsufficientCapacity"] {
+    for kind in ["throttled", "insufficient-capacity"] {
         assert!(text.contains(kind), "{kind} not recorded: {text}");
     }
     let errors = status.counters().provider_errors;
     assert!(
-        errors.get("Throttled").copied().unwrap_or(0) >= 1,
+        errors.get("throttled").copied().unwrap_or(0) >= 1,
         "{errors:?}"
     );
     assert!(
-        errors.get("InsufficientCapacity").copied().unwrap_or(0) >= 1,
+        errors.get("insufficient-capacity").copied().unwrap_or(0) >= 1,
         "{errors:?}"
     );
     let faults = proxy.seen().iter().filter(|(_, f)| f.is_some()).count();

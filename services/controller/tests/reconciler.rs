@@ -46,6 +46,7 @@ impl Cloud for ScriptedCloud {
                 state: InstanceState::Pending,
                 launched_at: SystemTime::now(),
                 zone: "test".into(),
+                state_reason: None,
             });
             ids.push(instance_id);
         }
@@ -96,15 +97,15 @@ async fn throttling_and_capacity_errors_are_retried_and_recorded() {
     assert_eq!(record.launched, ["i-1", "i-2"], "{record:#?}");
     let outcome = record.outcome.join("\n");
     assert!(
-        outcome.contains("listing instances failed (attempt 1, Throttled"),
+        outcome.contains("listing instances failed (attempt 1, throttled"),
         "{outcome}"
     );
     assert!(
-        outcome.contains("launching failed (attempt 1, InsufficientCapacity"),
+        outcome.contains("launching failed (attempt 1, insufficient-capacity"),
         "{outcome}"
     );
     assert!(
-        outcome.contains("launching failed (attempt 2, Unavailable"),
+        outcome.contains("launching failed (attempt 2, unavailable"),
         "{outcome}"
     );
     assert!(outcome.contains("launched i-1, i-2"), "{outcome}");
@@ -126,7 +127,7 @@ async fn a_provider_that_keeps_failing_decides_nothing_and_stops_nothing() {
             .outcome
             .last()
             .unwrap()
-            .starts_with("list failed: Timeout"),
+            .starts_with("list failed: timeout"),
         "{record:#?}"
     );
     assert_eq!(*cloud.launches.lock().unwrap(), 0);
@@ -166,9 +167,35 @@ async fn a_non_retryable_error_is_not_retried() {
     assert!(record.launched.is_empty());
     assert_eq!(
         record.outcome,
-        ["launch failed: Other: scripted launch failure"]
+        ["launch failed: other: scripted launch failure"]
     );
     assert_eq!(cloud.launch_failures.lock().unwrap().len(), 1, "tried once");
+
+    // A refused launch backs off as a failed instance does: the next evaluation launches
+    // nothing and says why, and the status tells.
+    let record = controller.evaluate_once().await;
+    assert!(record.launched.is_empty(), "{record:#?}");
+    assert_eq!(
+        cloud.launch_failures.lock().unwrap().len(),
+        1,
+        "not tried again"
+    );
+    let decision = record.decision.unwrap();
+    assert!(
+        decision
+            .rules
+            .iter()
+            .any(|r| r.rule.as_str() == "launch-backoff"
+                && r.detail.contains("scripted launch failure")),
+        "{decision:#?}"
+    );
+    let backoff = controller
+        .status()
+        .launch_backoff()
+        .expect("launches are failing");
+    assert_eq!(backoff.consecutive_failures, 1);
+    assert!(backoff.retry_in > Duration::from_secs(5), "{backoff:?}");
+    assert_eq!(controller.status().counters().launch_failures, 1);
 }
 
 #[tokio::test]
@@ -184,6 +211,7 @@ async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
             state: InstanceState::Running,
             launched_at,
             zone: "test".into(),
+            state_reason: None,
         });
     }
     let view = FleetView {

@@ -488,44 +488,142 @@ async fn serve<C: Cloud>(
     let history = Arc::new(History::new(900));
     let sampling = tokio::spawn(record_history(status.clone(), history.clone()));
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let dashboard = match http {
-        Some(http) => {
-            tracing::info!(address = %http.local_addr().map_err(DaemonError::Listener)?, "dashboard serving");
-            let dashboard = Arc::new(Dashboard {
-                status: status.clone(),
-                history,
-            });
-            Some(tokio::spawn(crate::http::serve(http, dashboard, async {
+    let mut dashboard = Supervised::none("the dashboard");
+    if let Some(http) = http {
+        tracing::info!(address = %http.local_addr().map_err(DaemonError::Listener)?, "dashboard serving");
+        let page = Arc::new(Dashboard {
+            status: status.clone(),
+            history,
+        });
+        dashboard = Supervised::spawn("the dashboard", async {
+            crate::http::serve(http, page, async {
                 http_stopped.await.ok();
-            })))
-        }
-        None => None,
-    };
+            })
+            .await
+            .map_err(|error| error.to_string())
+        });
+    }
     let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
-    let controlling = tokio::spawn(controller.run(async {
-        controller_stopped.await.ok();
-    }));
+    let mut controlling = Supervised::spawn("the controller", async {
+        controller
+            .run(async {
+                controller_stopped.await.ok();
+            })
+            .await;
+        Ok(())
+    });
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(monitor.serve_with_status(listener, Some(status), async {
-        server_stopped.await.ok();
-    }));
+    let mut serving = Supervised::spawn("the gRPC server", async {
+        monitor
+            .serve_with_status(listener, Some(status), async {
+                server_stopped.await.ok();
+            })
+            .await
+            .map_err(|error| error.to_string())
+    });
 
-    shutdown.await;
-    tracing::info!("stopping: the controller first, then the monitor");
+    let failure = first_failure(
+        shutdown,
+        &mut [&mut controlling, &mut serving, &mut dashboard],
+    )
+    .await;
+    match &failure {
+        None => tracing::info!("stopping: the controller first, then the monitor"),
+        Some(why) => tracing::error!("{why}; stopping the daemon rather than run half alive"),
+    }
     let _ = stop_controller.send(());
-    let _ = controlling.await;
+    let mut errors: Vec<String> = failure.into_iter().collect();
+    errors.extend(controlling.stop().await);
     leaving.await;
     sampling.abort();
     let _ = stop_http.send(());
-    if let Some(dashboard) = dashboard {
-        let _ = dashboard.await;
-    }
+    errors.extend(dashboard.stop().await);
     let _ = stop_server.send(());
-    match serving.await {
-        Ok(result) => result?,
-        Err(join) => return Err(DaemonError::Provider(format!("monitor task: {join}"))),
+    errors.extend(serving.stop().await);
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(DaemonError::Task(errors.join("; "))),
     }
-    Ok(())
+}
+
+/// A task the daemon needs until it shuts down: if it ends before, the daemon stops.
+struct Supervised {
+    name: &'static str,
+    handle: Option<tokio::task::JoinHandle<Result<(), String>>>,
+}
+
+impl Supervised {
+    fn spawn(
+        name: &'static str,
+        task: impl Future<Output = Result<(), String>> + Send + 'static,
+    ) -> Supervised {
+        Supervised {
+            name,
+            handle: Some(tokio::spawn(task)),
+        }
+    }
+
+    fn none(name: &'static str) -> Supervised {
+        Supervised { name, handle: None }
+    }
+
+    fn describe(
+        &self,
+        ended: Result<Result<(), String>, tokio::task::JoinError>,
+    ) -> Option<String> {
+        match ended {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(format!("{} failed: {error}", self.name)),
+            Err(join) if join.is_panic() => Some(format!(
+                "{} panicked: {}",
+                self.name,
+                panic_message(join.into_panic())
+            )),
+            Err(join) => Some(format!("{} was cancelled: {join}", self.name)),
+        }
+    }
+
+    /// Waits for the task to end (it has been told to); what went wrong, if anything.
+    async fn stop(&mut self) -> Option<String> {
+        let handle = self.handle.take()?;
+        let ended = handle.await;
+        self.describe(ended)
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map_or("(no message)".to_string(), |m| m.to_string()),
+    }
+}
+
+/// Waits for `shutdown`; returns `None` then. If one of `tasks` ends first (it returned, failed
+/// or panicked), returns why instead: the daemon must stop then, and exit non-zero.
+async fn first_failure(
+    shutdown: impl Future<Output = ()>,
+    tasks: &mut [&mut Supervised],
+) -> Option<String> {
+    let ended = std::future::poll_fn(|cx| {
+        for task in tasks.iter_mut() {
+            if let Some(handle) = task.handle.as_mut()
+                && let std::task::Poll::Ready(ended) = std::pin::Pin::new(handle).poll(cx)
+            {
+                task.handle = None;
+                let why = task
+                    .describe(ended)
+                    .unwrap_or_else(|| format!("{} ended before the shutdown", task.name));
+                return std::task::Poll::Ready(why);
+            }
+        }
+        std::task::Poll::Pending
+    });
+    tokio::select! {
+        () = shutdown => None,
+        why = ended => Some(why),
+    }
 }
 
 /// Samples the status every second into the dashboard's history.
@@ -550,11 +648,73 @@ pub enum DaemonError {
     Provider(String),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    /// A task the daemon needs ended, failed or panicked while it ran.
+    #[error("{0}")]
+    Task(String),
+}
+
+impl DaemonError {
+    /// The exit status for this error: 70 (EX_SOFTWARE) when the daemon failed while running,
+    /// 64 when it could not start (a bad config, flag or file).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Task(_) => 70,
+            _ => 64,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_ends_the_wait_and_is_named() {
+        let mut healthy = Supervised::spawn("the healthy one", async {
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+        let mut failing = Supervised::spawn("the controller", async {
+            tokio::task::yield_now().await;
+            panic!("attempt to add with overflow");
+        });
+        let why = tokio::time::timeout(
+            Duration::from_secs(10),
+            first_failure(std::future::pending(), &mut [&mut healthy, &mut failing]),
+        )
+        .await
+        .expect("the panic ends the wait");
+        assert_eq!(
+            why.as_deref(),
+            Some("the controller panicked: attempt to add with overflow")
+        );
+        assert!(failing.stop().await.is_none(), "already reported");
+        healthy.handle.take().unwrap().abort();
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_early_or_fails_ends_the_wait() {
+        let mut quiet = Supervised::spawn("the gRPC server", async { Ok(()) });
+        let why = first_failure(std::future::pending(), &mut [&mut quiet]).await;
+        assert_eq!(
+            why.as_deref(),
+            Some("the gRPC server ended before the shutdown")
+        );
+        let mut failing = Supervised::spawn("the dashboard", async { Err("bind".to_string()) });
+        let why = first_failure(std::future::pending(), &mut [&mut failing]).await;
+        assert_eq!(why.as_deref(), Some("the dashboard failed: bind"));
+        assert_eq!(DaemonError::Task(why.unwrap()).exit_code(), 70);
+    }
+
+    #[tokio::test]
+    async fn the_shutdown_ends_the_wait_without_a_failure() {
+        let mut running = Supervised::spawn("the controller", async {
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+        assert_eq!(first_failure(async {}, &mut [&mut running]).await, None);
+        running.handle.take().unwrap().abort();
+    }
 
     #[test]
     fn the_example_config_parses() {

@@ -180,6 +180,24 @@ pub fn render_metrics(dashboard: &Dashboard) -> String {
             counters.provider_errors.into_iter().collect(),
             "kind",
         );
+        counter(
+            "autoscaler_launch_failures_total",
+            "Launches that failed: refused by the provider, or instances that stopped or were replaced before they ever reported.",
+            vec![(String::new(), counters.launch_failures)],
+            "",
+        );
+        let backoff = controller.launch_backoff();
+        let _ = writeln!(
+            out,
+            "# HELP autoscaler_launch_failures_consecutive Failed launches in a row; 0 while launches succeed.\n\
+             # TYPE autoscaler_launch_failures_consecutive gauge\n\
+             autoscaler_launch_failures_consecutive {}\n\
+             # HELP autoscaler_launch_backoff_seconds Time until the next launch may be tried while launches are failing.\n\
+             # TYPE autoscaler_launch_backoff_seconds gauge\n\
+             autoscaler_launch_backoff_seconds {}",
+            backoff.as_ref().map_or(0, |b| b.consecutive_failures),
+            backoff.as_ref().map_or(0.0, |b| b.retry_in.as_secs_f64()),
+        );
     }
     out
 }

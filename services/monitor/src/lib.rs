@@ -45,13 +45,16 @@ pub enum MonitorError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The task that publishes the fleet view ended while the monitor served.
+    #[error("the fleet view's publisher stopped: {0}")]
+    Publisher(String),
 }
 
 /// A running monitor: its registry polls every registered agent and publishes the fleet view.
 #[derive(Debug)]
 pub struct Monitor {
     registry: Arc<Registry>,
-    publisher: tokio::task::JoinHandle<()>,
+    publisher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Monitor {
@@ -62,7 +65,7 @@ impl Monitor {
         let publisher = tokio::spawn(registry.clone().publish_forever());
         Ok(Monitor {
             registry,
-            publisher,
+            publisher: Some(publisher),
         })
     }
 
@@ -87,7 +90,7 @@ impl Monitor {
 
     /// Like [`Monitor::serve`], adding the Status service when one is given.
     pub async fn serve_with_status(
-        self,
+        mut self,
         listener: TcpListener,
         status: Option<StatusService>,
         shutdown: impl Future<Output = ()>,
@@ -120,6 +123,24 @@ impl Monitor {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             self.registry.credentials().require(),
         );
+        // Serving without a fleet view would be half alive: if the publisher ends (it only
+        // could by a panic), the server stops and says so.
+        let mut publisher = self.publisher.take();
+        let mut publisher_ended = None;
+        let until = async {
+            match publisher.as_mut() {
+                Some(handle) => tokio::select! {
+                    () = shutdown => {}
+                    ended = handle => {
+                        publisher_ended = Some(match ended {
+                            Ok(()) => "it returned".to_string(),
+                            Err(join) => join.to_string(),
+                        });
+                    }
+                },
+                None => shutdown.await,
+            }
+        };
         let result = self
             .registry
             .credentials()
@@ -130,15 +151,24 @@ impl Monitor {
             .add_service(monitor)
             .add_service(operator)
             .add_optional_service(status)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), until)
             .await;
+        if publisher_ended.is_none() {
+            self.publisher = publisher;
+        }
         self.stop().await;
-        Ok(result?)
+        result?;
+        match publisher_ended {
+            Some(why) => Err(MonitorError::Publisher(why)),
+            None => Ok(()),
+        }
     }
 
     /// Stops polling and publishing, and tells every agent this monitor no longer watches it.
     pub async fn stop(self) {
-        self.publisher.abort();
+        if let Some(publisher) = &self.publisher {
+            publisher.abort();
+        }
         self.registry.stop_polling();
         poller::detach_all(&self.registry, Duration::from_millis(500)).await;
     }

@@ -125,8 +125,15 @@ fn main() -> std::process::ExitCode {
     match run(flags) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("autoscaler-monitor: {error:#}");
-            std::process::ExitCode::from(64)
+            eprintln!(
+                "autoscaler-monitor: {}",
+                autoscaler_proto::error_chain(error.as_ref())
+            );
+            // 70 when it failed while running (systemd restarts it), 64 when it could not start.
+            let code = error
+                .downcast_ref::<daemon::DaemonError>()
+                .map_or(64, daemon::DaemonError::exit_code);
+            std::process::ExitCode::from(code)
         }
     }
 }

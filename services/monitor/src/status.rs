@@ -63,6 +63,13 @@ fn record(record: &DecisionRecord) -> v1::DecisionRecord {
             .filter(|v| v.differs)
             .map(|v| v.summary.clone())
             .unwrap_or_default(),
+        in_service: decision.map_or(0, |d| d.observed.in_service),
+        warming: decision.map_or(0, |d| d.observed.warming),
+        without_metric: decision.map_or(0, |d| d.observed.without_metrics),
+        unhealthy: decision.map_or(0, |d| d.observed.unhealthy),
+        missing: decision
+            .map(|d| d.missing.iter().map(|m| m.describe()).collect())
+            .unwrap_or_default(),
     }
 }
 
@@ -111,6 +118,7 @@ impl StatusService {
                     consecutive_misses: seen.map_or(0, |i| i.consecutive_misses),
                     last_error: seen.and_then(|i| i.last_error.clone()).unwrap_or_default(),
                     zone: cloud.zone.clone(),
+                    state_reason: cloud.state_reason.clone().unwrap_or_default(),
                 }
             })
             .collect();
@@ -127,6 +135,7 @@ impl StatusService {
                     consecutive_misses: seen.consecutive_misses,
                     last_error: seen.last_error.clone().unwrap_or_default(),
                     zone: String::new(),
+                    state_reason: String::new(),
                 });
             }
         }
@@ -142,6 +151,15 @@ impl StatusService {
                 .unwrap_or(0),
             instances,
             decisions: decisions.iter().map(record).collect(),
+            launch_failures: self
+                .controller
+                .as_ref()
+                .and_then(ControllerStatus::launch_backoff)
+                .map(|backoff| v1::LaunchFailures {
+                    consecutive: backoff.consecutive_failures,
+                    next_attempt_in_ms: backoff.retry_in.as_millis() as u64,
+                    last_reason: backoff.last_reason,
+                }),
         }
     }
 }

@@ -38,6 +38,8 @@ const SETTINGS: &[(&str, &str)] = &[
     ("controller", "evaluation_interval_ms"),
     ("controller", "warmup_secs"),
     ("controller", "registration_grace_secs"),
+    ("controller", "launch_backoff_secs"),
+    ("controller", "launch_backoff_max_secs"),
     ("controller", "scale_out_cooldown_secs"),
     ("controller", "scale_in_cooldown_secs"),
     ("controller", "decision_history"),

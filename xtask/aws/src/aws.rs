@@ -1400,6 +1400,14 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
             instance.consecutive_misses
         );
     }
+    if let Some(failing) = &report.launch_failures {
+        println!(
+            "launches failing: {} in a row, next attempt in {:.0} s; last: {}",
+            failing.consecutive,
+            (failing.next_attempt_in_ms as f64 / 1000.0).ceil(),
+            failing.last_reason
+        );
+    }
     if let Some(last) = report.decisions.last() {
         println!("last decision: {}", last.summary);
     }

@@ -192,12 +192,25 @@ impl Ec2Cloud {
                     .and_then(|p| p.availability_zone())
                     .unwrap_or("")
                     .to_string();
+                // EC2 says why an instance stopped or terminated early (for example
+                // "Server.InternalError: Internal error on launch").
+                let state_reason = (state == InstanceState::Stopped)
+                    .then(|| {
+                        instance
+                            .state_reason()
+                            .and_then(|r| r.message())
+                            .or(instance.state_transition_reason())
+                            .filter(|m| !m.is_empty())
+                            .map(str::to_string)
+                    })
+                    .flatten();
                 found.push((
                     CloudInstance {
                         instance_id: instance_id.to_string(),
                         state,
                         launched_at,
                         zone,
+                        state_reason,
                     },
                     instance.subnet_id().unwrap_or("").to_string(),
                 ));

@@ -136,6 +136,16 @@ impl RunningDaemon {
     }
 
     pub async fn start_with_tls(config: DaemonConfig, tls: daemon::TlsSource) -> RunningDaemon {
+        RunningDaemon::start_with(config, tls, None).await
+    }
+
+    /// Starts the daemon, telling its agents to reach the monitor at `advertise` (default: the
+    /// address it listens on).
+    pub async fn start_with(
+        config: DaemonConfig,
+        tls: daemon::TlsSource,
+        advertise: Option<String>,
+    ) -> RunningDaemon {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -144,7 +154,7 @@ impl RunningDaemon {
         let task = tokio::spawn(async move {
             let options = daemon::RunOptions {
                 agent_binary: agent_binary(),
-                advertise: address.to_string(),
+                advertise: advertise.unwrap_or_else(|| address.to_string()),
                 aws: None,
                 http: Some(http_listener),
                 tls,
@@ -210,11 +220,21 @@ pub async fn wait_status(
         if condition(&status) {
             return status;
         }
-        assert!(
-            Instant::now() < give_up,
-            "timed out after {deadline:?} waiting until {what}; status: {:#?}",
-            status.instances
-        );
+        if Instant::now() >= give_up {
+            let decisions: Vec<String> = status
+                .decisions
+                .iter()
+                .rev()
+                .take(12)
+                .rev()
+                .map(|d| format!("#{} {} -> {:?}", d.sequence, d.summary, d.outcome))
+                .collect();
+            panic!(
+                "timed out after {deadline:?} waiting until {what}; instances: {:#?}\nlast decisions:\n{}",
+                status.instances,
+                decisions.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -350,4 +370,27 @@ impl FleetInvariant {
             &violations[..violations.len().min(5)]
         );
     }
+}
+
+/// Starts `autoscaler-monitor` as a process on `port` with the test group's TLS material in
+/// `<state-dir>/tls`; killed when dropped.
+pub fn spawn_daemon_process(
+    state_dir: &Path,
+    port: u16,
+    config_path: &Path,
+) -> tokio::process::Child {
+    let monitor_binary = agent_binary().with_file_name("autoscaler-monitor");
+    // The daemon keeps the material it finds in `<state-dir>/tls`: the test group's.
+    write_tls_dir(&state_dir.join("tls"));
+    tokio::process::Command::new(monitor_binary)
+        .arg("--config")
+        .arg(config_path)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("AUTOSCALER_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting autoscaler-monitor")
 }
