@@ -223,6 +223,19 @@ async fn a_frozen_agent_is_replaced_without_scaling_in_a_healthy_one() {
         .iter()
         .filter(|d| d.rules.iter().any(|r| r == "missing-metrics"))
         .count();
+    // While it missed polls, the records say it had no metric, why, and how it was counted.
+    let unseen = since
+        .iter()
+        .find(|d| d.without_metric == 1)
+        .unwrap_or_else(|| {
+            panic!("no record saw the frozen instance without a metric: {since:#?}")
+        });
+    assert_eq!(unseen.missing.len(), 1, "{unseen:#?}");
+    assert!(
+        unseen.missing[0].starts_with(&format!("{victim} (")),
+        "{unseen:#?}"
+    );
+    assert_eq!(unseen.in_service, 3, "{unseen:#?}");
     eprintln!(
         "figure: frozen agent at 40 % on 4: replaced and 4 healthy again {:.1} s after SIGSTOP; {held} decision records name missing metrics; 0 healthy instances scaled in",
         healed.as_secs_f64()

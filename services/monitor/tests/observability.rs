@@ -94,6 +94,22 @@ async fn the_monitor_serves_metrics_and_a_json_api() {
     );
     assert!(metric(&body, "autoscaler_evaluations_total").unwrap() >= 1.0);
     assert!(body.contains("# TYPE autoscaler_provider_errors_total counter"));
+    // Launches succeed here: the launch failure metrics are there, and at zero.
+    assert_eq!(
+        metric(&body, "autoscaler_launch_failures_consecutive"),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "autoscaler_launch_backoff_seconds"),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "autoscaler_launch_failures_total"),
+        Some(0.0),
+        "{body}"
+    );
 
     // The JSON API: the Status payload and the history the charts draw.
     let give_up = Instant::now() + Duration::from_secs(10);
@@ -110,6 +126,17 @@ async fn the_monitor_serves_metrics_and_a_json_api() {
     assert_eq!(api["status"]["instances"].as_array().unwrap().len(), 2);
     assert_eq!(api["status"]["min_instances"], 2);
     assert!(api["history"][0]["observed"].as_u64().is_some());
+    assert!(api["status"]["launch_failures"].is_null(), "{api}");
+    // Every decision record carries the counts it saw.
+    let last = api["status"]["decisions"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    for field in ["in_service", "warming", "without_metric", "unhealthy"] {
+        assert!(last[field].as_u64().is_some(), "{field} missing: {last}");
+    }
     // No secret leaks into what the dashboard serves.
     let (_, page) = http_get(daemon.http, "/").await;
     assert!(
