@@ -3,8 +3,7 @@
 
 pub mod cloud;
 pub mod ec2;
-pub mod fleet;
 pub mod local;
 pub mod reconciler;
 
-pub use autoscaler_policy::{config, policy, simulate};
+pub use autoscaler_policy::{config, fleet, policy, simulate};

@@ -4,13 +4,10 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use autoscaler_proto::auth::Credentials;
-use autoscaler_proto::tls::Role;
-use autoscaler_proto::v1;
-use autoscaler_proto::v1::agent_client::AgentClient;
 use tokio::sync::watch;
 
 use crate::cloud::{Cloud, CloudError, CloudInstance};
@@ -259,16 +256,43 @@ fn rule_kinds(decision: &Decision) -> Vec<policy::Rule> {
     decision.rules.iter().map(|r| r.rule).collect()
 }
 
-/// Called with the id of every instance the controller terminated, so the monitor forgets it.
-pub type Forget = Arc<dyn Fn(&str) + Send + Sync>;
+/// What the controller asks of the agents. The monitor, which knows them and holds the client
+/// to reach them, implements it; the controller itself speaks no RPC.
+pub trait Agents: Send + Sync + 'static {
+    /// Tells the agent of `instance_id` that its instance is about to be removed by scale-in,
+    /// so it registers no more; best effort, bounded in time by the implementation.
+    fn notify_removal<'a>(
+        &'a self,
+        instance_id: &'a str,
+        reason: &'a str,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+    /// Forgets an instance the controller terminated.
+    fn forget(&self, instance_id: &str);
+}
+
+/// Agents that nobody reaches: for a controller without a monitor (tests, tools).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoAgents;
+
+impl Agents for NoAgents {
+    fn notify_removal<'a>(
+        &'a self,
+        _instance_id: &'a str,
+        _reason: &'a str,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async {})
+    }
+
+    fn forget(&self, _instance_id: &str) {}
+}
 
 /// The control loop.
 pub struct Controller<C> {
     cloud: Arc<C>,
     config: ControllerConfig,
     fleet: watch::Receiver<Arc<FleetView>>,
-    credentials: Credentials,
-    forget: Forget,
+    agents: Arc<dyn Agents>,
     status: ControllerStatus,
     state: PolicyState,
     /// The shadow policy's config and memory.
@@ -344,8 +368,7 @@ impl<C: Cloud> Controller<C> {
         cloud: Arc<C>,
         config: ControllerConfig,
         fleet: watch::Receiver<Arc<FleetView>>,
-        credentials: Credentials,
-        forget: Forget,
+        agents: Arc<dyn Agents>,
     ) -> Controller<C> {
         Controller {
             shadow: config
@@ -354,8 +377,7 @@ impl<C: Cloud> Controller<C> {
             cloud,
             config,
             fleet,
-            credentials,
-            forget,
+            agents,
             status: ControllerStatus::default(),
             state: PolicyState::default(),
             started: Instant::now(),
@@ -516,8 +538,8 @@ impl<C: Cloud> Controller<C> {
         }
         if !decision.scale_in.is_empty() {
             for instance_id in &decision.scale_in {
-                if let Some(instance) = view.get(instance_id) {
-                    self.notify_removal(instance_id, &instance.address).await;
+                if view.get(instance_id).is_some() {
+                    self.agents.notify_removal(instance_id, "scale-in").await;
                 }
             }
             self.terminate(&decision.scale_in, "scaled in", record)
@@ -550,7 +572,7 @@ impl<C: Cloud> Controller<C> {
         {
             Ok(()) => {
                 for instance_id in instance_ids {
-                    (self.forget)(instance_id);
+                    self.agents.forget(instance_id);
                 }
                 record
                     .outcome
@@ -558,25 +580,6 @@ impl<C: Cloud> Controller<C> {
                 record.terminated.extend(instance_ids.iter().cloned());
             }
             Err(error) => record.outcome.push(format!("terminate failed: {error}")),
-        }
-    }
-
-    /// Tells the agent its instance is being removed; best effort, bounded by one second.
-    async fn notify_removal(&self, instance_id: &str, address: &str) {
-        let timeout = Duration::from_secs(1);
-        let Ok(channel) = self.credentials.channel(address, Role::Agent, timeout) else {
-            return;
-        };
-        let mut client = AgentClient::with_interceptor(channel, self.credentials.attach());
-        let call = client.notify_removal(v1::NotifyRemovalRequest {
-            reason: "scale-in".to_string(),
-        });
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(_)) => tracing::debug!(%instance_id, "agent told of its removal"),
-            Ok(Err(status)) => {
-                tracing::warn!(%instance_id, code = ?status.code(), "NotifyRemoval refused")
-            }
-            Err(_) => tracing::warn!(%instance_id, "NotifyRemoval timed out"),
         }
     }
 }

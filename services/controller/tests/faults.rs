@@ -15,9 +15,7 @@ use autoscaler_controller::cloud::Cloud;
 use autoscaler_controller::config::ControllerConfig;
 use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config};
 use autoscaler_controller::fleet::FleetView;
-use autoscaler_controller::reconciler::Controller;
-use autoscaler_proto::auth::{Credentials, Token};
-use autoscaler_proto::tls::Transport;
+use autoscaler_controller::reconciler::{Controller, NoAgents};
 use support::fault_proxy::{Fault, FaultProxy};
 use support::*;
 
@@ -39,12 +37,8 @@ fn controller(cloud: Arc<Ec2Cloud>) -> Controller<Ec2Cloud> {
         cloud,
         ControllerConfig::default(),
         fleet,
-        // No agent answers in these tests: NotifyRemoval has nobody to reach, TLS or not.
-        Credentials::new(
-            Token::new("test-token-0123456789").unwrap(),
-            Transport::Plaintext,
-        ),
-        Arc::new(|_: &str| {}),
+        // No agent answers in these tests: nobody to notify or forget.
+        Arc::new(NoAgents),
     )
 }
 
@@ -272,12 +266,8 @@ async fn a_controller_killed_at_random_points_never_exceeds_its_bounds_or_orphan
             cloud.clone(),
             config.clone(),
             fleet.clone(),
-            // No agent answers in these tests: NotifyRemoval has nobody to reach, TLS or not.
-            Credentials::new(
-                Token::new("test-token-0123456789").unwrap(),
-                Transport::Plaintext,
-            ),
-            Arc::new(|_: &str| {}),
+            // No agent answers in these tests: nobody to notify or forget.
+            Arc::new(NoAgents),
         );
         seed = seed
             .wrapping_mul(6364136223846793005)
@@ -312,12 +302,8 @@ async fn a_controller_killed_at_random_points_never_exceeds_its_bounds_or_orphan
         cloud.clone(),
         config.clone(),
         fleet.clone(),
-        // No agent answers in these tests: NotifyRemoval has nobody to reach, TLS or not.
-        Credentials::new(
-            Token::new("test-token-0123456789").unwrap(),
-            Transport::Plaintext,
-        ),
-        Arc::new(|_: &str| {}),
+        // No agent answers in these tests: nobody to notify or forget.
+        Arc::new(NoAgents),
     );
     let started = Instant::now();
     loop {

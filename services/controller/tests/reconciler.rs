@@ -11,9 +11,7 @@ use autoscaler_controller::cloud::{
 };
 use autoscaler_controller::config::ControllerConfig;
 use autoscaler_controller::fleet::FleetView;
-use autoscaler_controller::reconciler::Controller;
-use autoscaler_proto::auth::{Credentials, Token};
-use autoscaler_proto::tls::Transport;
+use autoscaler_controller::reconciler::{Controller, NoAgents};
 
 /// A cloud whose calls fail as scripted, then succeed.
 #[derive(Default)]
@@ -71,12 +69,8 @@ fn controller(cloud: Arc<ScriptedCloud>) -> Controller<ScriptedCloud> {
         cloud,
         ControllerConfig::default(),
         fleet,
-        // No agent answers in these tests: NotifyRemoval has nobody to reach, TLS or not.
-        Credentials::new(
-            Token::new("test-token-0123456789").unwrap(),
-            Transport::Plaintext,
-        ),
-        Arc::new(|_: &str| {}),
+        // No agent answers in these tests: nobody to notify or forget.
+        Arc::new(NoAgents),
     )
 }
 
@@ -254,12 +248,8 @@ async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
         cloud.clone(),
         config,
         fleet,
-        // No agent answers in these tests: NotifyRemoval has nobody to reach, TLS or not.
-        Credentials::new(
-            Token::new("test-token-0123456789").unwrap(),
-            Transport::Plaintext,
-        ),
-        Arc::new(|_: &str| {}),
+        // No agent answers in these tests: nobody to notify or forget.
+        Arc::new(NoAgents),
     );
     let status = controller.status();
     let record = controller.evaluate_once().await;

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use autoscaler_controller::fleet::Health;
 use autoscaler_monitor::registry::Registration;
 use autoscaler_monitor::{Monitor, MonitorConfig};
+use autoscaler_policy::fleet::Health;
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
 use autoscaler_proto::v1;

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +14,14 @@ use autoscaler_controller::config::ControllerConfig;
 use autoscaler_controller::ec2::Ec2Cloud;
 use autoscaler_controller::ec2::Ec2Config;
 use autoscaler_controller::local::{LocalCloud, LocalConfig};
-use autoscaler_controller::reconciler::Controller;
+use autoscaler_controller::reconciler::{Agents, Controller, ControllerStatus};
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{self, Role, TlsMaterial, Transport};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::http::Dashboard;
+use crate::service::Admission;
 use crate::status::{History, StatusService};
 use crate::{Monitor, MonitorConfig, MonitorError};
 
@@ -328,7 +330,7 @@ pub async fn run(
                 }
             };
             let credentials = Credentials::new(token.clone(), transport);
-            let monitor = Monitor::start(config.monitor_config(), credentials.clone())?;
+            let monitor = Monitor::start(config.monitor_config(), credentials)?;
             let cloud = Arc::new(
                 LocalCloud::open(LocalConfig {
                     state_dir,
@@ -344,17 +346,7 @@ pub async fn run(
             tracing::info!(state_dir = %cloud.state_dir().display(), "local provider");
             let leaving = cloud.clone();
             let leaving = async move { leaving.terminate_all().await };
-            serve(
-                &config,
-                monitor,
-                cloud,
-                credentials,
-                listener,
-                http,
-                shutdown,
-                leaving,
-            )
-            .await
+            serve(&config, monitor, cloud, listener, http, shutdown, leaving).await
         }
         #[cfg(not(feature = "ec2"))]
         ProviderSection::Ec2(_) => Err(DaemonError::Provider(
@@ -392,19 +384,9 @@ pub async fn run(
                 })?,
             };
             let credentials = Credentials::new(token, Transport::tls(material));
-            let monitor = Monitor::start(config.monitor_config(), credentials.clone())?;
+            let monitor = Monitor::start(config.monitor_config(), credentials)?;
             publish_address(sdk, &config.group, &options.advertise).await?;
-            serve(
-                &config,
-                monitor,
-                cloud,
-                credentials,
-                listener,
-                http,
-                shutdown,
-                async {},
-            )
-            .await
+            serve(&config, monitor, cloud, listener, http, shutdown, async {}).await
         }
     }
 }
@@ -450,26 +432,19 @@ async fn serve<C: Cloud>(
     config: &DaemonConfig,
     monitor: Monitor,
     cloud: Arc<C>,
-    credentials: Credentials,
     listener: TcpListener,
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
     leaving: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let registry = monitor.registry().clone();
-    let forget = {
-        let registry = registry.clone();
-        Arc::new(move |instance_id: &str| {
-            let _ = registry.deregister(instance_id);
-        })
-    };
     let controller = Controller::new(
         cloud,
         config.controller.clone(),
         monitor.fleet(),
-        credentials,
-        forget,
+        Arc::new(MonitorAgents(registry.clone())),
     );
+    let admission: Arc<dyn Admission> = Arc::new(ProviderAdmission(controller.status()));
     let status = StatusService {
         group: config.group.clone(),
         min_instances: config.controller.min_instances,
@@ -515,7 +490,7 @@ async fn serve<C: Cloud>(
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut serving = Supervised::spawn("the gRPC server", async {
         monitor
-            .serve_with_status(listener, Some(status), async {
+            .serve_with_status(listener, Some(status), Some(admission), async {
                 server_stopped.await.ok();
             })
             .await
@@ -543,6 +518,36 @@ async fn serve<C: Cloud>(
     match errors.is_empty() {
         true => Ok(()),
         false => Err(DaemonError::Task(errors.join("; "))),
+    }
+}
+
+/// The controller reaches the agents through the monitor's registry.
+struct MonitorAgents(Arc<crate::registry::Registry>);
+
+impl Agents for MonitorAgents {
+    fn notify_removal<'a>(
+        &'a self,
+        instance_id: &'a str,
+        reason: &'a str,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(self.0.notify_removal(instance_id, reason))
+    }
+
+    fn forget(&self, instance_id: &str) {
+        let _ = self.0.deregister(instance_id);
+    }
+}
+
+/// The monitor admits the instances the controller's provider lists.
+struct ProviderAdmission(ControllerStatus);
+
+impl Admission for ProviderAdmission {
+    fn admits<'a>(
+        &'a self,
+        instance_id: &'a str,
+        wait: Duration,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(self.0.admits(instance_id, wait))
     }
 }
 

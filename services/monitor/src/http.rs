@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 
-use autoscaler_controller::fleet::Health;
+use autoscaler_policy::fleet::Health;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};

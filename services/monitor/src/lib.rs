@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use autoscaler_controller::fleet::FleetView;
+use autoscaler_policy::fleet::FleetView;
 use autoscaler_proto::MAX_MESSAGE_BYTES;
 use autoscaler_proto::auth::Credentials;
 use autoscaler_proto::v1::monitor_server::MonitorServer;
@@ -85,14 +85,16 @@ impl Monitor {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), MonitorError> {
-        self.serve_with_status(listener, None, shutdown).await
+        self.serve_with_status(listener, None, None, shutdown).await
     }
 
-    /// Like [`Monitor::serve`], adding the Status service when one is given.
+    /// Like [`Monitor::serve`], adding the Status service when one is given, and admitting
+    /// only the registrations `admission` admits when one is given.
     pub async fn serve_with_status(
         mut self,
         listener: TcpListener,
         status: Option<StatusService>,
+        admission: Option<Arc<dyn service::Admission>>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), MonitorError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -105,8 +107,8 @@ impl Monitor {
             .build_v1()?;
         // With a controller, only the instances its provider lists may register.
         let mut service = MonitorService::new(self.registry.clone());
-        if let Some(controller) = status.as_ref().and_then(|s| s.controller.clone()) {
-            service = service.admitting(controller);
+        if let Some(admission) = admission {
+            service = service.admitting(admission);
         }
         let monitor = InterceptedService::new(
             MonitorServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -167,6 +167,32 @@ pub(crate) async fn poll_once(
     PollOutcome::Answered { load }
 }
 
+/// Tells the agent of `instance_id` that its instance is being removed (it then registers no
+/// more); best effort, bounded by `timeout`. Nothing happens for an instance not registered.
+pub(crate) async fn notify_removal(
+    registry: &Registry,
+    instance_id: &str,
+    reason: &str,
+    timeout: Duration,
+) {
+    let Some(address) = registry.address_of(instance_id) else {
+        return;
+    };
+    let Ok(mut client) = agent_client(&address, timeout, registry.credentials()) else {
+        return;
+    };
+    let call = client.notify_removal(v1::NotifyRemovalRequest {
+        reason: reason.to_string(),
+    });
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(_)) => tracing::debug!(%instance_id, "agent told of its removal"),
+        Ok(Err(status)) => {
+            tracing::warn!(%instance_id, code = ?status.code(), "NotifyRemoval refused")
+        }
+        Err(_) => tracing::warn!(%instance_id, "NotifyRemoval timed out"),
+    }
+}
+
 /// Tells every agent that this monitor stops watching it; bounded by `timeout` in all.
 pub(crate) async fn detach_all(registry: &Arc<Registry>, timeout: Duration) {
     let config = registry.config().clone();

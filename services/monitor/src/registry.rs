@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use autoscaler_controller::fleet::{FleetView, Health, InstanceView};
+use autoscaler_policy::fleet::{FleetView, Health, InstanceView};
 use autoscaler_proto::auth::Credentials;
 use autoscaler_proto::tls::{Role, TlsError};
 use tokio::sync::watch;
@@ -334,6 +334,13 @@ impl Registry {
         self.lock()
             .get(instance_id)
             .map(|entry| entry.view.address.clone())
+    }
+
+    /// Tells the agent of a registered instance that it is being removed; best effort,
+    /// bounded by one second. The controller calls this before a scale-in.
+    pub async fn notify_removal(&self, instance_id: &str, reason: &str) {
+        crate::poller::notify_removal(self, instance_id, reason, std::time::Duration::from_secs(1))
+            .await;
     }
 
     /// Stops every poll task.

@@ -1,10 +1,10 @@
 //! The `autoscaler.v1.Monitor` gRPC service: checks registrations at the edge, converts them into
 //! domain types and hands them to the registry.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-
-use autoscaler_controller::reconciler::ControllerStatus;
 
 use autoscaler_proto::tls::{Role, require_caller};
 use autoscaler_proto::v1;
@@ -24,11 +24,31 @@ pub const MAX_VERSION_LEN: usize = 64;
 /// list before it is refused (below the agent's 2 s call timeout).
 pub const ADMISSION_WAIT: Duration = Duration::from_millis(1_500);
 
-#[derive(Clone, Debug)]
+/// Who may register. With a controller, the daemon answers from the provider's list; the
+/// monitor alone admits every well-formed registration with the right token and certificate.
+pub trait Admission: Send + Sync + 'static {
+    /// Whether `instance_id` belongs to the group, waiting up to `wait` to know.
+    fn admits<'a>(
+        &'a self,
+        instance_id: &'a str,
+        wait: Duration,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+}
+
+#[derive(Clone)]
 pub struct MonitorService {
     registry: Arc<Registry>,
     /// With a controller, only instances its provider lists may register.
-    admission: Option<ControllerStatus>,
+    admission: Option<Arc<dyn Admission>>,
+}
+
+impl std::fmt::Debug for MonitorService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitorService")
+            .field("registry", &self.registry)
+            .field("admission", &self.admission.is_some())
+            .finish()
+    }
 }
 
 impl MonitorService {
@@ -39,9 +59,9 @@ impl MonitorService {
         }
     }
 
-    /// Accepts registrations only from instances `controller`'s provider lists.
-    pub fn admitting(mut self, controller: ControllerStatus) -> MonitorService {
-        self.admission = Some(controller);
+    /// Accepts registrations only from the instances `admission` admits.
+    pub fn admitting(mut self, admission: Arc<dyn Admission>) -> MonitorService {
+        self.admission = Some(admission);
         self
     }
 }
@@ -122,8 +142,8 @@ impl Monitor for MonitorService {
         let registration = parse_registration(request.into_inner()).inspect_err(|status| {
             tracing::warn!(error = status.message(), "registration refused");
         })?;
-        if let Some(controller) = &self.admission
-            && !controller
+        if let Some(admission) = &self.admission
+            && !admission
                 .admits(&registration.instance_id, ADMISSION_WAIT)
                 .await
         {

@@ -7,7 +7,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use autoscaler_controller::fleet::Health;
+use autoscaler_policy::fleet::Health;
 use support::*;
 
 /// The Python with grpcio-tools that `cargo xtask test` installs into .venv.

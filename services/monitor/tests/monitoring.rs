@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use autoscaler_controller::fleet::Health;
+use autoscaler_policy::fleet::Health;
 use autoscaler_proto::v1;
 use nix::sys::signal::Signal;
 use support::*;
@@ -477,6 +477,8 @@ mod fake_agent {
         pub load: Arc<Mutex<f64>>,
         /// Answer Ping as agents did before it carried the metrics.
         pub old: bool,
+        /// The reasons of the NotifyRemoval calls received.
+        pub removals: Arc<Mutex<Vec<String>>>,
     }
 
     #[tonic::async_trait]
@@ -528,8 +530,12 @@ mod fake_agent {
         }
         async fn notify_removal(
             &self,
-            _: Request<v1::NotifyRemovalRequest>,
+            request: Request<v1::NotifyRemovalRequest>,
         ) -> Result<Response<v1::NotifyRemovalResponse>, Status> {
+            self.removals
+                .lock()
+                .unwrap()
+                .push(request.into_inner().reason);
             Ok(Response::new(v1::NotifyRemovalResponse {}))
         }
     }
@@ -548,6 +554,7 @@ mod fake_agent {
             instance_id: instance_id.into(),
             load: shared.clone(),
             old,
+            removals: Arc::default(),
         })
         .await;
         monitor
@@ -639,6 +646,7 @@ async fn an_oversized_answer_is_a_miss_and_is_not_kept() {
         instance_id: "x".repeat(100_000),
         load: std::sync::Arc::new(std::sync::Mutex::new(10.0)),
         old: false,
+        removals: std::sync::Arc::default(),
     })
     .await;
     monitor
@@ -777,5 +785,41 @@ async fn an_agent_cut_off_is_marked_unhealthy_and_counted_once_when_it_comes_bac
         "figure: agent back {:.2} s after the relay returned, counted once",
         back.elapsed().as_secs_f64()
     );
+    monitor.stop().await;
+}
+
+#[tokio::test]
+async fn the_monitor_tells_an_agent_of_its_removal_for_the_controller() {
+    let monitor = RunningMonitor::start(fast_config(Duration::from_millis(200))).await;
+    let removals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let address = fake_agent::serve(fake_agent::FakeAgent {
+        instance_id: "i-removed".into(),
+        load: std::sync::Arc::new(std::sync::Mutex::new(10.0)),
+        old: false,
+        removals: removals.clone(),
+    })
+    .await;
+    monitor
+        .monitor_client(Some(TOKEN))
+        .register(v1::RegisterRequest {
+            instance_id: "i-removed".into(),
+            address: address.to_string(),
+            agent_version: "fake".into(),
+        })
+        .await
+        .unwrap();
+    monitor
+        .registry
+        .notify_removal("i-removed", "scale-in")
+        .await;
+    assert_eq!(*removals.lock().unwrap(), ["scale-in"]);
+    // An instance the monitor does not know: nothing to call, and no wait.
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        monitor.registry.notify_removal("i-unknown", "scale-in"),
+    )
+    .await
+    .expect("returns at once");
+    assert_eq!(removals.lock().unwrap().len(), 1);
     monitor.stop().await;
 }

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use autoscaler_controller::fleet::Health;
+use autoscaler_policy::fleet::Health;
 use autoscaler_proto::auth::{AttachToken, Credentials};
 use autoscaler_proto::tls::{GroupCa, TlsMaterial, Transport};
 use autoscaler_proto::v1;

@@ -86,7 +86,7 @@ impl Default for ControllerConfig {
 }
 
 /// Which in-service instance a scale-in removes first. Warming instances are never chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TerminationPolicy {
     Newest,

@@ -1,13 +1,13 @@
 //! The fleet view: what the monitor knows of every registered instance at one moment. The monitor
 //! publishes it in-process (a `tokio::sync::watch` channel: the "shared memory" between MonitorS
-//! and ControllerASG) and the policy reads it. It lives here, with its reader, so that the policy
-//! and the simulator can build views without a monitor.
+//! and ControllerASG) and the controller reads it. It lives in the domain crate, beside `Health`,
+//! so that the monitor, which makes it, does not depend on the controller, which reads it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use autoscaler_policy::Health;
+pub use crate::Health;
 
 /// One registered instance.
 #[derive(Clone, Debug, PartialEq)]

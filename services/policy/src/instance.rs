@@ -2,8 +2,7 @@
 //! monitor's health verdict.
 
 /// Lifecycle of an instance as the provider reports it. Terminated instances are not listed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InstanceState {
     /// Launched, not running yet.
     Pending,
@@ -13,8 +12,7 @@ pub enum InstanceState {
 }
 
 /// Liveness of one instance as the monitor's polls see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Health {
     /// Registered, not polled yet.
     Unknown,

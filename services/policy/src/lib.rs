@@ -3,6 +3,7 @@
 //! simulator and the benchmarks run exactly the same decision code.
 
 pub mod config;
+pub mod fleet;
 pub mod instance;
 pub mod policy;
 pub mod simulate;

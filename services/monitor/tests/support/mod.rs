@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use autoscaler_agent::discovery::StaticLocator;
 use autoscaler_agent::{AgentConfig, LoadConfig};
-use autoscaler_controller::fleet::{FleetView, InstanceView};
 use autoscaler_monitor::registry::Registry;
 use autoscaler_monitor::{Monitor, MonitorConfig};
+use autoscaler_policy::fleet::{FleetView, InstanceView};
 use autoscaler_proto::auth::{AttachToken, Credentials, Token};
 pub use autoscaler_proto::tls::Role;
 use autoscaler_proto::tls::{GroupCa, Issued, TlsMaterial, Transport};

@@ -18,7 +18,7 @@ pub fn required(demand: f64) -> u32 {
 }
 
 /// Everything a run is scored on.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Scores {
     pub duration_secs: u64,
     pub accuracy_u: f64,
