@@ -102,7 +102,7 @@ impl Bench {
         }
         // Without the EC2 provider (the benchmarks use the local one): compiling aws-sdk-ec2 would
         // be most of the build.
-        let shown_build = "cargo build --profile measure --no-default-features -p autoscaler-agent -p autoscaler-monitor --bins --examples";
+        let shown_build = "cargo build --profile measure --no-default-features -p autoscaler-agent -p autoscaler-monitor -p autoscaler-daemon --bins --examples";
         eprintln!("$ {shown_build}");
         let status = util::cargo()
             .args([
@@ -115,6 +115,8 @@ impl Bench {
                 "autoscaler-agent",
                 "-p",
                 "autoscaler-monitor",
+                "-p",
+                "autoscaler-daemon",
                 "--bins",
                 "--examples",
             ])

@@ -39,6 +39,8 @@ impl Test {
                 "autoscaler-agent",
                 "-p",
                 "autoscaler-monitor",
+                "-p",
+                "autoscaler-daemon",
                 "--bins",
                 "--examples",
                 "--quiet",

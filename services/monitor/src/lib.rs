@@ -1,17 +1,16 @@
 //! MonitorS: the registry of instances, the poller that pings and fetches metrics from every
 //! agent, health per instance, and the fleet view published in-process to the controller.
 //!
-//! The library takes a config, the group's credentials and a bound listener; only `main.rs` reads the
-//! environment, binds ports and installs signal handlers.
+//! The library takes a config, the group's credentials and a bound listener; only the daemon's
+//! `main.rs` (services/daemon) reads the environment, binds ports and installs signal handlers.
+//! It knows nothing of the controller: the daemon adds the Status service to its server and
+//! answers its `Admission` trait.
 
 pub mod config;
-pub mod daemon;
-pub mod http;
 pub mod operator;
 mod poller;
 pub mod registry;
 pub mod service;
-pub mod status;
 mod unary;
 
 use std::future::Future;
@@ -21,18 +20,18 @@ use std::time::Duration;
 use autoscaler_policy::fleet::FleetView;
 use autoscaler_proto::MAX_MESSAGE_BYTES;
 use autoscaler_proto::auth::Credentials;
+use autoscaler_proto::auth::RequireToken;
 use autoscaler_proto::v1::monitor_server::MonitorServer;
 use autoscaler_proto::v1::operator_server::OperatorServer;
-use autoscaler_proto::v1::status_server::StatusServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::RoutesBuilder;
 use tonic::service::interceptor::InterceptedService;
 
 pub use crate::config::{MonitorConfig, MonitorConfigError};
 use crate::registry::Registry;
 use crate::service::MonitorService;
-use crate::status::StatusService;
 
 /// Why the monitor could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -85,15 +84,16 @@ impl Monitor {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), MonitorError> {
-        self.serve_with_status(listener, None, None, shutdown).await
+        self.serve_with(listener, |_, _| {}, None, shutdown).await
     }
 
-    /// Like [`Monitor::serve`], adding the Status service when one is given, and admitting
-    /// only the registrations `admission` admits when one is given.
-    pub async fn serve_with_status(
+    /// Like [`Monitor::serve`], with the services `extra` adds to the same server (the daemon's
+    /// Status service), which it should put behind the given token check, and admitting only
+    /// the registrations `admission` admits when one is given.
+    pub async fn serve_with(
         mut self,
         listener: TcpListener,
-        status: Option<StatusService>,
+        extra: impl FnOnce(&mut RoutesBuilder, &RequireToken),
         admission: Option<Arc<dyn service::Admission>>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), MonitorError> {
@@ -114,12 +114,6 @@ impl Monitor {
             MonitorServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES),
             self.registry.credentials().require(),
         );
-        let status = status.map(|status| {
-            InterceptedService::new(
-                StatusServer::new(status).max_decoding_message_size(MAX_MESSAGE_BYTES),
-                self.registry.credentials().require(),
-            )
-        });
         let operator = InterceptedService::new(
             OperatorServer::new(operator::OperatorService::new(self.registry.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -143,16 +137,19 @@ impl Monitor {
                 None => shutdown.await,
             }
         };
+        let mut routes = RoutesBuilder::default();
+        routes
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(monitor)
+            .add_service(operator);
+        extra(&mut routes, &self.registry.credentials().require());
         let result = self
             .registry
             .credentials()
             .transport
             .server()?
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(monitor)
-            .add_service(operator)
-            .add_optional_service(status)
+            .add_routes(routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), until)
             .await;
         if publisher_ended.is_none() {

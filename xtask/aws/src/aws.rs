@@ -569,7 +569,7 @@ async fn deliver_binaries(
             "--package",
             "autoscaler-agent",
             "--package",
-            "autoscaler-monitor",
+            "autoscaler-daemon",
         ]))?;
     }
     let target = util::root()
@@ -879,7 +879,7 @@ pub const CONFIG_END: &str = "AUTOSCALER_CONFIG\n";
 pub fn monitor_config(
     path: &Path,
     group: &str,
-) -> anyhow::Result<(String, autoscaler_monitor::daemon::DaemonConfig)> {
+) -> anyhow::Result<(String, autoscaler_daemon::daemon::DaemonConfig)> {
     let path = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -892,11 +892,11 @@ pub fn monitor_config(
         .with_context(|| format!("{}", path.display()))?;
     table.insert("group".to_string(), toml::Value::String(group.to_string()));
     let text = toml::to_string(&table)?;
-    let config = autoscaler_monitor::daemon::DaemonConfig::from_toml(&text)
+    let config = autoscaler_daemon::daemon::DaemonConfig::from_toml(&text)
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     if !matches!(
         config.provider,
-        autoscaler_monitor::daemon::ProviderSection::Ec2(_)
+        autoscaler_daemon::daemon::ProviderSection::Ec2(_)
     ) {
         bail!(
             "{}: the monitor host needs `[provider] kind = \"ec2\"`",
@@ -915,7 +915,7 @@ impl Up {
     pub async fn run_with(self, aws: &Aws) -> anyhow::Result<()> {
         eprintln!("up of group {}", aws.group);
         let (config_text, config) = monitor_config(&self.config, &aws.group)?;
-        let autoscaler_monitor::daemon::ProviderSection::Ec2(ec2) = config.provider.clone() else {
+        let autoscaler_daemon::daemon::ProviderSection::Ec2(ec2) = config.provider.clone() else {
             unreachable!("checked by monitor_config")
         };
         let ami = aws

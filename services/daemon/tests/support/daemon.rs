@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use autoscaler_monitor::daemon::{self, DaemonConfig};
+use autoscaler_daemon::daemon::{self, DaemonConfig};
 use autoscaler_proto::auth::AttachToken;
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::status_client::StatusClient;

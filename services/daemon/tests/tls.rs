@@ -406,7 +406,7 @@ async fn the_local_provider_makes_its_own_ca_when_given_none() {
     let state = StateDir::new("tls-auto");
     let config = fast_daemon_config(&state.0);
     let daemon =
-        RunningDaemon::start_with_tls(config, autoscaler_monitor::daemon::TlsSource::Auto).await;
+        RunningDaemon::start_with_tls(config, autoscaler_daemon::daemon::TlsSource::Auto).await;
     let tls_dir = state.0.join("tls");
     eventually(
         "the daemon writes its CA",

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use autoscaler_monitor::daemon::{self, DaemonConfig, RunOptions};
+use autoscaler_daemon::daemon::{self, DaemonConfig, RunOptions};
 use autoscaler_proto::auth::{AttachToken, Credentials, Token};
 use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
 use autoscaler_proto::v1;

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use autoscaler_monitor::daemon::DaemonConfig;
+use autoscaler_daemon::daemon::DaemonConfig;
 use autoscaler_proto::v1;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;

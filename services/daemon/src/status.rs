@@ -10,7 +10,7 @@ use autoscaler_proto::v1;
 use autoscaler_proto::v1::status_server::Status;
 use tonic::{Request, Response};
 
-use crate::registry::Registry;
+use autoscaler_monitor::registry::Registry;
 
 #[derive(Clone, Debug)]
 pub struct StatusService {

@@ -2,7 +2,7 @@
 //! (any text never panics; any value for any setting is either accepted, and then valid, or
 //! refused with that setting named) and the registration edge checks.
 
-use autoscaler_monitor::daemon::DaemonConfig;
+use autoscaler_daemon::daemon::DaemonConfig;
 use autoscaler_monitor::service::{
     MAX_ADDRESS_LEN, MAX_INSTANCE_ID_LEN, MAX_VERSION_LEN, parse_registration,
 };

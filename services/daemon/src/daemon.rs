@@ -21,9 +21,9 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::http::Dashboard;
-use crate::service::Admission;
 use crate::status::{History, StatusService};
-use crate::{Monitor, MonitorConfig, MonitorError};
+use autoscaler_monitor::service::Admission;
+use autoscaler_monitor::{Monitor, MonitorConfig, MonitorError};
 
 /// The whole config file.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -209,7 +209,7 @@ pub enum DaemonConfigError {
     #[error("`group` {0}")]
     Group(String),
     #[error(transparent)]
-    Monitor(#[from] crate::MonitorConfigError),
+    Monitor(#[from] autoscaler_monitor::MonitorConfigError),
     #[error(transparent)]
     Controller(#[from] autoscaler_controller::config::ConfigError),
 }
@@ -489,8 +489,17 @@ async fn serve<C: Cloud>(
     });
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut serving = Supervised::spawn("the gRPC server", async {
+        // The Status service shares the monitor's server, behind the same token check.
+        let add_status = |routes: &mut tonic::service::RoutesBuilder,
+                          token: &autoscaler_proto::auth::RequireToken| {
+            routes.add_service(tonic::service::interceptor::InterceptedService::new(
+                autoscaler_proto::v1::status_server::StatusServer::new(status)
+                    .max_decoding_message_size(autoscaler_proto::MAX_MESSAGE_BYTES),
+                token.clone(),
+            ));
+        };
         monitor
-            .serve_with_status(listener, Some(status), Some(admission), async {
+            .serve_with(listener, add_status, Some(admission), async {
                 server_stopped.await.ok();
             })
             .await
@@ -522,7 +531,7 @@ async fn serve<C: Cloud>(
 }
 
 /// The controller reaches the agents through the monitor's registry.
-struct MonitorAgents(Arc<crate::registry::Registry>);
+struct MonitorAgents(Arc<autoscaler_monitor::registry::Registry>);
 
 impl Agents for MonitorAgents {
     fn notify_removal<'a>(

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use autoscaler_monitor::daemon::{DaemonConfig, TlsSource};
+use autoscaler_daemon::daemon::{DaemonConfig, TlsSource};
 use autoscaler_proto::v1;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
