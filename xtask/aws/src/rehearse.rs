@@ -16,7 +16,6 @@ use autoscaler_controller::ec2::{GROUP_TAG, ROLE_TAG};
 use autoscaler_proto::auth::Credentials;
 use autoscaler_proto::tls::Role;
 use autoscaler_proto::v1;
-use aws_sdk_ec2::types::Filter;
 use base64::Engine;
 
 use crate::aws::{self, Aws, GroupArgs, wait_for};
@@ -524,38 +523,8 @@ async fn prepare_account(aws: &Aws) -> anyhow::Result<()> {
 
 /// The group's non-terminated instances of `role`, as DescribeInstances returns them.
 async fn described(aws: &Aws, role: &str) -> anyhow::Result<Vec<aws_sdk_ec2::types::Instance>> {
-    let output = aws
-        .ec2
-        .describe_instances()
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{GROUP_TAG}"))
-                .values(&aws.group)
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name(format!("tag:{ROLE_TAG}"))
-                .values(role)
-                .build(),
-        )
-        .filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .values("pending")
-                .values("running")
-                .values("stopped")
-                .build(),
-        )
-        .send()
+    aws.described(&[role], &["pending", "running", "stopped"])
         .await
-        .map_err(|e| aws::explain("describe instances", e))?;
-    Ok(output
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .cloned()
-        .collect())
 }
 
 fn check_instance(

@@ -1,0 +1,365 @@
+//! The AWS workflow: `bootstrap`, `bake-ami`, `up`, `down` and `status`. Every command honours the
+//! standard AWS settings (profile, region, `AWS_ENDPOINT_URL`), takes the group's name, can be run
+//! again after a failure (it finds what an earlier run made instead of making it twice), shows a
+//! spinner while it waits, and stops with a clear message when something is missing.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use autoscaler_aws::{GroupParameters, Parameters, Timeouts};
+use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config, GROUP_TAG, ROLE_TAG};
+use autoscaler_proto::auth::{Credentials, Token};
+use autoscaler_proto::tls::{GroupCa, Role, Transport};
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{Filter, Tag};
+use indicatif::{ProgressBar, ProgressStyle};
+
+mod bake_ami;
+mod bootstrap;
+mod down;
+mod status;
+mod up;
+
+pub use bake_ami::BakeAmi;
+pub use bootstrap::Bootstrap;
+pub use down::Down;
+pub use status::{Status, print_status};
+pub use up::{CONFIG_BEGIN, CONFIG_END, Up};
+
+/// The monitor's and the agents' gRPC ports, open only inside the group's security group.
+pub const MONITOR_PORT: i32 = 50051;
+pub const AGENT_PORT: i32 = 50061;
+/// Where Canonical publishes the current Ubuntu 24.04 LTS AMI.
+pub const UBUNTU_PARAMETER: &str =
+    "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id";
+
+/// Flags every AWS command takes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct GroupArgs {
+    /// The group's name (a-z, 0-9, -).
+    #[arg(long, default_value = "default")]
+    pub group: String,
+}
+
+/// The clients, built once from the standard chain.
+pub struct Aws {
+    pub sdk: aws_config::SdkConfig,
+    pub ec2: aws_sdk_ec2::Client,
+    pub ssm: aws_sdk_ssm::Client,
+    pub parameters: Parameters,
+    pub names: GroupParameters,
+    pub group: String,
+}
+
+/// One of the group's instances as EC2 reports it.
+#[derive(Clone, Debug)]
+pub struct GroupInstance {
+    pub instance_id: String,
+    pub role: String,
+    pub state: String,
+    pub zone: String,
+    pub private_ip: String,
+}
+
+/// Turns an SDK error into a message a user can act on.
+pub fn explain<E, R>(what: &str, error: SdkError<E, R>) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match error.code() {
+        Some(
+            code @ ("UnauthorizedOperation"
+            | "AccessDenied"
+            | "AccessDeniedException"
+            | "AuthFailure"
+            | "InvalidClientTokenId"
+            | "UnrecognizedClientException"
+            | "ExpiredToken"
+            | "ExpiredTokenException"),
+        ) => anyhow!(
+            "not authorised to {what} ({code}): check the AWS credentials (on AWS Academy, copy the lab's \
+             credentials into ~/.aws/credentials) and that they allow it (provisioning/iam-policy.json)"
+        ),
+        _ => anyhow!("cannot {what}: {}", DisplayErrorContext(&error)),
+    }
+}
+
+/// Waits until `check` returns a value, polling every `every`, with a spinner; fails after
+/// `timeout` with a message naming what it waited for.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"),
+    );
+    spinner.set_message(what.to_string());
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await? {
+            spinner.finish_and_clear();
+            eprintln!("  done: {what} ({:.1}s)", started.elapsed().as_secs_f64());
+            return Ok(value);
+        }
+        if started.elapsed() > timeout {
+            spinner.finish_and_clear();
+            bail!("gave up after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+impl Aws {
+    /// The operator's credentials: the group token and the operator's certificate, both from
+    /// Parameter Store (written by `up`).
+    pub async fn operator_credentials(&self) -> anyhow::Result<Credentials> {
+        let token = self.parameters.get(&self.names.token()).await?;
+        let material = autoscaler_aws::tls_material(&self.parameters, &self.names, Role::Operator)
+            .await
+            .context("the operator's TLS material (made by `cargo xtask up`)")?;
+        Ok(Credentials::new(
+            Token::new(&token).context("the group token")?,
+            Transport::tls(material),
+        ))
+    }
+
+    pub async fn connect(group: &str) -> anyhow::Result<Aws> {
+        let sdk = autoscaler_aws::sdk_config(Timeouts::default()).await;
+        if sdk.region().is_none() {
+            bail!(
+                "no AWS region: set AWS_REGION (or a region in ~/.aws/config), for example us-east-1"
+            );
+        }
+        Ok(Aws::with_config(sdk, group))
+    }
+
+    pub fn with_config(sdk: aws_config::SdkConfig, group: &str) -> Aws {
+        Aws {
+            ec2: aws_sdk_ec2::Client::new(&sdk),
+            ssm: aws_sdk_ssm::Client::new(&sdk),
+            parameters: Parameters::new(&sdk),
+            names: GroupParameters::new(group),
+            group: group.to_string(),
+            sdk,
+        }
+    }
+
+    /// The group's instances in one of `states` (and of one of `roles`, unless empty), as
+    /// DescribeInstances returns them, every page of the answer.
+    pub async fn described(
+        &self,
+        roles: &[&str],
+        states: &[&str],
+    ) -> anyhow::Result<Vec<aws_sdk_ec2::types::Instance>> {
+        let mut request = self
+            .ec2
+            .describe_instances()
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{GROUP_TAG}"))
+                    .values(&self.group)
+                    .build(),
+            )
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
+                    .build(),
+            );
+        if !roles.is_empty() {
+            request = request.filters(
+                Filter::builder()
+                    .name(format!("tag:{ROLE_TAG}"))
+                    .set_values(Some(roles.iter().map(|r| r.to_string()).collect()))
+                    .build(),
+            );
+        }
+        let mut found = Vec::new();
+        let mut pages = request.into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| explain("describe instances", e))?;
+            found.extend(
+                page.reservations()
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .cloned(),
+            );
+        }
+        Ok(found)
+    }
+
+    /// The group's instances in `roles` (all roles when empty) that are not terminated.
+    pub async fn instances(&self, roles: &[&str]) -> anyhow::Result<Vec<GroupInstance>> {
+        let described = self
+            .described(
+                roles,
+                &["pending", "running", "stopping", "stopped", "shutting-down"],
+            )
+            .await?;
+        let mut found = Vec::new();
+        for instance in &described {
+            let role = instance
+                .tags()
+                .iter()
+                .find(|t| t.key() == Some(ROLE_TAG))
+                .and_then(|t| t.value())
+                .unwrap_or("")
+                .to_string();
+            found.push(GroupInstance {
+                instance_id: instance.instance_id().unwrap_or("").to_string(),
+                role,
+                state: instance
+                    .state()
+                    .and_then(|s| s.name())
+                    .map_or("", |n| n.as_str())
+                    .to_string(),
+                zone: instance
+                    .placement()
+                    .and_then(|p| p.availability_zone())
+                    .unwrap_or("")
+                    .to_string(),
+                private_ip: instance.private_ip_address().unwrap_or("").to_string(),
+            });
+        }
+        found.sort_by(|a, b| (&a.role, &a.instance_id).cmp(&(&b.role, &b.instance_id)));
+        Ok(found)
+    }
+
+    /// Waits until every one of `instance_ids` is in `state`.
+    pub async fn wait_state(
+        &self,
+        instance_ids: &[String],
+        state: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        if instance_ids.is_empty() {
+            return Ok(());
+        }
+        let what = format!("{} to be {state}", instance_ids.join(", "));
+        wait_for(&what, timeout, Duration::from_secs(2), || async {
+            let output = self
+                .ec2
+                .describe_instances()
+                .set_instance_ids(Some(instance_ids.to_vec()))
+                .send()
+                .await
+                .map_err(|e| explain("describe instances", e))?;
+            let all = output
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .all(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) == Some(state));
+            Ok(all.then_some(()))
+        })
+        .await
+    }
+
+    /// The id of the group's security group, if it exists.
+    pub async fn security_group(&self) -> anyhow::Result<Option<String>> {
+        let output = self
+            .ec2
+            .describe_security_groups()
+            .filters(
+                Filter::builder()
+                    .name("group-name")
+                    .values(format!("autoscaler-{}", self.group))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| explain("describe security groups", e))?;
+        Ok(output
+            .security_groups()
+            .first()
+            .and_then(|g| g.group_id())
+            .map(str::to_string))
+    }
+
+    /// The default VPC's id, or a clear error.
+    pub async fn default_vpc(&self) -> anyhow::Result<String> {
+        let output = self
+            .ec2
+            .describe_vpcs()
+            .filters(Filter::builder().name("is-default").values("true").build())
+            .send()
+            .await
+            .map_err(|e| explain("describe VPCs", e))?;
+        output
+            .vpcs()
+            .first()
+            .and_then(|v| v.vpc_id())
+            .map(str::to_string)
+            .context("this region has no default VPC: create one (aws ec2 create-default-vpc) or use a region that has one")
+    }
+
+    /// The group's images (owned by this account and tagged with the group).
+    pub async fn images(&self) -> anyhow::Result<Vec<aws_sdk_ec2::types::Image>> {
+        let output = self
+            .ec2
+            .describe_images()
+            .owners("self")
+            .filters(
+                Filter::builder()
+                    .name(format!("tag:{GROUP_TAG}"))
+                    .values(&self.group)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| explain("describe images", e))?;
+        Ok(output.images().to_vec())
+    }
+
+    /// An `Ec2Cloud` for launching the group's instances with `ec2` settings.
+    pub async fn cloud(&self, ec2: Ec2Config) -> anyhow::Result<Ec2Cloud> {
+        Ec2Cloud::open(&self.sdk, &self.group, ec2)
+            .await
+            .map_err(|e| anyhow!("{e}"))
+    }
+}
+
+/// Makes the group's CA and its three identities unless every TLS parameter is there: the CA
+/// certificate, and each role's certificate and key as one text, all SecureStrings. The CA's key
+/// is used here and thrown away; it is never stored.
+async fn ensure_tls(aws: &Aws) -> anyhow::Result<()> {
+    let mut missing = false;
+    for name in aws.names.tls_all() {
+        if let Err(autoscaler_aws::SsmError::NotFound(_)) = aws.parameters.get(&name).await {
+            missing = true;
+        }
+    }
+    if !missing {
+        return Ok(());
+    }
+    let ca = GroupCa::generate(&aws.group)?;
+    for role in Role::ALL {
+        let issued = ca.issue(role)?;
+        aws.parameters
+            .put(&aws.names.tls_identity(role), &issued.bundle(), true)
+            .await?;
+    }
+    // The CA certificate last: agents wait for it, and then find their identity there too. It is
+    // public, but kept as a SecureString like the rest of the group's TLS material.
+    aws.parameters
+        .put(&aws.names.tls_ca(), &ca.cert_pem(), true)
+        .await?;
+    eprintln!(
+        "  created the group CA and the monitor, agent and operator certificates in {} (SecureStrings)",
+        aws.names.tls_ca().trim_end_matches("/ca")
+    );
+    Ok(())
+}

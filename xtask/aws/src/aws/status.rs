@@ -1,0 +1,178 @@
+//! `cargo xtask status`: the group's instances as EC2 lists them, and the fleet as its monitor
+//! reports it.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::{Aws, GroupArgs};
+
+/// The group as the cloud sees it, beside what the monitor knows when it is reachable; or, with
+/// `--monitor`, the fleet straight from a monitor (the local demo, or a monitor in reach).
+#[derive(Debug, clap::Args)]
+pub struct Status {
+    #[command(flatten)]
+    pub group: GroupArgs,
+    /// Ask this monitor (`host:port`) directly instead of AWS; the token comes from
+    /// --token-file or AUTOSCALER_TOKEN, the operator's certificate from --tls-dir.
+    #[arg(long)]
+    pub monitor: Option<String>,
+    /// File holding the group token, with --monitor.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// With --monitor: the group's TLS directory (`ca.pem`, `operator.pem`, `operator.key`);
+    /// the demo prints it.
+    #[arg(long, env = "AUTOSCALER_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+    /// With --monitor: talk plaintext, to a monitor started with --plaintext.
+    #[arg(long, conflicts_with = "tls_dir")]
+    pub plaintext: bool,
+    /// Keep printing decisions as they happen (Ctrl-C to stop).
+    #[arg(long)]
+    pub follow: bool,
+}
+
+impl Status {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let (address, credentials) = match &self.monitor {
+            Some(address) => {
+                let token = match &self.token_file {
+                    Some(path) => std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                    None => std::env::var("AUTOSCALER_TOKEN")
+                        .context("no group token: pass --token-file or set AUTOSCALER_TOKEN")?,
+                };
+                if self.tls_dir.is_none() && !self.plaintext {
+                    bail!(
+                        "no TLS material: pass --tls-dir DIR (the demo prints it), or --plaintext for a monitor started with --plaintext"
+                    );
+                }
+                let credentials =
+                    crate::status_client::credentials(token.trim(), self.tls_dir.as_deref())?;
+                (address.clone(), credentials)
+            }
+            None => {
+                let aws = Aws::connect(&self.group.group).await?;
+                print_status(&aws).await?;
+                if !self.follow {
+                    return Ok(());
+                }
+                let address = aws.parameters.get(&aws.names.monitor()).await?;
+                (address, aws.operator_credentials().await?)
+            }
+        };
+        let mut daemon = crate::status_client::Daemon::new(&address, &credentials)?;
+        let report = daemon.status_after(0).await?;
+        if self.monitor.is_some() {
+            print_fleet(&report);
+        }
+        if !self.follow {
+            return Ok(());
+        }
+        let mut seen = 0;
+        loop {
+            let report = daemon.status_after(seen).await?;
+            for record in &report.decisions {
+                seen = seen.max(record.sequence);
+                let at = record.at_unix_ms as f64 / 1000.0;
+                println!("#{:<4} {at:.1} {}", record.sequence, record.summary);
+                for outcome in &record.outcome {
+                    println!("      -> {outcome}");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// The fleet as one monitor reports it.
+pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
+    println!(
+        "group {}: {} instances, desired {}, bounds [{}, {}]",
+        report.group,
+        report
+            .instances
+            .iter()
+            .filter(|i| i.state != "unlisted")
+            .count(),
+        report.desired_instances,
+        report.min_instances,
+        report.max_instances
+    );
+    println!(
+        "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}",
+        "INSTANCE", "STATE", "HEALTH", "LOAD", "ADDRESS", "MISSES"
+    );
+    for instance in &report.instances {
+        println!(
+            "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}",
+            instance.instance_id,
+            instance.state,
+            instance.health,
+            instance
+                .load_percent
+                .map_or("-".to_string(), |l| format!("{l:.1}%")),
+            instance.address,
+            instance.consecutive_misses
+        );
+    }
+    if let Some(failing) = &report.launch_failures {
+        println!(
+            "launches failing: {} in a row, next attempt in {:.0} s; last: {}",
+            failing.consecutive,
+            (failing.next_attempt_in_ms as f64 / 1000.0).ceil(),
+            failing.last_reason
+        );
+    }
+    if let Some(last) = report.decisions.last() {
+        println!("last decision: {}", last.summary);
+    }
+}
+
+pub async fn print_status(aws: &Aws) -> anyhow::Result<()> {
+    let instances = aws.instances(&[]).await?;
+    let monitor = match (
+        aws.parameters.get(&aws.names.monitor()).await,
+        aws.operator_credentials().await,
+    ) {
+        (Ok(address), Ok(credentials)) => {
+            match crate::status_client::get_status(&address, &credentials).await {
+                Ok(status) => Some(status),
+                Err(error) => {
+                    println!("(the monitor at {address} is not reachable from here: {error})");
+                    None
+                }
+            }
+        }
+        _ => {
+            println!("(no monitor address published for group {})", aws.group);
+            None
+        }
+    };
+    println!(
+        "{:<20} {:<8} {:<14} {:<12} {:<15} {:<10} {:>6}",
+        "INSTANCE", "ROLE", "STATE", "ZONE", "PRIVATE IP", "HEALTH", "LOAD"
+    );
+    for instance in &instances {
+        let seen = monitor.as_ref().and_then(|s| {
+            s.instances
+                .iter()
+                .find(|i| i.instance_id == instance.instance_id)
+        });
+        println!(
+            "{:<20} {:<8} {:<14} {:<12} {:<15} {:<10} {:>6}",
+            instance.instance_id,
+            instance.role,
+            instance.state,
+            instance.zone,
+            instance.private_ip,
+            seen.map_or("-", |i| i.health.as_str()),
+            seen.and_then(|i| i.load_percent)
+                .map_or("-".to_string(), |l| format!("{l:.1}%"))
+        );
+    }
+    if let Some(last) = monitor.as_ref().and_then(|s| s.decisions.last()) {
+        println!("last decision: {}", last.summary);
+    }
+    Ok(())
+}

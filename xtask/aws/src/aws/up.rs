@@ -1,0 +1,191 @@
+//! `cargo xtask up`: the group's token and TLS material, and the monitor host that runs the
+//! daemon from the custom AMI.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail, ensure};
+use autoscaler_controller::ec2::Ec2Config;
+use base64::Engine;
+
+use super::{Aws, GroupArgs, ensure_tls, wait_for};
+use crate::util;
+
+/// Starts the monitor host (monitor and controller) from the AMI, then waits until it has
+/// published its address and the fleet has reached its minimum.
+#[derive(Debug, clap::Args)]
+pub struct Up {
+    #[command(flatten)]
+    pub group: GroupArgs,
+    /// The monitor's config (its `group` is set to --group).
+    #[arg(long, default_value = "provisioning/aws.toml")]
+    pub config: std::path::PathBuf,
+    /// How long to wait for the fleet, in seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+}
+
+/// In the monitor host's user-data (provisioning/monitor-user-data.sh), the config sits between
+/// these two lines.
+pub const CONFIG_BEGIN: &str = "cat > /etc/autoscaler/autoscaler.toml <<'AUTOSCALER_CONFIG'\n";
+pub const CONFIG_END: &str = "AUTOSCALER_CONFIG\n";
+
+/// The monitor's config for the group, checked.
+pub fn monitor_config(
+    path: &Path,
+    group: &str,
+) -> anyhow::Result<(String, autoscaler_daemon::daemon::DaemonConfig)> {
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        util::root().join(path)
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{}", path.display()))?;
+    table.insert("group".to_string(), toml::Value::String(group.to_string()));
+    let text = toml::to_string(&table)?;
+    let config = autoscaler_daemon::daemon::DaemonConfig::from_toml(&text)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    if !matches!(
+        config.provider,
+        autoscaler_daemon::daemon::ProviderSection::Ec2(_)
+    ) {
+        bail!(
+            "{}: the monitor host needs `[provider] kind = \"ec2\"`",
+            path.display()
+        );
+    }
+    Ok((text, config))
+}
+
+impl Up {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let aws = Aws::connect(&self.group.group).await?;
+        self.run_with(&aws).await
+    }
+
+    pub async fn run_with(self, aws: &Aws) -> anyhow::Result<()> {
+        eprintln!("up of group {}", aws.group);
+        let (config_text, config) = monitor_config(&self.config, &aws.group)?;
+        let autoscaler_daemon::daemon::ProviderSection::Ec2(ec2) = config.provider.clone() else {
+            unreachable!("checked by monitor_config")
+        };
+        let ami = aws
+            .parameters
+            .get(&aws.names.ami())
+            .await
+            .with_context(|| {
+                format!(
+                    "no custom AMI: run `cargo xtask bake-ami --group {}` first",
+                    aws.group
+                )
+            })?;
+        if let Err(autoscaler_aws::SsmError::NotFound(_)) =
+            aws.parameters.get(&aws.names.token()).await
+        {
+            let mut bytes = [0u8; 24];
+            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            aws.parameters.put(&aws.names.token(), &token, true).await?;
+            eprintln!(
+                "  created the group token in {} (SecureString)",
+                aws.names.token()
+            );
+        }
+        ensure_tls(aws).await?;
+
+        let monitors = aws.instances(&["monitor"]).await?;
+        let monitor = match monitors
+            .iter()
+            .find(|m| m.state == "pending" || m.state == "running")
+        {
+            Some(monitor) => {
+                eprintln!("  reusing the monitor host {}", monitor.instance_id);
+                monitor.instance_id.clone()
+            }
+            None => {
+                // A stale address from an earlier monitor would mislead the wait below.
+                aws.parameters.delete(&aws.names.monitor()).await?;
+                let cloud = aws
+                    .cloud(Ec2Config {
+                        ami_id: ami.clone(),
+                        ..ec2
+                    })
+                    .await?;
+                let template_path = util::root().join("provisioning/monitor-user-data.sh");
+                let template = std::fs::read_to_string(&template_path)
+                    .with_context(|| format!("cannot read {}", template_path.display()))?;
+                ensure!(
+                    template.contains(CONFIG_BEGIN) && template.contains("@CONFIG@"),
+                    "{} lost its config placeholder",
+                    template_path.display()
+                );
+                let user_data = template.replace("@CONFIG@", &config_text);
+                let encoded = base64::engine::general_purpose::STANDARD.encode(user_data);
+                let subnet = cloud.config().subnet_ids[0].clone();
+                let id = cloud
+                    .run_instance("monitor", &ami, &subnet, Some(encoded))
+                    .await
+                    .map_err(|e| anyhow!("cannot launch the monitor host: {e}"))?;
+                eprintln!("  launched the monitor host {id}");
+                id
+            }
+        };
+        aws.wait_state(
+            std::slice::from_ref(&monitor),
+            "running",
+            Duration::from_secs(600),
+        )
+        .await?;
+        let timeout = Duration::from_secs(self.timeout);
+        let address = wait_for(
+            "the monitor to publish its address",
+            timeout,
+            Duration::from_secs(2),
+            || async {
+                match aws.parameters.get(&aws.names.monitor()).await {
+                    Ok(address) => Ok(Some(address)),
+                    Err(autoscaler_aws::SsmError::NotFound(_)) => Ok(None),
+                    Err(error) => Err(error.into()),
+                }
+            },
+        )
+        .await?;
+        eprintln!("  the monitor listens at {address}");
+        let min = config.controller.min_instances as usize;
+        let credentials = aws.operator_credentials().await?;
+        let unreachable_since = std::sync::Mutex::new(None::<Instant>);
+        wait_for(&format!("{min} healthy instances"), timeout, Duration::from_secs(2), || async {
+            match crate::status_client::get_status(&address, &credentials).await {
+                Ok(status) => {
+                    *unreachable_since.lock().expect("not poisoned") = None;
+                    let healthy = status.instances.iter().filter(|i| i.health == "healthy").count();
+                    Ok((healthy >= min).then_some(()))
+                }
+                Err(_) => {
+                    // From outside the VPC the monitor is out of reach: after half a minute of
+                    // that, count running agents instead.
+                    let since = *unreachable_since.lock().expect("not poisoned").get_or_insert_with(Instant::now);
+                    if since.elapsed() < Duration::from_secs(30) {
+                        return Ok(None);
+                    }
+                    let agents = aws.instances(&["agent"]).await?;
+                    let running = agents.iter().filter(|i| i.state == "running").count();
+                    if running >= min {
+                        eprintln!("  the monitor at {address} is not reachable from here; {running} agents run");
+                    }
+                    Ok((running >= min).then_some(()))
+                }
+            }
+        })
+        .await?;
+        eprintln!(
+            "up done: monitor host {monitor}; `cargo xtask status --group {}` shows the fleet",
+            aws.group
+        );
+        Ok(())
+    }
+}
