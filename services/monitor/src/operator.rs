@@ -10,8 +10,9 @@ use autoscaler_proto::v1;
 use autoscaler_proto::v1::operator_server::Operator;
 use tonic::{Request, Response, Status};
 
-use crate::poller::agent_client;
+use crate::poller::SET_LOAD_TARGET;
 use crate::registry::Registry;
+use crate::unary::{AgentConnection, CallError};
 
 /// How long the agent gets to answer a forwarded call.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,21 +49,24 @@ impl Operator for OperatorService {
             .ok_or_else(|| {
                 Status::not_found(format!("no registered instance {:?}", request.instance_id))
             })?;
-        let mut client = agent_client(&address, FORWARD_TIMEOUT, self.registry.credentials())
+        let mut agent = AgentConnection::new(self.registry.connector().clone(), &address)
             .map_err(Status::internal)?;
-        let call = client.set_load_target(v1::SetLoadTargetRequest {
+        let forwarded = v1::SetLoadTargetRequest {
             target_percent: request.target_percent,
             hold: request.hold,
-        });
-        let answer = tokio::time::timeout(FORWARD_TIMEOUT, call)
+        };
+        let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+        // The agent's answer, refusal included, is passed on with its code.
+        let answer: v1::SetLoadTargetResponse = agent
+            .call(SET_LOAD_TARGET, &forwarded, deadline)
             .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!(
+            .map_err(|error| match error {
+                CallError::TimedOut => Status::deadline_exceeded(format!(
                     "the agent of {} did not answer in {FORWARD_TIMEOUT:?}",
                     request.instance_id
-                ))
-            })??
-            .into_inner();
+                )),
+                CallError::Status { code, message } => Status::new(code, message),
+            })?;
         Ok(Response::new(v1::OperatorLoadTargetResponse {
             current_load_percent: answer.current_load_percent,
         }))

@@ -5,12 +5,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use autoscaler_proto::auth::{AttachToken, Credentials};
-use autoscaler_proto::tls::Role;
 use autoscaler_proto::v1;
-use autoscaler_proto::v1::agent_client::AgentClient;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 use crate::registry::{PollOutcome, Registry};
 use crate::unary::{AgentConnection, CallError};
@@ -18,19 +13,9 @@ use crate::unary::{AgentConnection, CallError};
 const PING: &str = "/autoscaler.v1.Agent/Ping";
 const GET_METRICS: &str = "/autoscaler.v1.Agent/GetMetrics";
 const ATTACH_MONITOR: &str = "/autoscaler.v1.Agent/AttachMonitor";
-
-pub(crate) type Client = AgentClient<InterceptedService<Channel, AttachToken>>;
-
-/// A tonic client for the agent at `address` (`host:port`), for the calls made once (the poll
-/// loop has its own, leaner connection); it connects on first use.
-pub(crate) fn agent_client(
-    address: &str,
-    timeout: Duration,
-    credentials: &Credentials,
-) -> Result<Client, String> {
-    let channel = credentials.channel(address, Role::Agent, timeout)?;
-    Ok(AgentClient::with_interceptor(channel, credentials.attach()))
-}
+const DETACH_MONITOR: &str = "/autoscaler.v1.Agent/DetachMonitor";
+const NOTIFY_REMOVAL: &str = "/autoscaler.v1.Agent/NotifyRemoval";
+pub(crate) const SET_LOAD_TARGET: &str = "/autoscaler.v1.Agent/SetLoadTarget";
 
 pub(crate) async fn poll_forever(
     registry: Weak<Registry>,
@@ -64,10 +49,10 @@ pub(crate) async fn poll_forever(
         .await
     {
         Ok(_) => {}
-        Err(CallError::Failed(reason)) => {
-            tracing::warn!(%instance_id, reason, "agent refused AttachMonitor")
-        }
         Err(CallError::TimedOut) => tracing::warn!(%instance_id, "AttachMonitor timed out"),
+        Err(error) => {
+            tracing::warn!(%instance_id, code = ?error.code(), %error, "agent refused AttachMonitor")
+        }
     }
 
     let mut next = tokio::time::Instant::now();
@@ -122,8 +107,8 @@ pub(crate) async fn poll_once(
 ) -> PollOutcome {
     let missed = |reason: String| PollOutcome::Missed { reason };
     let no_answer = |error: CallError, what: &str| match error {
-        CallError::Failed(reason) => missed(format!("{what}{reason}")),
         CallError::TimedOut => missed(format!("no answer within {timeout:?}")),
+        error => missed(format!("{what}{error}")),
     };
     let deadline = tokio::time::Instant::now() + timeout;
     let ping: v1::PingResponse = match agent
@@ -178,18 +163,22 @@ pub(crate) async fn notify_removal(
     let Some(address) = registry.address_of(instance_id) else {
         return;
     };
-    let Ok(mut client) = agent_client(&address, timeout, registry.credentials()) else {
+    let Ok(mut agent) = AgentConnection::new(registry.connector().clone(), &address) else {
         return;
     };
-    let call = client.notify_removal(v1::NotifyRemovalRequest {
+    let request = v1::NotifyRemovalRequest {
         reason: reason.to_string(),
-    });
-    match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(_)) => tracing::debug!(%instance_id, "agent told of its removal"),
-        Ok(Err(status)) => {
-            tracing::warn!(%instance_id, code = ?status.code(), "NotifyRemoval refused")
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    match agent
+        .call::<_, v1::NotifyRemovalResponse>(NOTIFY_REMOVAL, &request, deadline)
+        .await
+    {
+        Ok(_) => tracing::debug!(%instance_id, "agent told of its removal"),
+        Err(CallError::TimedOut) => tracing::warn!(%instance_id, "NotifyRemoval timed out"),
+        Err(error) => {
+            tracing::warn!(%instance_id, code = ?error.code(), %error, "NotifyRemoval refused")
         }
-        Err(_) => tracing::warn!(%instance_id, "NotifyRemoval timed out"),
     }
 }
 
@@ -200,17 +189,22 @@ pub(crate) async fn detach_all(registry: &Arc<Registry>, timeout: Duration) {
         .addresses()
         .into_iter()
         .map(|(instance_id, address)| {
-            let credentials = registry.credentials().clone();
+            let connector = registry.connector().clone();
             let monitor_id = config.monitor_id.clone();
             async move {
-                let Ok(mut client) = agent_client(&address, timeout, &credentials) else {
+                let Ok(mut agent) = AgentConnection::new(connector, &address) else {
                     return;
                 };
-                if let Err(status) = client
-                    .detach_monitor(v1::DetachMonitorRequest { monitor_id })
+                let deadline = tokio::time::Instant::now() + timeout;
+                if let Err(error) = agent
+                    .call::<_, v1::DetachMonitorResponse>(
+                        DETACH_MONITOR,
+                        &v1::DetachMonitorRequest { monitor_id },
+                        deadline,
+                    )
                     .await
                 {
-                    tracing::debug!(%instance_id, code = ?status.code(), "DetachMonitor failed");
+                    tracing::debug!(%instance_id, code = ?error.code(), "DetachMonitor failed");
                 }
             }
         });

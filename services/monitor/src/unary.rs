@@ -1,6 +1,8 @@
-//! The poller's gRPC client: unary calls to one agent over one HTTP/2 connection, made with the
-//! `h2` crate directly and driven by the poll task itself (no tasks, channels or buffers of its
-//! own), so a poll costs one task wake-up to send and one to read the answer.
+//! The monitor's one gRPC client to agents: unary calls to one agent over one HTTP/2 connection,
+//! made with the `h2` crate directly and driven by the calling task itself (no tasks, channels or
+//! buffers of its own), so a poll costs one task wake-up to send and one to read the answer.
+//! Every Agent RPC the monitor makes goes through it (the polls, AttachMonitor, DetachMonitor,
+//! NotifyRemoval and the operator's SetLoadTarget), under one TLS path.
 //!
 //! tonic's client is the reference for everything here (the request headers, the message
 //! framing, the status in the trailers or in a trailers-only answer); the Reach benchmark
@@ -62,12 +64,34 @@ impl Connector {
 }
 
 /// Why a call failed.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum CallError {
     /// The deadline passed first.
     TimedOut,
-    /// The connection failed, or the agent answered with an error; says which, as tonic would.
-    Failed(String),
+    /// The agent answered with a gRPC error, or the answer was not a valid one (`Internal`,
+    /// `Unknown`, `ResourceExhausted`), or the connection failed (`Unavailable`).
+    Status { code: tonic::Code, message: String },
+}
+
+impl CallError {
+    /// The gRPC code: `DeadlineExceeded` for a call past its deadline.
+    pub(crate) fn code(&self) -> tonic::Code {
+        match self {
+            CallError::TimedOut => tonic::Code::DeadlineExceeded,
+            CallError::Status { code, .. } => *code,
+        }
+    }
+}
+
+/// `Code: message`, as tonic describes a status.
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::TimedOut => write!(f, "DeadlineExceeded: no answer in time"),
+            CallError::Status { code, message } if message.is_empty() => write!(f, "{code:?}"),
+            CallError::Status { code, message } => write!(f, "{code:?}: {message}"),
+        }
+    }
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
@@ -134,10 +158,13 @@ impl AgentConnection {
     ) -> Result<R, CallError> {
         match tokio::time::timeout_at(deadline, self.call_unbounded(path, request)).await {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(Failure::Status(reason))) => Err(CallError::Failed(reason)),
-            Ok(Err(Failure::Connection(reason))) => {
+            Ok(Err(Failure::Status(code, message))) => Err(CallError::Status { code, message }),
+            Ok(Err(Failure::Connection(message))) => {
                 self.live = None;
-                Err(CallError::Failed(reason))
+                Err(CallError::Status {
+                    code: tonic::Code::Unavailable,
+                    message,
+                })
             }
             // The connection is kept, as tonic keeps it: a slow agent is not a broken one.
             Err(_) => Err(CallError::TimedOut),
@@ -187,7 +214,9 @@ impl AgentConnection {
             .authority(self.authority.clone())
             .path_and_query(PathAndQuery::from_static(path))
             .build()
-            .map_err(|e| Failure::Status(format!("the request's URI: {e}")))?;
+            .map_err(|e| {
+                Failure::Status(tonic::Code::Internal, format!("the request's URI: {e}"))
+            })?;
         let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = uri;
@@ -201,7 +230,7 @@ impl AgentConnection {
 
     async fn connect(&self) -> Result<Live, Failure> {
         let fail = |what: &str, error: &dyn std::fmt::Display| {
-            Failure::Connection(format!("Unavailable: {what} {}: {error}", self.address))
+            Failure::Connection(format!("{what} {}: {error}", self.address))
         };
         let tcp = TcpStream::connect(self.address.as_str())
             .await
@@ -227,10 +256,11 @@ impl AgentConnection {
     }
 }
 
+#[derive(Debug)]
 enum Failure {
     /// The agent answered with an error; the connection is fine.
-    Status(String),
-    /// The connection is broken: make a new one for the next call.
+    Status(tonic::Code, String),
+    /// The connection is broken (`Unavailable`): make a new one for the next call.
     Connection(String),
 }
 
@@ -239,7 +269,7 @@ fn connection_failure(error: h2::Error) -> Failure {
 }
 
 fn describe_h2(error: &h2::Error) -> String {
-    format!("Unavailable: the connection failed: {error}")
+    format!("the connection failed: {error}")
 }
 
 /// The gRPC framing of one message: uncompressed, its length, the message.
@@ -261,35 +291,41 @@ async fn read_answer<R: prost::Message + Default>(
 ) -> Result<R, Failure> {
     let (head, mut body) = answer.into_parts();
     if head.status != http::StatusCode::OK {
-        return Err(Failure::Status(format!(
-            "Unknown: the agent answered HTTP {}",
-            head.status
-        )));
+        return Err(Failure::Status(
+            tonic::Code::Unknown,
+            format!("the agent answered HTTP {}", head.status),
+        ));
     }
     if let Some(status) = grpc_status(&head.headers) {
         // Trailers-only: there is no message.
-        return Err(Failure::Status(status.unwrap_or_else(|| {
-            "Unknown: a trailers-only answer with status OK and no message".to_string()
-        })));
+        let (code, message) = status.unwrap_or_else(|| {
+            (
+                tonic::Code::Unknown,
+                "a trailers-only answer with status OK and no message".to_string(),
+            )
+        });
+        return Err(Failure::Status(code, message));
     }
     let mut message = BytesMut::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(connection_failure)?;
         let _ = body.flow_control().release_capacity(chunk.len());
         if message.len() + chunk.len() > 5 + MAX_MESSAGE {
-            return Err(Failure::Status(format!(
-                "ResourceExhausted: the answer is larger than {MAX_MESSAGE} bytes"
-            )));
+            return Err(Failure::Status(
+                tonic::Code::ResourceExhausted,
+                format!("the answer is larger than {MAX_MESSAGE} bytes"),
+            ));
         }
         message.extend_from_slice(&chunk);
     }
     let trailers = body.trailers().await.map_err(connection_failure)?;
     match trailers.as_ref().and_then(grpc_status) {
         Some(None) => {}
-        Some(Some(error)) => return Err(Failure::Status(error)),
+        Some(Some((code, message))) => return Err(Failure::Status(code, message)),
         None => {
             return Err(Failure::Status(
-                "Unknown: the answer ended without a grpc-status".to_string(),
+                tonic::Code::Unknown,
+                "the answer ended without a grpc-status".to_string(),
             ));
         }
     }
@@ -297,7 +333,7 @@ async fn read_answer<R: prost::Message + Default>(
 }
 
 fn decode<R: prost::Message + Default>(mut message: Bytes) -> Result<R, Failure> {
-    let bad = |what: &str| Failure::Status(format!("Internal: the answer {what}"));
+    let bad = |what: &str| Failure::Status(tonic::Code::Internal, format!("the answer {what}"));
     if message.len() < 5 {
         return Err(bad("holds no message"));
     }
@@ -315,8 +351,8 @@ fn decode<R: prost::Message + Default>(mut message: Bytes) -> Result<R, Failure>
 }
 
 /// The gRPC status in `headers`: None if there is none, Some(None) if it is OK, else
-/// Some(Some(`Code: message`)) as tonic describes it.
-fn grpc_status(headers: &http::HeaderMap) -> Option<Option<String>> {
+/// Some(Some((code, message))).
+fn grpc_status(headers: &http::HeaderMap) -> Option<Option<(tonic::Code, String)>> {
     let code = tonic::Code::from_bytes(headers.get("grpc-status")?.as_bytes());
     if code == tonic::Code::Ok {
         return Some(None);
@@ -325,11 +361,7 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<Option<String>> {
         .get("grpc-message")
         .map(|value| percent_decode(value.as_bytes()))
         .unwrap_or_default();
-    Some(Some(if message.is_empty() {
-        format!("{code:?}")
-    } else {
-        format!("{code:?}: {message}")
-    }))
+    Some(Some((code, message)))
 }
 
 /// Undoes gRPC's percent-encoding of `grpc-message` (invalid escapes are kept as they are).
@@ -376,8 +408,25 @@ mod tests {
         );
         assert_eq!(
             grpc_status(&headers),
-            Some(Some("Unauthenticated: wrong group token".to_string()))
+            Some(Some((
+                tonic::Code::Unauthenticated,
+                "wrong group token".to_string()
+            )))
         );
+    }
+
+    #[test]
+    fn a_call_error_reads_as_tonic_describes_a_status() {
+        let refused = CallError::Status {
+            code: tonic::Code::PermissionDenied,
+            message: "only the monitor may make this call".into(),
+        };
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            refused.to_string(),
+            "PermissionDenied: only the monitor may make this call"
+        );
+        assert_eq!(CallError::TimedOut.code(), tonic::Code::DeadlineExceeded);
     }
 
     #[test]
@@ -395,7 +444,7 @@ mod tests {
             let error = decode::<autoscaler_proto::v1::PingRequest>(bad)
                 .err()
                 .unwrap();
-            assert!(matches!(error, Failure::Status(ref r) if r.starts_with("Internal")));
+            assert!(matches!(error, Failure::Status(tonic::Code::Internal, _)));
         }
     }
 }
