@@ -14,9 +14,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("autoscaler_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-    // Messages serialize to JSON too: the dashboard's HTTP API serves the Status payload as is.
-    tonic_prost_build::configure()
-        .type_attribute(".autoscaler.v1", "#[derive(serde::Serialize)]")
-        .compile_fds(descriptors)?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

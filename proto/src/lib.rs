@@ -4,6 +4,46 @@
 /// Messages and service stubs of package `autoscaler.v1`.
 pub mod v1 {
     tonic::include_proto!("autoscaler.v1");
+
+    impl InstanceState {
+        /// The name operators read (`pending`, `running`, `stopped`, `unlisted`).
+        pub fn name(self) -> &'static str {
+            match self {
+                InstanceState::Unspecified => "unspecified",
+                InstanceState::Pending => "pending",
+                InstanceState::Running => "running",
+                InstanceState::Stopped => "stopped",
+                InstanceState::Unlisted => "unlisted",
+            }
+        }
+    }
+
+    impl InstanceHealth {
+        /// The name operators read (`unknown`, `healthy`, `suspect`, `unhealthy`,
+        /// `unregistered`).
+        pub fn name(self) -> &'static str {
+            match self {
+                InstanceHealth::Unspecified => "unspecified",
+                InstanceHealth::Unknown => "unknown",
+                InstanceHealth::Healthy => "healthy",
+                InstanceHealth::Suspect => "suspect",
+                InstanceHealth::Unhealthy => "unhealthy",
+                InstanceHealth::Unregistered => "unregistered",
+            }
+        }
+    }
+
+    impl InstanceStatus {
+        /// True when the provider lists the instance (it is not only the monitor's).
+        pub fn listed(&self) -> bool {
+            self.state() != InstanceState::Unlisted
+        }
+
+        /// True when the monitor holds the instance healthy.
+        pub fn is_healthy(&self) -> bool {
+            self.health() == InstanceHealth::Healthy
+        }
+    }
 }
 
 /// The encoded `FileDescriptorSet` of the protocol, for gRPC server reflection.

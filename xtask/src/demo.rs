@@ -232,16 +232,10 @@ impl Demo {
             }
 
             // The fleet, and the demand spread over its healthy instances.
-            let running: Vec<&v1::InstanceStatus> = report
-                .instances
-                .iter()
-                .filter(|i| i.state != "unlisted")
-                .collect();
-            let healthy: Vec<&v1::InstanceStatus> = running
-                .iter()
-                .copied()
-                .filter(|i| i.health == "healthy")
-                .collect();
+            let running: Vec<&v1::InstanceStatus> =
+                report.instances.iter().filter(|i| i.listed()).collect();
+            let healthy: Vec<&v1::InstanceStatus> =
+                running.iter().copied().filter(|i| i.is_healthy()).collect();
             let size = running.len();
             story.sizes.push((t, size));
             if healthy.len() == 2 && size == 2 {
@@ -304,7 +298,7 @@ impl Demo {
                         .map(|i| format!(
                             "{} {} {}",
                             i.instance_id,
-                            i.health,
+                            i.health().name(),
                             i.load_percent.map_or("-".into(), |l| format!("{l:.0}%"))
                         ))
                         .collect::<Vec<_>>()
@@ -341,7 +335,7 @@ fn draw(
     out.push_str("\x1b[H\x1b[2J");
     out.push_str(&format!(
         "autoscaler demo  t = {t:5.1}s / {duration}s  dashboard http://{dashboard}/\n   demand {demand:.2} units   fleet {} (desired {}, min {}, max {})\n\n",
-        report.instances.iter().filter(|i| i.state != "unlisted").count(),
+        report.instances.iter().filter(|i| i.listed()).count(),
         report.desired_instances,
         report.min_instances,
         report.max_instances
@@ -360,8 +354,8 @@ fn draw(
         out.push_str(&format!(
             "{:<12} {:<9} {:<11} {:>6}  {}\n",
             instance.instance_id,
-            instance.state,
-            instance.health,
+            instance.state().name(),
+            instance.health().name(),
             instance
                 .load_percent
                 .map_or("-".to_string(), |l| format!("{l:.1}%")),

@@ -15,8 +15,49 @@ pub use sdk::{Ec2Cloud, classify};
 
 /// Tag naming the group an instance belongs to.
 pub const GROUP_TAG: &str = "autoscaler:group";
-/// Tag naming an instance's role: `agent` (an application instance), `monitor` or `seed`.
+/// Tag naming an instance's role (`InstanceRole`).
 pub const ROLE_TAG: &str = "autoscaler:role";
+
+/// What an instance of the group is for, as its `autoscaler:role` tag says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum InstanceRole {
+    /// An application instance, running the agent: the fleet the controller scales.
+    Agent,
+    /// The monitor host, running the daemon.
+    Monitor,
+    /// The instance `bootstrap` makes and `bake-ami` images.
+    Seed,
+}
+
+impl InstanceRole {
+    pub const ALL: [InstanceRole; 3] = [
+        InstanceRole::Agent,
+        InstanceRole::Monitor,
+        InstanceRole::Seed,
+    ];
+
+    /// The tag's value.
+    pub fn tag_value(self) -> &'static str {
+        match self {
+            InstanceRole::Agent => "agent",
+            InstanceRole::Monitor => "monitor",
+            InstanceRole::Seed => "seed",
+        }
+    }
+
+    /// The role a tag value names, if any.
+    pub fn from_tag_value(value: &str) -> Option<InstanceRole> {
+        InstanceRole::ALL
+            .into_iter()
+            .find(|r| r.tag_value() == value)
+    }
+}
+
+impl std::fmt::Display for InstanceRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.tag_value())
+    }
+}
 
 /// `[provider] kind = "ec2"`: how instances are launched. The defaults fit an AWS Academy lab.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -51,5 +92,19 @@ impl Default for Ec2Config {
             root_volume_gib: 8,
             root_device_name: "/dev/sda1".to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InstanceRole;
+
+    #[test]
+    fn a_role_reads_back_from_its_tag_and_a_stranger_is_none() {
+        for role in InstanceRole::ALL {
+            assert_eq!(InstanceRole::from_tag_value(role.tag_value()), Some(role));
+        }
+        assert_eq!(InstanceRole::from_tag_value("Agent"), None);
+        assert_eq!(format!("{:<8}|", InstanceRole::Seed), "seed    |");
     }
 }

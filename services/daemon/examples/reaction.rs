@@ -72,7 +72,7 @@ fn healthy(status: &v1::GetStatusResponse) -> usize {
     status
         .instances
         .iter()
-        .filter(|i| i.health == "healthy" && i.state == "running")
+        .filter(|i| i.is_healthy() && i.state() == v1::InstanceState::Running)
         .count()
 }
 
@@ -193,7 +193,7 @@ terminate_grace_ms = 1000
         wait_for(&mut client, "unhealthy", Duration::from_secs(30), |s| {
             s.instances
                 .iter()
-                .any(|i| i.instance_id == victim && i.health == "unhealthy")
+                .any(|i| i.instance_id == victim && i.health() == v1::InstanceHealth::Unhealthy)
                 || s.instances.iter().all(|i| i.instance_id != victim)
         })
         .await;
@@ -279,12 +279,12 @@ terminate_grace_ms = 1000
         suspect_samples += now
             .instances
             .iter()
-            .filter(|i| i.health == "suspect")
+            .filter(|i| i.health() == v1::InstanceHealth::Suspect)
             .count();
         unhealthy_samples += now
             .instances
             .iter()
-            .filter(|i| i.health == "unhealthy")
+            .filter(|i| i.health() == v1::InstanceHealth::Unhealthy)
             .count();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

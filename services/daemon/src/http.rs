@@ -7,6 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use autoscaler_policy::fleet::Health;
+use autoscaler_proto::v1;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
@@ -27,9 +28,127 @@ pub struct Dashboard {
 /// The JSON the page renders: the status report and the history.
 fn payload(dashboard: &Dashboard) -> serde_json::Value {
     serde_json::json!({
-        "status": dashboard.status.report(0),
+        "status": StatusJson::from(&dashboard.status.report(0)),
         "history": dashboard.history.samples(),
     })
+}
+
+/// The dashboard's own JSON of the status report: what the page reads, with states and health
+/// as names. It is not the wire schema, so the protocol can change without breaking the page.
+#[derive(Debug, serde::Serialize)]
+struct StatusJson<'a> {
+    group: &'a str,
+    monitor_id: &'a str,
+    min_instances: u32,
+    max_instances: u32,
+    desired_instances: u32,
+    instances: Vec<InstanceJson<'a>>,
+    decisions: Vec<DecisionJson<'a>>,
+    launch_failures: Option<LaunchFailuresJson<'a>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct InstanceJson<'a> {
+    instance_id: &'a str,
+    state: &'static str,
+    health: &'static str,
+    load_percent: Option<f64>,
+    recent_loads: &'a [f64],
+    address: &'a str,
+    age_ms: u64,
+    consecutive_misses: u32,
+    last_error: &'a str,
+    zone: &'a str,
+    state_reason: &'a str,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct DecisionJson<'a> {
+    sequence: u64,
+    at_unix_ms: i64,
+    summary: &'a str,
+    current: u32,
+    recommendation: u32,
+    desired: u32,
+    rules: &'a [String],
+    outcome: &'a [String],
+    launched: &'a [String],
+    terminated: &'a [String],
+    replaced: &'a [String],
+    repeated: u32,
+    average_load_percent: Option<f64>,
+    shadow_disagreement: &'a str,
+    in_service: u32,
+    warming: u32,
+    without_metric: u32,
+    unhealthy: u32,
+    missing: &'a [String],
+}
+
+#[derive(Debug, serde::Serialize)]
+struct LaunchFailuresJson<'a> {
+    consecutive: u32,
+    next_attempt_in_ms: u64,
+    last_reason: &'a str,
+}
+
+impl<'a> From<&'a v1::GetStatusResponse> for StatusJson<'a> {
+    fn from(report: &'a v1::GetStatusResponse) -> StatusJson<'a> {
+        StatusJson {
+            group: &report.group,
+            monitor_id: &report.monitor_id,
+            min_instances: report.min_instances,
+            max_instances: report.max_instances,
+            desired_instances: report.desired_instances,
+            instances: report
+                .instances
+                .iter()
+                .map(|i| InstanceJson {
+                    instance_id: &i.instance_id,
+                    state: i.state().name(),
+                    health: i.health().name(),
+                    load_percent: i.load_percent,
+                    recent_loads: &i.recent_loads,
+                    address: &i.address,
+                    age_ms: i.age_ms,
+                    consecutive_misses: i.consecutive_misses,
+                    last_error: &i.last_error,
+                    zone: &i.zone,
+                    state_reason: &i.state_reason,
+                })
+                .collect(),
+            decisions: report
+                .decisions
+                .iter()
+                .map(|d| DecisionJson {
+                    sequence: d.sequence,
+                    at_unix_ms: d.at_unix_ms,
+                    summary: &d.summary,
+                    current: d.current,
+                    recommendation: d.recommendation,
+                    desired: d.desired,
+                    rules: &d.rules,
+                    outcome: &d.outcome,
+                    launched: &d.launched,
+                    terminated: &d.terminated,
+                    replaced: &d.replaced,
+                    repeated: d.repeated,
+                    average_load_percent: d.average_load_percent,
+                    shadow_disagreement: &d.shadow_disagreement,
+                    in_service: d.in_service,
+                    warming: d.warming,
+                    without_metric: d.without_metric,
+                    unhealthy: d.unhealthy,
+                    missing: &d.missing,
+                })
+                .collect(),
+            launch_failures: report.launch_failures.as_ref().map(|l| LaunchFailuresJson {
+                consecutive: l.consecutive,
+                next_attempt_in_ms: l.next_attempt_in_ms,
+                last_reason: &l.last_reason,
+            }),
+        }
+    }
 }
 
 async fn page(State(dashboard): State<Arc<Dashboard>>) -> Html<String> {
@@ -72,11 +191,7 @@ pub fn render_metrics(dashboard: &Dashboard) -> String {
     gauge(
         "autoscaler_observed_instances",
         "Instances the provider lists.",
-        report
-            .instances
-            .iter()
-            .filter(|i| i.state != "unlisted")
-            .count() as f64,
+        report.instances.iter().filter(|i| i.listed()).count() as f64,
     );
     gauge(
         "autoscaler_min_instances",

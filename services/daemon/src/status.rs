@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use autoscaler_controller::cloud::InstanceState;
 use autoscaler_controller::reconciler::{ControllerStatus, DecisionRecord};
+use autoscaler_policy::Health;
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::status_server::Status;
 use tonic::{Request, Response};
@@ -73,11 +74,20 @@ fn record(record: &DecisionRecord) -> v1::DecisionRecord {
     }
 }
 
-fn state_name(state: InstanceState) -> &'static str {
+fn wire_state(state: InstanceState) -> v1::InstanceState {
     match state {
-        InstanceState::Pending => "pending",
-        InstanceState::Running => "running",
-        InstanceState::Stopped => "stopped",
+        InstanceState::Pending => v1::InstanceState::Pending,
+        InstanceState::Running => v1::InstanceState::Running,
+        InstanceState::Stopped => v1::InstanceState::Stopped,
+    }
+}
+
+fn wire_health(health: Health) -> v1::InstanceHealth {
+    match health {
+        Health::Unknown => v1::InstanceHealth::Unknown,
+        Health::Healthy => v1::InstanceHealth::Healthy,
+        Health::Suspect => v1::InstanceHealth::Suspect,
+        Health::Unhealthy => v1::InstanceHealth::Unhealthy,
     }
 }
 
@@ -103,10 +113,10 @@ impl StatusService {
                 let seen = view.get(&cloud.instance_id);
                 v1::InstanceStatus {
                     instance_id: cloud.instance_id.clone(),
-                    state: state_name(cloud.state).to_string(),
+                    state: wire_state(cloud.state).into(),
                     health: seen
-                        .map_or("unregistered", |i| i.health.as_str())
-                        .to_string(),
+                        .map_or(v1::InstanceHealth::Unregistered, |i| wire_health(i.health))
+                        .into(),
                     load_percent: seen.and_then(|i| i.load),
                     recent_loads: seen
                         .map(|i| i.recent_loads.iter().copied().collect())
@@ -126,8 +136,8 @@ impl StatusService {
             if !listed.iter().any(|c| c.instance_id == seen.instance_id) {
                 instances.push(v1::InstanceStatus {
                     instance_id: seen.instance_id.clone(),
-                    state: "unlisted".to_string(),
-                    health: seen.health.as_str().to_string(),
+                    state: v1::InstanceState::Unlisted.into(),
+                    health: wire_health(seen.health).into(),
                     load_percent: seen.load,
                     recent_loads: seen.recent_loads.iter().copied().collect(),
                     address: seen.address.clone(),
@@ -205,12 +215,12 @@ impl History {
     }
 
     pub fn record(&self, report: &v1::GetStatusResponse) {
-        let listed = report.instances.iter().filter(|i| i.state != "unlisted");
+        let listed = report.instances.iter().filter(|i| i.listed());
         let sample = Sample {
             at_unix_ms: unix_ms(SystemTime::now()),
             observed: listed.clone().count() as u32,
             desired: report.desired_instances,
-            healthy: listed.clone().filter(|i| i.health == "healthy").count() as u32,
+            healthy: listed.clone().filter(|i| i.is_healthy()).count() as u32,
             loads: report
                 .instances
                 .iter()

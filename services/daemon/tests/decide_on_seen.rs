@@ -30,7 +30,9 @@ fn reported(status: &v1::GetStatusResponse) -> usize {
     status
         .instances
         .iter()
-        .filter(|i| i.state == "running" && i.health == "healthy" && i.load_percent.is_some())
+        .filter(|i| {
+            i.state() == v1::InstanceState::Running && i.is_healthy() && i.load_percent.is_some()
+        })
         .count()
 }
 
@@ -38,7 +40,7 @@ fn listed(status: &v1::GetStatusResponse) -> BTreeSet<String> {
     status
         .instances
         .iter()
-        .filter(|i| i.state != "unlisted")
+        .filter(|i| i.listed())
         .map(|i| i.instance_id.clone())
         .collect()
 }

@@ -127,6 +127,14 @@ async fn the_monitor_serves_metrics_and_a_json_api() {
     assert_eq!(api["status"]["min_instances"], 2);
     assert!(api["history"][0]["observed"].as_u64().is_some());
     assert!(api["status"]["launch_failures"].is_null(), "{api}");
+    // The dashboard's JSON names states and health (the wire has enums).
+    for instance in api["status"]["instances"].as_array().unwrap() {
+        assert!(
+            ["pending", "running"].contains(&instance["state"].as_str().unwrap()),
+            "{instance}"
+        );
+        assert!(instance["health"].is_string(), "{instance}");
+    }
     // Every decision record carries the counts it saw.
     let last = api["status"]["decisions"]
         .as_array()

@@ -329,7 +329,7 @@ async fn operators_steer_agents_through_the_monitor() {
         "2 healthy",
         4,
         Duration::from_secs(30),
-        |s| s.instances.iter().filter(|i| i.health == "healthy").count() == 2,
+        |s| s.instances.iter().filter(|i| i.is_healthy()).count() == 2,
     )
     .await;
     let instance_id = status.instances[0].instance_id.clone();
@@ -434,7 +434,7 @@ async fn the_local_provider_makes_its_own_ca_when_given_none() {
         operator.attach(),
     );
     wait_status(&mut client, "2 healthy", 4, Duration::from_secs(30), |s| {
-        s.instances.iter().filter(|i| i.health == "healthy").count() == 2
+        s.instances.iter().filter(|i| i.is_healthy()).count() == 2
     })
     .await;
     // The test group's operator is a stranger to this CA.

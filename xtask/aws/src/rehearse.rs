@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use autoscaler_aws::Timeouts;
-use autoscaler_controller::ec2::{GROUP_TAG, ROLE_TAG};
+use autoscaler_controller::ec2::{GROUP_TAG, InstanceRole, ROLE_TAG};
 use autoscaler_proto::auth::Credentials;
 use autoscaler_proto::tls::Role;
 use autoscaler_proto::v1;
@@ -140,9 +140,9 @@ impl Runner {
         Ok(path)
     }
 
-    async fn start(&mut self, instance_id: &str, role: &str) -> anyhow::Result<()> {
+    async fn start(&mut self, instance_id: &str, role: InstanceRole) -> anyhow::Result<()> {
         let child = match role {
-            "monitor" => {
+            InstanceRole::Monitor => {
                 let config = self.monitor_config(instance_id).await?;
                 let port = std::net::TcpListener::bind("127.0.0.1:0")?
                     .local_addr()?
@@ -188,15 +188,18 @@ impl Runner {
 
     /// One pass: a process for every running agent or monitor, none for the others.
     async fn reconcile(&mut self) -> anyhow::Result<()> {
-        let instances = self.aws.instances(&["agent", "monitor"]).await?;
-        let running: BTreeMap<String, String> = instances
+        let instances = self
+            .aws
+            .instances(&[InstanceRole::Agent, InstanceRole::Monitor])
+            .await?;
+        let running: BTreeMap<String, InstanceRole> = instances
             .into_iter()
             .filter(|i| i.state == "running" || i.state == "pending")
-            .map(|i| (i.instance_id, i.role))
+            .filter_map(|i| Some((i.instance_id, i.role?)))
             .collect();
         for (instance_id, role) in &running {
             if !self.processes.contains_key(instance_id) {
-                self.start(instance_id, role).await?;
+                self.start(instance_id, *role).await?;
             }
         }
         let gone: Vec<String> = self
@@ -280,11 +283,11 @@ impl Rehearse {
         };
         eprintln!("\n== cargo xtask bootstrap ==");
         bootstrap(group.clone()).run_with(aws).await?;
-        let seeds = described(aws, "seed").await?;
+        let seeds = described(aws, InstanceRole::Seed).await?;
         ensure!(seeds.len() == 1, "one seed instance, found {}", seeds.len());
         let seed = &seeds[0];
         let seed_id = seed.instance_id().unwrap_or("").to_string();
-        check_instance(seed, "seed", &self.group)?;
+        check_instance(seed, InstanceRole::Seed, &self.group)?;
         let base = aws.parameters.get(EMULATOR_BASE_IMAGE).await?;
         ensure!(
             seed.image_id() == Some(base.as_str()),
@@ -297,7 +300,7 @@ impl Rehearse {
         // Running bootstrap again continues rather than duplicates.
         bootstrap(group.clone()).run_with(aws).await?;
         ensure!(
-            described(aws, "seed").await?.len() == 1,
+            described(aws, InstanceRole::Seed).await?.len() == 1,
             "a second bootstrap launched another seed"
         );
 
@@ -324,7 +327,7 @@ impl Rehearse {
             "the image comes from the seed"
         );
         ensure!(
-            described(aws, "seed").await?.is_empty(),
+            described(aws, InstanceRole::Seed).await?.is_empty(),
             "the seed is terminated"
         );
 
@@ -336,9 +339,9 @@ impl Rehearse {
         }
         .run_with(aws)
         .await?;
-        let monitors = described(aws, "monitor").await?;
+        let monitors = described(aws, InstanceRole::Monitor).await?;
         ensure!(monitors.len() == 1, "one monitor host");
-        check_instance(&monitors[0], "monitor", &self.group)?;
+        check_instance(&monitors[0], InstanceRole::Monitor, &self.group)?;
         ensure!(
             monitors[0].image_id() == Some(ami.as_str()),
             "the monitor host runs the custom AMI"
@@ -416,7 +419,7 @@ impl Rehearse {
         .run_with(aws)
         .await?;
         ensure!(
-            described(aws, "agent").await?.len() == 2,
+            described(aws, InstanceRole::Agent).await?.len() == 2,
             "a dry run changes nothing"
         );
         eprintln!("\n== cargo xtask down --purge ==");
@@ -522,14 +525,17 @@ async fn prepare_account(aws: &Aws) -> anyhow::Result<()> {
 }
 
 /// The group's non-terminated instances of `role`, as DescribeInstances returns them.
-async fn described(aws: &Aws, role: &str) -> anyhow::Result<Vec<aws_sdk_ec2::types::Instance>> {
+async fn described(
+    aws: &Aws,
+    role: InstanceRole,
+) -> anyhow::Result<Vec<aws_sdk_ec2::types::Instance>> {
     aws.described(&[role], &["pending", "running", "stopped"])
         .await
 }
 
 fn check_instance(
     instance: &aws_sdk_ec2::types::Instance,
-    role: &str,
+    role: InstanceRole,
     group: &str,
 ) -> anyhow::Result<()> {
     let id = instance.instance_id().unwrap_or("?");
@@ -550,7 +556,10 @@ fn check_instance(
         tags.get(GROUP_TAG) == Some(&group),
         "{id}: group tag {tags:?}"
     );
-    ensure!(tags.get(ROLE_TAG) == Some(&role), "{id}: role tag {tags:?}");
+    ensure!(
+        tags.get(ROLE_TAG) == Some(&role.tag_value()),
+        "{id}: role tag {tags:?}"
+    );
     ensure!(
         tags.get("Name") == Some(&format!("autoscaler-{group}-{role}").as_str()),
         "{id}: Name tag {tags:?}"
@@ -580,35 +589,28 @@ async fn load_cycle(aws: &Aws, address: &str, credentials: &Credentials) -> anyh
             || async {
                 let mut daemon = daemon.lock().await;
                 let status = daemon.status_after(0).await?;
-                let healthy: Vec<&v1::InstanceStatus> = status
-                    .instances
-                    .iter()
-                    .filter(|i| i.health == "healthy")
-                    .collect();
+                let healthy: Vec<&v1::InstanceStatus> =
+                    status.instances.iter().filter(|i| i.is_healthy()).collect();
                 for instance in &healthy {
                     let _ = daemon
                         .set_load_target(&instance.instance_id, level, true)
                         .await;
                 }
-                let listed = status
-                    .instances
-                    .iter()
-                    .filter(|i| i.state != "unlisted")
-                    .count();
+                let listed = status.instances.iter().filter(|i| i.listed()).count();
                 ensure!(listed <= 4, "{listed} instances, above the maximum");
                 Ok((healthy.len() == size && listed == size).then_some(()))
             },
         )
         .await?;
     }
-    let agents = described(aws, "agent").await?;
+    let agents = described(aws, InstanceRole::Agent).await?;
     let subnets: BTreeSet<&str> = agents.iter().filter_map(|i| i.subnet_id()).collect();
     ensure!(
         subnets.len() == agents.len(),
         "the agents are spread over subnets: {subnets:?}"
     );
     for agent in &agents {
-        check_instance(agent, "agent", &aws.group)?;
+        check_instance(agent, InstanceRole::Agent, &aws.group)?;
     }
     Ok(())
 }

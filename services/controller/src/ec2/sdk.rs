@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::{
     ResourceType, Tag, TagSpecification, VolumeType,
 };
 
-use super::{Ec2Config, GROUP_TAG, ROLE_TAG};
+use super::{Ec2Config, GROUP_TAG, InstanceRole, ROLE_TAG};
 use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState};
 
 /// Turns an SDK failure into a `CloudError` of the right kind, keeping the SDK's whole message.
@@ -139,7 +139,7 @@ impl Ec2Cloud {
     /// The group's instances in `role`, not terminated, with their subnet.
     async fn describe(
         &self,
-        role: &str,
+        role: InstanceRole,
         ids: &[String],
     ) -> Result<Vec<(CloudInstance, String)>, CloudError> {
         let mut request = self
@@ -154,7 +154,7 @@ impl Ec2Cloud {
             .filters(
                 Filter::builder()
                     .name(format!("tag:{ROLE_TAG}"))
-                    .values(role)
+                    .values(role.tag_value())
                     .build(),
             )
             .filters(
@@ -222,7 +222,7 @@ impl Ec2Cloud {
     /// Launches one instance in `role` from `image_id` in `subnet_id`; returns its id.
     pub async fn run_instance(
         &self,
-        role: &str,
+        role: InstanceRole,
         image_id: &str,
         subnet_id: &str,
         user_data: Option<String>,
@@ -248,7 +248,7 @@ impl Ec2Cloud {
                     .build(),
             )
             .tags(Tag::builder().key(GROUP_TAG).value(&self.group).build())
-            .tags(Tag::builder().key(ROLE_TAG).value(role).build())
+            .tags(Tag::builder().key(ROLE_TAG).value(role.tag_value()).build())
             .build();
         let mut request = self
             .client
@@ -331,7 +331,7 @@ impl Ec2Cloud {
 impl Cloud for Ec2Cloud {
     async fn list(&self) -> Result<Vec<CloudInstance>, CloudError> {
         Ok(self
-            .describe("agent", &[])
+            .describe(InstanceRole::Agent, &[])
             .await?
             .into_iter()
             .map(|(i, _)| i)
@@ -340,14 +340,14 @@ impl Cloud for Ec2Cloud {
 
     async fn launch(&self, count: u32) -> Result<Vec<String>, CloudError> {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for (_, subnet) in self.describe("agent", &[]).await? {
+        for (_, subnet) in self.describe(InstanceRole::Agent, &[]).await? {
             *counts.entry(subnet).or_default() += 1;
         }
         let mut launched = Vec::new();
         for _ in 0..count {
             let subnet = self.emptiest_subnet(&counts);
             match self
-                .run_instance("agent", &self.config.ami_id, &subnet, None)
+                .run_instance(InstanceRole::Agent, &self.config.ami_id, &subnet, None)
                 .await
             {
                 Ok(instance_id) => {
@@ -370,7 +370,7 @@ impl Cloud for Ec2Cloud {
             return Ok(());
         }
         let ours: Vec<String> = self
-            .describe("agent", instance_ids)
+            .describe(InstanceRole::Agent, instance_ids)
             .await?
             .into_iter()
             .map(|(i, _)| i.instance_id)

@@ -208,11 +208,7 @@ pub async fn wait_status(
                 continue;
             }
         };
-        let listed = status
-            .instances
-            .iter()
-            .filter(|i| i.state != "unlisted")
-            .count();
+        let listed = status.instances.iter().filter(|i| i.listed()).count();
         assert!(
             listed <= max,
             "{listed} instances, above the maximum {max}: {status:#?}"
@@ -243,7 +239,7 @@ pub fn healthy(status: &v1::GetStatusResponse) -> usize {
     status
         .instances
         .iter()
-        .filter(|i| i.health == "healthy" && i.state == "running")
+        .filter(|i| i.is_healthy() && i.state() == v1::InstanceState::Running)
         .count()
 }
 
@@ -269,7 +265,7 @@ impl LoadDriver {
                 {
                     let level = *shared.lock().unwrap();
                     for instance in response.into_inner().instances {
-                        if instance.health != "healthy" {
+                        if !instance.is_healthy() {
                             continue;
                         }
                         if let Ok(address) = instance.address.parse() {
@@ -328,11 +324,7 @@ impl FleetInvariant {
                     .await
                     {
                         let status = response.into_inner();
-                        let listed = status
-                            .instances
-                            .iter()
-                            .filter(|i| i.state != "unlisted")
-                            .count();
+                        let listed = status.instances.iter().filter(|i| i.listed()).count();
                         samples.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         converged |= listed >= min;
                         if listed > max || (converged && listed < min) {
@@ -341,7 +333,7 @@ impl FleetInvariant {
                                 status
                                     .instances
                                     .iter()
-                                    .map(|i| (&i.instance_id, &i.state, &i.health))
+                                    .map(|i| (&i.instance_id, i.state().name(), i.health().name()))
                                     .collect::<Vec<_>>()
                             ));
                         }

@@ -7,6 +7,7 @@ use autoscaler_controller::ec2::GROUP_TAG;
 use aws_sdk_ec2::types::{ResourceType, TagSpecification};
 
 use super::{Aws, GroupArgs, explain, tag, wait_for};
+use autoscaler_controller::ec2::InstanceRole;
 
 /// Creates the custom AMI from the seed, waits until it is available, tags it and records its id
 /// in `/autoscaler/<group>/ami`.
@@ -27,7 +28,7 @@ impl BakeAmi {
 
     pub async fn run_with(self, aws: &Aws) -> anyhow::Result<()> {
         eprintln!("bake-ami of group {}", aws.group);
-        let seeds = aws.instances(&["seed"]).await?;
+        let seeds = aws.instances(&[InstanceRole::Seed]).await?;
         let existing = aws
             .images()
             .await?

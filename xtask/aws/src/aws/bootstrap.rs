@@ -11,6 +11,7 @@ use aws_sdk_ec2::types::{IpPermission, ResourceType, TagSpecification, UserIdGro
 
 use super::{AGENT_PORT, Aws, GroupArgs, MONITOR_PORT, UBUNTU_PARAMETER, explain, tag, wait_for};
 use crate::util;
+use autoscaler_controller::ec2::InstanceRole;
 
 /// Creates or reuses the security group, launches the seed instance from a base image, and
 /// installs the agent on it over SSM Run Command.
@@ -68,7 +69,7 @@ impl Bootstrap {
         eprintln!("  base image: {base_image}");
 
         let seed = match aws
-            .instances(&["seed"])
+            .instances(&[InstanceRole::Seed])
             .await?
             .into_iter()
             .find(|i| i.state != "shutting-down")
@@ -90,7 +91,7 @@ impl Bootstrap {
                     .await?;
                 let subnet = cloud.config().subnet_ids[0].clone();
                 let id = cloud
-                    .run_instance("seed", &base_image, &subnet, None)
+                    .run_instance(InstanceRole::Seed, &base_image, &subnet, None)
                     .await
                     .map_err(|e| anyhow!("cannot launch the seed instance: {e}"))?;
                 eprintln!("  launched the seed instance {id}");

@@ -6,6 +6,7 @@ use std::time::Duration;
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 
 use super::{Aws, GroupArgs, explain, wait_for};
+use autoscaler_controller::ec2::InstanceRole;
 
 /// Stops the controller first (the monitor host), then terminates the group's instances and
 /// deletes its parameters. `--purge` also removes the AMI, its snapshots and what bootstrap made.
@@ -41,17 +42,17 @@ impl Down {
         let instances = aws.instances(&[]).await?;
         let monitors: Vec<String> = instances
             .iter()
-            .filter(|i| i.role == "monitor")
+            .filter(|i| i.role == Some(InstanceRole::Monitor))
             .map(|i| i.instance_id.clone())
             .collect();
         let agents: Vec<String> = instances
             .iter()
-            .filter(|i| i.role == "agent")
+            .filter(|i| i.role == Some(InstanceRole::Agent))
             .map(|i| i.instance_id.clone())
             .collect();
         let seeds: Vec<String> = instances
             .iter()
-            .filter(|i| i.role == "seed")
+            .filter(|i| i.role == Some(InstanceRole::Seed))
             .map(|i| i.instance_id.clone())
             .collect();
         for (what, ids) in [("monitor host", &monitors), ("instance", &agents)] {
@@ -118,10 +119,14 @@ impl Down {
         // A launch the controller made just before it stopped shows up only now: sweep
         // until a listing of the group finds nothing running.
         for _ in 0..5 {
-            let roles: &[&str] = if self.purge {
-                &["monitor", "agent", "seed"]
+            let roles: &[InstanceRole] = if self.purge {
+                &[
+                    InstanceRole::Monitor,
+                    InstanceRole::Agent,
+                    InstanceRole::Seed,
+                ]
             } else {
-                &["monitor", "agent"]
+                &[InstanceRole::Monitor, InstanceRole::Agent]
             };
             let left: Vec<String> = aws
                 .instances(roles)

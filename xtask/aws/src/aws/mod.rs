@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use autoscaler_aws::{GroupParameters, Parameters, Timeouts};
-use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config, GROUP_TAG, ROLE_TAG};
+use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config, GROUP_TAG, InstanceRole, ROLE_TAG};
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{GroupCa, Role, Transport};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -56,7 +56,8 @@ pub struct Aws {
 #[derive(Clone, Debug)]
 pub struct GroupInstance {
     pub instance_id: String,
-    pub role: String,
+    /// `None` for a role tag this version does not know.
+    pub role: Option<InstanceRole>,
     pub state: String,
     pub zone: String,
     pub private_ip: String,
@@ -162,7 +163,7 @@ impl Aws {
     /// DescribeInstances returns them, every page of the answer.
     pub async fn described(
         &self,
-        roles: &[&str],
+        roles: &[InstanceRole],
         states: &[&str],
     ) -> anyhow::Result<Vec<aws_sdk_ec2::types::Instance>> {
         let mut request = self
@@ -184,7 +185,9 @@ impl Aws {
             request = request.filters(
                 Filter::builder()
                     .name(format!("tag:{ROLE_TAG}"))
-                    .set_values(Some(roles.iter().map(|r| r.to_string()).collect()))
+                    .set_values(Some(
+                        roles.iter().map(|r| r.tag_value().to_string()).collect(),
+                    ))
                     .build(),
             );
         }
@@ -203,7 +206,7 @@ impl Aws {
     }
 
     /// The group's instances in `roles` (all roles when empty) that are not terminated.
-    pub async fn instances(&self, roles: &[&str]) -> anyhow::Result<Vec<GroupInstance>> {
+    pub async fn instances(&self, roles: &[InstanceRole]) -> anyhow::Result<Vec<GroupInstance>> {
         let described = self
             .described(
                 roles,
@@ -217,8 +220,7 @@ impl Aws {
                 .iter()
                 .find(|t| t.key() == Some(ROLE_TAG))
                 .and_then(|t| t.value())
-                .unwrap_or("")
-                .to_string();
+                .and_then(InstanceRole::from_tag_value);
             found.push(GroupInstance {
                 instance_id: instance.instance_id().unwrap_or("").to_string(),
                 role,

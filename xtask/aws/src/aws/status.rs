@@ -90,11 +90,7 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
     println!(
         "group {}: {} instances, desired {}, bounds [{}, {}]",
         report.group,
-        report
-            .instances
-            .iter()
-            .filter(|i| i.state != "unlisted")
-            .count(),
+        report.instances.iter().filter(|i| i.listed()).count(),
         report.desired_instances,
         report.min_instances,
         report.max_instances
@@ -107,8 +103,8 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
         println!(
             "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}",
             instance.instance_id,
-            instance.state,
-            instance.health,
+            instance.state().name(),
+            instance.health().name(),
             instance
                 .load_percent
                 .map_or("-".to_string(), |l| format!("{l:.1}%")),
@@ -162,11 +158,11 @@ pub async fn print_status(aws: &Aws) -> anyhow::Result<()> {
         println!(
             "{:<20} {:<8} {:<14} {:<12} {:<15} {:<10} {:>6}",
             instance.instance_id,
-            instance.role,
+            instance.role.map_or("?", |r| r.tag_value()),
             instance.state,
             instance.zone,
             instance.private_ip,
-            seen.map_or("-", |i| i.health.as_str()),
+            seen.map_or("-", |i| i.health().name()),
             seen.and_then(|i| i.load_percent)
                 .map_or("-".to_string(), |l| format!("{l:.1}%"))
         );

@@ -10,6 +10,7 @@ use base64::Engine;
 
 use super::{Aws, GroupArgs, ensure_tls, wait_for};
 use crate::util;
+use autoscaler_controller::ec2::InstanceRole;
 
 /// Starts the monitor host (monitor and controller) from the AMI, then waits until it has
 /// published its address and the fleet has reached its minimum.
@@ -97,7 +98,7 @@ impl Up {
         }
         ensure_tls(aws).await?;
 
-        let monitors = aws.instances(&["monitor"]).await?;
+        let monitors = aws.instances(&[InstanceRole::Monitor]).await?;
         let monitor = match monitors
             .iter()
             .find(|m| m.state == "pending" || m.state == "running")
@@ -127,7 +128,7 @@ impl Up {
                 let encoded = base64::engine::general_purpose::STANDARD.encode(user_data);
                 let subnet = cloud.config().subnet_ids[0].clone();
                 let id = cloud
-                    .run_instance("monitor", &ami, &subnet, Some(encoded))
+                    .run_instance(InstanceRole::Monitor, &ami, &subnet, Some(encoded))
                     .await
                     .map_err(|e| anyhow!("cannot launch the monitor host: {e}"))?;
                 eprintln!("  launched the monitor host {id}");
@@ -162,7 +163,7 @@ impl Up {
             match crate::status_client::get_status(&address, &credentials).await {
                 Ok(status) => {
                     *unreachable_since.lock().expect("not poisoned") = None;
-                    let healthy = status.instances.iter().filter(|i| i.health == "healthy").count();
+                    let healthy = status.instances.iter().filter(|i| i.is_healthy()).count();
                     Ok((healthy >= min).then_some(()))
                 }
                 Err(_) => {
@@ -172,7 +173,7 @@ impl Up {
                     if since.elapsed() < Duration::from_secs(30) {
                         return Ok(None);
                     }
-                    let agents = aws.instances(&["agent"]).await?;
+                    let agents = aws.instances(&[InstanceRole::Agent]).await?;
                     let running = agents.iter().filter(|i| i.state == "running").count();
                     if running >= min {
                         eprintln!("  the monitor at {address} is not reachable from here; {running} agents run");
