@@ -3,7 +3,7 @@
 //! monitor's fleet view in-process; nothing goes over the network between them.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -287,6 +287,59 @@ pub enum TlsSource {
     Plaintext,
 }
 
+impl TlsSource {
+    /// The monitor's transport, resolved in one place for every way the daemon runs. `Auto`
+    /// makes the material in `made_in` when given (the local provider's `<state-dir>/tls`),
+    /// else reads it from SSM with `sdk` (on AWS), else is an error. Returns the directory
+    /// the material is in, when there is one, for local agents.
+    pub async fn resolve(
+        &self,
+        group: &str,
+        made_in: Option<&Path>,
+        sdk: Option<&aws_config::SdkConfig>,
+    ) -> Result<(Transport, Option<PathBuf>), DaemonError> {
+        match (self, made_in, sdk) {
+            (TlsSource::Plaintext, _, _) => {
+                tracing::warn!(
+                    "plaintext gRPC, as asked: no TLS between the monitor and its agents"
+                );
+                Ok((Transport::Plaintext, None))
+            }
+            (TlsSource::Dir(dir), _, _) => Ok((
+                Transport::tls(TlsMaterial::load(dir, Role::Monitor)?),
+                Some(dir.clone()),
+            )),
+            (TlsSource::Auto, Some(dir), _) => {
+                if tls::ensure_dir(dir, group)? {
+                    tracing::info!(dir = %dir.display(), "made a new group CA and its certificates");
+                }
+                Ok((
+                    Transport::tls(TlsMaterial::load(dir, Role::Monitor)?),
+                    Some(dir.to_path_buf()),
+                ))
+            }
+            (TlsSource::Auto, None, Some(sdk)) => {
+                let material = autoscaler_aws::tls_material(
+                    &autoscaler_aws::Parameters::new(sdk),
+                    &autoscaler_aws::GroupParameters::new(group),
+                    Role::Monitor,
+                )
+                .await
+                .map_err(|error| {
+                    DaemonError::NoTls(format!(
+                        "the group's material in SSM (run `cargo xtask up`, which makes it): {error}"
+                    ))
+                })?;
+                Ok((Transport::tls(material), None))
+            }
+            (TlsSource::Auto, None, None) => Err(DaemonError::NoTls(
+                "no TLS material, and no provider to make it or AWS to read it from: pass --tls-dir DIR or --plaintext"
+                    .to_string(),
+            )),
+        }
+    }
+}
+
 /// Runs the monitor and the controller on `listener` until `shutdown` completes. Then the
 /// controller stops first (so nothing is replaced), the local instances are terminated (EC2
 /// instances stay: `cargo xtask down` removes them), and the monitor stops.
@@ -309,26 +362,10 @@ pub async fn run(
             let state_dir = state_dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("autoscaler-{}", config.group))
             });
-            let tls_dir = match &options.tls {
-                TlsSource::Plaintext => None,
-                TlsSource::Dir(dir) => Some(dir.clone()),
-                TlsSource::Auto => {
-                    let dir = state_dir.join("tls");
-                    if tls::ensure_dir(&dir, &config.group)? {
-                        tracing::info!(dir = %dir.display(), "made a new group CA and its certificates");
-                    }
-                    Some(dir)
-                }
-            };
-            let transport = match &tls_dir {
-                Some(dir) => Transport::tls(TlsMaterial::load(dir, Role::Monitor)?),
-                None => {
-                    tracing::warn!(
-                        "plaintext gRPC, as asked: no TLS between the monitor and its agents"
-                    );
-                    Transport::Plaintext
-                }
-            };
+            let (transport, tls_dir) = options
+                .tls
+                .resolve(&config.group, Some(&state_dir.join("tls")), None)
+                .await?;
             let credentials = Credentials::new(token.clone(), transport);
             let monitor = Monitor::start(config.monitor_config(), credentials)?;
             let cloud = Arc::new(
@@ -368,22 +405,8 @@ pub async fn run(
                     .map_err(|error| DaemonError::Provider(error.to_string()))?,
             );
             tracing::info!(ami = %cloud.config().ami_id, subnets = ?cloud.config().subnet_ids, "EC2 provider");
-            let material = match &options.tls {
-                TlsSource::Plaintext => return Err(plaintext_refused()),
-                TlsSource::Dir(dir) => TlsMaterial::load(dir, Role::Monitor)?,
-                TlsSource::Auto => autoscaler_aws::tls_material(
-                    &autoscaler_aws::Parameters::new(sdk),
-                    &autoscaler_aws::GroupParameters::new(&config.group),
-                    Role::Monitor,
-                )
-                .await
-                .map_err(|error| {
-                    DaemonError::Provider(format!(
-                        "the group's TLS material (run `cargo xtask up`, which makes it): {error}"
-                    ))
-                })?,
-            };
-            let credentials = Credentials::new(token, Transport::tls(material));
+            let (transport, _) = options.tls.resolve(&config.group, None, Some(sdk)).await?;
+            let credentials = Credentials::new(token, transport);
             let monitor = Monitor::start(config.monitor_config(), credentials)?;
             publish_address(sdk, &config.group, &options.advertise).await?;
             serve(&config, monitor, cloud, listener, http, shutdown, async {}).await
@@ -662,6 +685,8 @@ pub enum DaemonError {
     Provider(String),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("TLS: {0}")]
+    NoTls(String),
     /// A task the daemon needs ended, failed or panicked while it ran.
     #[error("{0}")]
     Task(String),

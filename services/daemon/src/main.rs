@@ -9,7 +9,6 @@ use autoscaler_aws::{GroupParameters, Parameters};
 use autoscaler_daemon::daemon::{self, DaemonConfig, ProviderSection};
 use autoscaler_monitor::Monitor;
 use autoscaler_proto::auth::{Credentials, Token};
-use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
 use clap::{Parser, ValueEnum};
 
 /// mimalloc rather than glibc's malloc: a poll allocates a few dozen small buffers across two
@@ -238,23 +237,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             (None, false) => daemon::TlsSource::Auto,
         };
         if flags.no_controller {
-            let transport = match (&tls, &aws) {
-                (daemon::TlsSource::Plaintext, _) => Transport::Plaintext,
-                (daemon::TlsSource::Dir(dir), _) => {
-                    Transport::tls(TlsMaterial::load(dir, Role::Monitor)?)
-                }
-                (daemon::TlsSource::Auto, Some(sdk)) => Transport::tls(
-                    autoscaler_aws::tls_material(
-                        &Parameters::new(sdk),
-                        &GroupParameters::new(&config.group),
-                        Role::Monitor,
-                    )
-                    .await?,
-                ),
-                (daemon::TlsSource::Auto, None) => anyhow::bail!(
-                    "--no-controller has no provider to make TLS material: pass --tls-dir DIR or --plaintext"
-                ),
-            };
+            let (transport, _) = tls.resolve(&config.group, None, aws.as_ref()).await?;
             let credentials = Credentials::new(token, transport);
             let monitor = Monitor::start(config.monitor_config(), credentials)?;
             monitor.serve(listener, shutdown_signal()).await?;
