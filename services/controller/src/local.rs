@@ -290,19 +290,25 @@ impl LocalInstance {
         if self.ended.is_some() {
             return false;
         }
+        // (why it ended, whether its log may say more: not when a signal ended it)
         let ended = match &mut self.child {
             Some(child) => match child.try_wait() {
                 Ok(None) => None,
-                Ok(Some(status)) => Some(status.to_string()),
-                Err(error) => Some(format!("cannot wait for process {}: {error}", self.pid)),
+                Ok(Some(status)) => Some((status.to_string(), status.code().is_some())),
+                Err(error) => Some((
+                    format!("cannot wait for process {}: {error}", self.pid),
+                    true,
+                )),
             },
             None => (!runs_agent(self.pid, instance_id))
-                .then(|| format!("process {} is gone", self.pid)),
+                .then(|| (format!("process {} is gone", self.pid), true)),
         };
-        let Some(mut why) = ended else {
+        let Some((mut why, log_may_tell)) = ended else {
             return true;
         };
-        if let Some(line) = last_log_line(&state_dir.join(format!("{instance_id}.log"))) {
+        if log_may_tell
+            && let Some(line) = last_log_line(&state_dir.join(format!("{instance_id}.log")))
+        {
             why = format!("{why}; last log line: {line}");
         }
         tracing::warn!(%instance_id, pid = self.pid, "local instance ended: {why}");

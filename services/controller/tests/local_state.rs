@@ -208,3 +208,46 @@ async fn an_agent_that_exits_says_why() {
     cloud.terminate(&ids).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn an_agent_killed_by_a_signal_is_reported_without_its_log() {
+    let dir = fresh_dir("killed");
+    let mut config = config(&dir);
+    // A script that logs a line and waits (the flags it is given do not matter to it).
+    let script = dir.join("quiet-agent");
+    std::fs::write(&script, "#!/bin/sh\necho all is well\nexec sleep 30\n").unwrap();
+    std::fs::set_permissions(
+        &script,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    config.agent_binary = script;
+    let cloud = LocalCloud::open(config).unwrap();
+    let ids = cloud.launch(1).await.unwrap();
+    let pid = std::fs::read_to_string(dir.join(format!("{}.instance", ids[0])))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse::<i32>()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        if let Some(reason) = cloud.list().await.unwrap()[0].state_reason.clone() {
+            break reason;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kill was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(reason, "signal: 9 (SIGKILL)");
+    cloud.terminate(&ids).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
