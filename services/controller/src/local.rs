@@ -114,6 +114,11 @@ fn parse_record(text: &str) -> Option<(u32, SystemTime)> {
     ))
 }
 
+/// Writes an instance record, the line `parse_record` reads.
+fn write_record(path: &Path, pid: u32, launched_at: SystemTime) -> std::io::Result<()> {
+    std::fs::write(path, format!("{pid} {}\n", unix_ms(launched_at)))
+}
+
 /// A pid a signal can safely go to: never 0, 1 or a negative number (a process group, or all).
 fn valid_pid(pid: u32) -> bool {
     pid >= 2 && i32::try_from(pid).is_ok()
@@ -402,18 +407,17 @@ impl LocalCloud {
             if instances.values().any(|i: &LocalInstance| i.pid == pid) {
                 continue;
             }
-            match instance_id {
-                Some(instance_id)
-                    if instance_number(&instance_id).is_some()
-                        && !instances.contains_key(&instance_id) =>
-                {
-                    let number = instance_number(&instance_id).unwrap_or(0);
+            let takeable = instance_id
+                .as_deref()
+                .and_then(|id| Some((id, instance_number(id)?)))
+                .filter(|(id, _)| !instances.contains_key(*id));
+            match takeable {
+                Some((instance_id, number)) => {
+                    let instance_id = instance_id.to_string();
                     next_id = next_id.max(number + 1);
                     let launched_at = process_started(pid).unwrap_or_else(SystemTime::now);
-                    let record = config.state_dir.join(format!("{instance_id}.instance"));
-                    if let Err(error) =
-                        std::fs::write(&record, format!("{pid} {}\n", unix_ms(launched_at)))
-                    {
+                    let record = state_dir.join(format!("{instance_id}.instance"));
+                    if let Err(error) = write_record(&record, pid, launched_at) {
                         tracing::warn!(%instance_id, %error, "cannot write the record again");
                     }
                     tracing::warn!(%instance_id, pid, "adopting a running agent of this group whose record was missing or unreadable");
@@ -427,7 +431,7 @@ impl LocalCloud {
                         },
                     );
                 }
-                instance_id => {
+                None => {
                     tracing::warn!(
                         pid,
                         ?instance_id,
@@ -437,7 +441,7 @@ impl LocalCloud {
                 }
             }
         }
-        let next_id = next_id.min(MAX_INSTANCE_NUMBER + 1);
+        // At most MAX_INSTANCE_NUMBER + 1: every number read is in range.
         Ok(LocalCloud {
             config,
             marker,
@@ -545,11 +549,8 @@ impl Cloud for LocalCloud {
             let child = self.spawn(&instance_id, seed)?;
             let launched_at = SystemTime::now();
             let pid = child.id();
-            std::fs::write(
-                self.record_path(&instance_id),
-                format!("{pid} {}\n", unix_ms(launched_at)),
-            )
-            .map_err(|e| io_error("cannot record the instance", e))?;
+            write_record(&self.record_path(&instance_id), pid, launched_at)
+                .map_err(|e| io_error("cannot record the instance", e))?;
             tracing::info!(%instance_id, pid, "local instance launched");
             self.lock().instances.insert(
                 instance_id.clone(),

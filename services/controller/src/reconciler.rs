@@ -183,6 +183,10 @@ impl ControllerStatus {
         self.lock().launch_backoff = backoff.map(|b| (b, Instant::now()));
     }
 
+    fn count_launch_refused(&self) {
+        self.lock().counters.launch_failures += 1;
+    }
+
     fn count_error(&self, error: &CloudError) {
         *self
             .lock()
@@ -209,8 +213,6 @@ impl ControllerStatus {
             counters.launch_failures +=
                 decision.replace.iter().filter(|r| r.failed_launch).count() as u64;
         }
-        counters.launch_failures +=
-            u64::from(record.outcome.iter().any(|o| o.starts_with(LAUNCH_FAILED)));
         counters.launched += record.launched.len() as u64;
         counters.shadow_disagreements +=
             u64::from(record.shadow.as_ref().is_some_and(|v| v.differs));
@@ -248,9 +250,6 @@ impl ControllerStatus {
         record
     }
 }
-
-/// How the outcome of a launch the provider refused begins.
-const LAUNCH_FAILED: &str = "launch failed: ";
 
 fn rule_kinds(decision: &Decision) -> Vec<policy::Rule> {
     decision.rules.iter().map(|r| r.rule).collect()
@@ -437,7 +436,7 @@ impl<C: Cloud> Controller<C> {
         let view = self.fleet.borrow().clone();
         let uptime = self.started.elapsed();
         let observation = observe(&instances, &view, SystemTime::now(), uptime);
-        let decision = policy::evaluate(&observation, &self.config, &mut self.state, uptime);
+        let mut decision = policy::evaluate(&observation, &self.config, &mut self.state, uptime);
         let shadow = self.shadow.as_mut().map(|(config, state)| {
             let verdict = policy::evaluate(&observation, config, state, uptime);
             ShadowVerdict {
@@ -467,12 +466,12 @@ impl<C: Cloud> Controller<C> {
             repeated: 0,
             shadow,
         };
-        let mut decision = decision;
         if decision.acts()
             && let Some(refused) = self.act(&decision, &view, &mut record).await
         {
             // The provider refused the launch after its retries: back off as for an instance
             // that died at start.
+            self.status.count_launch_refused();
             self.state.launch_failed(&self.config, uptime, &refused);
             if let Some((config, state)) = self.shadow.as_mut() {
                 state.launch_failed(config, uptime, &refused);
@@ -481,24 +480,25 @@ impl<C: Cloud> Controller<C> {
         }
         self.status
             .set_launch_backoff(decision.launch_backoff.clone());
-        if let Some(backoff) = &decision.launch_backoff
-            && decision.launch == 0
-            && decision
-                .rules
-                .iter()
-                .any(|r| r.rule == policy::Rule::LaunchBackoff)
-        {
-            tracing::warn!(
-                consecutive_failures = backoff.consecutive_failures,
-                retry_in_secs = backoff.retry_in.as_secs_f64(),
-                last_reason = %backoff.last_reason,
-                "launches are failing; holding launches"
-            );
-        }
         record.decision = Some(decision);
         let record = self.status.push(record, keep);
         if record.repeated == 0 {
             let decision = record.decision.as_ref().expect("set above");
+            // Once per new record, not every evaluation the launches are held.
+            if let Some(backoff) = &decision.launch_backoff
+                && decision.launch == 0
+                && decision
+                    .rules
+                    .iter()
+                    .any(|r| r.rule == policy::Rule::LaunchBackoff)
+            {
+                tracing::warn!(
+                    consecutive_failures = backoff.consecutive_failures,
+                    retry_in_secs = backoff.retry_in.as_secs_f64(),
+                    last_reason = %backoff.last_reason,
+                    "launches are failing; holding launches"
+                );
+            }
             let rules: Vec<&str> = rule_kinds(decision).iter().map(|r| r.as_str()).collect();
             let missing: Vec<String> = decision.missing.iter().map(|m| m.describe()).collect();
             tracing::info!(
@@ -556,7 +556,7 @@ impl<C: Cloud> Controller<C> {
                     record.launched = ids;
                 }
                 Err(error) => {
-                    record.outcome.push(format!("{LAUNCH_FAILED}{error}"));
+                    record.outcome.push(format!("launch failed: {error}"));
                     return Some(error.to_string());
                 }
             }

@@ -152,8 +152,8 @@ impl Monitor {
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), until)
             .await;
-        if publisher_ended.is_none() {
-            self.publisher = publisher;
+        if let Some(handle) = publisher {
+            handle.abort();
         }
         self.stop().await;
         result?;

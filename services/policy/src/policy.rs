@@ -439,10 +439,8 @@ pub fn evaluate(
         (Direction::In, PolicyConfig::Step { scale_in, .. }) => scale_in.below,
         (Direction::Hold, _) => None,
     };
-    if unseen > 0 {
-        for metric in &mut missing {
-            metric.counted_as = fill;
-        }
+    for metric in &mut missing {
+        metric.counted_as = fill;
     }
     // An instance being replaced keeps its place in the sizing, as EC2 Auto Scaling keeps the
     // desired capacity through a replacement: it counts as one without a metric does, and at

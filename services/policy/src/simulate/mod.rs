@@ -400,7 +400,9 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
                     }
                 }
                 // The live controller backs off after a refused launch; so does the replay.
-                if let (Policy::Project { config, .. }, true) = (&policy, refused > 0) {
+                if refused > 0
+                    && let Policy::Project { config, .. } = &policy
+                {
                     state.launch_failed(
                         config,
                         Duration::from_secs(now),
