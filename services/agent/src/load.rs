@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use autoscaler_policy::random::SplitMix64;
+
 /// Parameters of the simulated load. All rates are per second of simulated time.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadModelConfig {
@@ -179,32 +181,6 @@ impl LoadModel {
         let change = (pull + noise).clamp(-bound, bound);
         self.value = (self.value + change).clamp(0.0, 100.0);
         self.value
-    }
-}
-
-/// A small, fast, seedable generator (SplitMix64); the agent needs reproducible noise, not
-/// cryptographic randomness.
-#[derive(Clone, Debug)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-    }
-
-    /// Standard normal, by Box-Muller.
-    fn gaussian(&mut self) -> f64 {
-        let (u1, u2) = (self.unit(), self.unit());
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 }
 

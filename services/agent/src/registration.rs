@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use autoscaler_policy::backoff::Backoff;
 use autoscaler_proto::auth::{AttachToken, Credentials};
 use autoscaler_proto::tls::Role;
 use autoscaler_proto::v1;
@@ -121,7 +122,7 @@ impl Registrar {
 
     /// Registers, retrying with capped exponential backoff until a monitor accepts.
     async fn register_with_backoff(&self) {
-        let mut backoff = self.config.initial_backoff;
+        let mut backoff = Backoff::new(self.config.initial_backoff, self.config.max_backoff);
         loop {
             match self.register_once().await {
                 Ok((endpoint, response)) => {
@@ -135,9 +136,9 @@ impl Registrar {
                     return;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "registration failed");
-                    tokio::time::sleep(backoff + jitter(backoff)).await;
-                    backoff = (backoff * 2).min(self.config.max_backoff);
+                    let pause = backoff.failed();
+                    tracing::warn!(%error, retry_in = ?pause, "registration failed");
+                    tokio::time::sleep(pause + jitter(pause)).await;
                 }
             }
         }

@@ -3,7 +3,9 @@
 //! detach, load target, removal) are taken only from the monitor's certificate.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
+
+use autoscaler_policy::time::unix_ms;
 
 use autoscaler_proto::tls::{Role, require_caller};
 use autoscaler_proto::v1;
@@ -202,12 +204,6 @@ impl AgentService {
             requests_per_second: None,
         }
     }
-}
-
-fn unix_ms(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|since| since.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[tonic::async_trait]

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
+use autoscaler_policy::backoff::Backoff;
 use tokio::sync::watch;
 
 use crate::cloud::{Cloud, CloudError, CloudInstance};
@@ -339,7 +340,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, CloudError>>,
 {
-    let mut pause = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut attempt = 1;
     loop {
         let result = call().await;
@@ -349,12 +350,12 @@ where
         match result {
             Ok(value) => return Ok(value),
             Err(error) if error.is_retryable() && attempt < attempts => {
+                let pause = backoff.failed();
                 tracing::warn!(%error, attempt, retry_in = ?pause, "{what} failed; retrying");
                 notes.push(format!(
                     "{what} failed (attempt {attempt}, {error}); retried after {pause:?}"
                 ));
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
                 attempt += 1;
             }
             Err(error) => return Err(error),

@@ -2,7 +2,9 @@
 //! view, and the controller's recent decisions.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use autoscaler_policy::time::unix_ms;
 
 use autoscaler_controller::cloud::InstanceState;
 use autoscaler_controller::reconciler::{ControllerStatus, DecisionRecord};
@@ -21,11 +23,6 @@ pub struct StatusService {
     pub registry: Arc<Registry>,
     /// `None` when the monitor runs without a controller.
     pub controller: Option<ControllerStatus>,
-}
-
-fn unix_ms(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn record(record: &DecisionRecord) -> v1::DecisionRecord {

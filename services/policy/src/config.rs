@@ -395,12 +395,11 @@ impl ControllerConfig {
 
     /// The pause before the next launch after `failures` failed launches in a row (at least 1).
     pub fn launch_backoff(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(32);
-        let secs = self
-            .launch_backoff_secs
-            .saturating_mul(1u64 << doublings)
-            .min(self.launch_backoff_max_secs);
-        Duration::from_secs(secs)
+        crate::backoff::pause_after(
+            Duration::from_secs(self.launch_backoff_secs),
+            Duration::from_secs(self.launch_backoff_max_secs),
+            failures.max(1),
+        )
     }
 
     pub fn scale_out_cooldown(&self) -> Duration {

@@ -13,9 +13,10 @@ use std::time::Duration;
 use crate::config::{ControllerConfig, PolicyConfig};
 use crate::instance::{Health, InstanceState};
 use crate::policy::{self, Observation, ObservedInstance, PolicyState};
+use crate::random::SplitMix64;
 use reference::{AwsStep, Hpa, Reference};
 use score::{Scorer, Scores};
-use trace::{SplitMix64, Trace};
+use trace::Trace;
 
 /// How the simulated cloud behaves.
 #[derive(Clone, Debug, PartialEq)]

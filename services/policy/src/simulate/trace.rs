@@ -1,6 +1,7 @@
 //! Demand traces for the simulator: built-in shapes and a user's CSV, resampled to one value per
 //! second. Demand is in units of instance capacity: an instance at 100 % serves one unit.
 
+use crate::random::SplitMix64;
 use std::f64::consts::PI;
 
 /// Longest trace accepted: 90 days at one value per second.
@@ -87,25 +88,6 @@ impl Default for ShapeParams {
             noise: 0.0,
             seed: 1,
         }
-    }
-}
-
-/// A small seeded generator (SplitMix64), so traces and launch failures are reproducible.
-#[derive(Clone, Debug)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
