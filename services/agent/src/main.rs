@@ -11,6 +11,8 @@ use autoscaler_agent::load::LoadModelConfig;
 use autoscaler_agent::{AgentConfig, LoadConfig};
 use autoscaler_aws::imds::Imds;
 use autoscaler_aws::{GroupParameters, Parameters};
+use autoscaler_cli::{LogArgs, TokenArgs};
+use autoscaler_policy::backoff::Backoff;
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
 use clap::{Parser, ValueEnum};
@@ -62,9 +64,8 @@ struct Flags {
     /// Talk plaintext gRPC, no TLS: for local runs only, never on AWS.
     #[arg(long, env = "AUTOSCALER_PLAINTEXT", conflicts_with_all = ["tls_dir", "tls_from_ssm", "from_aws"])]
     plaintext: bool,
-    /// File holding the group's shared token (otherwise AUTOSCALER_TOKEN).
-    #[arg(long, env = "AUTOSCALER_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    token: TokenArgs,
     /// Also serve Prometheus metrics over HTTP on this address (`GET /metrics`).
     #[arg(long, env = "AUTOSCALER_AGENT_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -89,9 +90,8 @@ struct Flags {
     /// Register again after this many milliseconds without a poll.
     #[arg(long, default_value_t = 5_000)]
     reregister_after_ms: u64,
-    /// Log format.
-    #[arg(long, value_enum, env = "AUTOSCALER_LOG_FORMAT", default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -100,54 +100,10 @@ enum Source {
     Cpu,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn read_token(file: Option<&PathBuf>) -> anyhow::Result<Token> {
-    let value = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the token file {}", path.display()))?,
-        None => std::env::var("AUTOSCALER_TOKEN")
-            .context("no group token: set AUTOSCALER_TOKEN or pass --token-file")?,
-    };
-    Token::new(&value).context("group token")
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received"),
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match flags.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
-    match run(flags) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "autoscaler-agent: {}",
-                autoscaler_proto::error_chain(error.as_ref())
-            );
-            std::process::ExitCode::from(64)
-        }
-    }
+    flags.log.init();
+    autoscaler_cli::exit("autoscaler-agent", run(flags), |_| 64)
 }
 
 fn run(flags: Flags) -> anyhow::Result<()> {
@@ -215,7 +171,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
                 })
                 .await
             }
-            _ => read_token(flags.token_file.as_ref())?,
+            _ => flags.token.read()?,
         };
         let transport = match (&ssm, &parameters, &flags.tls_dir) {
             _ if flags.plaintext => Transport::Plaintext,
@@ -253,7 +209,13 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             grpc: listener,
             metrics,
         };
-        autoscaler_agent::run(config, listeners, locator, shutdown_signal()).await?;
+        autoscaler_agent::run(
+            config,
+            listeners,
+            locator,
+            autoscaler_cli::shutdown_signal(),
+        )
+        .await?;
         Ok(())
     })
 }
@@ -265,14 +227,14 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let mut pause = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     loop {
         match fetch().await {
             Ok(value) => return value,
             Err(error) => {
+                let pause = backoff.failed();
                 tracing::warn!(error = %autoscaler_proto::error_chain(error.as_ref()), retry_in = ?pause, "no {what} yet");
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
             }
         }
     }

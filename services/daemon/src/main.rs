@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use autoscaler_aws::imds::Imds;
 use autoscaler_aws::{GroupParameters, Parameters};
+use autoscaler_cli::{LogArgs, TokenArgs};
 use autoscaler_daemon::daemon::{self, DaemonConfig, ProviderSection};
 use autoscaler_monitor::Monitor;
 use autoscaler_proto::auth::{Credentials, Token};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 /// mimalloc rather than glibc's malloc: a poll allocates a few dozen small buffers across two
 /// threads, and glibc's arenas spent a quarter of the monitor's CPU on them at 10,000 agents
@@ -66,9 +67,8 @@ struct Flags {
     /// Run the monitor alone: no controller, nothing launched or terminated.
     #[arg(long)]
     no_controller: bool,
-    /// File holding the group's shared token (otherwise AUTOSCALER_TOKEN).
-    #[arg(long, env = "AUTOSCALER_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    token: TokenArgs,
     /// Directory with the group's TLS material (`ca.pem`, `monitor.pem`, `monitor.key`; local
     /// agents get `agent.pem`, `agent.key` from it too). Default: with the local provider
     /// `<state-dir>/tls`, made with a new group CA if absent; on AWS the SSM parameters
@@ -78,63 +78,19 @@ struct Flags {
     /// Talk plaintext gRPC, no TLS: for local runs only (refused with the EC2 provider).
     #[arg(long, env = "AUTOSCALER_PLAINTEXT", conflicts_with = "tls_dir")]
     plaintext: bool,
-    /// Log format.
-    #[arg(long, value_enum, env = "AUTOSCALER_LOG_FORMAT", default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn read_token(file: Option<&PathBuf>) -> anyhow::Result<Token> {
-    let value = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the token file {}", path.display()))?,
-        None => std::env::var("AUTOSCALER_TOKEN")
-            .context("no group token: set AUTOSCALER_TOKEN or pass --token-file")?,
-    };
-    Token::new(&value).context("group token")
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received"),
-    }
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match flags.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
-    match run(flags) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "autoscaler-monitor: {}",
-                autoscaler_proto::error_chain(error.as_ref())
-            );
-            // 70 when it failed while running (systemd restarts it), 64 when it could not start.
-            let code = error
-                .downcast_ref::<daemon::DaemonError>()
-                .map_or(64, daemon::DaemonError::exit_code);
-            std::process::ExitCode::from(code)
-        }
-    }
+    flags.log.init();
+    // 70 when it failed while running (systemd restarts it), 64 when it could not start.
+    autoscaler_cli::exit("autoscaler-monitor", run(flags), |error| {
+        error
+            .downcast_ref::<daemon::DaemonError>()
+            .map_or(64, daemon::DaemonError::exit_code)
+    })
 }
 
 /// The config file with the flags' overrides applied, checked.
@@ -187,7 +143,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     let token_from_ssm = flags.from_aws || flags.token_from_ssm;
     let token = match token_from_ssm {
         true => None,
-        false => Some(read_token(flags.token_file.as_ref())?),
+        false => Some(flags.token.read()?),
     };
     let agent_binary = std::env::current_exe()
         .context("cannot find this program's path")?
@@ -240,7 +196,9 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             let (transport, _) = tls.resolve(&config.group, None, aws.as_ref()).await?;
             let credentials = Credentials::new(token, transport);
             let monitor = Monitor::start(config.monitor_config(), credentials)?;
-            monitor.serve(listener, shutdown_signal()).await?;
+            monitor
+                .serve(listener, autoscaler_cli::shutdown_signal())
+                .await?;
         } else {
             let http = match &config.monitor.http_listen {
                 Some(address) => Some(
@@ -257,7 +215,14 @@ fn run(flags: Flags) -> anyhow::Result<()> {
                 http,
                 tls,
             };
-            daemon::run(config, token, listener, options, shutdown_signal()).await?;
+            daemon::run(
+                config,
+                token,
+                listener,
+                options,
+                autoscaler_cli::shutdown_signal(),
+            )
+            .await?;
         }
         Ok(())
     })
