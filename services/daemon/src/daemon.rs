@@ -13,7 +13,7 @@ use autoscaler_controller::config::ControllerConfig;
 #[cfg(feature = "ec2")]
 use autoscaler_controller::ec2::Ec2Cloud;
 use autoscaler_controller::ec2::Ec2Config;
-use autoscaler_controller::local::{LocalCloud, LocalConfig};
+use autoscaler_controller::local::{AgentEnv, LocalCloud, LocalConfig};
 use autoscaler_controller::reconciler::{Agents, Controller, ControllerStatus};
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{self, Role, TlsMaterial, Transport};
@@ -73,24 +73,20 @@ impl Default for MonitorSection {
 
 /// `[provider]`: where instances come from.
 ///
-/// Read through [`RawProvider`], a plain struct, so that a bad value's error points at its line
-/// (serde buffers an internally tagged enum's fields, and the spans are lost).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(try_from = "RawProvider")]
+/// Read in two steps: `kind` first, then the rest of the table as that kind's own struct
+/// (`LocalFields`, or `Ec2Config` itself), each refusing fields it does not know. So the fields
+/// are listed once, where they are defined, and an error names the table and the field.
+#[derive(Clone, Debug, PartialEq)]
 pub enum ProviderSection {
     /// Instances are `autoscaler-agent` processes on this machine.
     Local {
         /// Instance records and agent logs (default: `$TMPDIR/autoscaler-<group>`).
-        #[serde(default)]
         state_dir: Option<PathBuf>,
         /// The agent binary (default: `autoscaler-agent` beside this program).
-        #[serde(default)]
         agent_binary: Option<PathBuf>,
         /// Extra flags for every agent.
-        #[serde(default)]
         agent_args: Vec<String>,
         /// How long an agent gets after SIGTERM before SIGKILL, in milliseconds.
-        #[serde(default = "default_terminate_grace_ms")]
         terminate_grace_ms: u64,
     },
     /// Instances are EC2 instances launched from the group's custom AMI.
@@ -108,85 +104,55 @@ pub enum ProviderKind {
     Ec2,
 }
 
-/// `[provider]` as written: the fields of every kind, checked against `kind` after.
-#[derive(Clone, Debug, Deserialize)]
+/// The fields of `[provider] kind = "local"`.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawProvider {
-    kind: ProviderKind,
+struct LocalFields {
+    #[serde(default)]
     state_dir: Option<PathBuf>,
+    #[serde(default)]
     agent_binary: Option<PathBuf>,
-    agent_args: Option<Vec<String>>,
-    terminate_grace_ms: Option<u64>,
-    ami_id: Option<String>,
-    instance_type: Option<String>,
-    key_name: Option<String>,
-    instance_profile: Option<String>,
-    security_group_ids: Option<Vec<String>>,
-    subnet_ids: Option<Vec<String>>,
-    root_volume_gib: Option<i32>,
-    root_device_name: Option<String>,
+    #[serde(default)]
+    agent_args: Vec<String>,
+    #[serde(default = "default_terminate_grace_ms")]
+    terminate_grace_ms: u64,
 }
 
-impl TryFrom<RawProvider> for ProviderSection {
-    type Error = String;
-
-    fn try_from(raw: RawProvider) -> Result<ProviderSection, String> {
-        let (kind, stray) = match raw.kind {
-            ProviderKind::Local => (
-                "local",
-                [
-                    ("ami_id", raw.ami_id.is_some()),
-                    ("instance_type", raw.instance_type.is_some()),
-                    ("key_name", raw.key_name.is_some()),
-                    ("instance_profile", raw.instance_profile.is_some()),
-                    ("security_group_ids", raw.security_group_ids.is_some()),
-                    ("subnet_ids", raw.subnet_ids.is_some()),
-                    ("root_volume_gib", raw.root_volume_gib.is_some()),
-                    ("root_device_name", raw.root_device_name.is_some()),
-                ]
-                .to_vec(),
-            ),
-            ProviderKind::Ec2 => (
-                "ec2",
-                [
-                    ("state_dir", raw.state_dir.is_some()),
-                    ("agent_binary", raw.agent_binary.is_some()),
-                    ("agent_args", raw.agent_args.is_some()),
-                    ("terminate_grace_ms", raw.terminate_grace_ms.is_some()),
-                ]
-                .to_vec(),
-            ),
-        };
-        if let Some((field, _)) = stray.iter().find(|(_, present)| *present) {
-            return Err(format!(
-                "`provider.{field}` does not apply to kind = \"{kind}\""
-            ));
+impl<'de> Deserialize<'de> for ProviderSection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let kind = table
+            .remove("kind")
+            .ok_or_else(|| D::Error::custom("`provider.kind` is missing (\"local\" or \"ec2\")"))?;
+        let kind = ProviderKind::deserialize(kind)
+            .map_err(|e| D::Error::custom(format!("`provider.kind`: {}", e.message())))?;
+        // The path names the field of a bad value (the span is the whole table's).
+        fn fields<T: serde::de::DeserializeOwned>(
+            table: toml::Table,
+            kind: &str,
+        ) -> Result<T, String> {
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
+                let path = error.path().to_string();
+                let message = error.into_inner().message().to_string();
+                match path.as_str() {
+                    "." | "" => format!("`[provider]` with kind = \"{kind}\": {message}"),
+                    field => format!("`provider.{field}` (kind = \"{kind}\"): {message}"),
+                }
+            })
         }
-        Ok(match raw.kind {
-            ProviderKind::Local => ProviderSection::Local {
-                state_dir: raw.state_dir,
-                agent_binary: raw.agent_binary,
-                agent_args: raw.agent_args.unwrap_or_default(),
-                terminate_grace_ms: raw
-                    .terminate_grace_ms
-                    .unwrap_or_else(default_terminate_grace_ms),
-            },
-            ProviderKind::Ec2 => {
-                let defaults = Ec2Config::default();
-                ProviderSection::Ec2(Ec2Config {
-                    ami_id: raw.ami_id.unwrap_or(defaults.ami_id),
-                    instance_type: raw.instance_type.unwrap_or(defaults.instance_type),
-                    key_name: raw.key_name.unwrap_or(defaults.key_name),
-                    instance_profile: raw.instance_profile.unwrap_or(defaults.instance_profile),
-                    security_group_ids: raw
-                        .security_group_ids
-                        .unwrap_or(defaults.security_group_ids),
-                    subnet_ids: raw.subnet_ids.unwrap_or(defaults.subnet_ids),
-                    root_volume_gib: raw.root_volume_gib.unwrap_or(defaults.root_volume_gib),
-                    root_device_name: raw.root_device_name.unwrap_or(defaults.root_device_name),
+        match kind {
+            ProviderKind::Local => {
+                fields::<LocalFields>(table, "local").map(|local| ProviderSection::Local {
+                    state_dir: local.state_dir,
+                    agent_binary: local.agent_binary,
+                    agent_args: local.agent_args,
+                    terminate_grace_ms: local.terminate_grace_ms,
                 })
             }
-        })
+            ProviderKind::Ec2 => fields::<Ec2Config>(table, "ec2").map(ProviderSection::Ec2),
+        }
+        .map_err(D::Error::custom)
     }
 }
 
@@ -373,7 +339,10 @@ pub async fn run(
                     state_dir,
                     agent_binary: agent_binary.unwrap_or(options.agent_binary),
                     monitor_address: options.advertise.clone(),
-                    token: token.clone(),
+                    agent_env: AgentEnv(vec![(
+                        "AUTOSCALER_TOKEN".to_string(),
+                        token.expose().to_string(),
+                    )]),
                     tls_dir,
                     agent_args,
                     terminate_grace: Duration::from_millis(terminate_grace_ms),
@@ -430,7 +399,10 @@ async fn publish_address(
 ) -> Result<(), DaemonError> {
     let name = autoscaler_aws::GroupParameters::new(group).monitor();
     let parameters = autoscaler_aws::Parameters::new(sdk);
-    let mut pause = Duration::from_millis(500);
+    let mut backoff = autoscaler_policy::backoff::Backoff::new(
+        Duration::from_millis(500),
+        Duration::from_secs(8),
+    );
     for attempt in 1..=5 {
         match parameters.put(&name, advertise, false).await {
             Ok(()) => {
@@ -438,9 +410,9 @@ async fn publish_address(
                 return Ok(());
             }
             Err(error) if attempt < 5 => {
+                let pause = backoff.failed();
                 tracing::warn!(%error, retry_in = ?pause, "cannot publish the monitor's address");
                 tokio::time::sleep(pause).await;
-                pause *= 2;
             }
             Err(error) => return Err(DaemonError::Provider(error.to_string())),
         }
@@ -794,6 +766,23 @@ mod tests {
                 "policy.target",
             ),
             ("[provider]\nkind = \"ec3\"\n", "ec3"),
+            ("[provider]\nstate_dir = \"/tmp/x\"\n", "provider.kind"),
+            (
+                "[provider]\nkind = \"local\"\nami_id = \"ami-1\"\n",
+                "ami_id",
+            ),
+            (
+                "[provider]\nkind = \"ec2\"\nagent_args = []\n",
+                "agent_args",
+            ),
+            (
+                "[provider]\nkind = \"ec2\"\nroot_volume_gib = \"big\"\n",
+                "root_volume_gib",
+            ),
+            (
+                "[provider]\nkind = \"local\"\nterminate_grace_ms = -1\n",
+                "terminate_grace_ms",
+            ),
             ("[controller]\nmin_instances = \"two\"\n", "min_instances"),
         ];
         for (text, field) in cases {
