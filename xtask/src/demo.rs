@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use autoscaler_controller::local::InstanceRecord;
 use autoscaler_proto::auth::Token;
 use autoscaler_proto::v1;
 use nix::sys::signal::{Signal, kill};
@@ -70,15 +71,6 @@ fn random_token() -> anyhow::Result<Token> {
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     Ok(Token::new(&hex)?)
-}
-
-fn pid_of(state_dir: &Path, instance_id: &str) -> Option<i32> {
-    std::fs::read_to_string(state_dir.join(format!("{instance_id}.instance")))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn sparkline(values: &[f64]) -> String {
@@ -262,9 +254,11 @@ impl Demo {
             if story.killed.is_none()
                 && progress >= KILL_AT
                 && let Some(victim) = healthy.first()
-                && let Some(pid) = pid_of(&daemon.state_dir, &victim.instance_id)
+                && let Some(InstanceRecord { pid, .. }) =
+                    InstanceRecord::read(&daemon.state_dir, &victim.instance_id)
             {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                // The reader accepts only pids a signal can safely go to.
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 let line = format!(
                     "[{t:6.1}s] demo: killed the agent of {} (pid {pid}) with SIGKILL",
                     victim.instance_id
@@ -308,15 +302,9 @@ impl Demo {
         }
 
         drop(daemon);
-        let leftovers: Vec<i32> = std::fs::read_dir(&state_dir)?
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_suffix(".instance")
-                    .map(str::to_string)
-            })
-            .filter_map(|id| pid_of(&state_dir, &id))
+        let leftovers: Vec<u32> = InstanceRecord::all(&state_dir)
+            .into_iter()
+            .map(|(_, record)| record.pid)
             .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
             .collect();
         summarize(&story, &leftovers)
@@ -372,7 +360,7 @@ fn draw(
     let _ = std::io::stdout().flush();
 }
 
-fn summarize(story: &Story, leftovers: &[i32]) -> anyhow::Result<()> {
+fn summarize(story: &Story, leftovers: &[u32]) -> anyhow::Result<()> {
     println!("\n=== summary ===");
     let final_size = story.sizes.last().map_or(0, |(_, size)| *size);
     println!(

@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use autoscaler_proto::auth::Token;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -23,7 +22,8 @@ pub struct LocalConfig {
     pub agent_binary: PathBuf,
     /// The monitor's address, `host:port`, given to every agent.
     pub monitor_address: String,
-    pub token: Token,
+    /// Environment for every agent, secrets included (the group's token): kept out of `Debug`.
+    pub agent_env: AgentEnv,
     /// The group's TLS directory, given to every agent (`--tls-dir`); `None` starts them with
     /// `--plaintext`, which only a local run asks for.
     pub tls_dir: Option<PathBuf>,
@@ -31,6 +31,19 @@ pub struct LocalConfig {
     pub agent_args: Vec<String>,
     /// How long an agent gets to exit after SIGTERM before SIGKILL.
     pub terminate_grace: Duration,
+}
+
+/// Variables set in every agent's environment. Their values may be secrets (the daemon passes
+/// the group's token as `AUTOSCALER_TOKEN`), so `Debug` shows their names only.
+#[derive(Clone, Default)]
+pub struct AgentEnv(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for AgentEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| format!("{name}=<redacted>")))
+            .finish()
+    }
 }
 
 /// The largest instance number: ids are `local-` and at most nine digits, so no arithmetic on
@@ -77,8 +90,7 @@ fn io_error(what: &str, error: impl std::fmt::Display) -> CloudError {
 }
 
 fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    u64::try_from(autoscaler_policy::time::unix_ms(time)).unwrap_or(0)
 }
 
 /// The number of a well-formed instance id, `local-` and one to nine digits.
@@ -100,23 +112,70 @@ fn read_small(path: &Path) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// An instance record: `<pid> <launch time, ms since the Unix epoch>`.
-fn parse_record(text: &str) -> Option<(u32, SystemTime)> {
-    let mut fields = text.split_whitespace();
-    let pid: u32 = fields.next()?.parse().ok()?;
-    let launched_ms: u64 = fields.next()?.parse().ok()?;
-    if fields.next().is_some() || !valid_pid(pid) {
-        return None;
-    }
-    Some((
-        pid,
-        UNIX_EPOCH.checked_add(Duration::from_millis(launched_ms))?,
-    ))
+/// The file name ending of an instance record: `<state-dir>/<instance-id>.instance`.
+pub const RECORD_SUFFIX: &str = ".instance";
+
+/// An instance record, one line `<pid> <launch time, ms since the Unix epoch>` in
+/// `<state-dir>/<instance-id>.instance`. The daemon writes it; tests, the demo and the benchmarks
+/// read it to find an instance's process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub pid: u32,
+    pub launched_at: SystemTime,
 }
 
-/// Writes an instance record, the line `parse_record` reads.
-fn write_record(path: &Path, pid: u32, launched_at: SystemTime) -> std::io::Result<()> {
-    std::fs::write(path, format!("{pid} {}\n", unix_ms(launched_at)))
+impl InstanceRecord {
+    /// Where the record of `instance_id` is kept.
+    pub fn path(state_dir: &Path, instance_id: &str) -> PathBuf {
+        state_dir.join(format!("{instance_id}{RECORD_SUFFIX}"))
+    }
+
+    /// The record of `instance_id`, if it is there and well formed.
+    pub fn read(state_dir: &Path, instance_id: &str) -> Option<InstanceRecord> {
+        Self::read_path(&Self::path(state_dir, instance_id))
+    }
+
+    fn read_path(path: &Path) -> Option<InstanceRecord> {
+        Self::parse(&read_small(path).ok()?)
+    }
+
+    /// Every well-formed record of `state_dir`, by instance id (none when it cannot be read).
+    pub fn all(state_dir: &Path) -> Vec<(String, InstanceRecord)> {
+        let Ok(entries) = std::fs::read_dir(state_dir) else {
+            return Vec::new();
+        };
+        let mut records: Vec<_> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                let instance_id = path.file_name()?.to_str()?.strip_suffix(RECORD_SUFFIX)?;
+                Some((instance_id.to_string(), Self::read_path(&path)?))
+            })
+            .collect();
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        records
+    }
+
+    fn parse(text: &str) -> Option<InstanceRecord> {
+        let mut fields = text.split_whitespace();
+        let pid: u32 = fields.next()?.parse().ok()?;
+        let launched_ms: u64 = fields.next()?.parse().ok()?;
+        if fields.next().is_some() || !valid_pid(pid) {
+            return None;
+        }
+        Some(InstanceRecord {
+            pid,
+            launched_at: UNIX_EPOCH.checked_add(Duration::from_millis(launched_ms))?,
+        })
+    }
+
+    /// Writes the line `parse` reads.
+    fn write(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(
+            path,
+            format!("{} {}\n", self.pid, unix_ms(self.launched_at)),
+        )
+    }
 }
 
 /// A pid a signal can safely go to: never 0, 1 or a negative number (a process group, or all).
@@ -341,7 +400,7 @@ impl LocalCloud {
             let Some(instance_id) = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".instance"))
+                .and_then(|n| n.strip_suffix(RECORD_SUFFIX))
                 .map(str::to_string)
             else {
                 continue;
@@ -357,8 +416,8 @@ impl LocalCloud {
                 continue;
             };
             next_id = next_id.max(number + 1);
-            match read_small(&path).ok().as_deref().and_then(parse_record) {
-                Some((pid, launched_at)) if runs_agent(pid, &instance_id) => {
+            match InstanceRecord::read_path(&path) {
+                Some(InstanceRecord { pid, launched_at }) if runs_agent(pid, &instance_id) => {
                     tracing::info!(%instance_id, pid, "adopting a running local instance");
                     instances.insert(
                         instance_id,
@@ -370,7 +429,7 @@ impl LocalCloud {
                         },
                     );
                 }
-                Some((pid, _)) => {
+                Some(InstanceRecord { pid, .. }) => {
                     tracing::info!(%instance_id, pid, "local instance ended while no daemon ran; its record removed");
                     let _ = std::fs::remove_file(&path);
                 }
@@ -416,8 +475,8 @@ impl LocalCloud {
                     let instance_id = instance_id.to_string();
                     next_id = next_id.max(number + 1);
                     let launched_at = process_started(pid).unwrap_or_else(SystemTime::now);
-                    let record = state_dir.join(format!("{instance_id}.instance"));
-                    if let Err(error) = write_record(&record, pid, launched_at) {
+                    let record = InstanceRecord::path(state_dir, &instance_id);
+                    if let Err(error) = (InstanceRecord { pid, launched_at }).write(&record) {
                         tracing::warn!(%instance_id, %error, "cannot write the record again");
                     }
                     tracing::warn!(%instance_id, pid, "adopting a running agent of this group whose record was missing or unreadable");
@@ -454,9 +513,7 @@ impl LocalCloud {
     }
 
     fn record_path(&self, instance_id: &str) -> PathBuf {
-        self.config
-            .state_dir
-            .join(format!("{instance_id}.instance"))
+        InstanceRecord::path(&self.config.state_dir, instance_id)
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -478,7 +535,7 @@ impl LocalCloud {
                 None => vec![std::ffi::OsString::from("--plaintext")],
             })
             .args(&self.config.agent_args)
-            .env("AUTOSCALER_TOKEN", self.config.token.expose())
+            .envs(self.config.agent_env.0.iter().map(|(k, v)| (k, v)))
             .env(STATE_DIR_ENV, &self.marker)
             .stdin(Stdio::null())
             .stdout(log)
@@ -549,7 +606,8 @@ impl Cloud for LocalCloud {
             let child = self.spawn(&instance_id, seed)?;
             let launched_at = SystemTime::now();
             let pid = child.id();
-            write_record(&self.record_path(&instance_id), pid, launched_at)
+            InstanceRecord { pid, launched_at }
+                .write(&self.record_path(&instance_id))
                 .map_err(|e| io_error("cannot record the instance", e))?;
             tracing::info!(%instance_id, pid, "local instance launched");
             self.lock().instances.insert(

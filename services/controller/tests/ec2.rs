@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use autoscaler_aws::Timeouts;
 use autoscaler_controller::cloud::{Cloud, CloudErrorKind, InstanceState};
 use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config, GROUP_TAG, ROLE_TAG};
+use autoscaler_testkit::moto::start_moto;
 use aws_sdk_ec2::types::HttpTokensState;
 use support::*;
 

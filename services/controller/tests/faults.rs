@@ -16,7 +16,8 @@ use autoscaler_controller::config::ControllerConfig;
 use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config};
 use autoscaler_controller::fleet::FleetView;
 use autoscaler_controller::reconciler::{Controller, NoAgents};
-use support::fault_proxy::{Fault, FaultProxy};
+use autoscaler_testkit::fault_proxy::{Fault, FaultProxy};
+use autoscaler_testkit::moto::start_moto;
 use support::*;
 
 /// Short timeouts, so that hung calls fail in seconds.

@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use autoscaler_controller::cloud::Cloud;
-use autoscaler_controller::local::{LocalCloud, LocalConfig, SET_ASIDE_DIR};
-use autoscaler_proto::auth::Token;
+use autoscaler_controller::local::{AgentEnv, LocalCloud, LocalConfig, SET_ASIDE_DIR};
 use proptest::prelude::*;
 
 fn fresh_dir(name: &str) -> PathBuf {
@@ -28,7 +27,7 @@ fn config(state_dir: &Path) -> LocalConfig {
         state_dir: state_dir.to_path_buf(),
         agent_binary: PathBuf::from("true"),
         monitor_address: "127.0.0.1:9".into(),
-        token: Token::new("local-state-test-token").unwrap(),
+        agent_env: AgentEnv::default(),
         tls_dir: None,
         agent_args: Vec::new(),
         terminate_grace: Duration::from_millis(200),

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use autoscaler_controller::local::InstanceRecord;
 use autoscaler_daemon::daemon::{self, DaemonConfig, RunOptions};
 use autoscaler_proto::auth::{AttachToken, Credentials, Token};
 use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
@@ -86,15 +87,6 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
     values.sort_by(f64::total_cmp);
     let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
     values[rank.clamp(1, values.len()) - 1]
-}
-
-fn pid_of(state_dir: &std::path::Path, instance_id: &str) -> Option<i32> {
-    std::fs::read_to_string(state_dir.join(format!("{instance_id}.instance")))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn figure(name: &str, value: f64, unit: &str, note: &str) {
@@ -182,7 +174,9 @@ terminate_grace_ms = 1000
         })
         .await;
         let victim = current.instances[0].instance_id.clone();
-        let pid = pid_of(&state_dir, &victim).expect("the victim's pid");
+        let pid = InstanceRecord::read(&state_dir, &victim)
+            .expect("the victim's record")
+            .pid as i32;
         let frozen_at = now_ms();
         let frozen = Instant::now();
         nix::sys::signal::kill(

@@ -5,18 +5,16 @@
 //! daemon panic or leaves an agent behind. Each test prints its figures (`figure:` lines) for
 //! docs/RELIABILITY.md.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use autoscaler_daemon::daemon::{DaemonConfig, TlsSource};
 use autoscaler_proto::v1;
+use autoscaler_testkit::daemon::*;
+use autoscaler_testkit::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::daemon::*;
-use support::*;
 
 fn now_ms() -> i64 {
     SystemTime::now()

@@ -4,16 +4,14 @@
 //! replaced and not counted twice. A background watcher checks the fleet's bounds throughout.
 //! Each test prints its figures (`figure:` lines) for docs/RELIABILITY.md.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use autoscaler_daemon::daemon::DaemonConfig;
 use autoscaler_proto::v1;
+use autoscaler_testkit::daemon::*;
+use autoscaler_testkit::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use support::daemon::*;
-use support::*;
 
 fn register(instance_id: &str, address: &str) -> v1::RegisterRequest {
     v1::RegisterRequest {

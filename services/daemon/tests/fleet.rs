@@ -3,14 +3,12 @@
 //! its running instances without duplicates or replacements, an invalid config refused, JSON
 //! logs. The fleet stays within its bounds throughout (a background watcher, `FleetInvariant`).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use autoscaler_proto::v1;
-use support::daemon::*;
-use support::*;
+use autoscaler_testkit::daemon::*;
+use autoscaler_testkit::*;
 
 #[tokio::test]
 async fn scales_out_under_high_load_and_in_under_low_load() {

@@ -2,13 +2,11 @@
 //! Prometheus metrics of the monitor and of the agent, and gRPC health checking and reflection
 //! on both programs.
 
-mod support;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::daemon::*;
-use support::*;
+use autoscaler_testkit::daemon::*;
+use autoscaler_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `GET path` on 127.0.0.1, returning the status code and the body.

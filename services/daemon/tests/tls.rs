@@ -3,8 +3,6 @@
 //! cannot prove it is one of the group's; operators steer agents only
 //! through the monitor; the local provider makes its own CA when given none.
 
-mod support;
-
 use std::time::Duration;
 
 use autoscaler_policy::fleet::Health;
@@ -15,8 +13,8 @@ use autoscaler_proto::v1::agent_client::AgentClient;
 use autoscaler_proto::v1::monitor_client::MonitorClient;
 use autoscaler_proto::v1::operator_client::OperatorClient;
 use autoscaler_proto::v1::status_client::StatusClient;
-use support::daemon::*;
-use support::*;
+use autoscaler_testkit::daemon::*;
+use autoscaler_testkit::*;
 use tonic::Code;
 
 /// Credentials of `role` from a CA that is not the test group's.

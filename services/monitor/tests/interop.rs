@@ -2,30 +2,10 @@
 //! calls every RPC of the agent and the monitor over the group's mutual TLS: the protocol is plain
 //! proto3, and the identities hold across implementations.
 
-mod support;
-
-use std::path::PathBuf;
 use std::time::Duration;
 
 use autoscaler_policy::fleet::Health;
-use support::*;
-
-/// The Python with grpcio-tools that `cargo xtask test` installs into .venv.
-fn python() -> PathBuf {
-    let python = std::env::var_os("AUTOSCALER_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
-    assert!(
-        python.exists(),
-        "{} does not exist: run `cargo xtask test`, which creates .venv and installs grpcio-tools from xtask/requirements.txt, or set AUTOSCALER_PYTHON to a Python that has grpcio-tools",
-        python.display()
-    );
-    python
-}
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use autoscaler_testkit::*;
 
 #[tokio::test]
 async fn a_python_grpcio_client_calls_every_rpc() {

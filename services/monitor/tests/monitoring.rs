@@ -2,15 +2,13 @@
 //! heartbeats and metrics, health, hung, killed and cut-off agents, monitor restarts, SIGTERM, and the
 //! UNAUTHENTICATED, INVALID_ARGUMENT and NOT_FOUND cases.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use autoscaler_policy::fleet::Health;
 use autoscaler_proto::v1;
+use autoscaler_testkit::*;
 use nix::sys::signal::Signal;
-use support::*;
 use tonic::Code;
 
 #[tokio::test]

@@ -1,22 +1,23 @@
 //! `cargo xtask rehearse`: the whole AWS workflow (bootstrap, bake-ami, up, a load cycle to the
 //! maximum and back to the minimum, down --purge) against a throwaway moto server. The emulator
-//! runs nothing inside its instances, so a local runner starts a process for each running
-//! instance according to its role tag (the monitor from the config in its user-data, an agent
-//! for the others) and stops it when the instance is terminated. Checks along the way what an
-//! AWS user would see, and that nothing of the group is left at the end.
+//! runs nothing inside its instances, so the runner (`runner.rs`) plays their hosts. This file
+//! is the scenario: it checks along the way what an AWS user would see, and that nothing of the
+//! group is left at the end.
+
+mod runner;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{bail, ensure};
 use autoscaler_aws::Timeouts;
 use autoscaler_controller::ec2::{GROUP_TAG, InstanceRole, ROLE_TAG};
 use autoscaler_proto::auth::Credentials;
 use autoscaler_proto::tls::Role;
 use autoscaler_proto::v1;
-use base64::Engine;
+
+use autoscaler_testkit::moto::Moto;
+use runner::Runner;
 
 use crate::aws::{self, Aws, GroupArgs, wait_for};
 use crate::util;
@@ -32,213 +33,6 @@ pub struct Rehearse {
     group: String,
 }
 
-/// A moto server on an ephemeral port of 127.0.0.1, stopped when dropped.
-struct Emulator {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_emulator(log_dir: &Path) -> anyhow::Result<Emulator> {
-    util::python_venv()?;
-    let moto = util::root().join(".venv/bin/moto_server");
-    ensure!(
-        moto.exists(),
-        "{} is missing: xtask/requirements.txt should have installed moto[server]",
-        moto.display()
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let log = std::fs::File::create(log_dir.join("moto.log"))?;
-    let child = Command::new(moto)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("cannot start moto_server")?;
-    let emulator = Emulator {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "moto_server did not listen within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    eprintln!("emulator: moto server at {}", emulator.endpoint);
-    Ok(emulator)
-}
-
-/// Starts and stops local processes for the emulator's instances.
-struct Runner {
-    aws: Aws,
-    endpoint: String,
-    log_dir: PathBuf,
-    bin_dir: PathBuf,
-    processes: BTreeMap<String, Child>,
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        for child in self.processes.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Runner {
-    fn command(&self, binary: &str, instance_id: &str) -> anyhow::Result<Command> {
-        let log = std::fs::File::create(self.log_dir.join(format!("{instance_id}.log")))?;
-        let mut command = Command::new(self.bin_dir.join(binary));
-        command
-            .env("AWS_ENDPOINT_URL", &self.endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        Ok(command)
-    }
-
-    /// The monitor's config from the instance's user-data, as the real host would write it.
-    async fn monitor_config(&self, instance_id: &str) -> anyhow::Result<PathBuf> {
-        let attribute = self
-            .aws
-            .ec2
-            .describe_instance_attribute()
-            .instance_id(instance_id)
-            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
-            .send()
-            .await
-            .map_err(|e| aws::explain("read the monitor's user-data", e))?;
-        let encoded = attribute
-            .user_data()
-            .and_then(|u| u.value())
-            .context("the monitor host has no user-data")?;
-        let script = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded)?)?;
-        let (_, rest) = script
-            .split_once(aws::CONFIG_BEGIN)
-            .context("no config in the user-data")?;
-        let (config, _) = rest
-            .split_once(aws::CONFIG_END)
-            .context("unterminated config in the user-data")?;
-        let path = self.log_dir.join(format!("{instance_id}.toml"));
-        std::fs::write(&path, config)?;
-        Ok(path)
-    }
-
-    async fn start(&mut self, instance_id: &str, role: InstanceRole) -> anyhow::Result<()> {
-        let child = match role {
-            InstanceRole::Monitor => {
-                let config = self.monitor_config(instance_id).await?;
-                let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                    .local_addr()?
-                    .port();
-                let address = format!("127.0.0.1:{port}");
-                self.command("autoscaler-monitor", instance_id)?
-                    .arg("--config")
-                    .arg(&config)
-                    .args([
-                        "--listen",
-                        &address,
-                        "--advertise",
-                        &address,
-                        "--token-from-ssm",
-                    ])
-                    .spawn()?
-            }
-            _ => self
-                .command("autoscaler-agent", instance_id)?
-                .args([
-                    "--instance-id",
-                    instance_id,
-                    "--group",
-                    &self.aws.group,
-                    "--token-from-ssm",
-                    "--tls-from-ssm",
-                ])
-                .args([
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--max-slope",
-                    "40",
-                    "--drift-amplitude",
-                    "0",
-                ])
-                .args(["--reregister-after-ms", "2000"])
-                .spawn()?,
-        };
-        eprintln!("  runner: started a local {role} process for {instance_id}");
-        self.processes.insert(instance_id.to_string(), child);
-        Ok(())
-    }
-
-    /// One pass: a process for every running agent or monitor, none for the others.
-    async fn reconcile(&mut self) -> anyhow::Result<()> {
-        let instances = self
-            .aws
-            .instances(&[InstanceRole::Agent, InstanceRole::Monitor])
-            .await?;
-        let running: BTreeMap<String, InstanceRole> = instances
-            .into_iter()
-            .filter(|i| i.state == "running" || i.state == "pending")
-            .filter_map(|i| Some((i.instance_id, i.role?)))
-            .collect();
-        for (instance_id, role) in &running {
-            if !self.processes.contains_key(instance_id) {
-                self.start(instance_id, *role).await?;
-            }
-        }
-        let gone: Vec<String> = self
-            .processes
-            .keys()
-            .filter(|id| !running.contains_key(*id))
-            .cloned()
-            .collect();
-        for instance_id in gone {
-            if let Some(mut child) = self.processes.remove(&instance_id) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                eprintln!("  runner: stopped the process of {instance_id} (instance terminated)");
-            }
-        }
-        Ok(())
-    }
-}
-
-async fn run_runner(mut runner: Runner, mut stop: tokio::sync::oneshot::Receiver<()>) {
-    loop {
-        if let Err(error) = runner.reconcile().await {
-            eprintln!("  runner: {error:#}");
-        }
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
-}
-
 impl Rehearse {
     pub async fn run(self) -> anyhow::Result<()> {
         util::build_binaries()?;
@@ -250,24 +44,22 @@ impl Rehearse {
             self.group,
             log_dir.display()
         );
-        let emulator = start_emulator(&log_dir)?;
+        util::python_venv()?;
+        let emulator = Moto::start(Some(&log_dir.join("moto.log")))?;
+        eprintln!("emulator: moto server at {}", emulator.endpoint);
         let sdk = autoscaler_aws::emulator_config(&emulator.endpoint, Timeouts::default()).await;
         let aws = Aws::with_config(sdk.clone(), &self.group);
         missing_pieces_are_named(&aws).await?;
         prepare_account(&aws).await?;
 
-        let runner = Runner {
-            aws: Aws::with_config(sdk.clone(), &self.group),
-            endpoint: emulator.endpoint.clone(),
-            log_dir: log_dir.clone(),
-            bin_dir: util::root().join("target/debug"),
-            processes: BTreeMap::new(),
-        };
-        let (stop_runner, runner_stopped) = tokio::sync::oneshot::channel();
-        let running = tokio::spawn(run_runner(runner, runner_stopped));
+        let runner = Runner::start(
+            Aws::with_config(sdk.clone(), &self.group),
+            &emulator.endpoint,
+            &log_dir,
+            &util::root().join("target/debug"),
+        );
         let result = self.steps(&aws).await;
-        let _ = stop_runner.send(());
-        let _ = running.await;
+        runner.stop().await;
         drop(emulator);
         result?;
         eprintln!(
