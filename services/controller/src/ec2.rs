@@ -11,7 +11,7 @@ use serde::Deserialize;
 #[cfg(feature = "ec2")]
 mod sdk;
 #[cfg(feature = "ec2")]
-pub use sdk::{Ec2Cloud, classify};
+pub use sdk::{Ec2Cloud, classify, describe_group};
 
 /// Tag naming the group an instance belongs to.
 pub const GROUP_TAG: &str = "autoscaler:group";

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::operation::describe_instances::DescribeInstancesError;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
@@ -13,6 +15,57 @@ use aws_sdk_ec2::types::{
 
 use super::{Ec2Config, GROUP_TAG, InstanceRole, ROLE_TAG};
 use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState};
+
+/// The group's instances (of one of `roles`, unless empty; among `ids`, unless empty) in one of
+/// `states`, every page of DescribeInstances' answer: the one query by which the provider, the
+/// AWS workflow and the rehearsal list a group.
+pub async fn describe_group(
+    client: &aws_sdk_ec2::Client,
+    group: &str,
+    roles: &[InstanceRole],
+    states: &[&str],
+    ids: &[String],
+) -> Result<Vec<aws_sdk_ec2::types::Instance>, SdkError<DescribeInstancesError, HttpResponse>> {
+    let mut request = client
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name(format!("tag:{GROUP_TAG}"))
+                .values(group)
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
+                .build(),
+        );
+    if !roles.is_empty() {
+        request = request.filters(
+            Filter::builder()
+                .name(format!("tag:{ROLE_TAG}"))
+                .set_values(Some(
+                    roles.iter().map(|r| r.tag_value().to_string()).collect(),
+                ))
+                .build(),
+        );
+    }
+    if !ids.is_empty() {
+        request = request.set_instance_ids(Some(ids.to_vec()));
+    }
+    let mut found = Vec::new();
+    let mut pages = request.into_paginator().send();
+    while let Some(page) = pages.next().await {
+        found.extend(
+            page?
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .cloned(),
+        );
+    }
+    Ok(found)
+}
 
 /// Turns an SDK failure into a `CloudError` of the right kind, keeping the SDK's whole message.
 pub fn classify<E, R>(error: SdkError<E, R>) -> CloudError
@@ -142,79 +195,56 @@ impl Ec2Cloud {
         role: InstanceRole,
         ids: &[String],
     ) -> Result<Vec<(CloudInstance, String)>, CloudError> {
-        let mut request = self
-            .client
-            .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{GROUP_TAG}"))
-                    .values(&self.group)
-                    .build(),
-            )
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{ROLE_TAG}"))
-                    .values(role.tag_value())
-                    .build(),
-            )
-            .filters(
-                Filter::builder()
-                    .name("instance-state-name")
-                    .set_values(Some(
-                        ["pending", "running", "stopping", "stopped"]
-                            .map(String::from)
-                            .to_vec(),
-                    ))
-                    .build(),
-            );
-        if !ids.is_empty() {
-            request = request.set_instance_ids(Some(ids.to_vec()));
-        }
+        let described = describe_group(
+            &self.client,
+            &self.group,
+            &[role],
+            &["pending", "running", "stopping", "stopped"],
+            ids,
+        )
+        .await
+        .map_err(classify)?;
         let mut found = Vec::new();
-        let mut pages = request.into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(classify)?;
-            for instance in page.reservations().iter().flat_map(|r| r.instances()) {
-                let Some(instance_id) = instance.instance_id() else {
-                    continue;
-                };
-                let state = match instance.state().and_then(|s| s.name()) {
-                    Some(InstanceStateName::Pending) => InstanceState::Pending,
-                    Some(InstanceStateName::Running) => InstanceState::Running,
-                    _ => InstanceState::Stopped,
-                };
-                let launched_at = instance
-                    .launch_time()
-                    .and_then(|t| SystemTime::try_from(*t).ok())
-                    .unwrap_or(UNIX_EPOCH);
-                let zone = instance
-                    .placement()
-                    .and_then(|p| p.availability_zone())
-                    .unwrap_or("")
-                    .to_string();
-                // EC2 says why an instance stopped or terminated early (for example
-                // "Server.InternalError: Internal error on launch").
-                let state_reason = (state == InstanceState::Stopped)
-                    .then(|| {
-                        instance
-                            .state_reason()
-                            .and_then(|r| r.message())
-                            .or(instance.state_transition_reason())
-                            .filter(|m| !m.is_empty())
-                            .map(str::to_string)
-                    })
-                    .flatten();
-                found.push((
-                    CloudInstance {
-                        instance_id: instance_id.to_string(),
-                        state,
-                        launched_at,
-                        zone,
-                        state_reason,
-                    },
-                    instance.subnet_id().unwrap_or("").to_string(),
-                ));
-            }
+        for instance in &described {
+            let Some(instance_id) = instance.instance_id() else {
+                continue;
+            };
+            let state = match instance.state().and_then(|s| s.name()) {
+                Some(InstanceStateName::Pending) => InstanceState::Pending,
+                Some(InstanceStateName::Running) => InstanceState::Running,
+                _ => InstanceState::Stopped,
+            };
+            let launched_at = instance
+                .launch_time()
+                .and_then(|t| SystemTime::try_from(*t).ok())
+                .unwrap_or(UNIX_EPOCH);
+            let zone = instance
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .unwrap_or("")
+                .to_string();
+            // EC2 says why an instance stopped or terminated early (for example
+            // "Server.InternalError: Internal error on launch").
+            let state_reason = (state == InstanceState::Stopped)
+                .then(|| {
+                    instance
+                        .state_reason()
+                        .and_then(|r| r.message())
+                        .or(instance.state_transition_reason())
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_string)
+                })
+                .flatten();
+            found.push((
+                CloudInstance {
+                    instance_id: instance_id.to_string(),
+                    state,
+                    launched_at,
+                    zone,
+                    state_reason,
+                },
+                instance.subnet_id().unwrap_or("").to_string(),
+            ));
         }
         Ok(found)
     }

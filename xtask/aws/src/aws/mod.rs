@@ -166,43 +166,9 @@ impl Aws {
         roles: &[InstanceRole],
         states: &[&str],
     ) -> anyhow::Result<Vec<aws_sdk_ec2::types::Instance>> {
-        let mut request = self
-            .ec2
-            .describe_instances()
-            .filters(
-                Filter::builder()
-                    .name(format!("tag:{GROUP_TAG}"))
-                    .values(&self.group)
-                    .build(),
-            )
-            .filters(
-                Filter::builder()
-                    .name("instance-state-name")
-                    .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
-                    .build(),
-            );
-        if !roles.is_empty() {
-            request = request.filters(
-                Filter::builder()
-                    .name(format!("tag:{ROLE_TAG}"))
-                    .set_values(Some(
-                        roles.iter().map(|r| r.tag_value().to_string()).collect(),
-                    ))
-                    .build(),
-            );
-        }
-        let mut found = Vec::new();
-        let mut pages = request.into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| explain("describe instances", e))?;
-            found.extend(
-                page.reservations()
-                    .iter()
-                    .flat_map(|r| r.instances())
-                    .cloned(),
-            );
-        }
-        Ok(found)
+        autoscaler_controller::ec2::describe_group(&self.ec2, &self.group, roles, states, &[])
+            .await
+            .map_err(|e| explain("describe instances", e))
     }
 
     /// The group's instances in `roles` (all roles when empty) that are not terminated.
