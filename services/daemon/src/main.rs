@@ -107,6 +107,11 @@ fn load_config(flags: &Flags) -> anyhow::Result<DaemonConfig> {
     if let Some(listen) = &flags.listen {
         config.monitor.listen = listen.clone();
     }
+    if flags.no_controller && flags.http_listen.is_some() {
+        anyhow::bail!(
+            "--http-listen cannot be served with --no-controller: the dashboard and /metrics need the controller; drop one of the two"
+        );
+    }
     if let Some(http) = &flags.http_listen {
         config.monitor.http_listen = Some(http.clone());
     }
@@ -193,6 +198,14 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             (None, false) => daemon::TlsSource::Auto,
         };
         if flags.no_controller {
+            // The Status service, the dashboard and /metrics report the controller's view:
+            // alone, the monitor serves registration, health and reflection, and says so.
+            if let Some(address) = &config.monitor.http_listen {
+                tracing::warn!(
+                    http_listen = %address,
+                    "monitor.http_listen is not served with --no-controller: the dashboard and /metrics need the controller"
+                );
+            }
             let (transport, _) = tls.resolve(&config.group, None, aws.as_ref()).await?;
             let credentials = Credentials::new(token, transport);
             let monitor = Monitor::start(config.monitor_config(), credentials)?;
