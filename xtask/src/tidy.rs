@@ -1,4 +1,5 @@
-//! Project rules checked as ordinary tests: every Rust file says what it is for in its first line.
+//! Project rules checked as ordinary tests: every Rust file says what it is for in its first line,
+//! and the crate graph follows the data as ARCHITECTURE.md says.
 
 #[cfg(test)]
 mod tests {
@@ -31,5 +32,60 @@ mod tests {
             missing.is_empty(),
             "files without a leading `//!` line: {missing:?}"
         );
+    }
+
+    /// The names of the packages `package` links in a normal build of it alone, as `cargo tree`
+    /// resolves its features.
+    fn normal_dependencies(package: &str) -> Vec<String> {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = std::process::Command::new(cargo)
+            .current_dir(crate::util::root())
+            .args([
+                "tree",
+                "--offline",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "-p",
+                package,
+            ])
+            .output()
+            .expect("running cargo tree");
+        assert!(
+            output.status.success(),
+            "cargo tree -p {package}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn the_crate_graph_follows_the_data() {
+        let forbidden = [
+            (
+                "autoscaler-monitor",
+                ["aws-sdk-ec2", "autoscaler-controller"],
+            ),
+            ("autoscaler-controller", ["tonic", "autoscaler-proto"]),
+            ("autoscaler-agent", ["aws-sdk-ec2", "autoscaler-controller"]),
+            ("autoscaler-policy", ["tonic", "autoscaler-monitor"]),
+        ];
+        for (package, names) in forbidden {
+            let linked = normal_dependencies(package);
+            assert!(
+                linked.len() > 1,
+                "cargo tree -p {package} listed {linked:?}"
+            );
+            for name in names {
+                assert!(
+                    !linked.iter().any(|linked| linked == name),
+                    "{package} links {name}; ARCHITECTURE.md says it must not"
+                );
+            }
+        }
     }
 }

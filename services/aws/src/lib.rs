@@ -1,11 +1,13 @@
 //! What the agent, the monitor and the workflow share of AWS, without the EC2 SDK: one SDK
 //! config with attempt and operation timeouts, SSM Parameter Store helpers and the parameter
-//! names of a group, and a small IMDSv2 client.
+//! names of a group, and a small IMDSv2 client. The group's TLS material (feature `tls`) is read
+//! through the protocol crate; the controller reads only the AMI's parameter and goes without it.
 
 pub mod imds;
 
 use std::time::Duration;
 
+#[cfg(feature = "tls")]
 use autoscaler_proto::tls::{Role, TlsError, TlsMaterial};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -101,11 +103,13 @@ impl GroupParameters {
 
     /// One role's certificate and private key in one text (SecureString): `tls/monitor`,
     /// `tls/agent`, `tls/operator`.
+    #[cfg(feature = "tls")]
     pub fn tls_identity(&self, role: Role) -> String {
         self.name(&format!("tls/{}", role.stem()))
     }
 
     /// Every TLS parameter of the group.
+    #[cfg(feature = "tls")]
     pub fn tls_all(&self) -> Vec<String> {
         let mut names = vec![self.tls_ca()];
         names.extend(Role::ALL.map(|role| self.tls_identity(role)));
@@ -204,6 +208,7 @@ impl Parameters {
 }
 
 /// Why a role's TLS material could not be read from Parameter Store.
+#[cfg(feature = "tls")]
 #[derive(Debug, thiserror::Error)]
 pub enum TlsParameterError {
     #[error(transparent)]
@@ -213,6 +218,7 @@ pub enum TlsParameterError {
 }
 
 /// A role's TLS material from Parameter Store (the CA certificate and the role's SecureString).
+#[cfg(feature = "tls")]
 pub async fn tls_material(
     ssm: &Parameters,
     names: &GroupParameters,
