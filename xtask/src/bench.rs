@@ -105,21 +105,8 @@ impl Bench {
         let shown_build = "cargo build --profile measure --no-default-features -p autoscaler-agent -p autoscaler-monitor -p autoscaler-daemon --bins --examples";
         eprintln!("$ {shown_build}");
         let status = util::cargo()
-            .args([
-                "build",
-                "--quiet",
-                "--profile",
-                "measure",
-                "--no-default-features",
-                "-p",
-                "autoscaler-agent",
-                "-p",
-                "autoscaler-monitor",
-                "-p",
-                "autoscaler-daemon",
-                "--bins",
-                "--examples",
-            ])
+            .args(["build", "--quiet", "--profile", "measure"])
+            .args(util::WITHOUT_EC2)
             .status()
             .context("cannot build the benchmarks")?;
         if !status.success() {

@@ -344,9 +344,7 @@ fn draw(
             instance.instance_id,
             instance.state().name(),
             instance.health().name(),
-            instance
-                .load_percent
-                .map_or("-".to_string(), |l| format!("{l:.1}%")),
+            crate::status_client::load_text(instance.load_percent),
             sparkline(&instance.recent_loads)
         ));
     }

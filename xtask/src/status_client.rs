@@ -16,6 +16,11 @@ use tonic::transport::Channel;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// An instance's load as the tables print it: `42.0%`, or `-` before its first poll.
+pub fn load_text(load_percent: Option<f64>) -> String {
+    load_percent.map_or("-".to_string(), |load| format!("{load:.1}%"))
+}
+
 /// The operator's credentials from a token and a TLS directory (`ca.pem`, `operator.pem`,
 /// `operator.key`), or plaintext when asked for.
 pub fn credentials(token: &str, tls_dir: Option<&Path>) -> anyhow::Result<Credentials> {

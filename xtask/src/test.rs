@@ -32,22 +32,12 @@ impl Test {
                 "warnings",
             ]))?;
             // What `cargo xtask bench` builds: the monitor without its EC2 provider.
-            util::run(util::cargo().args([
-                "clippy",
-                "--no-default-features",
-                "-p",
-                "autoscaler-agent",
-                "-p",
-                "autoscaler-monitor",
-                "-p",
-                "autoscaler-daemon",
-                "--bins",
-                "--examples",
-                "--quiet",
-                "--",
-                "-D",
-                "warnings",
-            ]))?;
+            util::run(
+                util::cargo()
+                    .arg("clippy")
+                    .args(util::WITHOUT_EC2)
+                    .args(["--quiet", "--", "-D", "warnings"]),
+            )?;
         }
         // The end-to-end tests start the agent and monitor binaries: build them first.
         util::build_binaries()?;

@@ -56,6 +56,20 @@ pub fn build_binaries() -> anyhow::Result<()> {
 /// change, and with them everything above them, the AWS SDK included. Without this, a build
 /// started from `xtask` and the same build started from `xtask-aws` rebuilt each other's work
 /// (4 minutes each, on this machine).
+/// The packages `cargo xtask bench` builds, without the EC2 provider: the agent, the monitor
+/// and the daemon, their binaries and examples (the benchmarks). `test` lints the same set.
+pub const WITHOUT_EC2: [&str; 9] = [
+    "--no-default-features",
+    "-p",
+    "autoscaler-agent",
+    "-p",
+    "autoscaler-monitor",
+    "-p",
+    "autoscaler-daemon",
+    "--bins",
+    "--examples",
+];
+
 pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(root());

@@ -52,19 +52,10 @@ pub struct LoadConfigError {
 
 impl LoadModelConfig {
     pub fn validate(&self) -> Result<(), LoadConfigError> {
+        let percent = |field, value: f64| (field, value, is_percent(value), "within 0-100");
         let checks: [(&'static str, f64, bool, &'static str); 7] = [
-            (
-                "initial",
-                self.initial,
-                is_percent(self.initial),
-                "within 0-100",
-            ),
-            (
-                "target",
-                self.target,
-                is_percent(self.target),
-                "within 0-100",
-            ),
+            percent("initial", self.initial),
+            percent("target", self.target),
             (
                 "max_slope",
                 self.max_slope,
@@ -77,24 +68,9 @@ impl LoadModelConfig {
                 (0.0..=1.0).contains(&self.reversion),
                 "within 0-1",
             ),
-            (
-                "noise",
-                self.noise,
-                (0.0..=100.0).contains(&self.noise),
-                "within 0-100",
-            ),
-            (
-                "drift_amplitude",
-                self.drift_amplitude,
-                (0.0..=100.0).contains(&self.drift_amplitude),
-                "within 0-100",
-            ),
-            (
-                "drift_rate",
-                self.drift_rate,
-                (0.0..=100.0).contains(&self.drift_rate),
-                "within 0-100",
-            ),
+            percent("noise", self.noise),
+            percent("drift_amplitude", self.drift_amplitude),
+            percent("drift_rate", self.drift_rate),
         ];
         match checks.into_iter().find(|(_, _, ok, _)| !ok) {
             Some((field, value, _, expected)) => Err(LoadConfigError {

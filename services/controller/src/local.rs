@@ -349,6 +349,16 @@ fn last_log_line(path: &Path) -> Option<String> {
 }
 
 impl LocalInstance {
+    /// A running agent this daemon did not start (found after a restart): not our child.
+    fn adopted(pid: u32, launched_at: SystemTime) -> LocalInstance {
+        LocalInstance {
+            pid,
+            launched_at,
+            child: None,
+            ended: None,
+        }
+    }
+
     /// Whether the process still runs; the first time it is found ended, notes why.
     fn alive(&mut self, instance_id: &str, state_dir: &Path) -> bool {
         if self.ended.is_some() {
@@ -419,15 +429,7 @@ impl LocalCloud {
             match InstanceRecord::read_path(&path) {
                 Some(InstanceRecord { pid, launched_at }) if runs_agent(pid, &instance_id) => {
                     tracing::info!(%instance_id, pid, "adopting a running local instance");
-                    instances.insert(
-                        instance_id,
-                        LocalInstance {
-                            pid,
-                            launched_at,
-                            child: None,
-                            ended: None,
-                        },
-                    );
+                    instances.insert(instance_id, LocalInstance::adopted(pid, launched_at));
                 }
                 Some(InstanceRecord { pid, .. }) => {
                     tracing::info!(%instance_id, pid, "local instance ended while no daemon ran; its record removed");
@@ -480,15 +482,7 @@ impl LocalCloud {
                         tracing::warn!(%instance_id, %error, "cannot write the record again");
                     }
                     tracing::warn!(%instance_id, pid, "adopting a running agent of this group whose record was missing or unreadable");
-                    instances.insert(
-                        instance_id,
-                        LocalInstance {
-                            pid,
-                            launched_at,
-                            child: None,
-                            ended: None,
-                        },
-                    );
+                    instances.insert(instance_id, LocalInstance::adopted(pid, launched_at));
                 }
                 None => {
                     tracing::warn!(

@@ -33,6 +33,23 @@ pub struct DecisionRecord {
     pub shadow: Option<ShadowVerdict>,
 }
 
+impl DecisionRecord {
+    /// A record of this moment with only notes (and the shadow's verdict): no decision yet,
+    /// nothing launched or terminated; the status store numbers it.
+    fn noted(outcome: Vec<String>, shadow: Option<ShadowVerdict>) -> DecisionRecord {
+        DecisionRecord {
+            sequence: 0,
+            at: SystemTime::now(),
+            decision: None,
+            outcome,
+            launched: Vec::new(),
+            terminated: Vec::new(),
+            repeated: 0,
+            shadow,
+        }
+    }
+}
+
 /// The shadow policy's verdict on the same observation. It is never acted on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShadowVerdict {
@@ -419,19 +436,7 @@ impl<C: Cloud> Controller<C> {
             Err(error) => {
                 tracing::error!(%error, "cannot list the group's instances; no decision this time");
                 notes.push(format!("list failed: {error}"));
-                return self.status.push(
-                    DecisionRecord {
-                        sequence: 0,
-                        at: SystemTime::now(),
-                        decision: None,
-                        outcome: notes,
-                        launched: Vec::new(),
-                        terminated: Vec::new(),
-                        repeated: 0,
-                        shadow: None,
-                    },
-                    keep,
-                );
+                return self.status.push(DecisionRecord::noted(notes, None), keep);
             }
         };
         let view = self.fleet.borrow().clone();
@@ -457,16 +462,7 @@ impl<C: Cloud> Controller<C> {
         }
         self.status.set_instances(instances);
 
-        let mut record = DecisionRecord {
-            sequence: 0,
-            at: SystemTime::now(),
-            decision: None,
-            outcome: notes,
-            launched: Vec::new(),
-            terminated: Vec::new(),
-            repeated: 0,
-            shadow,
-        };
+        let mut record = DecisionRecord::noted(notes, shadow);
         if decision.acts()
             && let Some(refused) = self.act(&decision, &view, &mut record).await
         {

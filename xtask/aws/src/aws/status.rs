@@ -105,9 +105,7 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
             instance.instance_id,
             instance.state().name(),
             instance.health().name(),
-            instance
-                .load_percent
-                .map_or("-".to_string(), |l| format!("{l:.1}%")),
+            xtask::status_client::load_text(instance.load_percent),
             instance.address,
             instance.consecutive_misses
         );
