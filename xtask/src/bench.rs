@@ -80,7 +80,6 @@ impl Bench {
         let output = util::cargo()
             .args([
                 "bench",
-                "--quiet",
                 "--profile",
                 "measure",
                 "-p",
@@ -88,13 +87,12 @@ impl Bench {
                 "--bench",
                 "deciding",
             ])
+            // Cargo's progress and the benchmark's errors are shown as they come.
+            .stderr(std::process::Stdio::inherit())
             .output()
             .context("cannot run cargo bench")?;
         if !output.status.success() {
-            bail!(
-                "{shown} failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            bail!("{shown} failed: {}", output.status);
         }
         let deciding = figures(&String::from_utf8_lossy(&output.stdout));
         if deciding.is_empty() {
@@ -105,14 +103,14 @@ impl Bench {
         let shown_build = "cargo build --profile measure --no-default-features -p autoscaler-agent -p autoscaler-monitor -p autoscaler-daemon --bins --examples";
         eprintln!("$ {shown_build}");
         let status = util::cargo()
-            .args(["build", "--quiet", "--profile", "measure"])
+            .args(["build", "--profile", "measure"])
             .args(util::WITHOUT_EC2)
             .status()
             .context("cannot build the benchmarks")?;
         if !status.success() {
             bail!("{shown_build} failed");
         }
-        let examples = util::root().join("target/measure/examples");
+        let examples = util::profile_dir("measure")?.join("examples");
         let run_example = |name: &str, about: &str| -> anyhow::Result<Vec<Figure>> {
             let path = examples.join(name);
             eprintln!("$ {} ({about})", path.display());

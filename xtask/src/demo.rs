@@ -104,7 +104,7 @@ impl Demo {
             );
         }
         util::build_binaries()?;
-        let target_dir = util::root().join("target/debug");
+        let target_dir = util::profile_dir("dev")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

@@ -64,7 +64,7 @@ struct Forward {
 /// use) and ends with its exit code.
 fn forward(command: &str, forward: Forward) -> std::process::ExitCode {
     let status = util::cargo()
-        .args(["run", "--quiet", "--package", "xtask-aws", "--", command])
+        .args(["run", "--package", "xtask-aws", "--", command])
         .args(&forward.args)
         .status();
     match status {

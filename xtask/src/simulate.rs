@@ -18,15 +18,14 @@ pub struct Simulate {
 impl Simulate {
     pub fn run(self) -> anyhow::Result<()> {
         // The user's working directory stays, so that relative paths mean what they typed.
-        let mut command =
-            std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        let mut command = util::cargo();
         command
+            .current_dir(std::env::current_dir()?)
             .arg("run")
             .arg("--manifest-path")
             .arg(util::root().join("Cargo.toml"))
             .args([
                 "--release",
-                "--quiet",
                 "-p",
                 "autoscaler-policy",
                 "--bin",

@@ -26,7 +26,6 @@ impl Test {
                 "clippy",
                 "--workspace",
                 "--all-targets",
-                "--quiet",
                 "--",
                 "-D",
                 "warnings",
@@ -36,14 +35,14 @@ impl Test {
                 util::cargo()
                     .arg("clippy")
                     .args(util::WITHOUT_EC2)
-                    .args(["--quiet", "--", "-D", "warnings"]),
+                    .args(["--", "-D", "warnings"]),
             )?;
         }
         // The end-to-end tests start the agent and monitor binaries: build them first.
         util::build_binaries()?;
         util::run(
             util::cargo()
-                .args(["test", "--workspace", "--quiet"])
+                .args(["test", "--workspace"])
                 .env("AUTOSCALER_PYTHON", &python)
                 .env("AUTOSCALER_CHROMIUM", &chromium),
         )?;

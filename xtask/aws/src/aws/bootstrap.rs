@@ -266,7 +266,6 @@ async fn deliver_binaries(
     } else {
         util::run(util::cargo().args([
             "build",
-            "--quiet",
             "--release",
             "--package",
             "autoscaler-agent",
@@ -274,9 +273,7 @@ async fn deliver_binaries(
             "autoscaler-daemon",
         ]))?;
     }
-    let target = util::root()
-        .join("target")
-        .join(if debug { "debug" } else { "release" });
+    let target = util::profile_dir(profile)?;
     let provisioning = util::root().join("provisioning");
     let files: [(&'static str, std::path::PathBuf); 5] = [
         ("autoscaler-agent", target.join("autoscaler-agent")),

@@ -56,7 +56,7 @@ impl Rehearse {
             Aws::with_config(sdk.clone(), &self.group),
             &emulator.endpoint,
             &log_dir,
-            &util::root().join("target/debug"),
+            &util::profile_dir("dev")?,
         );
         let result = self.steps(&aws).await;
         runner.stop().await;
