@@ -508,9 +508,11 @@ impl<C: Cloud> Controller<C> {
                 warming = decision.observed.warming,
                 without_metric = decision.observed.without_metrics,
                 unhealthy = decision.observed.unhealthy,
-                missing = %missing.join(", "),
-                rules = %rules.join(","),
-                outcome = %record.outcome.join("; "),
+                // Lists, as the Debug text of a list of strings: arrays in a JSON log
+                // (autoscaler_cli::LIST_FIELDS).
+                missing = ?missing,
+                rules = ?rules,
+                outcome = ?record.outcome,
                 "decision: {}",
                 decision.summary()
             );

@@ -280,7 +280,22 @@ async fn logs_are_json_on_request_with_one_event_per_decision() {
         .expect("one event for the first decision");
     assert_eq!(decision["fields"]["desired"], 2);
     assert_eq!(decision["fields"]["current"], 0);
-    assert_eq!(decision["fields"]["rules"], "bounds", "{decision}");
+    // Lists are JSON arrays of the names the API and /metrics use.
+    assert_eq!(
+        decision["fields"]["rules"],
+        serde_json::json!(["bounds"]),
+        "{decision}"
+    );
+    assert!(decision["fields"]["missing"].is_array(), "{decision}");
+    let outcome = decision["fields"]["outcome"]
+        .as_array()
+        .expect("outcome is an array");
+    assert!(
+        outcome
+            .iter()
+            .any(|o| o.as_str().is_some_and(|o| o.starts_with("launched"))),
+        "{decision}"
+    );
     assert_eq!(decision["fields"]["in_service"], 0, "{decision}");
     assert_eq!(decision["fields"]["without_metric"], 0, "{decision}");
     let refusal = events
