@@ -58,6 +58,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 pub mod auth;
+pub mod standard;
 pub mod tls;
 
 /// An error and its causes on one line, each cause once: an error whose message already

@@ -77,7 +77,7 @@ pub enum AgentError {
     )]
     UnspecifiedAddress(std::net::SocketAddr),
     #[error("reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    Reflection(#[from] autoscaler_proto::standard::ReflectionError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -131,28 +131,21 @@ pub async fn run(
     let sampler = tokio::spawn(sample_forever(state.clone(), config.sample_interval));
     let metrics = metrics.map(|listener| tokio::spawn(metrics::serve(listener, state.clone())));
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<AgentServer<AgentService>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(autoscaler_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let (mut routes, _health) =
+        autoscaler_proto::standard::routes::<AgentServer<AgentService>>().await?;
     let agent = tonic::service::interceptor::InterceptedService::new(
         AgentServer::new(AgentService::new(state.clone()))
             .max_decoding_message_size(autoscaler_proto::MAX_MESSAGE_BYTES),
         config.credentials.require(),
     );
+    routes.add_service(agent);
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
         config
             .credentials
             .transport
             .server()?
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(agent)
+            .add_routes(routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 server_stopped.await.ok();
             }),

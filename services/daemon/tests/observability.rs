@@ -203,7 +203,7 @@ async fn the_agent_serves_its_own_metrics() {
 }
 
 #[tokio::test]
-async fn both_programs_answer_grpc_health_checks_and_reflection() {
+async fn both_programs_answer_grpc_health_checks_and_both_reflections_within_the_message_limit() {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -255,6 +255,81 @@ async fn both_programs_answer_grpc_health_checks_and_reflection() {
         assert!(
             names.contains(&"grpc.health.v1.Health".to_string()),
             "{names:?}"
+        );
+
+        // grpcio's reflection client, older grpcurl and grpc_cli ask v1alpha.
+        use tonic_reflection::pb::v1alpha;
+        let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel());
+        let request = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let answer = alpha
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+            answer.message_response
+        else {
+            panic!("not a v1alpha service list: {answer:?}");
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&service.to_string()), "v1alpha: {names:?}");
+
+        // The 16 KiB limit holds for health and both reflections too: a 1 MiB request is refused
+        // before it is decoded.
+        let huge = "x".repeat(1024 * 1024);
+        let refused = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: huge.clone(),
+            })
+            .await
+            .expect_err("a 1 MiB Health/Check is refused");
+        assert_eq!(refused.code(), tonic::Code::OutOfRange, "health: {refused}");
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(huge.clone())),
+        };
+        let refused = match reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+        {
+            Err(status) => status,
+            Ok(answers) => answers
+                .into_inner()
+                .message()
+                .await
+                .expect_err("a 1 MiB v1 reflection request is refused"),
+        };
+        assert_eq!(refused.code(), tonic::Code::OutOfRange, "v1: {refused}");
+        let request = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(huge),
+            ),
+        };
+        let refused = match alpha
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+        {
+            Err(status) => status,
+            Ok(answers) => answers
+                .into_inner()
+                .message()
+                .await
+                .expect_err("a 1 MiB v1alpha reflection request is refused"),
+        };
+        assert_eq!(
+            refused.code(),
+            tonic::Code::OutOfRange,
+            "v1alpha: {refused}"
         );
     }
     agent.stop().await;

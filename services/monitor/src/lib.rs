@@ -41,7 +41,7 @@ pub enum MonitorError {
     #[error(transparent)]
     Tls(#[from] autoscaler_proto::tls::TlsError),
     #[error("reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    Reflection(#[from] autoscaler_proto::standard::ReflectionError),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
     /// The task that publishes the fleet view ended while the monitor served.
@@ -97,14 +97,8 @@ impl Monitor {
         admission: Option<Arc<dyn service::Admission>>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), MonitorError> {
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<MonitorServer<MonitorService>>()
-            .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(autoscaler_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        let (mut routes, _health) =
+            autoscaler_proto::standard::routes::<MonitorServer<MonitorService>>().await?;
         // With a controller, only the instances its provider lists may register.
         let mut service = MonitorService::new(self.registry.clone());
         if let Some(admission) = admission {
@@ -137,12 +131,7 @@ impl Monitor {
                 None => shutdown.await,
             }
         };
-        let mut routes = RoutesBuilder::default();
-        routes
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(monitor)
-            .add_service(operator);
+        routes.add_service(monitor).add_service(operator);
         extra(&mut routes, &self.registry.credentials().require());
         let result = self
             .registry
