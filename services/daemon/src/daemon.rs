@@ -733,6 +733,115 @@ mod tests {
         let config = DaemonConfig::from_toml(text).expect("the example is valid");
         assert_eq!(config.controller.min_instances, 2);
         assert_eq!(config.controller.max_instances, 5);
+        // Its commented EC2 provider parses too, and shows the defaults.
+        let (_, ec2) = text.split_once("# Or EC2").expect("the example's EC2 provider");
+        let ec2: String = ec2
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| line.starts_with('[') || line.contains(" = "))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let shown = DaemonConfig::from_toml(&ec2).expect("the example's EC2 provider is valid");
+        let defaults = DaemonConfig::from_toml("[provider]\nkind = \"ec2\"\n").unwrap();
+        assert_eq!(shown.provider, defaults.provider, "{ec2}");
+    }
+
+    /// The keys the parser accepts in the table `prefix` opens: the list its error names for an
+    /// unknown key.
+    fn accepted_keys(prefix: &str) -> Vec<String> {
+        accepted_keys_of(&format!("{prefix}\n{UNKNOWN} = 1\n"))
+    }
+
+    const UNKNOWN: &str = "not_a_key_of_any_table";
+
+    /// The keys the parser names when it refuses `text` for its unknown key.
+    fn accepted_keys_of(text: &str) -> Vec<String> {
+        let error = match DaemonConfig::from_toml(text) {
+            Err(error) => error.to_string(),
+            Ok(_) => panic!("an unknown key was accepted in {text:?}"),
+        };
+        let (_, list) = error
+            .split_once("expected one of ")
+            .unwrap_or_else(|| panic!("no list of keys in: {error}"));
+        list.split(", ")
+            .map(|name| name.trim().trim_matches('`').to_string())
+            .collect()
+    }
+
+    /// The keys the example shows (set or commented out), by the table they stand in, and the
+    /// keys of its inline tables (`scale_out = { above = ... }`).
+    fn example_keys() -> (Vec<(String, String)>, Vec<String>) {
+        let text = include_str!("../../../provisioning/autoscaler.example.toml");
+        let (mut keys, mut inline) = (Vec::new(), Vec::new());
+        let mut table = String::new();
+        for line in text.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = name.to_string();
+                continue;
+            }
+            let Some((key, value)) = line.split_once(" = ") else {
+                continue;
+            };
+            if key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                keys.push((table.clone(), key.to_string()));
+                if let Some(fields) = value.trim().strip_prefix('{') {
+                    for field in fields.trim_end_matches('}').split(',') {
+                        if let Some((name, _)) = field.split_once('=') {
+                            inline.push(name.trim().to_string());
+                        }
+                    }
+                }
+            }
+        }
+        (keys, inline)
+    }
+
+    #[test]
+    fn the_example_shows_every_key_the_parser_accepts() {
+        let (shown, inline) = example_keys();
+        let tables = [
+            ("", ""),
+            ("[monitor]", "monitor"),
+            ("[controller]", "controller"),
+            (
+                "[controller.policy]\nkind = \"target-tracking\"",
+                "controller.policy",
+            ),
+            ("[controller.policy]\nkind = \"step\"", "controller.policy"),
+            ("[controller.shadow]", "controller.shadow"),
+            ("[provider]\nkind = \"local\"", "provider"),
+            ("[provider]\nkind = \"ec2\"", "provider"),
+        ];
+        let mut missing = Vec::new();
+        for (prefix, table) in tables {
+            let keys = accepted_keys(prefix);
+            assert!(keys.len() >= 4, "{prefix:?}: {keys:?}");
+            for key in keys {
+                // A table's key is its own header; `policy` is also shown as one.
+                let header = if table.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{table}.{key}")
+                };
+                let as_key = shown.iter().any(|(t, k)| t == table && *k == key);
+                let as_table = shown.iter().any(|(t, _)| *t == header);
+                if !as_key && !as_table {
+                    missing.push(header);
+                }
+            }
+        }
+        let step =
+            format!("[controller.policy]\nkind = \"step\"\nscale_out = {{ {UNKNOWN} = 1 }}\n");
+        for key in accepted_keys_of(&step) {
+            if !inline.contains(&key) {
+                missing.push(format!("controller.policy.scale_out.{key}"));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "provisioning/autoscaler.example.toml does not show {missing:?}"
+        );
     }
 
     #[test]
