@@ -734,7 +734,9 @@ mod tests {
         assert_eq!(config.controller.min_instances, 2);
         assert_eq!(config.controller.max_instances, 5);
         // Its commented EC2 provider parses too, and shows the defaults.
-        let (_, ec2) = text.split_once("# Or EC2").expect("the example's EC2 provider");
+        let (_, ec2) = text
+            .split_once("# Or EC2")
+            .expect("the example's EC2 provider");
         let ec2: String = ec2
             .lines()
             .filter_map(|line| line.strip_prefix("# "))

@@ -293,44 +293,57 @@ async fn both_programs_answer_grpc_health_checks_and_both_reflections_within_the
             .await
             .expect_err("a 1 MiB Health/Check is refused");
         assert_eq!(refused.code(), tonic::Code::OutOfRange, "health: {refused}");
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::FileContainingSymbol(huge.clone())),
-        };
-        let refused = match reflection
-            .server_reflection_info(tokio_stream::iter([request]))
-            .await
-        {
-            Err(status) => status,
-            Ok(answers) => answers
-                .into_inner()
-                .message()
+        // Reflection ends the stream of a request it cannot decode, without an answer; a
+        // request under the limit about an unknown symbol is answered (with an error message).
+        for (symbol, answered) in [("y".repeat(15 * 1024), true), (huge.clone(), false)] {
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(symbol.clone())),
+            };
+            let answer = match reflection
+                .server_reflection_info(tokio_stream::iter([request]))
                 .await
-                .expect_err("a 1 MiB v1 reflection request is refused"),
-        };
-        assert_eq!(refused.code(), tonic::Code::OutOfRange, "v1: {refused}");
-        let request = v1alpha::ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(
-                v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(huge),
-            ),
-        };
-        let refused = match alpha
-            .server_reflection_info(tokio_stream::iter([request]))
-            .await
-        {
-            Err(status) => status,
-            Ok(answers) => answers
-                .into_inner()
-                .message()
+            {
+                Err(status) => Err(status),
+                Ok(answers) => answers.into_inner().message().await,
+            };
+            let alpha_request = v1alpha::ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(
+                    v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                        symbol.clone(),
+                    ),
+                ),
+            };
+            let alpha_answer = match alpha
+                .server_reflection_info(tokio_stream::iter([alpha_request]))
                 .await
-                .expect_err("a 1 MiB v1alpha reflection request is refused"),
-        };
-        assert_eq!(
-            refused.code(),
-            tonic::Code::OutOfRange,
-            "v1alpha: {refused}"
-        );
+            {
+                Err(status) => Err(status),
+                Ok(answers) => answers.into_inner().message().await,
+            };
+            // Under the limit: an answer, or NotFound for the unknown symbol; above it: the stream
+            // ends unanswered, or OUT_OF_RANGE.
+            let seen = |answer: Result<Option<_>, tonic::Status>| match answer {
+                Ok(Some(_)) => "answered".to_string(),
+                Err(status) if status.code() == tonic::Code::NotFound => "answered".to_string(),
+                Ok(None) => "refused".to_string(),
+                Err(status) if status.code() == tonic::Code::OutOfRange => "refused".to_string(),
+                Err(status) => format!("{:?}", status.code()),
+            };
+            let expected = if answered { "answered" } else { "refused" };
+            let size = symbol.len();
+            assert_eq!(
+                seen(answer.map(|a| a.map(|_| ()))),
+                expected,
+                "v1, {size} bytes"
+            );
+            assert_eq!(
+                seen(alpha_answer.map(|a| a.map(|_| ()))),
+                expected,
+                "v1alpha, {size} bytes"
+            );
+        }
     }
     agent.stop().await;
     monitor.stop().await;
