@@ -43,17 +43,18 @@ impl Token {
         &self.0
     }
 
-    /// True when `presented` is this token, compared in time independent of where they differ.
+    /// A new random token: 24 bytes from the operating system's generator, as 48 hex digits.
+    pub fn generate() -> Result<Token, getrandom::Error> {
+        let mut bytes = [0u8; 24];
+        getrandom::fill(&mut bytes)?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Token(Arc::from(hex)))
+    }
+
+    /// True when `presented` is this token, compared in time independent of where they differ
+    /// (`subtle`; only the length shows).
     fn matches(&self, presented: &[u8]) -> bool {
-        let expected = self.0.as_bytes();
-        if presented.len() != expected.len() {
-            return false;
-        }
-        presented
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        subtle::ConstantTimeEq::ct_eq(presented, self.0.as_bytes()).into()
     }
 }
 
@@ -179,6 +180,17 @@ mod tests {
                 .insert(AUTHORIZATION, header.parse().unwrap());
         }
         request
+    }
+
+    #[test]
+    fn a_generated_token_is_valid_and_new_each_time() {
+        let (a, b) = (Token::generate().unwrap(), Token::generate().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.expose().len(), 48);
+        assert_eq!(Token::new(a.expose()), Ok(a.clone()));
+        assert!(a.matches(a.expose().as_bytes()));
+        assert!(!a.matches(b.expose().as_bytes()));
+        assert!(!a.matches(&a.expose().as_bytes()[..47]));
     }
 
     #[test]

@@ -66,13 +66,6 @@ impl Drop for Daemon {
     }
 }
 
-fn random_token() -> anyhow::Result<Token> {
-    let mut bytes = [0u8; 24];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(Token::new(&hex)?)
-}
-
 fn sparkline(values: &[f64]) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let start = values.len().saturating_sub(20);
@@ -112,7 +105,7 @@ impl Demo {
     }
 
     async fn tell(&self, target_dir: &Path) -> anyhow::Result<()> {
-        let token = random_token()?;
+        let token = Token::generate().context("cannot draw the demo's token")?;
         let state_dir =
             std::env::temp_dir().join(format!("autoscaler-demo-{}", std::process::id()));
         std::fs::create_dir_all(&state_dir)?;

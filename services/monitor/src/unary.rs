@@ -366,21 +366,9 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<Option<(tonic::Code, String)
 
 /// Undoes gRPC's percent-encoding of `grpc-message` (invalid escapes are kept as they are).
 fn percent_decode(bytes: &[u8]) -> String {
-    let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let (Some(high), Some(low)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2)))
-        {
-            out.push((high * 16 + low) as u8);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode(bytes)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]

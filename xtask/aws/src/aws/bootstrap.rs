@@ -298,7 +298,8 @@ async fn deliver_binaries(
         Ok(bucket) => bucket,
         Err(autoscaler_aws::SsmError::NotFound(_)) => {
             let mut suffix = [0u8; 6];
-            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut suffix)?;
+            getrandom::fill(&mut suffix)
+                .map_err(|error| anyhow::anyhow!("cannot draw the bucket's suffix: {error}"))?;
             let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
             format!("autoscaler-{}-{suffix}", aws.group)
         }

@@ -87,10 +87,11 @@ impl Up {
         if let Err(autoscaler_aws::SsmError::NotFound(_)) =
             aws.parameters.get(&aws.names.token()).await
         {
-            let mut bytes = [0u8; 24];
-            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            aws.parameters.put(&aws.names.token(), &token, true).await?;
+            let token = autoscaler_proto::auth::Token::generate()
+                .map_err(|error| anyhow::anyhow!("cannot draw the group token: {error}"))?;
+            aws.parameters
+                .put(&aws.names.token(), token.expose(), true)
+                .await?;
             eprintln!(
                 "  created the group token in {} (SecureString)",
                 aws.names.token()
