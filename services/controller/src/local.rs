@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -65,7 +65,7 @@ struct LocalInstance {
     pid: u32,
     launched_at: SystemTime,
     /// Present for processes this daemon started; adopted ones are not our children.
-    child: Option<Child>,
+    child: Option<tokio::process::Child>,
     /// Why the process ended, once it has: its exit status and the last line of its log.
     ended: Option<String>,
 }
@@ -316,6 +316,54 @@ fn stop_stray(pid: u32, grace: Duration) {
     }
 }
 
+/// How a process asked to stop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// It exited within its grace (its status, when it was our child).
+    Exited(Option<ExitStatus>),
+    /// It was still running at the deadline and was sent SIGKILL.
+    Killed,
+    /// It had ended before it was asked.
+    Gone,
+}
+
+/// SIGTERM, then SIGKILL at `deadline`, waiting on tokio's reaper (no thread is blocked): the
+/// one way a child process is stopped, by the local provider, the demo and the rehearsal.
+pub async fn stop_child(
+    child: &mut tokio::process::Child,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<Stopped> {
+    let Some(pid) = child.id() else {
+        return Ok(Stopped::Gone);
+    };
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    match tokio::time::timeout_at(deadline, child.wait()).await {
+        Ok(status) => Ok(Stopped::Exited(Some(status?))),
+        Err(_) => {
+            child.kill().await?;
+            Ok(Stopped::Killed)
+        }
+    }
+}
+
+/// [`stop_child`] for a process that is not our child (an adopted agent): its end is seen in
+/// /proc, polled.
+async fn stop_pid(pid: u32, deadline: tokio::time::Instant) -> std::io::Result<Stopped> {
+    if !valid_pid(pid) || zombie_or_gone(pid) {
+        return Ok(Stopped::Gone);
+    }
+    let target = Pid::from_raw(pid as i32);
+    kill(target, Signal::SIGTERM).map_err(std::io::Error::from)?;
+    while !zombie_or_gone(pid) {
+        if tokio::time::Instant::now() >= deadline {
+            kill(target, Signal::SIGKILL).map_err(std::io::Error::from)?;
+            return Ok(Stopped::Killed);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Stopped::Exited(None))
+}
+
 /// The last line of an agent's log with text in it, without terminal colour codes, shortened.
 fn last_log_line(path: &Path) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
@@ -514,12 +562,13 @@ impl LocalCloud {
         &self.config.state_dir
     }
 
-    fn spawn(&self, instance_id: &str, seed: u64) -> Result<Child, CloudError> {
+    fn spawn(&self, instance_id: &str, seed: u64) -> Result<tokio::process::Child, CloudError> {
         let log_path = self.config.state_dir.join(format!("{instance_id}.log"));
         let log = std::fs::File::create(&log_path)
             .map_err(|e| io_error(&format!("cannot create {}", log_path.display()), e))?;
         let log_err = log.try_clone().map_err(|e| io_error("log file", e))?;
-        Command::new(&self.config.agent_binary)
+        // Not killed on drop: a restarted daemon adopts the agents that still run.
+        tokio::process::Command::new(&self.config.agent_binary)
             .args(["--instance-id", instance_id])
             .args(["--listen", "127.0.0.1:0"])
             .args(["--monitor", &self.config.monitor_address])
@@ -599,7 +648,8 @@ impl Cloud for LocalCloud {
                 .map_err(|e| io_error("cannot record the next instance id", e))?;
             let child = self.spawn(&instance_id, seed)?;
             let launched_at = SystemTime::now();
-            let pid = child.id();
+            // A child just spawned has its id until it is reaped.
+            let pid = child.id().unwrap_or_default();
             InstanceRecord { pid, launched_at }
                 .write(&self.record_path(&instance_id))
                 .map_err(|e| io_error("cannot record the instance", e))?;
@@ -631,52 +681,113 @@ impl Cloud for LocalCloud {
                 ));
             }
         }
-        let mut pending: Vec<String> = Vec::new();
-        {
+        // Taken out of the state, so that no lock is held while they stop; all are asked at
+        // once and given the same grace.
+        let stopping: Vec<(String, LocalInstance)> = {
             let mut state = self.lock();
-            for instance_id in instance_ids {
-                let Some(instance) = state.instances.get_mut(instance_id) else {
-                    continue;
-                };
-                if instance.alive(instance_id, &self.config.state_dir) {
-                    let _ = kill(Pid::from_raw(instance.pid as i32), Signal::SIGTERM);
-                    pending.push(instance_id.clone());
-                }
-            }
-        }
-        let deadline = Instant::now() + self.config.terminate_grace;
-        while !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let mut state = self.lock();
-            let past_grace = Instant::now() >= deadline;
-            pending.retain(|instance_id| {
-                let Some(instance) = state.instances.get_mut(instance_id) else {
-                    return false;
-                };
-                if !instance.alive(instance_id, &self.config.state_dir) {
-                    return false;
-                }
-                if past_grace {
-                    tracing::warn!(%instance_id, "agent ignored SIGTERM; sending SIGKILL");
-                    let _ = kill(Pid::from_raw(instance.pid as i32), Signal::SIGKILL);
-                    if let Some(child) = &mut instance.child {
-                        let _ = child.wait();
+            instance_ids
+                .iter()
+                .filter_map(|id| Some((id.clone(), state.instances.remove(id)?)))
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + self.config.terminate_grace;
+        let mut stops = tokio::task::JoinSet::new();
+        for (instance_id, mut instance) in stopping {
+            let state_dir = self.config.state_dir.clone();
+            let record = self.record_path(&instance_id);
+            stops.spawn(async move {
+                let stopped = match instance.child.take() {
+                    Some(mut child) => stop_child(&mut child, deadline).await,
+                    None if instance.alive(&instance_id, &state_dir) => {
+                        stop_pid(instance.pid, deadline).await
                     }
-                    return false;
+                    None => Ok(Stopped::Gone),
+                };
+                match stopped {
+                    Ok(Stopped::Killed) => {
+                        tracing::warn!(%instance_id, "agent ignored SIGTERM; it was sent SIGKILL")
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%instance_id, %error, "cannot stop the agent"),
                 }
-                true
+                let _ = std::fs::remove_file(record);
+                tracing::info!(%instance_id, "local instance terminated");
             });
         }
-        let mut state = self.lock();
-        for instance_id in instance_ids {
-            if let Some(mut instance) = state.instances.remove(instance_id)
-                && let Some(child) = &mut instance.child
-            {
-                let _ = child.wait();
-            }
-            let _ = std::fs::remove_file(self.record_path(instance_id));
-            tracing::info!(%instance_id, "local instance terminated");
-        }
+        while stops.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Stopped, stop_child, stop_pid};
+
+    fn shell(script: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new("sh");
+        command.args(["-c", script]).kill_on_drop(true);
+        command
+    }
+
+    /// Until the shell has installed its trap: it says so on stdout.
+    async fn started(child: &mut tokio::process::Child) {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        let stdout = child.stdout.as_mut().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), stdout.read_exact(&mut byte))
+            .await
+            .expect("the shell starts within 10 s")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_child_that_obeys_sigterm_exits_and_one_that_ignores_it_is_killed_at_the_deadline() {
+        let mut obeys = shell("echo; sleep 30")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        started(&mut obeys).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let Stopped::Exited(Some(status)) = stop_child(&mut obeys, deadline).await.unwrap() else {
+            panic!("sh exits on SIGTERM");
+        };
+        assert!(!status.success());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "it did not wait for the deadline"
+        );
+
+        let mut ignores = shell("trap '' TERM; echo; while :; do sleep 0.1; done")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        started(&mut ignores).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        assert_eq!(
+            stop_child(&mut ignores, deadline).await.unwrap(),
+            Stopped::Killed
+        );
+        assert!(tokio::time::Instant::now() >= deadline);
+        assert_eq!(
+            stop_child(&mut ignores, deadline).await.unwrap(),
+            Stopped::Gone,
+            "a reaped child is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_process_that_is_not_our_child_is_stopped_by_its_pid() {
+        let mut other = shell("trap '' TERM; echo; while :; do sleep 0.1; done")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        started(&mut other).await;
+        let pid = other.id().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        assert_eq!(stop_pid(pid, deadline).await.unwrap(), Stopped::Killed);
+        other.wait().await.unwrap();
+        assert_eq!(stop_pid(0, deadline).await.unwrap(), Stopped::Gone);
     }
 }

@@ -5,12 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
 use autoscaler_controller::ec2::InstanceRole;
+use autoscaler_controller::local::stop_child;
 use base64::Engine;
+use tokio::process::{Child, Command};
 
 use crate::aws::{self, Aws};
 
@@ -21,15 +23,6 @@ pub(super) struct Runner {
     log_dir: PathBuf,
     bin_dir: PathBuf,
     processes: BTreeMap<String, Child>,
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        for child in self.processes.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Runner {
@@ -69,7 +62,9 @@ impl Runner {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log);
+            .stderr(log)
+            // A runner that ends leaves no process behind.
+            .kill_on_drop(true);
         Ok(command)
     }
 
@@ -170,16 +165,8 @@ impl Runner {
             .collect();
         for instance_id in gone {
             if let Some(mut child) = self.processes.remove(&instance_id) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let _ = child.kill();
-                let _ = child.wait();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                stop_child(&mut child, deadline).await?;
                 eprintln!("  runner: stopped the process of {instance_id} (instance terminated)");
             }
         }
