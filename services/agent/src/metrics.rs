@@ -14,9 +14,9 @@ pub fn render(state: &AgentState) -> String {
     let sample = state.current();
     let attached = state.attachment().is_some();
     format!(
-        "# HELP autoscaler_agent_load_percent The load this agent reports, 0-100.\n\
-         # TYPE autoscaler_agent_load_percent gauge\n\
-         autoscaler_agent_load_percent{{instance_id=\"{id}\"}} {load}\n\
+        "# HELP autoscaler_agent_load_ratio The load this agent reports, as a share of its capacity (0-1).\n\
+         # TYPE autoscaler_agent_load_ratio gauge\n\
+         autoscaler_agent_load_ratio{{instance_id=\"{id}\"}} {load}\n\
          # HELP autoscaler_agent_uptime_seconds Time since the agent started.\n\
          # TYPE autoscaler_agent_uptime_seconds gauge\n\
          autoscaler_agent_uptime_seconds {uptime}\n\
@@ -26,12 +26,20 @@ pub fn render(state: &AgentState) -> String {
          # HELP autoscaler_agent_monitor_attached 1 while a monitor watches this agent.\n\
          # TYPE autoscaler_agent_monitor_attached gauge\n\
          autoscaler_agent_monitor_attached {attached}\n",
-        id = state.instance_id().replace('"', "\\\""),
-        load = sample.load,
+        id = label_value(state.instance_id()),
+        load = sample.load / 100.0,
         uptime = state.uptime().as_secs_f64(),
         polls = state.polls(),
         attached = u8::from(attached),
     )
+}
+
+/// A label value in Prometheus' text format: backslash, double quote and newline escaped.
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Answers `GET /metrics` (and `GET /`) on `listener` until the task is dropped.
@@ -61,5 +69,14 @@ pub async fn serve(listener: TcpListener, state: Arc<AgentState>) {
             };
             let _ = tokio::time::timeout(Duration::from_secs(5), exchange).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_escape_backslash_quote_and_newline() {
+        assert_eq!(super::label_value("local-0001"), "local-0001");
+        assert_eq!(super::label_value("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
     }
 }

@@ -221,14 +221,15 @@ pub fn render_metrics(dashboard: &Dashboard) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP autoscaler_instance_load_percent Last load each instance reported.\n# TYPE autoscaler_instance_load_percent gauge"
+        "# HELP autoscaler_instance_load_ratio Last load each instance reported, as a share of its capacity (0-1).\n# TYPE autoscaler_instance_load_ratio gauge"
     );
     for instance in &view.instances {
         if let Some(load) = instance.load {
             let _ = writeln!(
                 out,
-                "autoscaler_instance_load_percent{{instance_id=\"{}\"}} {load}",
-                escape(&instance.instance_id)
+                "autoscaler_instance_load_ratio{{instance_id=\"{}\"}} {}",
+                escape(&instance.instance_id),
+                load / 100.0
             );
         }
     }

@@ -73,9 +73,9 @@ async fn the_monitor_serves_metrics_and_a_json_api() {
     assert!(
         metric(
             &body,
-            "autoscaler_instance_load_percent{instance_id=\"local-0001\"}"
+            "autoscaler_instance_load_ratio{instance_id=\"local-0001\"}"
         )
-        .is_some(),
+        .is_some_and(|ratio| (0.0..=1.0).contains(&ratio)),
         "{body}"
     );
     assert!(metric(&body, "autoscaler_poll_latency_seconds_count").unwrap() > 0.0);
@@ -186,9 +186,9 @@ async fn the_agent_serves_its_own_metrics() {
     assert_eq!(
         metric(
             &body,
-            "autoscaler_agent_load_percent{instance_id=\"local-0042\"}"
+            "autoscaler_agent_load_ratio{instance_id=\"local-0042\"}"
         ),
-        Some(33.0),
+        Some(0.33),
         "{body}"
     );
     assert_eq!(
