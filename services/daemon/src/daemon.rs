@@ -464,6 +464,7 @@ async fn serve<C: Cloud>(
         let page = Arc::new(Dashboard {
             status: status.clone(),
             history,
+            load_marks: config.controller.policy.load_marks(),
         });
         dashboard = Supervised::spawn("the dashboard", async {
             crate::http::serve(http, page, async {

@@ -23,6 +23,8 @@ const PAGE: &str = include_str!("dashboard.html");
 pub struct Dashboard {
     pub status: StatusService,
     pub history: Arc<History>,
+    /// The loads at which the live policy acts (its target, or its thresholds), percent.
+    pub load_marks: Vec<(f64, &'static str)>,
 }
 
 /// The JSON the page renders: the status report and the history.
@@ -30,6 +32,7 @@ fn payload(dashboard: &Dashboard) -> serde_json::Value {
     serde_json::json!({
         "status": StatusJson::from(&dashboard.status.report(0)),
         "history": dashboard.history.samples(),
+        "load_marks": dashboard.load_marks,
     })
 }
 

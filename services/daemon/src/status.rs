@@ -211,8 +211,15 @@ impl History {
         }
     }
 
+    /// Samples `report`. The history starts once the controller has decided (its desired size is
+    /// 0 until then) and the provider lists an instance: the seconds of a first launch would
+    /// draw the fleet at 0, below its minimum, as if a bound were broken.
     pub fn record(&self, report: &v1::GetStatusResponse) {
         let listed = report.instances.iter().filter(|i| i.listed());
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.is_empty() && (report.desired_instances == 0 || listed.clone().count() == 0) {
+            return;
+        }
         let sample = Sample {
             at_unix_ms: unix_ms(SystemTime::now()),
             observed: listed.clone().count() as u32,
@@ -224,7 +231,6 @@ impl History {
                 .filter_map(|i| i.load_percent.map(|load| (i.instance_id.clone(), load)))
                 .collect(),
         };
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         if samples.len() == self.capacity {
             samples.pop_front();
         }
@@ -238,5 +244,45 @@ impl History {
             .iter()
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_starts_at_the_first_decision() {
+        let history = History::new(3);
+        let mut report = v1::GetStatusResponse {
+            min_instances: 2,
+            max_instances: 5,
+            ..Default::default()
+        };
+        history.record(&report);
+        assert!(history.samples().is_empty(), "no sample before a decision");
+        report.desired_instances = 2;
+        history.record(&report);
+        assert!(
+            history.samples().is_empty(),
+            "no sample before an instance is listed"
+        );
+        report.instances.push(v1::InstanceStatus {
+            instance_id: "local-0001".into(),
+            state: v1::InstanceState::Running as i32,
+            ..Default::default()
+        });
+        for _ in 0..3 {
+            history.record(&report);
+        }
+        report.instances.clear();
+        history.record(&report);
+        let samples = history.samples();
+        assert_eq!(samples.len(), 3, "at most its capacity");
+        assert_eq!(samples[1].observed, 1);
+        assert_eq!(
+            samples[2].observed, 0,
+            "a fleet at 0 after its start is drawn as it is"
+        );
     }
 }

@@ -419,6 +419,23 @@ fn observed_points(dom: &str) -> String {
     points[..points.find('"').unwrap()].to_string()
 }
 
+/// The element of a dumped DOM that carries `attribute`, up to its closing tag (no nesting of
+/// the same tag inside).
+fn element<'a>(dom: &'a str, attribute: &str) -> &'a str {
+    let at = dom
+        .find(attribute)
+        .unwrap_or_else(|| panic!("no element with {attribute}"));
+    let start = dom[..at].rfind('<').unwrap();
+    let tag: String = dom[start + 1..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let end = dom[start..]
+        .find(&format!("</{tag}>"))
+        .map_or(dom.len(), |end| start + end);
+    &dom[start..end]
+}
+
 fn instance_rows(dom: &str) -> usize {
     dom.matches("<tr data-instance=").count()
 }
@@ -462,6 +479,41 @@ async fn the_dashboard_in_a_real_browser_lists_instances_and_its_charts_follow_a
     assert!(
         after.contains("launch"),
         "the decision log shows the scale-out"
+    );
+    // What a reader needs to read the charts: the fleet chart's sizes numbered, the policy's
+    // target marked on the load chart, a legend entry for every line drawn, when it was updated.
+    let size_chart = element(&after, "id=\"size-chart\"");
+    for size in 0..=5 {
+        assert!(
+            size_chart.contains(&format!("data-tick=\"{size}\"")),
+            "size {size} numbered:\n{size_chart}"
+        );
+    }
+    assert!(
+        element(&after, "id=\"load-chart\"").contains(">target 50%<"),
+        "the target marked:\n{after}"
+    );
+    let drawn = element(&after, "id=\"load-chart\"")
+        .matches("<polyline")
+        .count();
+    let named = element(&after, "id=\"load-legend\"")
+        .matches("data-legend=")
+        .count();
+    assert!(drawn >= 3, "{after}");
+    assert_eq!(
+        drawn, named,
+        "every line of the load chart is named in its legend"
+    );
+    assert!(
+        after.contains("updated "),
+        "the page says when it was updated"
+    );
+    // The history starts with the fleet seen: its first sample is not drawn at 0.
+    let first = points_after.split(' ').next().unwrap();
+    let zero_y = "176.0"; // H - PAD: the chart's 0
+    assert!(
+        !first.ends_with(&format!(",{zero_y}")),
+        "the fleet line starts at 0: {points_after}"
     );
 
     // A screenshot, for the README (docs/dashboard.png is copied from here).

@@ -114,6 +114,25 @@ pub enum PolicyConfig {
     TargetTracking { target: f64, tolerance: f64 },
 }
 
+impl PolicyConfig {
+    /// The loads, percent, at which the policy acts, with a name for each: what the dashboard
+    /// marks on its load chart.
+    pub fn load_marks(&self) -> Vec<(f64, &'static str)> {
+        match self {
+            PolicyConfig::TargetTracking { target, .. } => vec![(*target, "target")],
+            PolicyConfig::Step {
+                scale_out,
+                scale_in,
+            } => scale_out
+                .above
+                .map(|above| (above, "scale out"))
+                .into_iter()
+                .chain(scale_in.below.map(|below| (below, "scale in")))
+                .collect(),
+        }
+    }
+}
+
 /// The kinds of policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
