@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use autoscaler_controller::ec2::GROUP_TAG;
+use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::types::{ResourceType, TagSpecification};
 
-use super::{Aws, GroupArgs, explain, tag, wait_for};
+use super::{Aws, GroupArgs, explain, spinning, tag, waited};
 use autoscaler_controller::ec2::InstanceRole;
 
 /// Creates the custom AMI from the seed, waits until it is available, tags it and records its id
@@ -77,30 +78,18 @@ impl BakeAmi {
                 id
             }
         };
-        wait_for(
-            &format!("the image {image_id} to be available"),
-            Duration::from_secs(1800),
-            Duration::from_secs(5),
-            || async {
-                let output = aws
-                    .ec2
-                    .describe_images()
-                    .image_ids(&image_id)
-                    .send()
-                    .await
-                    .map_err(|e| explain("describe the image", e))?;
-                match output
-                    .images()
-                    .first()
-                    .and_then(|i| i.state())
-                    .map(|s| s.as_str())
-                {
-                    Some("available") => Ok(Some(())),
-                    Some("failed") => bail!("the image {image_id} failed"),
-                    _ => Ok(None),
-                }
-            },
-        )
+        // The SDK's waiter: it also ends at once on a failed image.
+        let what = format!("the image {image_id} to be available");
+        let timeout = Duration::from_secs(1800);
+        spinning(&what, async {
+            let result = aws
+                .ec2
+                .wait_until_image_available()
+                .image_ids(&image_id)
+                .wait(timeout)
+                .await;
+            waited(&what, timeout, result)
+        })
         .await?;
         aws.parameters
             .put(&aws.names.ami(), &image_id, false)
@@ -115,8 +104,7 @@ impl BakeAmi {
                     .send()
                     .await
                     .map_err(|e| explain("terminate the seed", e))?;
-                aws.wait_state(&ids, "terminated", Duration::from_secs(600))
-                    .await?;
+                aws.wait_terminated(&ids, Duration::from_secs(600)).await?;
             }
         }
         eprintln!(

@@ -98,12 +98,8 @@ impl Bootstrap {
                 id
             }
         };
-        aws.wait_state(
-            std::slice::from_ref(&seed),
-            "running",
-            Duration::from_secs(600),
-        )
-        .await?;
+        aws.wait_running(std::slice::from_ref(&seed), Duration::from_secs(600))
+            .await?;
 
         let urls = deliver_binaries(aws, self.debug_binaries).await?;
         let commands = vec![

@@ -226,8 +226,7 @@ async fn terminate(aws: &Aws, ids: &[String]) -> anyhow::Result<()> {
         .send()
         .await
         .map_err(|e| explain("terminate instances", e))?;
-    aws.wait_state(ids, "terminated", Duration::from_secs(600))
-        .await
+    aws.wait_terminated(ids, Duration::from_secs(600)).await
 }
 
 async fn delete_bucket(aws: &Aws) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ use autoscaler_aws::{GroupParameters, Parameters, Timeouts};
 use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config, GROUP_TAG, InstanceRole, ROLE_TAG};
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{GroupCa, Role, Transport};
+use aws_sdk_ec2::client::Waiters;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, Tag};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -87,8 +88,49 @@ where
     }
 }
 
+/// Runs `work` under a spinner that names `what`, and says how long it took.
+pub async fn spinning<T>(
+    what: &str,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"),
+    );
+    spinner.set_message(what.to_string());
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let started = Instant::now();
+    let result = work.await;
+    spinner.finish_and_clear();
+    if result.is_ok() {
+        eprintln!("  done: {what} ({:.1}s)", started.elapsed().as_secs_f64());
+    }
+    result
+}
+
+/// The end of an SDK waiter as an error that names what was awaited (a failure state, such as
+/// an instance terminated while it was awaited running, ends it at once).
+pub fn waited<T, O, E>(
+    what: &str,
+    timeout: Duration,
+    result: Result<T, aws_smithy_runtime_api::client::waiters::error::WaiterError<O, E>>,
+) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    O: std::fmt::Debug + Send + Sync + 'static,
+{
+    use aws_smithy_runtime_api::client::waiters::error::WaiterError;
+    match result {
+        Ok(_) => Ok(()),
+        Err(WaiterError::ExceededMaxWait(_)) => {
+            bail!("gave up after {timeout:?} waiting for {what}")
+        }
+        Err(error) => bail!("waiting for {what}: {}", DisplayErrorContext(&error)),
+    }
+}
+
 /// Waits until `check` returns a value, polling every `every`, with a spinner; fails after
-/// `timeout` with a message naming what it waited for.
+/// `timeout` with a message naming what it waited for. Where the SDK has a waiter, use it.
 pub async fn wait_for<T, F, Fut>(
     what: &str,
     timeout: Duration,
@@ -99,25 +141,19 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<T>>>,
 {
-    let spinner = ProgressBar::new_spinner();
-    spinner.set_style(
-        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"),
-    );
-    spinner.set_message(what.to_string());
-    spinner.enable_steady_tick(Duration::from_millis(120));
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check().await? {
-            spinner.finish_and_clear();
-            eprintln!("  done: {what} ({:.1}s)", started.elapsed().as_secs_f64());
-            return Ok(value);
+    spinning(what, async {
+        let started = Instant::now();
+        loop {
+            if let Some(value) = check().await? {
+                return Ok(value);
+            }
+            if started.elapsed() > timeout {
+                bail!("gave up after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(every).await;
         }
-        if started.elapsed() > timeout {
-            spinner.finish_and_clear();
-            bail!("gave up after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(every).await;
-    }
+    })
+    .await
 }
 
 fn tag(key: &str, value: &str) -> Tag {
@@ -207,31 +243,46 @@ impl Aws {
         Ok(found)
     }
 
-    /// Waits until every one of `instance_ids` is in `state`.
-    pub async fn wait_state(
+    /// Waits, with the SDK's waiter, until every one of `instance_ids` runs.
+    pub async fn wait_running(
         &self,
         instance_ids: &[String],
-        state: &str,
         timeout: Duration,
     ) -> anyhow::Result<()> {
         if instance_ids.is_empty() {
             return Ok(());
         }
-        let what = format!("{} to be {state}", instance_ids.join(", "));
-        wait_for(&what, timeout, Duration::from_secs(2), || async {
-            let output = self
+        let what = format!("{} to be running", instance_ids.join(", "));
+        spinning(&what, async {
+            let result = self
                 .ec2
-                .describe_instances()
+                .wait_until_instance_running()
                 .set_instance_ids(Some(instance_ids.to_vec()))
-                .send()
-                .await
-                .map_err(|e| explain("describe instances", e))?;
-            let all = output
-                .reservations()
-                .iter()
-                .flat_map(|r| r.instances())
-                .all(|i| i.state().and_then(|s| s.name()).map(|n| n.as_str()) == Some(state));
-            Ok(all.then_some(()))
+                .wait(timeout)
+                .await;
+            waited(&what, timeout, result)
+        })
+        .await
+    }
+
+    /// Waits, with the SDK's waiter, until every one of `instance_ids` is terminated.
+    pub async fn wait_terminated(
+        &self,
+        instance_ids: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        if instance_ids.is_empty() {
+            return Ok(());
+        }
+        let what = format!("{} to be terminated", instance_ids.join(", "));
+        spinning(&what, async {
+            let result = self
+                .ec2
+                .wait_until_instance_terminated()
+                .set_instance_ids(Some(instance_ids.to_vec()))
+                .wait(timeout)
+                .await;
+            waited(&what, timeout, result)
         })
         .await
     }

@@ -136,12 +136,8 @@ impl Up {
                 id
             }
         };
-        aws.wait_state(
-            std::slice::from_ref(&monitor),
-            "running",
-            Duration::from_secs(600),
-        )
-        .await?;
+        aws.wait_running(std::slice::from_ref(&monitor), Duration::from_secs(600))
+            .await?;
         let timeout = Duration::from_secs(self.timeout);
         let address = wait_for(
             "the monitor to publish its address",
