@@ -37,6 +37,11 @@ mod tests {
     /// The names of the packages `package` links in a normal build of it alone, as `cargo tree`
     /// resolves its features.
     fn normal_dependencies(package: &str) -> Vec<String> {
+        linked(package).into_iter().map(|(name, _)| name).collect()
+    }
+
+    /// The packages `package` links, with their versions.
+    fn linked(package: &str) -> Vec<(String, String)> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let output = std::process::Command::new(cargo)
             .current_dir(crate::util::root())
@@ -59,8 +64,35 @@ mod tests {
         );
         String::from_utf8_lossy(&output.stdout)
             .lines()
-            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                Some((words.next()?.to_owned(), words.next()?.to_owned()))
+            })
             .collect()
+    }
+
+    #[test]
+    fn the_agent_links_one_tls_stack_and_one_crypto_library() {
+        let linked = linked("autoscaler-agent");
+        for name in ["hyper", "rustls", "h2", "tokio-rustls", "hyper-rustls"] {
+            let mut versions: Vec<&str> = linked
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            versions.sort();
+            versions.dedup();
+            assert!(
+                versions.len() <= 1,
+                "the agent links {name} {versions:?}: one HTTP/TLS stack"
+            );
+        }
+        for name in ["aws-lc-rs", "aws-lc-sys", "aws-sdk-sso", "aws-sdk-ssooidc"] {
+            assert!(
+                !linked.iter().any(|(n, _)| n == name),
+                "the agent links {name}: one crypto library (ring), no SSO"
+            );
+        }
     }
 
     #[test]

@@ -28,12 +28,16 @@ impl Default for Imds {
     }
 }
 
-/// Timeouts and retries for a service that answers in milliseconds when it is there at all.
+/// Timeouts and retries for a service that answers in milliseconds when it is there at all, and
+/// the HTTP client of every AWS call.
 fn bounded(
     builder: aws_config::imds::client::Builder,
     timeout: Duration,
 ) -> aws_config::imds::client::Builder {
+    let provider = aws_config::provider_config::ProviderConfig::default()
+        .with_http_client(crate::http_client());
     builder
+        .configure(&provider)
         .connect_timeout(timeout)
         .read_timeout(timeout)
         .operation_attempt_timeout(timeout)

@@ -37,8 +37,20 @@ impl Default for Timeouts {
 
 /// The loader both configs start from: timeouts on every call and the standard retry policy
 /// (throttling and 5xx, with backoff, three attempts).
+/// The one HTTP client of every AWS call (SDK clients, credential providers, IMDS): hyper 1 and
+/// rustls with ring, the stack tonic uses, so a program links one TLS library.
+pub fn http_client() -> aws_sdk_ssm::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
 fn loader(timeouts: Timeouts) -> aws_config::ConfigLoader {
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client())
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(timeouts.connect)
