@@ -249,20 +249,7 @@ impl Aws {
         instance_ids: &[String],
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        if instance_ids.is_empty() {
-            return Ok(());
-        }
-        let what = format!("{} to be running", instance_ids.join(", "));
-        spinning(&what, async {
-            let result = self
-                .ec2
-                .wait_until_instance_running()
-                .set_instance_ids(Some(instance_ids.to_vec()))
-                .wait(timeout)
-                .await;
-            waited(&what, timeout, result)
-        })
-        .await
+        self.wait_instances(instance_ids, true, timeout).await
     }
 
     /// Waits, with the SDK's waiter, until every one of `instance_ids` is terminated.
@@ -271,18 +258,32 @@ impl Aws {
         instance_ids: &[String],
         timeout: Duration,
     ) -> anyhow::Result<()> {
+        self.wait_instances(instance_ids, false, timeout).await
+    }
+
+    async fn wait_instances(
+        &self,
+        instance_ids: &[String],
+        running: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         if instance_ids.is_empty() {
             return Ok(());
         }
-        let what = format!("{} to be terminated", instance_ids.join(", "));
+        let ids = Some(instance_ids.to_vec());
+        let state = if running { "running" } else { "terminated" };
+        let what = format!("{} to be {state}", instance_ids.join(", "));
         spinning(&what, async {
-            let result = self
-                .ec2
-                .wait_until_instance_terminated()
-                .set_instance_ids(Some(instance_ids.to_vec()))
-                .wait(timeout)
-                .await;
-            waited(&what, timeout, result)
+            if running {
+                let waiter = self.ec2.wait_until_instance_running().set_instance_ids(ids);
+                waited(&what, timeout, waiter.wait(timeout).await)
+            } else {
+                let waiter = self
+                    .ec2
+                    .wait_until_instance_terminated()
+                    .set_instance_ids(ids);
+                waited(&what, timeout, waiter.wait(timeout).await)
+            }
         })
         .await
     }
