@@ -1,7 +1,8 @@
 //! What the agent, the monitor and the workflow share of AWS, without the EC2 SDK: one SDK
-//! config with attempt and operation timeouts, SSM Parameter Store helpers and the parameter
-//! names of a group, and a small IMDSv2 client. The group's TLS material (feature `tls`) is read
-//! through the protocol crate; the controller reads only the AMI's parameter and goes without it.
+//! config with attempt and operation timeouts over one HTTP client, SSM Parameter Store helpers
+//! and the parameter names of a group, and the instance's identity from IMDSv2. The group's TLS
+//! material (feature `tls`) is read through the protocol crate; the controller reads only the
+//! AMI's parameter and goes without it.
 
 pub mod imds;
 

@@ -327,8 +327,8 @@ pub enum Stopped {
     Gone,
 }
 
-/// SIGTERM, then SIGKILL at `deadline`, waiting on tokio's reaper (no thread is blocked): the
-/// one way a child process is stopped, by the local provider, the demo and the rehearsal.
+/// SIGTERM, then SIGKILL at `deadline`, waiting on tokio's reaper (no thread is blocked): how
+/// the local provider and the rehearsal's runner stop a child process.
 pub async fn stop_child(
     child: &mut tokio::process::Child,
     deadline: tokio::time::Instant,
