@@ -20,7 +20,7 @@ pub struct CloudInstance {
 pub use autoscaler_policy::InstanceState;
 
 /// The kinds of provider failure the controller tells apart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CloudErrorKind {
     Throttled,
     /// 5xx or a transport failure.
@@ -33,6 +33,16 @@ pub enum CloudErrorKind {
 }
 
 impl CloudErrorKind {
+    /// Every kind, for counters that list each one, at zero too.
+    pub const ALL: [CloudErrorKind; 6] = [
+        CloudErrorKind::Throttled,
+        CloudErrorKind::Unavailable,
+        CloudErrorKind::Timeout,
+        CloudErrorKind::InsufficientCapacity,
+        CloudErrorKind::NotFound,
+        CloudErrorKind::Other,
+    ];
+
     /// The kebab-case name used in metrics labels and messages.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use autoscaler_policy::backoff::Backoff;
 use tokio::sync::watch;
 
-use crate::cloud::{Cloud, CloudError, CloudInstance};
+use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance};
 use crate::config::ControllerConfig;
 use crate::fleet::FleetView;
 use crate::policy::{self, Decision, LaunchBackoff, Observation, ObservedInstance, PolicyState};
@@ -83,7 +83,7 @@ struct StatusInner {
 pub struct Counters {
     pub evaluations: u64,
     /// Evaluations in which each rule changed or held the recommendation.
-    pub rules: std::collections::BTreeMap<String, u64>,
+    pub rules: std::collections::BTreeMap<policy::Rule, u64>,
     /// Instances launched, scaled in and replaced.
     pub launched: u64,
     pub scaled_in: u64,
@@ -94,7 +94,7 @@ pub struct Counters {
     /// replaced before they ever reported.
     pub launch_failures: u64,
     /// Failed provider calls by kind (each attempt counts).
-    pub provider_errors: std::collections::BTreeMap<String, u64>,
+    pub provider_errors: std::collections::BTreeMap<CloudErrorKind, u64>,
 }
 
 /// What the controller knows, shared with the status view: the provider's last list and the
@@ -210,7 +210,7 @@ impl ControllerStatus {
             .lock()
             .counters
             .provider_errors
-            .entry(error.kind.as_str().to_string())
+            .entry(error.kind)
             .or_default() += 1;
     }
 
@@ -224,7 +224,7 @@ impl ControllerStatus {
             rules.sort();
             rules.dedup();
             for rule in rules {
-                *counters.rules.entry(rule.as_str().to_string()).or_default() += 1;
+                *counters.rules.entry(rule).or_default() += 1;
             }
             counters.replaced += decision.replace.len() as u64;
             counters.scaled_in += decision.scale_in.len() as u64;

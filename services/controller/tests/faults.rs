@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use autoscaler_aws::{Parameters, SsmError, Timeouts};
-use autoscaler_controller::cloud::Cloud;
+use autoscaler_controller::cloud::{Cloud, CloudErrorKind};
 use autoscaler_controller::config::ControllerConfig;
 use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config};
 use autoscaler_controller::fleet::FleetView;
@@ -103,11 +103,15 @@ async fn ec2_faults_are_retried_recorded_and_the_fleet_converges_without_duplica
     }
     let errors = status.counters().provider_errors;
     assert!(
-        errors.get("throttled").copied().unwrap_or(0) >= 1,
+        errors.get(&CloudErrorKind::Throttled).copied().unwrap_or(0) >= 1,
         "{errors:?}"
     );
     assert!(
-        errors.get("insufficient-capacity").copied().unwrap_or(0) >= 1,
+        errors
+            .get(&CloudErrorKind::InsufficientCapacity)
+            .copied()
+            .unwrap_or(0)
+            >= 1,
         "{errors:?}"
     );
     let faults = proxy.seen().iter().filter(|(_, f)| f.is_some()).count();

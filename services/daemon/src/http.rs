@@ -2,16 +2,20 @@
 //! CDN), its JSON API (the Status payload and the last minutes of history), Prometheus metrics,
 //! and a liveness probe. Read-only: nothing here changes the fleet.
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 
-use autoscaler_policy::fleet::Health;
+use autoscaler_controller::cloud::CloudErrorKind;
+use autoscaler_controller::policy;
 use autoscaler_proto::v1;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::net::TcpListener;
 
 use crate::status::{History, StatusService};
@@ -169,163 +173,123 @@ async fn api(State(dashboard): State<Arc<Dashboard>>) -> impl IntoResponse {
 
 async fn metrics(State(dashboard): State<Arc<Dashboard>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
         render_metrics(&dashboard),
     )
 }
 
-/// The metrics in Prometheus' text format.
+/// The metrics in Prometheus' text format (version 0.0.4), as of now: the controller's and the
+/// monitor's (`Registry::register_metrics`), encoded by `prometheus-client`.
 pub fn render_metrics(dashboard: &Dashboard) -> String {
     let report = dashboard.status.report(u64::MAX);
-    let registry = &dashboard.status.registry;
-    let view = registry.snapshot();
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
-    };
-    gauge(
+    let mut metrics = prometheus_client::registry::Registry::default();
+    let gauge = |value: u64| ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metrics.register(
         "autoscaler_desired_instances",
-        "Fleet size the controller last decided on.",
-        f64::from(report.desired_instances),
+        "Fleet size the controller last decided on",
+        gauge(report.desired_instances.into()),
     );
-    gauge(
+    metrics.register(
         "autoscaler_observed_instances",
-        "Instances the provider lists.",
-        report.instances.iter().filter(|i| i.listed()).count() as f64,
+        "Instances the provider lists",
+        gauge(report.instances.iter().filter(|i| i.listed()).count() as u64),
     );
-    gauge(
+    metrics.register(
         "autoscaler_min_instances",
-        "Lower bound of the fleet.",
-        f64::from(report.min_instances),
+        "Lower bound of the fleet",
+        gauge(report.min_instances.into()),
     );
-    gauge(
+    metrics.register(
         "autoscaler_max_instances",
-        "Upper bound of the fleet.",
-        f64::from(report.max_instances),
+        "Upper bound of the fleet",
+        gauge(report.max_instances.into()),
     );
-    let _ = writeln!(
-        out,
-        "# HELP autoscaler_instances Registered instances by health.\n# TYPE autoscaler_instances gauge"
-    );
-    for health in [
-        Health::Unknown,
-        Health::Healthy,
-        Health::Suspect,
-        Health::Unhealthy,
-    ] {
-        let _ = writeln!(
-            out,
-            "autoscaler_instances{{health=\"{health}\"}} {}",
-            view.count(health)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP autoscaler_instance_load_ratio Last load each instance reported, as a share of its capacity (0-1).\n# TYPE autoscaler_instance_load_ratio gauge"
-    );
-    for instance in &view.instances {
-        if let Some(load) = instance.load {
-            let _ = writeln!(
-                out,
-                "autoscaler_instance_load_ratio{{instance_id=\"{}\"}} {}",
-                escape(&instance.instance_id),
-                load / 100.0
-            );
-        }
-    }
-    let (buckets, count, sum) = registry.poll_latency.read();
-    let _ = writeln!(
-        out,
-        "# HELP autoscaler_poll_latency_seconds Time one poll (a Ping carrying the metrics) took.\n# TYPE autoscaler_poll_latency_seconds histogram"
-    );
-    for (bound, cumulative) in buckets {
-        let _ = writeln!(
-            out,
-            "autoscaler_poll_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "autoscaler_poll_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
-    );
-    let _ = writeln!(out, "autoscaler_poll_latency_seconds_sum {sum}");
-    let _ = writeln!(out, "autoscaler_poll_latency_seconds_count {count}");
+    dashboard.status.registry.register_metrics(&mut metrics);
     if let Some(controller) = &dashboard.status.controller {
         let counters = controller.counters();
-        let mut counter = |name: &str, help: &str, values: Vec<(String, u64)>, label: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (key, value) in values {
-                if label.is_empty() {
-                    let _ = writeln!(out, "{name} {value}");
-                } else {
-                    let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {value}", escape(&key));
-                }
+        let labelled = |label: &'static str, values: Vec<(&'static str, u64)>| {
+            let family = Family::<[(&'static str, &'static str); 1], Counter>::default();
+            for (value, count) in values {
+                family.get_or_create(&[(label, value)]).inc_by(count);
             }
+            family
         };
-        counter(
-            "autoscaler_evaluations_total",
-            "Policy evaluations.",
-            vec![(String::new(), counters.evaluations)],
-            "",
+        metrics.register(
+            "autoscaler_evaluations",
+            "Policy evaluations",
+            ConstCounter::new(counters.evaluations),
         );
-        counter(
-            "autoscaler_decisions_total",
-            "Evaluations in which a rule changed or held the recommendation, by rule.",
-            counters.rules.into_iter().collect(),
-            "reason",
+        metrics.register(
+            "autoscaler_decisions",
+            "Evaluations in which a rule changed or held the recommendation, by rule",
+            labelled(
+                "reason",
+                policy::Rule::ALL
+                    .iter()
+                    .map(|rule| {
+                        (
+                            rule.as_str(),
+                            counters.rules.get(rule).copied().unwrap_or(0),
+                        )
+                    })
+                    .collect(),
+            ),
         );
-        counter(
-            "autoscaler_actions_total",
-            "Instances launched, scaled in and replaced.",
-            vec![
-                ("launch".to_string(), counters.launched),
-                ("scale-in".to_string(), counters.scaled_in),
-                ("replace".to_string(), counters.replaced),
-            ],
-            "action",
+        metrics.register(
+            "autoscaler_actions",
+            "Instances launched, scaled in and replaced",
+            labelled(
+                "action",
+                vec![
+                    ("launch", counters.launched),
+                    ("scale-in", counters.scaled_in),
+                    ("replace", counters.replaced),
+                ],
+            ),
         );
-        counter(
-            "autoscaler_shadow_disagreements_total",
-            "Evaluations where the shadow policy wanted another fleet size (never acted on).",
-            vec![(String::new(), counters.shadow_disagreements)],
-            "",
+        metrics.register(
+            "autoscaler_shadow_disagreements",
+            "Evaluations where the shadow policy wanted another fleet size (never acted on)",
+            ConstCounter::new(counters.shadow_disagreements),
         );
-        counter(
-            "autoscaler_provider_errors_total",
-            "Failed provider calls, each attempt counted, by kind.",
-            counters.provider_errors.into_iter().collect(),
-            "kind",
+        metrics.register(
+            "autoscaler_provider_errors",
+            "Failed provider calls, each attempt counted, by kind",
+            labelled(
+                "kind",
+                CloudErrorKind::ALL
+                    .iter()
+                    .map(|kind| {
+                        let count = counters.provider_errors.get(kind).copied().unwrap_or(0);
+                        (kind.as_str(), count)
+                    })
+                    .collect(),
+            ),
         );
-        counter(
-            "autoscaler_launch_failures_total",
-            "Launches that failed: refused by the provider, or instances that stopped or were replaced before they ever reported.",
-            vec![(String::new(), counters.launch_failures)],
-            "",
+        metrics.register(
+            "autoscaler_launch_failures",
+            "Launches that failed: refused by the provider, or instances that stopped or were replaced before they ever reported",
+            ConstCounter::new(counters.launch_failures),
         );
         let backoff = controller.launch_backoff();
-        let _ = writeln!(
-            out,
-            "# HELP autoscaler_launch_failures_consecutive Failed launches in a row; 0 while launches succeed.\n\
-             # TYPE autoscaler_launch_failures_consecutive gauge\n\
-             autoscaler_launch_failures_consecutive {}\n\
-             # HELP autoscaler_launch_backoff_seconds Time until the next launch may be tried while launches are failing.\n\
-             # TYPE autoscaler_launch_backoff_seconds gauge\n\
-             autoscaler_launch_backoff_seconds {}",
-            backoff.as_ref().map_or(0, |b| b.consecutive_failures),
-            backoff.as_ref().map_or(0.0, |b| b.retry_in.as_secs_f64()),
+        metrics.register(
+            "autoscaler_launch_failures_consecutive",
+            "Failed launches in a row; 0 while launches succeed",
+            gauge(
+                backoff
+                    .as_ref()
+                    .map_or(0, |b| b.consecutive_failures.into()),
+            ),
+        );
+        metrics.register(
+            "autoscaler_launch_backoff_seconds",
+            "Time until the next launch may be tried while launches are failing",
+            ConstGauge::new(backoff.as_ref().map_or(0.0, |b| b.retry_in.as_secs_f64())),
         );
     }
-    out
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    let mut text = String::new();
+    prometheus_text::encode(&mut text, &metrics).expect("writing to a String cannot fail");
+    text
 }
 
 /// The dashboard's routes.

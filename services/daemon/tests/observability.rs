@@ -92,6 +92,23 @@ async fn the_monitor_serves_metrics_and_a_json_api() {
     );
     assert!(metric(&body, "autoscaler_evaluations_total").unwrap() >= 1.0);
     assert!(body.contains("# TYPE autoscaler_provider_errors_total counter"));
+    // Every kind and every rule is listed, at zero too, so a rate over it starts from a sample.
+    assert_eq!(
+        metric(
+            &body,
+            "autoscaler_provider_errors_total{kind=\"throttled\"}"
+        ),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(
+        metric(
+            &body,
+            "autoscaler_decisions_total{reason=\"launch-backoff\"}"
+        )
+        .is_some(),
+        "{body}"
+    );
     // Launches succeed here: the launch failure metrics are there, and at zero.
     assert_eq!(
         metric(&body, "autoscaler_launch_failures_consecutive"),

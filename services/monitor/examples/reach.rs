@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use autoscaler_monitor::registry::Registration;
+use autoscaler_monitor::registry::{Registration, Registry};
 use autoscaler_monitor::{Monitor, MonitorConfig};
 use autoscaler_policy::fleet::Health;
 use autoscaler_proto::auth::{Credentials, Token};
@@ -58,6 +58,31 @@ fn rss_kib() -> f64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The poll latency histogram as the monitor's `/metrics` shows it: cumulative counts per
+/// bucket bound (the last one `+Inf`) and the total, read back from Prometheus' text format.
+fn poll_latency(registry: &Registry) -> (Vec<(f64, u64)>, u64) {
+    let mut metrics = prometheus_client::registry::Registry::default();
+    registry.register_metrics(&mut metrics);
+    let mut text = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut text, &metrics)
+        .expect("writing to a String cannot fail");
+    let buckets: Vec<(f64, u64)> = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("autoscaler_poll_latency_seconds_bucket{le=\"")?;
+            let (bound, rest) = rest.split_once("\"}")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, rest.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0, |(_, count)| *count);
+    (buckets, total)
 }
 
 /// A quantile from cumulative histogram buckets (upper bound, count), interpolated linearly
@@ -208,7 +233,7 @@ async fn reach(n: usize, swarm_binary: &Path, tls_dir: &Path) {
             });
         }
     }
-    let healthy = |registry: &autoscaler_monitor::registry::Registry| {
+    let healthy = |registry: &Registry| {
         registry
             .snapshot()
             .instances
@@ -223,14 +248,14 @@ async fn reach(n: usize, swarm_binary: &Path, tls_dir: &Path) {
     let all_healthy_after = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let (buckets0, count0, _) = registry.poll_latency.read();
+    let (buckets0, count0) = poll_latency(&registry);
     let cpu0 = cpu_seconds("self");
     let swarm_pids: Vec<String> = swarms.iter().map(|s| s.child.id().to_string()).collect();
     let swarm_cpu0: f64 = swarm_pids.iter().map(|p| cpu_seconds(p)).sum();
     let window_started = Instant::now();
     tokio::time::sleep(WINDOW).await;
     let elapsed = window_started.elapsed().as_secs_f64();
-    let (buckets1, count1, _) = registry.poll_latency.read();
+    let (buckets1, count1) = poll_latency(&registry);
     let cpu = cpu_seconds("self") - cpu0;
     let swarm_cpu: f64 = swarm_pids.iter().map(|p| cpu_seconds(p)).sum::<f64>() - swarm_cpu0;
     let rss_after = rss_kib();

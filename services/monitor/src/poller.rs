@@ -66,7 +66,7 @@ pub(crate) async fn poll_forever(
         let Some(registry) = registry.upgrade() else {
             return;
         };
-        registry.poll_latency.observe(started.elapsed());
+        registry.observe_poll(started.elapsed());
         let early = registry.record(&instance_id, generation, outcome);
         next = next_poll(
             next,

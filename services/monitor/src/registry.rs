@@ -5,11 +5,15 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use std::time::Instant;
 
 use autoscaler_policy::fleet::{FleetView, Health, InstanceView};
 use autoscaler_proto::auth::Credentials;
 use autoscaler_proto::tls::{Role, TlsError};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -54,41 +58,6 @@ struct Entry {
 pub const LATENCY_BUCKETS: [f64; 10] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-/// How long polls take (Ping and GetMetrics together, answered or not): a Prometheus histogram.
-#[derive(Debug, Default)]
-pub struct LatencyHistogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl LatencyHistogram {
-    pub fn observe(&self, elapsed: std::time::Duration) {
-        let seconds = elapsed.as_secs_f64();
-        if let Some(index) = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound) {
-            self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// Cumulative counts per bucket bound, the total count and the sum in seconds.
-    pub fn read(&self) -> (Vec<(f64, u64)>, u64, f64) {
-        let mut cumulative = 0;
-        let buckets = LATENCY_BUCKETS
-            .iter()
-            .zip(&self.buckets)
-            .map(|(bound, count)| {
-                cumulative += count.load(Ordering::Relaxed);
-                (*bound, cumulative)
-            })
-            .collect();
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        (buckets, self.count.load(Ordering::Relaxed), sum)
-    }
-}
-
 /// Whether instances whose poll missed may be probed again early, with `missing` of
 /// `registered` instances in that state. A few missing instances are probably dead agents, and
 /// probing them sooner is what makes noticing fast. Many at once more likely mean the monitor
@@ -117,7 +86,8 @@ pub struct Registry {
     /// Bumped on every change, so the publisher republishes only when something happened.
     changes: AtomicU64,
     view: watch::Sender<Arc<FleetView>>,
-    pub poll_latency: LatencyHistogram,
+    /// How long polls take (answered or not), in seconds.
+    poll_latency: Histogram,
 }
 
 impl Registry {
@@ -139,7 +109,7 @@ impl Registry {
             missing: AtomicUsize::new(0),
             changes: AtomicU64::new(0),
             view,
-            poll_latency: LatencyHistogram::default(),
+            poll_latency: Histogram::new(LATENCY_BUCKETS),
         }))
     }
 
@@ -147,6 +117,51 @@ impl Registry {
         self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts one poll that took `elapsed`, answered or not.
+    pub(crate) fn observe_poll(&self, elapsed: Duration) {
+        self.poll_latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Adds the monitor's metrics, as of now, to `metrics`: instances by health, each
+    /// instance's last load as a share of 0-1, and the poll latency histogram.
+    pub fn register_metrics(&self, metrics: &mut prometheus_client::registry::Registry) {
+        let view = self.snapshot();
+        let by_health = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        for health in [
+            Health::Unknown,
+            Health::Healthy,
+            Health::Suspect,
+            Health::Unhealthy,
+        ] {
+            by_health
+                .get_or_create(&[("health", health.as_str())])
+                .set(view.count(health) as i64);
+        }
+        metrics.register(
+            "autoscaler_instances",
+            "Registered instances by health",
+            by_health,
+        );
+        let loads = Family::<[(&'static str, String); 1], Gauge<f64, AtomicU64>>::default();
+        for instance in &view.instances {
+            if let Some(load) = instance.load {
+                loads
+                    .get_or_create(&[("instance_id", instance.instance_id.clone())])
+                    .set(load / 100.0);
+            }
+        }
+        metrics.register(
+            "autoscaler_instance_load_ratio",
+            "Last load each instance reported, as a share of its capacity (0-1)",
+            loads,
+        );
+        metrics.register(
+            "autoscaler_poll_latency_seconds",
+            "Time one poll (a Ping carrying the metrics) took",
+            self.poll_latency.clone(),
+        );
     }
 
     pub fn config(&self) -> &MonitorConfig {

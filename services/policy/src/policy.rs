@@ -107,6 +107,18 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule, for counters that list each one, at zero too.
+    pub const ALL: [Rule; 8] = [
+        Rule::MissingMetrics,
+        Rule::Tolerance,
+        Rule::Sustain,
+        Rule::WarmUp,
+        Rule::Cooldown,
+        Rule::Bounds,
+        Rule::Health,
+        Rule::LaunchBackoff,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Rule::MissingMetrics => "missing-metrics",
