@@ -4,10 +4,10 @@
 //! goal or reference it answers.
 
 use std::fmt::Write;
-use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
+use xshell::cmd;
 
 use crate::util;
 
@@ -63,10 +63,8 @@ fn machine() -> String {
         .map_or("unknown".to_string(), |kb| {
             format!("{:.1} GiB", kb / 1024.0 / 1024.0)
         });
-    let rustc = Command::new("rustc")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    let rustc = util::shell()
+        .and_then(|sh| Ok(cmd!(sh, "rustc --version").quiet().read()?))
         .unwrap_or_default();
     format!(
         "{cores} cores ({model}), {memory} of memory, {rustc}, optimised builds (the `measure` profile: release, the AWS SDK unoptimised; the monitor without its EC2 provider)"
@@ -75,56 +73,30 @@ fn machine() -> String {
 
 impl Bench {
     pub fn run(self) -> anyhow::Result<()> {
-        let shown = "cargo bench --profile measure -p autoscaler-policy --bench deciding";
-        eprintln!("$ {shown}");
-        let output = util::cargo()
-            .args([
-                "bench",
-                "--profile",
-                "measure",
-                "-p",
-                "autoscaler-policy",
-                "--bench",
-                "deciding",
-            ])
-            // Cargo's progress and the benchmark's errors are shown as they come.
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .context("cannot run cargo bench")?;
-        if !output.status.success() {
-            bail!("{shown} failed: {}", output.status);
-        }
-        let deciding = figures(&String::from_utf8_lossy(&output.stdout));
+        let sh = util::shell()?;
+        // Cargo's progress and the benchmark's errors are shown as they come (stderr); the
+        // figures are read from stdout.
+        let printed = util::cargo(&sh)
+            .args(["bench", "--profile", "measure", "-p", "autoscaler-policy"])
+            .args(["--bench", "deciding"])
+            .read()?;
+        let deciding = figures(&printed);
         if deciding.is_empty() {
-            bail!("{shown} printed no figures");
+            bail!("the deciding benchmark printed no figures");
         }
         // Without the EC2 provider (the benchmarks use the local one): compiling aws-sdk-ec2 would
         // be most of the build.
-        let shown_build = "cargo build --profile measure --no-default-features -p autoscaler-agent -p autoscaler-monitor -p autoscaler-daemon --bins --examples";
-        eprintln!("$ {shown_build}");
-        let status = util::cargo()
+        util::cargo(&sh)
             .args(["build", "--profile", "measure"])
             .args(util::WITHOUT_EC2)
-            .status()
-            .context("cannot build the benchmarks")?;
-        if !status.success() {
-            bail!("{shown_build} failed");
-        }
+            .run()?;
         let examples = util::profile_dir("measure")?.join("examples");
         let run_example = |name: &str, about: &str| -> anyhow::Result<Vec<Figure>> {
             let path = examples.join(name);
-            eprintln!("$ {} ({about})", path.display());
-            let output = Command::new(&path)
-                .output()
-                .with_context(|| format!("cannot run {}", path.display()))?;
-            if !output.status.success() {
-                bail!(
-                    "{} failed:\n{}",
-                    path.display(),
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            }
-            Ok(figures(&String::from_utf8_lossy(&output.stdout)))
+            eprintln!("({about})");
+            // Its log goes to stderr as it runs; its figures come on stdout.
+            let printed = cmd!(sh, "{path}").read()?;
+            Ok(figures(&printed))
         };
         let reach = run_example(
             "reach",
@@ -282,10 +254,8 @@ impl Bench {
 }
 
 fn date() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    util::shell()
+        .and_then(|sh| Ok(cmd!(sh, "date -u +%Y-%m-%d").quiet().read()?))
         .unwrap_or_else(|_| "an unknown date".to_string())
 }
 

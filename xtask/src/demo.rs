@@ -3,16 +3,17 @@
 //! demand falls (the fleet shrinks back to 2). Exits 0 only if all of that happened.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use autoscaler_controller::local::InstanceRecord;
+use autoscaler_controller::local::{InstanceRecord, stop_child};
 use autoscaler_proto::auth::Token;
 use autoscaler_proto::v1;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tokio::process::Command;
 
 use crate::util;
 
@@ -44,27 +45,8 @@ fn demand(progress: f64) -> f64 {
 /// When the demo kills an agent, as a fraction of the story.
 const KILL_AT: f64 = 0.45;
 
-struct Daemon {
-    child: Child,
-    state_dir: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // Ask politely (the daemon terminates its agents), then make sure.
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// How long the daemon gets to stop its agents and exit before it is killed.
+const DAEMON_GRACE: Duration = Duration::from_secs(20);
 
 fn sparkline(values: &[f64]) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
@@ -96,7 +78,7 @@ impl Demo {
                 self.duration
             );
         }
-        util::build_binaries()?;
+        util::build_binaries(&util::shell()?)?;
         let target_dir = util::profile_dir("dev")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -125,7 +107,7 @@ impl Demo {
         let tls_dir = state_dir.join("tls");
         autoscaler_proto::tls::ensure_dir(&tls_dir, "demo")?;
         let log = std::fs::File::create(state_dir.join("monitor.log"))?;
-        let child = Command::new(target_dir.join("autoscaler-monitor"))
+        let mut daemon = Command::new(target_dir.join("autoscaler-monitor"))
             .arg("--config")
             .arg(util::root().join("provisioning/demo.toml"))
             .args(["--listen", &address, "--http-listen", &dashboard])
@@ -137,12 +119,46 @@ impl Demo {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            // The last resort, if this task is dropped (a panic): the daemon's own stop, which
+            // ends its agents, is `stop_child` below.
+            .kill_on_drop(true)
             .spawn()
             .context("cannot start autoscaler-monitor")?;
-        let daemon = Daemon {
-            child,
-            state_dir: state_dir.clone(),
-        };
+        let story = self
+            .follow(
+                &address,
+                &dashboard,
+                &token,
+                &token_file,
+                &tls_dir,
+                &state_dir,
+            )
+            .await;
+        // Ask politely (the daemon terminates its agents), then make sure; on every path.
+        let deadline = tokio::time::Instant::now() + DAEMON_GRACE;
+        if let Err(error) = stop_child(&mut daemon, deadline).await {
+            eprintln!("cannot stop the daemon: {error}");
+        }
+        let story = story?;
+        let leftovers: Vec<u32> = InstanceRecord::all(&state_dir)
+            .into_iter()
+            .map(|(_, record)| record.pid)
+            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        summarize(&story, &leftovers)
+    }
+
+    /// Follows the running daemon for the story's duration, driving demand and killing an
+    /// agent midway, and says what it saw.
+    async fn follow(
+        &self,
+        address: &str,
+        dashboard: &str,
+        token: &Token,
+        token_file: &Path,
+        tls_dir: &Path,
+        state_dir: &Path,
+    ) -> anyhow::Result<Story> {
         let live = !self.plain && std::io::stdout().is_terminal();
         println!(
             "autoscaler demo: monitor and controller on {address}, local provider, min 2, max 5"
@@ -160,8 +176,8 @@ impl Demo {
             self.duration
         );
 
-        let credentials = crate::status_client::credentials(token.expose(), Some(&tls_dir))?;
-        let mut daemon_client = crate::status_client::Daemon::new(&address, &credentials)?;
+        let credentials = crate::status_client::credentials(token.expose(), Some(tls_dir))?;
+        let mut daemon_client = crate::status_client::Daemon::new(address, &credentials)?;
         let mut story = Story::default();
         let mut seen_decisions = 0u64;
         let mut decision_lines: Vec<String> = Vec::new();
@@ -174,7 +190,6 @@ impl Demo {
             tokio::select! {
                 _ = &mut interrupt => {
                     println!("\ninterrupted: stopping the daemon and its agents");
-                    drop(daemon);
                     bail!("interrupted");
                 }
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -248,7 +263,7 @@ impl Demo {
                 && progress >= KILL_AT
                 && let Some(victim) = healthy.first()
                 && let Some(InstanceRecord { pid, .. }) =
-                    InstanceRecord::read(&daemon.state_dir, &victim.instance_id)
+                    InstanceRecord::read(state_dir, &victim.instance_id)
             {
                 // The reader accepts only pids a signal can safely go to.
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
@@ -267,14 +282,7 @@ impl Demo {
             }
 
             if live {
-                draw(
-                    &report,
-                    t,
-                    self.duration,
-                    level,
-                    &decision_lines,
-                    &dashboard,
-                );
+                draw(&report, t, self.duration, level, &decision_lines, dashboard);
             } else if t - last_plain_table >= 15.0 {
                 last_plain_table = t;
                 println!(
@@ -294,13 +302,7 @@ impl Demo {
             }
         }
 
-        drop(daemon);
-        let leftovers: Vec<u32> = InstanceRecord::all(&state_dir)
-            .into_iter()
-            .map(|(_, record)| record.pid)
-            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
-            .collect();
-        summarize(&story, &leftovers)
+        Ok(story)
     }
 }
 

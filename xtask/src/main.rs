@@ -63,15 +63,18 @@ struct Forward {
 /// Runs `cargo run -p xtask-aws -- <command> <args>` (the AWS SDK is compiled there, on first
 /// use) and ends with its exit code.
 fn forward(command: &str, forward: Forward) -> std::process::ExitCode {
-    let status = util::cargo()
-        .args(["run", "--package", "xtask-aws", "--", command])
-        .args(&forward.args)
-        .status();
+    let status = util::shell().and_then(|sh| {
+        let cargo = util::cargo(&sh)
+            .args(["run", "--package", "xtask-aws", "--", command])
+            .args(&forward.args);
+        // Its exit code is passed on: xshell's `run` would only say that it failed.
+        Ok(std::process::Command::from(cargo).status()?)
+    });
     match status {
         Ok(status) if status.success() => std::process::ExitCode::SUCCESS,
         Ok(status) => std::process::ExitCode::from(status.code().unwrap_or(1).clamp(1, 255) as u8),
         Err(error) => {
-            eprintln!("xtask: cannot run cargo for xtask-aws: {error}");
+            eprintln!("xtask: cannot run cargo for xtask-aws: {error:#}");
             std::process::ExitCode::FAILURE
         }
     }

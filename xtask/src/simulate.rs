@@ -18,9 +18,9 @@ pub struct Simulate {
 impl Simulate {
     pub fn run(self) -> anyhow::Result<()> {
         // The user's working directory stays, so that relative paths mean what they typed.
-        let mut command = util::cargo();
-        command
-            .current_dir(std::env::current_dir()?)
+        let sh = util::shell()?;
+        sh.change_dir(std::env::current_dir()?);
+        util::cargo(&sh)
             .arg("run")
             .arg("--manifest-path")
             .arg(util::root().join("Cargo.toml"))
@@ -32,7 +32,8 @@ impl Simulate {
                 "autoscaler-simulate",
                 "--",
             ])
-            .args(&self.args);
-        util::run(&mut command)
+            .args(&self.args)
+            .run()?;
+        Ok(())
     }
 }

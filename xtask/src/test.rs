@@ -15,43 +15,48 @@ pub struct Test {
 
 impl Test {
     pub fn run(self) -> anyhow::Result<()> {
-        let python = util::python_venv()?;
+        let sh = util::shell()?;
+        let python = util::python_venv(&sh)?;
         let chromium = match std::env::var_os("AUTOSCALER_CHROMIUM") {
             Some(path) => std::path::PathBuf::from(path),
-            None => util::chromium()?,
+            None => util::chromium(&sh)?,
         };
         if !self.no_lint {
-            util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))?;
-            util::run(util::cargo().args([
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ]))?;
+            util::cargo(&sh)
+                .args(["fmt", "--all", "--", "--check"])
+                .run()?;
+            util::cargo(&sh)
+                .args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+                .run()?;
             // What `cargo xtask bench` builds: the monitor without its EC2 provider.
-            util::run(
-                util::cargo()
-                    .arg("clippy")
-                    .args(util::WITHOUT_EC2)
-                    .args(["--", "-D", "warnings"]),
-            )?;
+            util::cargo(&sh)
+                .arg("clippy")
+                .args(util::WITHOUT_EC2)
+                .args(["--", "-D", "warnings"])
+                .run()?;
         }
         // The end-to-end tests start the agent and monitor binaries: build them first.
-        util::build_binaries()?;
-        util::run(
-            util::cargo()
-                .args(["test", "--workspace"])
-                .env("AUTOSCALER_PYTHON", &python)
-                .env("AUTOSCALER_CHROMIUM", &chromium),
-        )?;
+        util::build_binaries(&sh)?;
+        util::cargo(&sh)
+            .args(["test", "--workspace"])
+            .env("AUTOSCALER_PYTHON", &python)
+            .env("AUTOSCALER_CHROMIUM", &chromium)
+            .run()?;
         // The AWS workflow against the emulator, end to end.
-        util::run(util::cargo().args(["xtask", "rehearse"]))?;
+        util::cargo(&sh).args(["xtask", "rehearse"]).run()?;
         // The main job, shortened: it exits non-zero unless the fleet went 2 -> 5 -> 2 and the
         // killed agent was replaced.
         if !self.no_demo {
-            util::run(util::cargo().args(["xtask", "demo", "--plain", "--duration", "120"]))?;
+            util::cargo(&sh)
+                .args(["xtask", "demo", "--plain", "--duration", "120"])
+                .run()?;
         }
         eprintln!("xtask test: all checks passed");
         Ok(())

@@ -42,28 +42,14 @@ mod tests {
 
     /// The packages `package` links, with their versions.
     fn linked(package: &str) -> Vec<(String, String)> {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = std::process::Command::new(cargo)
-            .current_dir(crate::util::root())
-            .args([
-                "tree",
-                "--offline",
-                "-e",
-                "normal",
-                "--prefix",
-                "none",
-                "-p",
-                package,
-            ])
-            .output()
-            .expect("running cargo tree");
-        assert!(
-            output.status.success(),
-            "cargo tree -p {package}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
+        let sh = crate::util::shell().unwrap();
+        let tree = crate::util::cargo(&sh)
+            .args(["tree", "--offline", "-e", "normal", "--prefix", "none"])
+            .args(["-p", package])
+            .quiet()
+            .read()
+            .unwrap_or_else(|error| panic!("{error}"));
+        tree.lines()
             .filter_map(|line| {
                 let mut words = line.split_whitespace();
                 Some((words.next()?.to_owned(), words.next()?.to_owned()))

@@ -1,29 +1,28 @@
-//! Helpers shared by the commands: the workspace root and cargo's target directory, running a
-//! command with its output shown, and the Python virtual environment the tests use.
+//! Helpers shared by the commands: the workspace root and cargo's target directory, the shell
+//! commands run in (xshell: each command is echoed before it runs, and a failure names it),
+//! cargo as the commands run it, and the Python virtual environment the tests use.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
+use xshell::{Cmd, Shell, cmd};
 
-/// `command` as one would type it: the variables it sets, the program, the arguments (not the
-/// variables it removes: see `cargo`).
-fn shown(command: &Command) -> String {
-    let set = command
-        .get_envs()
-        .filter_map(|(name, value)| Some(format!("{}={}", name.display(), value?.display())));
-    let program = Path::new(command.get_program())
-        .file_name()
-        .unwrap_or(command.get_program())
-        .display()
-        .to_string();
-    let args = command.get_args().map(|arg| arg.display().to_string());
-    set.chain([program])
-        .chain(args)
-        .collect::<Vec<_>>()
-        .join(" ")
+/// A shell in the workspace root. On an interactive terminal cargo shows its own progress (a
+/// cold build of the AWS SDK takes minutes); elsewhere, in CI's log, it is quiet
+/// (`CARGO_TERM_QUIET`), unless the caller chose.
+pub fn shell() -> anyhow::Result<Shell> {
+    shell_for(std::io::stderr().is_terminal())
+}
+
+fn shell_for(terminal: bool) -> anyhow::Result<Shell> {
+    let sh = Shell::new().context("cannot make a shell")?;
+    sh.change_dir(root());
+    if !terminal && std::env::var_os("CARGO_TERM_QUIET").is_none() {
+        sh.set_var("CARGO_TERM_QUIET", "true");
+    }
+    Ok(sh)
 }
 
 /// The workspace root (the parent of `xtask/`).
@@ -41,13 +40,13 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
     if let Some(found) = FOUND.get() {
         return Ok(found.clone());
     }
-    let found = target_dir_of(&mut cargo())?;
+    let found = target_dir_of(&shell()?)?;
     Ok(FOUND.get_or_init(|| found).clone())
 }
 
-/// The `target_directory` that `cargo metadata`, run as `cargo`, names.
-fn target_dir_of(cargo: &mut Command) -> anyhow::Result<PathBuf> {
-    let output = cargo
+/// The `target_directory` that `cargo metadata`, run in `sh`, names.
+fn target_dir_of(sh: &Shell) -> anyhow::Result<PathBuf> {
+    let answer = cargo(sh)
         .args([
             "metadata",
             "--format-version",
@@ -55,14 +54,10 @@ fn target_dir_of(cargo: &mut Command) -> anyhow::Result<PathBuf> {
             "--no-deps",
             "--offline",
         ])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("cannot run cargo metadata")?;
-    if !output.status.success() {
-        bail!("cargo metadata failed: {}", output.status);
-    }
+        .quiet()
+        .read()?;
     let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("cargo metadata's answer is not JSON")?;
+        serde_json::from_str(&answer).context("cargo metadata's answer is not JSON")?;
     metadata["target_directory"]
         .as_str()
         .map(PathBuf::from)
@@ -75,30 +70,12 @@ pub fn profile_dir(profile: &str) -> anyhow::Result<PathBuf> {
     Ok(target_dir()?.join(dir))
 }
 
-/// Runs `command` with inherited output; an error names the command if it fails.
-pub fn run(command: &mut Command) -> anyhow::Result<()> {
-    let shown = shown(command);
-    eprintln!("$ {shown}");
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start {shown}"))?;
-    if !status.success() {
-        bail!("{shown} failed: {status}");
-    }
-    Ok(())
-}
-
 /// Builds the programs (debug) the way `cargo xtask test` does, so that the demo, the rehearsal
 /// and the tests share one build (the same packages, hence the same features).
-pub fn build_binaries() -> anyhow::Result<()> {
-    run(cargo().args(["build", "--workspace", "--bins"]))
+pub fn build_binaries(sh: &Shell) -> anyhow::Result<()> {
+    Ok(cargo(sh).args(["build", "--workspace", "--bins"]).run()?)
 }
 
-/// `cargo` as the one running us, without what `cargo run` told us about ourselves
-/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...): some build scripts (ring's) rerun when those
-/// change, and with them everything above them, the AWS SDK included. Without this, a build
-/// started from `xtask` and the same build started from `xtask-aws` rebuilt each other's work
-/// (4 minutes each, on this machine).
 /// The packages `cargo xtask bench` builds, without the EC2 provider: the agent, the monitor
 /// and the daemon, their binaries and examples (the benchmarks). `test` lints the same set.
 pub const WITHOUT_EC2: [&str; 9] = [
@@ -113,19 +90,14 @@ pub const WITHOUT_EC2: [&str; 9] = [
     "--examples",
 ];
 
-///
-/// On an interactive terminal cargo shows its own progress (a cold build of the AWS SDK takes
-/// minutes); elsewhere, in CI's log, it is quiet (`CARGO_TERM_QUIET`), unless the caller chose.
-pub fn cargo() -> Command {
-    cargo_for(std::io::stderr().is_terminal())
-}
-
-fn cargo_for(terminal: bool) -> Command {
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    command.current_dir(root());
-    if !terminal && std::env::var_os("CARGO_TERM_QUIET").is_none() {
-        command.env("CARGO_TERM_QUIET", "true");
-    }
+/// `cargo` as the one running us, in `sh`, without what `cargo run` told us about ourselves
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...): some build scripts (ring's) rerun when those
+/// change, and with them everything above them, the AWS SDK included. Without this, a build
+/// started from `xtask` and the same build started from `xtask-aws` rebuilt each other's work
+/// (4 minutes each, on this machine).
+pub fn cargo(sh: &Shell) -> Cmd<'_> {
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = cmd!(sh, "{program}");
     for (name, _) in std::env::vars_os() {
         let Some(name) = name.to_str() else { continue };
         if name.starts_with("CARGO_PKG_")
@@ -139,19 +111,19 @@ fn cargo_for(terminal: bool) -> Command {
                     | "CARGO_PRIMARY_PACKAGE"
             )
         {
-            command.env_remove(name);
+            command = command.env_remove(name);
         }
     }
     command
 }
 
 /// The Python of `.venv`, created and given `xtask/requirements.txt` if it lacks them.
-pub fn python_venv() -> anyhow::Result<PathBuf> {
+pub fn python_venv(sh: &Shell) -> anyhow::Result<PathBuf> {
     let root = root();
     let venv = root.join(".venv");
     let python = venv.join("bin/python");
     if !python.exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).context(
+        cmd!(sh, "python3 -m venv {venv}").run().context(
             "cannot create .venv: Python 3 with the venv module is needed (Debian: apt-get install python3-venv)",
         )?;
     }
@@ -160,16 +132,11 @@ pub fn python_venv() -> anyhow::Result<PathBuf> {
         .with_context(|| format!("cannot read {}", requirements.display()))?;
     let stamp = venv.join("requirements.installed");
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        run(Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&requirements))
+        cmd!(
+            sh,
+            "{python} -m pip install -q --disable-pip-version-check -r {requirements}"
+        )
+        .run()
         .context("cannot install the test's Python packages from the package index")?;
         std::fs::write(&stamp, wanted)?;
     }
@@ -177,36 +144,48 @@ pub fn python_venv() -> anyhow::Result<PathBuf> {
 }
 
 /// Debian's Chromium for the browser test, installed with apt-get when it is missing.
-pub fn chromium() -> anyhow::Result<PathBuf> {
-    let chromium = PathBuf::from("/usr/bin/chromium");
-    if chromium.exists() {
-        return Ok(chromium);
+pub fn chromium(sh: &Shell) -> anyhow::Result<PathBuf> {
+    debian_program(
+        sh,
+        "/usr/bin/chromium",
+        "chromium",
+        "the dashboard's browser test",
+        "AUTOSCALER_CHROMIUM",
+    )
+}
+
+/// `path`, a program of Debian's package `package`, installed with apt-get when it is missing;
+/// `needed_by` and `variable` (where a user may name another binary) go into the messages.
+pub fn debian_program(
+    sh: &Shell,
+    path: &str,
+    package: &str,
+    needed_by: &str,
+    variable: &str,
+) -> anyhow::Result<PathBuf> {
+    let program = PathBuf::from(path);
+    if program.exists() {
+        return Ok(program);
     }
-    eprintln!("the dashboard's browser test needs Chromium: installing Debian's chromium package");
-    let installed = run(Command::new("apt-get").arg("update").arg("-qq")).and_then(|()| {
-        run(Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-                "chromium",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive"))
+    eprintln!("{needed_by} needs {package}: installing Debian's {package} package");
+    let installed = cmd!(sh, "apt-get update -qq").run().and_then(|()| {
+        cmd!(
+            sh,
+            "apt-get install -y -qq --no-install-recommends {package}"
+        )
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()
     });
     if let Err(error) = installed {
         bail!(
-            "cannot install Chromium ({error:#}): install Debian's chromium package (apt-get install chromium) \
-             or set AUTOSCALER_CHROMIUM to a Chromium binary"
+            "cannot install {package} ({error:#}): install Debian's {package} package \
+             (apt-get install {package}) or set {variable} to a {package} binary"
         );
     }
-    if !chromium.exists() {
-        bail!(
-            "apt-get installed chromium but {} is missing",
-            chromium.display()
-        );
+    if !program.exists() {
+        bail!("apt-get installed {package} but {path} is missing");
     }
-    Ok(chromium)
+    Ok(program)
 }
 
 #[cfg(test)]
@@ -214,24 +193,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_command_is_shown_as_typed_without_the_variables_it_removes() {
-        let mut command = cargo_for(true);
-        command.args(["build", "--quiet"]).env("AUTOSCALER_X", "1");
-        assert_eq!(shown(&command), "AUTOSCALER_X=1 cargo build --quiet");
+    fn cargo_runs_without_what_cargo_run_told_us_about_ourselves() {
+        let sh = shell_for(true).unwrap();
+        let command: std::process::Command = cargo(&sh).arg("--version").into();
+        let removed: Vec<String> = command
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        // The test runs under cargo, which sets CARGO_PKG_NAME and CARGO_MANIFEST_DIR.
+        for name in ["CARGO_PKG_NAME", "CARGO_MANIFEST_DIR"] {
+            assert!(removed.iter().any(|r| r == name), "{name}: {removed:?}");
+        }
+        assert!(
+            cargo(&sh)
+                .arg("--version")
+                .quiet()
+                .read()
+                .unwrap()
+                .starts_with("cargo ")
+        );
     }
 
     #[test]
     fn cargo_shows_its_progress_on_a_terminal_and_is_quiet_in_a_log() {
-        let quiet = |command: &Command| {
-            command
-                .get_envs()
-                .any(|(name, value)| name == "CARGO_TERM_QUIET" && value.is_some())
-        };
+        let quiet = |sh: &Shell| sh.var("CARGO_TERM_QUIET").ok();
         // The test's own environment decides for a caller that set it.
         if std::env::var_os("CARGO_TERM_QUIET").is_none() {
-            assert!(quiet(&cargo_for(false)), "quiet when not on a terminal");
+            assert_eq!(
+                quiet(&shell_for(false).unwrap()).as_deref(),
+                Some("true"),
+                "quiet when not on a terminal"
+            );
+            assert_eq!(
+                quiet(&shell_for(true).unwrap()),
+                None,
+                "cargo's progress on a terminal"
+            );
         }
-        assert!(!quiet(&cargo_for(true)), "cargo's progress on a terminal");
         let sources = [
             "bench.rs",
             "demo.rs",
@@ -244,8 +243,8 @@ mod tests {
             let text = std::fs::read_to_string(root().join("xtask/src").join(name)).unwrap();
             let code = text.split("#[cfg(test)]").next().unwrap();
             assert!(
-                !code.contains("\"--quiet\""),
-                "xtask/src/{name} passes --quiet to cargo: let util::cargo decide"
+                !code.contains("--quiet") && !code.contains("\"-q\""),
+                "xtask/src/{name} passes --quiet to cargo: let util::shell decide"
             );
         }
     }
@@ -268,11 +267,10 @@ mod tests {
     #[test]
     fn a_target_directory_set_by_the_user_is_followed() {
         let elsewhere = std::env::temp_dir().join(format!("xtask-target-{}", std::process::id()));
-        let mut command = cargo_for(false);
-        command.env("CARGO_TARGET_DIR", &elsewhere);
-        assert_eq!(target_dir_of(&mut command).unwrap(), elsewhere);
-        let mut command = cargo_for(false);
-        command.env("CARGO_BUILD_TARGET_DIR", &elsewhere);
-        assert_eq!(target_dir_of(&mut command).unwrap(), elsewhere);
+        for variable in ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"] {
+            let sh = shell_for(false).unwrap();
+            sh.set_var(variable, &elsewhere);
+            assert_eq!(target_dir_of(&sh).unwrap(), elsewhere, "{variable}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, anyhow, bail};
 use autoscaler_controller::ec2::{Ec2Config, GROUP_TAG};
 use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{IpPermission, ResourceType, TagSpecification, UserIdGroupPair};
+use aws_sdk_ssm::client::Waiters as _;
 
 use super::{AGENT_PORT, Aws, GroupArgs, MONITOR_PORT, UBUNTU_PARAMETER, explain, tag, wait_for};
 use crate::util;
@@ -255,25 +256,40 @@ async fn deliver_binaries(
     aws: &Aws,
     debug: bool,
 ) -> anyhow::Result<BTreeMap<&'static str, String>> {
-    let profile = if debug { "dev" } else { "release" };
+    let sh = util::shell()?;
     if debug {
         // The same build as the tests and the rehearsal: nothing is compiled twice.
-        util::build_binaries()?;
+        util::build_binaries(&sh)?;
     } else {
-        util::run(util::cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "autoscaler-agent",
-            "--package",
-            "autoscaler-daemon",
-        ]))?;
+        util::cargo(&sh)
+            .args(["build", "--release", "--package", "autoscaler-daemon"])
+            .run()?;
+        // The agent as it ships: the `agent` profile, small for a t2.micro.
+        util::cargo(&sh)
+            .args([
+                "build",
+                "--profile",
+                "agent",
+                "--package",
+                "autoscaler-agent",
+            ])
+            .run()?;
     }
-    let target = util::profile_dir(profile)?;
+    let (agent_profile, monitor_profile) = if debug {
+        ("dev", "dev")
+    } else {
+        ("agent", "release")
+    };
     let provisioning = util::root().join("provisioning");
     let files: [(&'static str, std::path::PathBuf); 5] = [
-        ("autoscaler-agent", target.join("autoscaler-agent")),
-        ("autoscaler-monitor", target.join("autoscaler-monitor")),
+        (
+            "autoscaler-agent",
+            util::profile_dir(agent_profile)?.join("autoscaler-agent"),
+        ),
+        (
+            "autoscaler-monitor",
+            util::profile_dir(monitor_profile)?.join("autoscaler-monitor"),
+        ),
         (
             "autoscaler-agent.service",
             provisioning.join("systemd/autoscaler-agent.service"),
@@ -351,7 +367,9 @@ async fn deliver_binaries(
             .map_err(|e| explain(&format!("presign {key}"), e))?;
         urls.insert(key, presigned.uri().to_string());
     }
-    eprintln!("  uploaded the binaries ({profile}), units and install script to s3://{bucket}");
+    eprintln!(
+        "  uploaded the binaries (agent: {agent_profile}, monitor: {monitor_profile}), units and install script to s3://{bucket}"
+    );
     Ok(urls)
 }
 
@@ -384,45 +402,39 @@ async fn run_command(aws: &Aws, instance_id: &str, commands: Vec<String>) -> any
         },
     )
     .await?;
-    let status = wait_for(
-        &format!("the install command {command_id} to finish"),
-        Duration::from_secs(900),
-        Duration::from_secs(3),
-        || async {
-            match aws
-                .ssm
-                .get_command_invocation()
-                .command_id(&command_id)
-                .instance_id(instance_id)
-                .send()
-                .await
-            {
-                Ok(output) => {
-                    let status = output
-                        .status()
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default();
-                    let done =
-                        ["Success", "Failed", "Cancelled", "TimedOut"].contains(&status.as_str());
-                    Ok(done.then(|| {
-                        (
-                            status,
-                            output.standard_error_content().unwrap_or("").to_string(),
-                        )
-                    }))
-                }
-                Err(error) if error.code() == Some("InvocationDoesNotExist") => Ok(None),
-                Err(error) => Err(explain("read the install command's result", error)),
+    // The SDK's waiter: it polls GetCommandInvocation (every 5 s at first, backing off), waits
+    // out InvocationDoesNotExist, and ends at once on Failed, Cancelled or TimedOut.
+    eprintln!("  waiting for the install command {command_id} to finish");
+    let waited = aws
+        .ssm
+        .wait_until_command_executed()
+        .command_id(&command_id)
+        .instance_id(instance_id)
+        .wait(Duration::from_secs(900))
+        .await;
+    if let Err(error) = waited {
+        let ended = match &error {
+            aws_smithy_runtime_api::client::waiters::error::WaiterError::FailureState(failed) => {
+                failed.final_poll().as_result().ok()
             }
-        },
-    )
-    .await?;
-    if status.0 != "Success" {
-        bail!(
-            "the install command on {instance_id} ended {}: {}",
-            status.0,
-            status.1
-        );
+            _ => None,
+        }
+        .map(|output| {
+            format!(
+                "{}: {}",
+                output
+                    .status()
+                    .map_or("in an unknown state", |s| s.as_str()),
+                output.standard_error_content().unwrap_or("")
+            )
+        });
+        match ended {
+            Some(ended) => bail!("the install command on {instance_id} ended {ended}"),
+            None => bail!(
+                "cannot wait for the install command on {instance_id}: {}",
+                aws_sdk_ssm::error::DisplayErrorContext(&error)
+            ),
+        }
     }
     eprintln!("  the install command succeeded on {instance_id}");
     Ok(())

@@ -35,7 +35,8 @@ pub struct Rehearse {
 
 impl Rehearse {
     pub async fn run(self) -> anyhow::Result<()> {
-        util::build_binaries()?;
+        let sh = util::shell()?;
+        util::build_binaries(&sh)?;
         let log_dir =
             std::env::temp_dir().join(format!("autoscaler-rehearsal-{}", std::process::id()));
         std::fs::create_dir_all(&log_dir)?;
@@ -44,7 +45,7 @@ impl Rehearse {
             self.group,
             log_dir.display()
         );
-        util::python_venv()?;
+        util::python_venv(&sh)?;
         let emulator = Moto::start(Some(&log_dir.join("moto.log")))?;
         eprintln!("emulator: moto server at {}", emulator.endpoint);
         let sdk = autoscaler_aws::emulator_config(&emulator.endpoint, Timeouts::default()).await;
