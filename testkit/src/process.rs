@@ -59,6 +59,35 @@ pub fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// The CPU time `pid` has used, user and system, in seconds (0 if it cannot be read). `pid` is
+/// a number or `self`.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command: state is field 3, utime 14, stime 15 (1-based), so 11 and 12 here.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Linux reports them in USER_HZ, 100 a second on every architecture it runs on.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The resident memory of `pid` (a number or `self`) in KiB (0 if it cannot be read).
+pub fn resident_kib(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Sends `signal` to `pid`, which must be a real process (never 0, 1 or a group).
 pub fn signal_pid(pid: i32, signal: Signal) {
     assert!(pid > 1, "refusing to signal pid {pid}");

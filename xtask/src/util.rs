@@ -232,7 +232,8 @@ mod tests {
             );
         }
         let sources = [
-            "bench.rs",
+            "bench/mod.rs",
+            "bench/footprint.rs",
             "demo.rs",
             "main.rs",
             "simulate.rs",

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use autoscaler_monitor::registry::{Registration, Registry};
 use autoscaler_monitor::{Monitor, MonitorConfig};
+use autoscaler_testkit::process::{cpu_seconds, resident_kib};
 use autoscaler_policy::fleet::Health;
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
@@ -31,33 +32,6 @@ const WINDOW: Duration = Duration::from_secs(20);
 
 fn figure(name: &str, value: f64, unit: &str, note: &str) {
     println!("{name}|{value:.2}|{unit}|{note}");
-}
-
-/// CPU seconds (user + system) used so far by process `pid` ("self" for this one).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // After the command: state is field 3, utime 14, stime 15 (1-based), so 11 and 12 here.
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// This process's resident memory, in KiB.
-fn rss_kib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// The poll latency histogram as the monitor's `/metrics` shows it: cumulative counts per
@@ -216,7 +190,7 @@ async fn reach(n: usize, swarm_binary: &Path, tls_dir: &Path) {
             swarm(swarm_binary, count, i * PER_SWARM, tls_dir)
         })
         .collect();
-    let rss_before = rss_kib();
+    let rss_before = resident_kib("self");
     let started = Instant::now();
     let monitor = Monitor::start(
         MonitorConfig::default(),
@@ -258,7 +232,7 @@ async fn reach(n: usize, swarm_binary: &Path, tls_dir: &Path) {
     let (buckets1, count1) = poll_latency(&registry);
     let cpu = cpu_seconds("self") - cpu0;
     let swarm_cpu: f64 = swarm_pids.iter().map(|p| cpu_seconds(p)).sum::<f64>() - swarm_cpu0;
-    let rss_after = rss_kib();
+    let rss_after = resident_kib("self");
     let unhealthy_at_end = n - healthy(&registry);
 
     let polls = (count1 - count0) as f64;
