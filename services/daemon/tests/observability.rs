@@ -453,12 +453,27 @@ fn element<'a>(dom: &'a str, attribute: &str) -> &'a str {
     &dom[start..end]
 }
 
+/// Waits until the dashboard's JSON API holds a history that `done` accepts.
+async fn wait_history(
+    http: std::net::SocketAddr,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) {
+    eventually(what, Duration::from_secs(20), || async {
+        let (_, body) = http_get(http, "/api/status").await;
+        let api: serde_json::Value = serde_json::from_str(&body).unwrap();
+        done(api["history"].as_array().unwrap())
+    })
+    .await;
+}
+
 fn instance_rows(dom: &str) -> usize {
     dom.matches("<tr data-instance=").count()
 }
 
 #[tokio::test]
-async fn the_dashboard_in_a_real_browser_lists_instances_and_its_charts_follow_a_scale_out() {
+async fn the_dashboard_in_a_real_browser_lists_instances_and_its_charts_follow_a_scale_out_and_in()
+{
     let browser = chromium();
     let state_dir = StateDir::new("browser");
     let daemon = RunningDaemon::start(fast_daemon_config(&state_dir.0)).await;
@@ -467,7 +482,7 @@ async fn the_dashboard_in_a_real_browser_lists_instances_and_its_charts_follow_a
         healthy(s) == 2
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // let the history hold a few samples
+    wait_history(daemon.http, "a few samples of history", |h| h.len() >= 3).await;
     let url = format!("http://{}/", daemon.http);
 
     let before = headless(&url, &["--dump-dom"]).await;
@@ -485,7 +500,10 @@ async fn the_dashboard_in_a_real_browser_lists_instances_and_its_charts_follow_a
         healthy(s) >= 3
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_history(daemon.http, "the scale-out in the history", |h| {
+        h.last().and_then(|s| s["observed"].as_u64()) >= Some(3)
+    })
+    .await;
     let after = headless(&url, &["--dump-dom"]).await;
     assert!(
         instance_rows(&after) >= 3,
@@ -551,6 +569,52 @@ async fn the_dashboard_in_a_real_browser_lists_instances_and_its_charts_follow_a
         std::fs::metadata(&screenshot).unwrap().len() > 10_000,
         "a screenshot of {}",
         browser.display()
+    );
+
+    // Scale in: an instance leaves; its line stays drawn for a while, named and marked removed.
+    let listed = |status: &autoscaler_proto::v1::GetStatusResponse| -> Vec<String> {
+        status
+            .instances
+            .iter()
+            .filter(|i| i.listed())
+            .map(|i| i.instance_id.clone())
+            .collect()
+    };
+    let request = autoscaler_proto::v1::GetStatusRequest {
+        decisions_after: u64::MAX,
+    };
+    let peak = listed(&client.get_status(request).await.unwrap().into_inner());
+    load.set(10.0);
+    let shrunk = wait_status(&mut client, "scaled in", 4, Duration::from_secs(60), |s| {
+        listed(s).len() < peak.len()
+    })
+    .await;
+    let removed: Vec<String> = peak
+        .iter()
+        .filter(|id| !listed(&shrunk).contains(id))
+        .cloned()
+        .collect();
+    assert!(!removed.is_empty(), "{peak:?} -> {shrunk:?}");
+    let scaled_in = headless(&url, &["--dump-dom"]).await;
+    let legend = element(&scaled_in, "id=\"load-legend\"");
+    let load_chart = element(&scaled_in, "id=\"load-chart\"");
+    for id in &removed {
+        if load_chart.contains(&format!("data-series=\"{id}\"")) {
+            assert!(
+                legend.contains(&format!(">\u{25A0} {id} (removed)<")),
+                "the removed {id} is named and marked in the legend:\n{legend}"
+            );
+        }
+    }
+    assert!(
+        removed
+            .iter()
+            .any(|id| load_chart.contains(&format!("data-series=\"{id}\""))),
+        "a removed instance's line is still drawn (the chart shows the last minutes):\n{load_chart}"
+    );
+    assert!(
+        scaled_in.contains("scale in"),
+        "the decision log shows the scale-in:\n{scaled_in}"
     );
     drop(load);
     daemon.stop().await;

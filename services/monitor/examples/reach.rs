@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use autoscaler_monitor::registry::{Registration, Registry};
 use autoscaler_monitor::{Monitor, MonitorConfig};
-use autoscaler_testkit::process::{cpu_seconds, resident_kib};
 use autoscaler_policy::fleet::Health;
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{Role, TlsMaterial, Transport};
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::agent_client::AgentClient;
+use autoscaler_testkit::process::{cpu_seconds, resident_kib};
 
 /// The monitor binary's allocator (services/monitor/src/main.rs), so this measures what ships.
 #[global_allocator]

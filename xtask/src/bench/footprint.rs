@@ -65,9 +65,8 @@ pub fn measure(
     let monitor_address = free_address()?;
     let agent_address = free_address()?;
     let metrics_address = free_address()?;
-    let log = |name: &str| -> anyhow::Result<Stdio> {
-        Ok(std::fs::File::create(dir.join(name))?.into())
-    };
+    let log =
+        |name: &str| -> anyhow::Result<Stdio> { Ok(std::fs::File::create(dir.join(name))?.into()) };
     let _monitor = Running(
         Command::new(monitor_binary)
             .args(["--no-controller", "--listen", &monitor_address.to_string()])
@@ -165,7 +164,12 @@ pub fn measure(
             "resident memory's growth over the run",
         ),
         figure("agent-run", minutes, "min", "measured run"),
-        figure("agent-polls", polls, "polls", "heartbeats answered in the run"),
+        figure(
+            "agent-polls",
+            polls,
+            "polls",
+            "heartbeats answered in the run",
+        ),
         figure(
             "agent-cpu-per-poll",
             cpu / polls * 1e6,
