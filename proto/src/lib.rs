@@ -33,6 +33,21 @@ pub mod v1 {
         }
     }
 
+    impl TargetState {
+        /// The name operators read (the names of ELB's target states; empty when no balancer
+        /// has the instance).
+        pub fn name(self) -> &'static str {
+            match self {
+                TargetState::Unspecified => "",
+                TargetState::Initial => "initial",
+                TargetState::Healthy => "healthy",
+                TargetState::Unhealthy => "unhealthy",
+                TargetState::Draining => "draining",
+                TargetState::Unused => "unused",
+            }
+        }
+    }
+
     impl InstanceStatus {
         /// True when the provider lists the instance (it is not only the monitor's).
         pub fn listed(&self) -> bool {

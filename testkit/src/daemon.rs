@@ -56,10 +56,11 @@ pub struct RunningDaemon {
 impl RunningDaemon {
     /// Starts the daemon with the test group's TLS material, written into its state directory.
     pub async fn start(config: DaemonConfig) -> RunningDaemon {
-        let daemon::ProviderSection::Local { state_dir, .. } = &config.provider else {
+        let daemon::ProviderSection::Local(local) = &config.provider else {
             panic!("the daemon tests run the local provider");
         };
-        let tls_dir = state_dir
+        let tls_dir = local
+            .state_dir
             .as_ref()
             .expect("test configs name their state_dir")
             .join("tls");

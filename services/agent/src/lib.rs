@@ -4,6 +4,7 @@
 //! The library takes a bound listener and a shutdown future; only `main.rs` reads the
 //! environment, binds ports and installs signal handlers.
 
+pub mod app_load;
 pub mod discovery;
 pub mod load;
 pub mod metrics;
@@ -30,6 +31,9 @@ pub enum LoadConfig {
     Simulated(LoadModelConfig),
     /// The host's CPU utilisation.
     Cpu,
+    /// The application's (`autoscaler-app`) share of slot time in use, read from its `/stats`
+    /// at this address, with its requests per second.
+    App(std::net::SocketAddr),
 }
 
 /// Everything the agent needs to run.
@@ -117,6 +121,7 @@ pub async fn run(
     let source = match &config.load {
         LoadConfig::Simulated(model) => LoadSource::Simulated(LoadModel::new(model.clone())?),
         LoadConfig::Cpu => LoadSource::Cpu(CpuSampler::default()),
+        LoadConfig::App(_) => LoadSource::App,
     };
     let local_address = listener.local_addr().map_err(AgentError::Listener)?;
     let advertise_address = match &config.advertise_address {
@@ -128,7 +133,14 @@ pub async fn run(
     };
 
     let state = AgentState::new(config.instance_id.clone(), source);
-    let sampler = tokio::spawn(sample_forever(state.clone(), config.sample_interval));
+    let sampler = match &config.load {
+        LoadConfig::App(address) => tokio::spawn(sample_app_forever(
+            state.clone(),
+            *address,
+            config.sample_interval,
+        )),
+        _ => tokio::spawn(sample_forever(state.clone(), config.sample_interval)),
+    };
     let metrics = metrics.map(|listener| tokio::spawn(metrics::serve(listener, state.clone())));
 
     let (mut routes, _health) =
@@ -204,6 +216,39 @@ pub async fn run(
         metrics.abort();
     }
     Ok(())
+}
+
+/// Reads the application's counters every `every` and records the load they give. While the
+/// app does not answer, the last sample stays and a warning is logged (once until it answers
+/// again): the balancer's health check, not the agent, takes such an instance out of service.
+async fn sample_app_forever(
+    state: Arc<AgentState>,
+    address: std::net::SocketAddr,
+    every: Duration,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut load = app_load::AppLoad::default();
+    let mut failing = false;
+    loop {
+        ticker.tick().await;
+        match app_load::fetch(address, every.max(Duration::from_millis(500))).await {
+            Ok(stats) => {
+                if failing {
+                    tracing::info!(%address, "the app answers again");
+                    failing = false;
+                }
+                if let Some(sample) = load.observe(Instant::now(), &stats) {
+                    state.record_app(sample);
+                }
+            }
+            Err(error) if !failing => {
+                tracing::warn!(%error, "cannot read the app's counters; keeping the last sample");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 async fn sample_forever(state: Arc<AgentState>, every: Duration) {

@@ -72,6 +72,9 @@ struct Flags {
     /// Which load to report.
     #[arg(long, value_enum, default_value_t = Source::Simulated)]
     load: Source,
+    /// With `--load app`: where the application (`autoscaler-app`) listens, `host:port`.
+    #[arg(long, env = "AUTOSCALER_APP_ADDRESS", default_value = "127.0.0.1:8080")]
+    app_address: std::net::SocketAddr,
     /// Seed of the simulated load's noise.
     #[arg(long, env = "AUTOSCALER_LOAD_SEED", default_value_t = 1)]
     seed: u64,
@@ -96,8 +99,12 @@ struct Flags {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Source {
+    /// A simulated load that changes gradually (the assignment's demo).
     Simulated,
+    /// The host's CPU utilisation.
     Cpu,
+    /// The application's share of its slot time in use, and its requests per second.
+    App,
 }
 
 fn main() -> std::process::ExitCode {
@@ -194,6 +201,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         config.advertise_address = advertise;
         config.load = match flags.load {
             Source::Cpu => LoadConfig::Cpu,
+            Source::App => LoadConfig::App(flags.app_address),
             Source::Simulated => LoadConfig::Simulated(load),
         };
         config.registration.reregister_after = Duration::from_millis(flags.reregister_after_ms);

@@ -19,6 +19,9 @@ use crate::load::{CpuSampler, LoadModel, is_percent};
 pub enum LoadSource {
     Simulated(LoadModel),
     Cpu(CpuSampler),
+    /// The application's own counters, read by the sampler task (`crate::app_load`), which
+    /// records each sample with `AgentState::record_app`.
+    App,
 }
 
 /// The monitor that currently watches this agent.
@@ -33,6 +36,8 @@ pub struct Attachment {
 pub struct Sample {
     pub load: f64,
     pub cpu: Option<f64>,
+    /// Requests the application served per second, when the load comes from it.
+    pub requests_per_second: Option<f64>,
     pub sampled_at: SystemTime,
 }
 
@@ -59,6 +64,7 @@ impl AgentState {
         let load = match &mut source {
             LoadSource::Simulated(model) => model.value(),
             LoadSource::Cpu(sampler) => sampler.sample().unwrap_or(0.0),
+            LoadSource::App => 0.0,
         };
         let cpu = matches!(source, LoadSource::Cpu(_)).then_some(load);
         let now = Instant::now();
@@ -71,6 +77,7 @@ impl AgentState {
                 sample: Sample {
                     load,
                     cpu,
+                    requests_per_second: None,
                     sampled_at: SystemTime::now(),
                 },
                 attachment: None,
@@ -103,10 +110,23 @@ impl AgentState {
                     return;
                 }
             },
+            // Recorded by the app's sampler as its counters are read.
+            LoadSource::App => return,
         };
         inner.sample = Sample {
             load,
             cpu,
+            requests_per_second: None,
+            sampled_at: SystemTime::now(),
+        };
+    }
+
+    /// Records what the application's counters say.
+    pub fn record_app(&self, sample: crate::app_load::AppSample) {
+        self.lock().sample = Sample {
+            load: sample.load,
+            cpu: None,
+            requests_per_second: Some(sample.requests_per_second),
             sampled_at: SystemTime::now(),
         };
     }
@@ -169,6 +189,9 @@ impl AgentState {
             LoadSource::Cpu(_) => Err(Status::failed_precondition(
                 "this agent reports the host's real CPU load, which has no target",
             )),
+            LoadSource::App => Err(Status::failed_precondition(
+                "this agent reports its application's real load: send it requests instead",
+            )),
         }
     }
 
@@ -201,7 +224,7 @@ impl AgentService {
             sampled_at_unix_ms: unix_ms(sample.sampled_at),
             cpu_percent: sample.cpu,
             memory_percent: None,
-            requests_per_second: None,
+            requests_per_second: sample.requests_per_second,
         }
     }
 }

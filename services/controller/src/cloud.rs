@@ -15,6 +15,9 @@ pub struct CloudInstance {
     /// Why it is not running, when the provider says (EC2's state reason; a local agent's exit
     /// status and last log line).
     pub state_reason: Option<String>,
+    /// Where its application serves, `host:port`, when the group runs one (what a load
+    /// balancer sends requests to).
+    pub app_address: Option<String>,
 }
 
 pub use autoscaler_policy::InstanceState;

@@ -1,6 +1,8 @@
 //! The local provider: every instance is a child `autoscaler-agent` process on 127.0.0.1 with an
-//! id like `local-0007`. A state directory records each one (pid, launch time), so a restarted
-//! daemon adopts the agents it finds alive instead of launching duplicates.
+//! id like `local-0007`, and, when the group serves traffic, an `autoscaler-app` process beside
+//! it on a port of its own. A state directory records each one (pids, the app's port, launch
+//! time), so a restarted daemon adopts the instances it finds alive instead of launching
+//! duplicates.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,18 @@ pub struct LocalConfig {
     pub agent_args: Vec<String>,
     /// How long an agent gets to exit after SIGTERM before SIGKILL.
     pub terminate_grace: Duration,
+    /// The application started beside every agent, when the group serves traffic; its agent
+    /// then reports the application's real load (`--load app`).
+    pub app: Option<LocalApp>,
+}
+
+/// How the application beside every agent is started.
+#[derive(Clone, Debug)]
+pub struct LocalApp {
+    /// The `autoscaler-app` binary.
+    pub binary: PathBuf,
+    /// Extra flags for every app (its slots, service and CPU time).
+    pub args: Vec<String>,
 }
 
 /// Variables set in every agent's environment. Their values may be secrets (the daemon passes
@@ -57,6 +71,10 @@ pub const SET_ASIDE_DIR: &str = "set-aside";
 /// agents its group started even when their records are missing or unreadable.
 pub const STATE_DIR_ENV: &str = "AUTOSCALER_LOCAL_STATE_DIR";
 
+/// The same for every application process (another name, so that an app is never taken for an
+/// agent).
+pub const APP_STATE_DIR_ENV: &str = "AUTOSCALER_LOCAL_APP_STATE_DIR";
+
 /// The most of a record or counter file that is read: a real one is a line.
 const MAX_RECORD_BYTES: u64 = 4096;
 
@@ -66,8 +84,18 @@ struct LocalInstance {
     launched_at: SystemTime,
     /// Present for processes this daemon started; adopted ones are not our children.
     child: Option<tokio::process::Child>,
-    /// Why the process ended, once it has: its exit status and the last line of its log.
+    /// The application beside the agent, if the group runs one.
+    app: Option<AppProcess>,
+    /// Why the instance ended, once it has: its process's exit status and the last line of its
+    /// log.
     ended: Option<String>,
+}
+
+#[derive(Debug)]
+struct AppProcess {
+    pid: u32,
+    port: u16,
+    child: Option<tokio::process::Child>,
 }
 
 #[derive(Debug)]
@@ -115,13 +143,23 @@ fn read_small(path: &Path) -> std::io::Result<String> {
 /// The file name ending of an instance record: `<state-dir>/<instance-id>.instance`.
 pub const RECORD_SUFFIX: &str = ".instance";
 
-/// An instance record, one line `<pid> <launch time, ms since the Unix epoch>` in
+/// An instance record, one line `<pid> <launch time, ms since the Unix epoch>`, followed by
+/// `<app pid> <app port>` when the instance runs an application, in
 /// `<state-dir>/<instance-id>.instance`. The daemon writes it; tests, the demo and the benchmarks
-/// read it to find an instance's process.
+/// read it to find an instance's processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InstanceRecord {
+    /// The agent's process.
     pub pid: u32,
     pub launched_at: SystemTime,
+    pub app: Option<AppRecord>,
+}
+
+/// The application's process and port, in an instance record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppRecord {
+    pub pid: u32,
+    pub port: u16,
 }
 
 impl InstanceRecord {
@@ -157,23 +195,46 @@ impl InstanceRecord {
     }
 
     fn parse(text: &str) -> Option<InstanceRecord> {
-        let mut fields = text.split_whitespace();
-        let pid: u32 = fields.next()?.parse().ok()?;
-        let launched_ms: u64 = fields.next()?.parse().ok()?;
-        if fields.next().is_some() || !valid_pid(pid) {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let (pid, launched_ms, app) = match fields.as_slice() {
+            [pid, launched] => (pid, launched, None),
+            [pid, launched, app_pid, app_port] => (pid, launched, Some((app_pid, app_port))),
+            _ => return None,
+        };
+        let pid: u32 = pid.parse().ok()?;
+        let launched_ms: u64 = launched_ms.parse().ok()?;
+        if !valid_pid(pid) {
             return None;
         }
+        let app = match app {
+            Some((app_pid, app_port)) => {
+                let app = AppRecord {
+                    pid: app_pid.parse().ok()?,
+                    port: app_port.parse().ok()?,
+                };
+                if !valid_pid(app.pid) || app.port == 0 {
+                    return None;
+                }
+                Some(app)
+            }
+            None => None,
+        };
         Some(InstanceRecord {
             pid,
             launched_at: UNIX_EPOCH.checked_add(Duration::from_millis(launched_ms))?,
+            app,
         })
     }
 
     /// Writes the line `parse` reads.
     fn write(&self, path: &Path) -> std::io::Result<()> {
+        let app = self
+            .app
+            .map(|app| format!(" {} {}", app.pid, app.port))
+            .unwrap_or_default();
         std::fs::write(
             path,
-            format!("{} {}\n", self.pid, unix_ms(self.launched_at)),
+            format!("{} {}{app}\n", self.pid, unix_ms(self.launched_at)),
         )
     }
 }
@@ -229,7 +290,8 @@ fn zombie_or_gone(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
-/// True if `pid` runs the agent of `instance_id` (guards against a reused pid) and is no zombie.
+/// True if `pid` runs the agent (or the app) of `instance_id` (guards against a reused pid) and
+/// is no zombie.
 fn runs_agent(pid: u32, instance_id: &str) -> bool {
     valid_pid(pid)
         && std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -239,11 +301,12 @@ fn runs_agent(pid: u32, instance_id: &str) -> bool {
         && !zombie_or_gone(pid)
 }
 
-/// The live processes whose environment names `marker` as their state dir, with the instance
-/// id of their command line (`None` when it has none).
-fn agents_of(marker: &Path) -> Vec<(u32, Option<String>)> {
+/// The live processes whose environment names `marker` as their state dir in `variable`
+/// (`STATE_DIR_ENV` for agents, `APP_STATE_DIR_ENV` for apps), with the instance id of their
+/// command line (`None` when it has none).
+fn processes_of(variable: &str, marker: &Path) -> Vec<(u32, Option<String>)> {
     use std::os::unix::ffi::OsStrExt;
-    let mut wanted = STATE_DIR_ENV.as_bytes().to_vec();
+    let mut wanted = variable.as_bytes().to_vec();
     wanted.push(b'=');
     wanted.extend_from_slice(marker.as_os_str().as_bytes());
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -313,6 +376,21 @@ fn stop_stray(pid: u32, grace: Duration) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops process `pid` of `instance_id`: our `child`, or (adopted) by its pid, but only while
+/// that pid still runs a process of the instance (a pid may have been reused).
+async fn stop_process(
+    pid: u32,
+    child: &mut Option<tokio::process::Child>,
+    instance_id: &str,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<Stopped> {
+    match child.take() {
+        Some(mut child) => stop_child(&mut child, deadline).await,
+        None if runs_agent(pid, instance_id) => stop_pid(pid, deadline).await,
+        None => Ok(Stopped::Gone),
     }
 }
 
@@ -397,46 +475,86 @@ fn last_log_line(path: &Path) -> Option<String> {
 }
 
 impl LocalInstance {
-    /// A running agent this daemon did not start (found after a restart): not our child.
-    fn adopted(pid: u32, launched_at: SystemTime) -> LocalInstance {
-        LocalInstance {
-            pid,
-            launched_at,
+    /// A running agent this daemon did not start (found after a restart), and its app if it
+    /// still runs: not our children.
+    fn adopted(record: InstanceRecord, instance_id: &str) -> LocalInstance {
+        let app = record.app.map(|app| AppProcess {
+            pid: app.pid,
+            port: app.port,
             child: None,
+        });
+        let mut instance = LocalInstance {
+            pid: record.pid,
+            launched_at: record.launched_at,
+            child: None,
+            app,
             ended: None,
+        };
+        if let Some(app) = &instance.app
+            && !runs_agent(app.pid, instance_id)
+        {
+            instance.ended = Some(format!("its app (process {}) is gone", app.pid));
+        }
+        instance
+    }
+
+    /// The record that describes it.
+    fn record(&self) -> InstanceRecord {
+        InstanceRecord {
+            pid: self.pid,
+            launched_at: self.launched_at,
+            app: self.app.as_ref().map(|app| AppRecord {
+                pid: app.pid,
+                port: app.port,
+            }),
         }
     }
 
-    /// Whether the process still runs; the first time it is found ended, notes why.
+    /// Whether the instance still runs (its agent, and its app if it has one); the first time
+    /// it is found ended, notes why.
     fn alive(&mut self, instance_id: &str, state_dir: &Path) -> bool {
         if self.ended.is_some() {
             return false;
         }
-        // (why it ended, whether its log may say more: not when a signal ended it)
-        let ended = match &mut self.child {
-            Some(child) => match child.try_wait() {
-                Ok(None) => None,
-                Ok(Some(status)) => Some((status.to_string(), status.code().is_some())),
-                Err(error) => Some((
-                    format!("cannot wait for process {}: {error}", self.pid),
-                    true,
-                )),
-            },
-            None => (!runs_agent(self.pid, instance_id))
-                .then(|| (format!("process {} is gone", self.pid), true)),
-        };
-        let Some((mut why, log_may_tell)) = ended else {
+        let agent_log = state_dir.join(format!("{instance_id}.log"));
+        let app_log = state_dir.join(format!("{instance_id}.app.log"));
+        let ended =
+            process_ended(self.pid, &mut self.child, instance_id, &agent_log).or_else(|| {
+                let app = self.app.as_mut()?;
+                process_ended(app.pid, &mut app.child, instance_id, &app_log)
+                    .map(|why| format!("its app ended: {why}"))
+            });
+        let Some(why) = ended else {
             return true;
         };
-        if log_may_tell
-            && let Some(line) = last_log_line(&state_dir.join(format!("{instance_id}.log")))
-        {
-            why = format!("{why}; last log line: {line}");
-        }
         tracing::warn!(%instance_id, pid = self.pid, "local instance ended: {why}");
         self.ended = Some(why);
         false
     }
+}
+
+/// Why process `pid` (our `child`, or adopted) of `instance_id` ended, with the last line of
+/// `log` when its exit status may be explained there (not when a signal ended it); `None` while
+/// it runs.
+fn process_ended(
+    pid: u32,
+    child: &mut Option<tokio::process::Child>,
+    instance_id: &str,
+    log: &Path,
+) -> Option<String> {
+    let (mut why, log_may_tell) = match child {
+        Some(child) => match child.try_wait() {
+            Ok(None) => return None,
+            Ok(Some(status)) => (status.to_string(), status.code().is_some()),
+            Err(error) => (format!("cannot wait for process {pid}: {error}"), true),
+        },
+        None if runs_agent(pid, instance_id) => return None,
+        None => (format!("process {pid} is gone"), true),
+    };
+    if log_may_tell && let Some(line) = last_log_line(log) {
+        why = format!("{why}; last log line: {line}");
+    }
+    Some(why)
 }
 
 impl LocalCloud {
@@ -475,9 +593,10 @@ impl LocalCloud {
             };
             next_id = next_id.max(number + 1);
             match InstanceRecord::read_path(&path) {
-                Some(InstanceRecord { pid, launched_at }) if runs_agent(pid, &instance_id) => {
-                    tracing::info!(%instance_id, pid, "adopting a running local instance");
-                    instances.insert(instance_id, LocalInstance::adopted(pid, launched_at));
+                Some(record) if runs_agent(record.pid, &instance_id) => {
+                    tracing::info!(%instance_id, pid = record.pid, "adopting a running local instance");
+                    let instance = LocalInstance::adopted(record, &instance_id);
+                    instances.insert(instance_id, instance);
                 }
                 Some(InstanceRecord { pid, .. }) => {
                     tracing::info!(%instance_id, pid, "local instance ended while no daemon ran; its record removed");
@@ -488,7 +607,8 @@ impl LocalCloud {
                     state_dir,
                     &path,
                     &format!(
-                        "the record of {instance_id} is unreadable (expected \"<pid> <launch ms>\")"
+                        "the record of {instance_id} is unreadable (expected \"<pid> <launch ms>\", \
+                         then \"<app pid> <app port>\" if it runs an app)"
                     ),
                 ),
             }
@@ -512,7 +632,7 @@ impl LocalCloud {
                 &format!("next-id is unreadable ({error})"),
             ),
         }
-        for (pid, instance_id) in agents_of(&marker) {
+        for (pid, instance_id) in processes_of(STATE_DIR_ENV, &marker) {
             if instances.values().any(|i: &LocalInstance| i.pid == pid) {
                 continue;
             }
@@ -525,12 +645,22 @@ impl LocalCloud {
                     let instance_id = instance_id.to_string();
                     next_id = next_id.max(number + 1);
                     let launched_at = process_started(pid).unwrap_or_else(SystemTime::now);
-                    let record = InstanceRecord::path(state_dir, &instance_id);
-                    if let Err(error) = (InstanceRecord { pid, launched_at }).write(&record) {
+                    let record = InstanceRecord {
+                        pid,
+                        launched_at,
+                        app: None,
+                    };
+                    if let Err(error) = record.write(&InstanceRecord::path(state_dir, &instance_id))
+                    {
                         tracing::warn!(%instance_id, %error, "cannot write the record again");
                     }
                     tracing::warn!(%instance_id, pid, "adopting a running agent of this group whose record was missing or unreadable");
-                    instances.insert(instance_id, LocalInstance::adopted(pid, launched_at));
+                    let mut instance = LocalInstance::adopted(record, &instance_id);
+                    if config.app.is_some() {
+                        // Its app's port is lost with the record: replaced as soon as listed.
+                        instance.ended = Some("its record, with its app's port, was lost".into());
+                    }
+                    instances.insert(instance_id, instance);
                 }
                 None => {
                     tracing::warn!(
@@ -540,6 +670,21 @@ impl LocalCloud {
                     );
                     stop_stray(pid, config.terminate_grace);
                 }
+            }
+        }
+        // Apps of this group that no adopted instance owns (their agent ended, or the record was
+        // lost): nothing would ever stop them.
+        for (pid, instance_id) in processes_of(APP_STATE_DIR_ENV, &marker) {
+            let owned = instances
+                .values()
+                .any(|i: &LocalInstance| i.app.as_ref().is_some_and(|app| app.pid == pid));
+            if !owned {
+                tracing::warn!(
+                    pid,
+                    ?instance_id,
+                    "stopping an app of this group that no instance owns"
+                );
+                stop_stray(pid, config.terminate_grace);
             }
         }
         // At most MAX_INSTANCE_NUMBER + 1: every number read is in range.
@@ -562,11 +707,57 @@ impl LocalCloud {
         &self.config.state_dir
     }
 
-    fn spawn(&self, instance_id: &str, seed: u64) -> Result<tokio::process::Child, CloudError> {
-        let log_path = self.config.state_dir.join(format!("{instance_id}.log"));
+    /// A log file of the state dir, for a process's stdout and stderr.
+    fn log(&self, name: &str) -> Result<(Stdio, Stdio), CloudError> {
+        let log_path = self.config.state_dir.join(name);
         let log = std::fs::File::create(&log_path)
             .map_err(|e| io_error(&format!("cannot create {}", log_path.display()), e))?;
         let log_err = log.try_clone().map_err(|e| io_error("log file", e))?;
+        Ok((log.into(), log_err.into()))
+    }
+
+    /// Starts the app of `instance_id` on a free port of 127.0.0.1.
+    fn spawn_app(&self, app: &LocalApp, instance_id: &str) -> Result<AppProcess, CloudError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map_err(|e| io_error("cannot find a free port for the app", e))?
+            .port();
+        let (log, log_err) = self.log(&format!("{instance_id}.app.log"))?;
+        // Not killed on drop: a restarted daemon adopts the instances that still run.
+        let child = tokio::process::Command::new(&app.binary)
+            .args(["--instance-id", instance_id])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(&app.args)
+            .env(APP_STATE_DIR_ENV, &self.marker)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| io_error(&format!("cannot start {}", app.binary.display()), e))?;
+        Ok(AppProcess {
+            // A child just spawned has its id until it is reaped.
+            pid: child.id().unwrap_or_default(),
+            port,
+            child: Some(child),
+        })
+    }
+
+    fn spawn(
+        &self,
+        instance_id: &str,
+        seed: u64,
+        app: Option<&AppProcess>,
+    ) -> Result<tokio::process::Child, CloudError> {
+        let (log, log_err) = self.log(&format!("{instance_id}.log"))?;
+        let load_args: Vec<String> = match app {
+            Some(app) => vec![
+                "--load".into(),
+                "app".into(),
+                "--app-address".into(),
+                format!("127.0.0.1:{}", app.port),
+            ],
+            None => Vec::new(),
+        };
         // Not killed on drop: a restarted daemon adopts the agents that still run.
         tokio::process::Command::new(&self.config.agent_binary)
             .args(["--instance-id", instance_id])
@@ -578,6 +769,7 @@ impl LocalCloud {
                 None => vec![std::ffi::OsString::from("--plaintext")],
             })
             .args(&self.config.agent_args)
+            .args(load_args)
             .envs(self.config.agent_env.0.iter().map(|(k, v)| (k, v)))
             .env(STATE_DIR_ENV, &self.marker)
             .stdin(Stdio::null())
@@ -620,6 +812,10 @@ impl Cloud for LocalCloud {
                     launched_at: instance.launched_at,
                     zone: "local".to_string(),
                     state_reason: instance.ended.clone(),
+                    app_address: instance
+                        .app
+                        .as_ref()
+                        .map(|app| format!("127.0.0.1:{}", app.port)),
                 }
             })
             .collect())
@@ -646,23 +842,38 @@ impl Cloud for LocalCloud {
             drop(state);
             std::fs::write(self.config.state_dir.join("next-id"), next.to_string())
                 .map_err(|e| io_error("cannot record the next instance id", e))?;
-            let child = self.spawn(&instance_id, seed)?;
-            let launched_at = SystemTime::now();
-            // A child just spawned has its id until it is reaped.
-            let pid = child.id().unwrap_or_default();
-            InstanceRecord { pid, launched_at }
+            let app = match &self.config.app {
+                Some(app) => Some(self.spawn_app(app, &instance_id)?),
+                None => None,
+            };
+            let child = match self.spawn(&instance_id, seed, app.as_ref()) {
+                Ok(child) => child,
+                Err(error) => {
+                    if let Some(mut app) = app.and_then(|app| app.child) {
+                        let _ = app.start_kill();
+                    }
+                    return Err(error);
+                }
+            };
+            let instance = LocalInstance {
+                // A child just spawned has its id until it is reaped.
+                pid: child.id().unwrap_or_default(),
+                launched_at: SystemTime::now(),
+                child: Some(child),
+                app,
+                ended: None,
+            };
+            instance
+                .record()
                 .write(&self.record_path(&instance_id))
                 .map_err(|e| io_error("cannot record the instance", e))?;
-            tracing::info!(%instance_id, pid, "local instance launched");
-            self.lock().instances.insert(
-                instance_id.clone(),
-                LocalInstance {
-                    pid,
-                    launched_at,
-                    child: Some(child),
-                    ended: None,
-                },
+            tracing::info!(
+                %instance_id,
+                pid = instance.pid,
+                app_port = instance.app.as_ref().map(|app| app.port),
+                "local instance launched"
             );
+            self.lock().instances.insert(instance_id.clone(), instance);
             launched.push(instance_id);
         }
         Ok(launched)
@@ -696,19 +907,30 @@ impl Cloud for LocalCloud {
             let state_dir = self.config.state_dir.clone();
             let record = self.record_path(&instance_id);
             stops.spawn(async move {
-                let stopped = match instance.child.take() {
-                    Some(mut child) => stop_child(&mut child, deadline).await,
-                    None if instance.alive(&instance_id, &state_dir) => {
-                        stop_pid(instance.pid, deadline).await
+                // Notes why it ended, if it had.
+                instance.alive(&instance_id, &state_dir);
+                // The app (its requests in flight finish) and the agent at once.
+                let app = async {
+                    match instance.app.as_mut() {
+                        Some(app) => {
+                            stop_process(app.pid, &mut app.child, &instance_id, deadline).await
+                        }
+                        None => Ok(Stopped::Gone),
                     }
-                    None => Ok(Stopped::Gone),
                 };
-                match stopped {
-                    Ok(Stopped::Killed) => {
-                        tracing::warn!(%instance_id, "agent ignored SIGTERM; it was sent SIGKILL")
+                let agent = stop_process(instance.pid, &mut instance.child, &instance_id, deadline);
+                let (app, agent) = tokio::join!(app, agent);
+                for (what, stopped) in [("app", app), ("agent", agent)] {
+                    match stopped {
+                        Ok(Stopped::Killed) => tracing::warn!(
+                            %instance_id,
+                            "the {what} ignored SIGTERM; it was sent SIGKILL"
+                        ),
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%instance_id, %error, "cannot stop the {what}")
+                        }
                     }
-                    Ok(_) => {}
-                    Err(error) => tracing::warn!(%instance_id, %error, "cannot stop the agent"),
                 }
                 let _ = std::fs::remove_file(record);
                 tracing::info!(%instance_id, "local instance terminated");

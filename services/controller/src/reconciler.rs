@@ -11,9 +11,11 @@ use std::time::{Duration, Instant, SystemTime};
 use autoscaler_policy::backoff::Backoff;
 use tokio::sync::watch;
 
+use crate::balancer::{Balancer, TargetStatus};
 use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance};
 use crate::config::ControllerConfig;
 use crate::fleet::FleetView;
+use crate::front::{Front, Removal};
 use crate::policy::{self, Decision, LaunchBackoff, Observation, ObservedInstance, PolicyState};
 
 /// One evaluation as kept for the status view and logged.
@@ -76,6 +78,10 @@ struct StatusInner {
     counters: Counters,
     /// The launch backoff as of the last evaluation, and when that was.
     launch_backoff: Option<(LaunchBackoff, Instant)>,
+    /// The load balancer's targets as of the last evaluation (`None`: no balancer, or it could
+    /// not be read), and the instances draining from it.
+    targets: Option<Vec<TargetStatus>>,
+    draining: Vec<String>,
 }
 
 /// Totals since the controller started, for the metrics endpoint.
@@ -197,6 +203,27 @@ impl ControllerStatus {
         })
     }
 
+    fn set_balancing(&self, targets: Option<Vec<TargetStatus>>, draining: Vec<String>) {
+        let mut inner = self.lock();
+        inner.targets = targets;
+        inner.draining = draining;
+    }
+
+    /// What the load balancer said of `instance_id` at the last evaluation, if there is one.
+    pub fn target(&self, instance_id: &str) -> Option<TargetStatus> {
+        self.lock()
+            .targets
+            .as_ref()?
+            .iter()
+            .find(|t| t.instance_id == instance_id)
+            .cloned()
+    }
+
+    /// The instances draining from the load balancer before they are terminated.
+    pub fn draining(&self) -> Vec<String> {
+        self.lock().draining.clone()
+    }
+
     fn set_launch_backoff(&self, backoff: Option<LaunchBackoff>) {
         self.lock().launch_backoff = backoff.map(|b| (b, Instant::now()));
     }
@@ -315,6 +342,8 @@ pub struct Controller<C> {
     /// The shadow policy's config and memory.
     shadow: Option<(ControllerConfig, PolicyState)>,
     started: Instant,
+    /// The load balancer in front of the group, if any, and the instances draining from it.
+    front: Option<Front>,
 }
 
 /// Joins the provider's instances with the monitor's view.
@@ -398,7 +427,19 @@ impl<C: Cloud> Controller<C> {
             status: ControllerStatus::default(),
             state: PolicyState::default(),
             started: Instant::now(),
+            front: None,
         }
+    }
+
+    /// Puts `balancer` in front of the group: instances are registered with it when they enter
+    /// service and drained from it (for at most `drain_timeout`) before any termination.
+    pub fn with_balancer(
+        mut self,
+        balancer: Arc<dyn Balancer>,
+        drain_timeout: Duration,
+    ) -> Controller<C> {
+        self.front = Some(Front::new(balancer, drain_timeout));
+        self
     }
 
     pub fn status(&self) -> ControllerStatus {
@@ -441,7 +482,47 @@ impl<C: Cloud> Controller<C> {
         };
         let view = self.fleet.borrow().clone();
         let uptime = self.started.elapsed();
-        let observation = observe(&instances, &view, SystemTime::now(), uptime);
+        // The balancer's side: its targets, and the draining instances now done.
+        let mut drained_outcome = Vec::new();
+        let mut drained_ids = Vec::new();
+        let mut targets: Option<Vec<TargetStatus>> = None;
+        if let Some(front) = self.front.as_mut() {
+            match front.targets().await {
+                Ok(found) => targets = Some(found),
+                Err(note) => {
+                    tracing::warn!("{note}");
+                    notes.push(note);
+                }
+            }
+            for drained in front.finished(&instances, targets.as_deref()) {
+                drained_outcome.push(if drained.timed_out {
+                    format!(
+                        "{} still had requests in flight after {:.1} s (the drain timeout)",
+                        drained.instance_id,
+                        drained.took.as_secs_f64()
+                    )
+                } else {
+                    format!(
+                        "drained {} in {:.1} s",
+                        drained.instance_id,
+                        drained.took.as_secs_f64()
+                    )
+                });
+                drained_ids.push((drained.instance_id, drained.why));
+            }
+        }
+        let draining: Vec<String> = self.front.as_ref().map_or_else(Vec::new, Front::draining);
+        self.status.set_balancing(targets.clone(), draining.clone());
+        // Instances leaving (draining, or drained and about to be terminated) are not part of
+        // the fleet the policy sizes.
+        let leaving =
+            |id: &str| draining.iter().any(|d| d == id) || drained_ids.iter().any(|(d, _)| d == id);
+        let staying: Vec<CloudInstance> = instances
+            .iter()
+            .filter(|i| !leaving(&i.instance_id))
+            .cloned()
+            .collect();
+        let observation = observe(&staying, &view, SystemTime::now(), uptime);
         let mut decision = policy::evaluate(&observation, &self.config, &mut self.state, uptime);
         let shadow = self.shadow.as_mut().map(|(config, state)| {
             let verdict = policy::evaluate(&observation, config, state, uptime);
@@ -460,11 +541,37 @@ impl<C: Cloud> Controller<C> {
                 verdict.summary
             );
         }
-        self.status.set_instances(instances);
+        self.status.set_instances(instances.clone());
 
         let mut record = DecisionRecord::noted(notes, shadow);
+        record.outcome.extend(drained_outcome);
+        for (instance_id, why) in drained_ids {
+            if why == Removal::ScaleIn && view.get(&instance_id).is_some() {
+                self.agents.notify_removal(&instance_id, "scale-in").await;
+            }
+            self.terminate(
+                std::slice::from_ref(&instance_id),
+                why.as_str(),
+                &mut record,
+            )
+            .await;
+        }
+        // With a balancer, instances drain for a while beside the fleet: a launch must not take
+        // the group past the account's instance limit meanwhile.
+        let listed = instances.len().saturating_sub(record.terminated.len()) as u32;
+        let room = self.config.instance_limit.saturating_sub(listed);
+        if self.front.is_some() && decision.launch > room {
+            record.outcome.push(format!(
+                "launch of {} held to {room}: {listed} instances are listed, draining ones \
+                 included, and the account allows {}",
+                decision.launch, self.config.instance_limit
+            ));
+            decision.launch = room;
+        }
         if decision.acts()
-            && let Some(refused) = self.act(&decision, &view, &mut record).await
+            && let Some(refused) = self
+                .act(&decision, &view, targets.as_deref(), &mut record)
+                .await
         {
             // The provider refused the launch after its retries: back off as for an instance
             // that died at start.
@@ -477,6 +584,16 @@ impl<C: Cloud> Controller<C> {
         }
         self.status
             .set_launch_backoff(decision.launch_backoff.clone());
+        if let (Some(front), Some(targets)) = (self.front.as_ref(), targets.as_deref()) {
+            let remaining: Vec<CloudInstance> = instances
+                .iter()
+                .filter(|i| !record.terminated.contains(&i.instance_id))
+                .cloned()
+                .collect();
+            front
+                .reconcile(&remaining, &view, targets, &mut record.outcome)
+                .await;
+        }
         record.decision = Some(decision);
         let record = self.status.push(record, keep);
         if record.repeated == 0 {
@@ -520,28 +637,41 @@ impl<C: Cloud> Controller<C> {
         record
     }
 
-    /// Carries out `decision`; returns the provider's reason when it refused the launch.
+    /// Carries out `decision`; returns the provider's reason when it refused the launch. With a
+    /// balancer, an instance it sends requests to is drained first and terminated at a later
+    /// evaluation, once its requests are done.
     async fn act(
-        &self,
+        &mut self,
         decision: &Decision,
         view: &FleetView,
+        targets: Option<&[TargetStatus]>,
         record: &mut DecisionRecord,
     ) -> Option<String> {
-        let replaced: Vec<String> = decision
+        let mut replaced: Vec<String> = decision
             .replace
             .iter()
             .map(|r| r.instance_id.clone())
             .collect();
-        if !replaced.is_empty() {
-            self.terminate(&replaced, "replaced", record).await;
+        let mut scale_in = decision.scale_in.clone();
+        if let Some(front) = self.front.as_mut() {
+            replaced = front
+                .begin(&replaced, Removal::Replace, targets, &mut record.outcome)
+                .await;
+            scale_in = front
+                .begin(&scale_in, Removal::ScaleIn, targets, &mut record.outcome)
+                .await;
         }
-        if !decision.scale_in.is_empty() {
-            for instance_id in &decision.scale_in {
+        if !replaced.is_empty() {
+            self.terminate(&replaced, Removal::Replace.as_str(), record)
+                .await;
+        }
+        if !scale_in.is_empty() {
+            for instance_id in &scale_in {
                 if view.get(instance_id).is_some() {
                     self.agents.notify_removal(instance_id, "scale-in").await;
                 }
             }
-            self.terminate(&decision.scale_in, "scaled in", record)
+            self.terminate(&scale_in, Removal::ScaleIn.as_str(), record)
                 .await;
         }
         if decision.launch > 0 {
@@ -572,6 +702,9 @@ impl<C: Cloud> Controller<C> {
             Ok(()) => {
                 for instance_id in instance_ids {
                     self.agents.forget(instance_id);
+                    if let Some(front) = &self.front {
+                        front.remove(instance_id).await;
+                    }
                 }
                 record
                     .outcome

@@ -199,6 +199,7 @@ fn answering(instances: &[autoscaler_controller::cloud::CloudInstance], load: f6
                 consecutive_misses: 0,
                 load: Some(load),
                 recent_loads: [load].into(),
+                requests_per_second: None,
                 registered_at: std::time::Instant::now(),
                 last_seen: Some(std::time::Instant::now()),
                 last_error: None,

@@ -31,6 +31,7 @@ fn config(state_dir: &Path) -> LocalConfig {
         tls_dir: None,
         agent_args: Vec::new(),
         terminate_grace: Duration::from_millis(200),
+        app: None,
     }
 }
 

@@ -45,6 +45,7 @@ impl Cloud for ScriptedCloud {
                 launched_at: SystemTime::now(),
                 zone: "test".into(),
                 state_reason: None,
+                app_address: None,
             });
             ids.push(instance_id);
         }
@@ -206,6 +207,7 @@ async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
             launched_at,
             zone: "test".into(),
             state_reason: None,
+            app_address: None,
         });
     }
     let view = FleetView {
@@ -221,6 +223,7 @@ async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
                     consecutive_misses: 0,
                     load: Some(52.0),
                     recent_loads: [52.0].into(),
+                    requests_per_second: None,
                     registered_at: Instant::now(),
                     last_seen: Some(Instant::now()),
                     last_error: None,

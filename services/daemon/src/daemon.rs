@@ -8,12 +8,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use autoscaler_controller::balancer::Balancer;
 use autoscaler_controller::cloud::Cloud;
 use autoscaler_controller::config::ControllerConfig;
 #[cfg(feature = "ec2")]
 use autoscaler_controller::ec2::Ec2Cloud;
 use autoscaler_controller::ec2::Ec2Config;
-use autoscaler_controller::local::{AgentEnv, LocalCloud, LocalConfig};
+use autoscaler_controller::haproxy::{Haproxy, HaproxyConfig};
+use autoscaler_controller::local::{AgentEnv, LocalApp, LocalCloud, LocalConfig};
 use autoscaler_controller::reconciler::{Agents, Controller, ControllerStatus};
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{self, Role, TlsMaterial, Transport};
@@ -38,6 +40,9 @@ pub struct DaemonConfig {
     pub controller: ControllerConfig,
     #[serde(default)]
     pub provider: ProviderSection,
+    /// A load balancer in front of the group, if any.
+    #[serde(default)]
+    pub load_balancer: Option<LoadBalancerSection>,
 }
 
 fn default_group() -> String {
@@ -79,16 +84,7 @@ impl Default for MonitorSection {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ProviderSection {
     /// Instances are `autoscaler-agent` processes on this machine.
-    Local {
-        /// Instance records and agent logs (default: `$TMPDIR/autoscaler-<group>`).
-        state_dir: Option<PathBuf>,
-        /// The agent binary (default: `autoscaler-agent` beside this program).
-        agent_binary: Option<PathBuf>,
-        /// Extra flags for every agent.
-        agent_args: Vec<String>,
-        /// How long an agent gets after SIGTERM before SIGKILL, in milliseconds.
-        terminate_grace_ms: u64,
-    },
+    Local(LocalProvider),
     /// Instances are EC2 instances launched from the group's custom AMI.
     Ec2(Ec2Config),
 }
@@ -104,53 +100,163 @@ pub enum ProviderKind {
     Ec2,
 }
 
-/// The fields of `[provider] kind = "local"`.
-#[derive(Deserialize)]
+/// `[provider] kind = "local"`: instances are processes on this machine.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-struct LocalFields {
+pub struct LocalProvider {
+    /// Instance records and logs (default: `$TMPDIR/autoscaler-<group>`).
     #[serde(default)]
-    state_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    /// The agent binary (default: `autoscaler-agent` beside this program).
     #[serde(default)]
-    agent_binary: Option<PathBuf>,
+    pub agent_binary: Option<PathBuf>,
+    /// Extra flags for every agent.
     #[serde(default)]
-    agent_args: Vec<String>,
+    pub agent_args: Vec<String>,
+    /// How long an instance's processes get after SIGTERM before SIGKILL, in milliseconds.
     #[serde(default = "default_terminate_grace_ms")]
-    terminate_grace_ms: u64,
+    pub terminate_grace_ms: u64,
+    /// Start the application (`autoscaler-app`) beside every agent, whose agent then reports
+    /// the application's real load instead of a simulated one.
+    #[serde(default)]
+    pub app: bool,
+    /// The application binary (default: `autoscaler-app` beside this program).
+    #[serde(default)]
+    pub app_binary: Option<PathBuf>,
+    /// Extra flags for every application (`--slots`, `--service-ms`, `--cpu-ms`).
+    #[serde(default)]
+    pub app_args: Vec<String>,
+}
+
+impl Default for LocalProvider {
+    fn default() -> Self {
+        LocalProvider {
+            state_dir: None,
+            agent_binary: None,
+            agent_args: Vec::new(),
+            terminate_grace_ms: default_terminate_grace_ms(),
+            app: false,
+            app_binary: None,
+            app_args: Vec::new(),
+        }
+    }
+}
+
+/// `[load_balancer]`: what sends the group's requests to its instances. The controller
+/// registers an instance when it enters service, and drains it before any termination.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LoadBalancerSection {
+    /// HAProxy on this machine, which the daemon starts (the local provider's balancer).
+    Haproxy(HaproxySection),
+}
+
+impl LoadBalancerSection {
+    /// How long a deregistered instance may take to finish its requests before it is
+    /// terminated anyway.
+    pub fn drain_timeout(&self) -> Duration {
+        match self {
+            LoadBalancerSection::Haproxy(haproxy) => {
+                Duration::from_secs(haproxy.drain_timeout_secs)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancerKind {
+    Haproxy,
+}
+
+/// `[load_balancer] kind = "haproxy"`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaproxySection {
+    /// Where clients send their requests.
+    pub listen: String,
+    /// The `haproxy` program (Debian's package; 2.6 or later).
+    pub binary: PathBuf,
+    /// The application's health path, asked with GET (200 expected).
+    pub health_path: String,
+    /// Between two health checks of one instance, in milliseconds.
+    pub check_interval_ms: u64,
+    /// Failed health checks in a row that take an instance out of service.
+    pub unhealthy_after: u32,
+    /// Passed health checks in a row that put it (back) in.
+    pub healthy_after: u32,
+    /// The most a deregistered instance is given to finish its requests, in seconds.
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for HaproxySection {
+    fn default() -> Self {
+        HaproxySection {
+            listen: "127.0.0.1:8080".to_string(),
+            binary: PathBuf::from("haproxy"),
+            health_path: "/healthz".to_string(),
+            check_interval_ms: 1_000,
+            unhealthy_after: 2,
+            healthy_after: 1,
+            drain_timeout_secs: 30,
+        }
+    }
+}
+
+/// Reads `table` (without its `kind`) as `T`; an error names the field, as
+/// `` `provider.state_dir` (kind = "local"): ...``.
+fn kind_fields<T: serde::de::DeserializeOwned>(
+    table: toml::Table,
+    name: &str,
+    kind: &str,
+) -> Result<T, String> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
+        let path = error.path().to_string();
+        let message = error.into_inner().message().to_string();
+        match path.as_str() {
+            "." | "" => format!("`[{name}]` with kind = \"{kind}\": {message}"),
+            field => format!("`{name}.{field}` (kind = \"{kind}\"): {message}"),
+        }
+    })
+}
+
+/// The `kind` of table `name`, taken out of it.
+fn take_kind<K: serde::de::DeserializeOwned>(
+    table: &mut toml::Table,
+    name: &str,
+    kinds: &str,
+) -> Result<K, String> {
+    let kind = table
+        .remove("kind")
+        .ok_or_else(|| format!("`{name}.kind` is missing ({kinds})"))?;
+    K::deserialize(kind).map_err(|e| format!("`{name}.kind`: {}", e.message()))
+}
+
+impl<'de> Deserialize<'de> for LoadBalancerSection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let kind: LoadBalancerKind =
+            take_kind(&mut table, "load_balancer", "\"haproxy\"").map_err(D::Error::custom)?;
+        match kind {
+            LoadBalancerKind::Haproxy => {
+                kind_fields(table, "load_balancer", "haproxy").map(LoadBalancerSection::Haproxy)
+            }
+        }
+        .map_err(D::Error::custom)
+    }
 }
 
 impl<'de> Deserialize<'de> for ProviderSection {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let mut table = toml::Table::deserialize(deserializer)?;
-        let kind = table
-            .remove("kind")
-            .ok_or_else(|| D::Error::custom("`provider.kind` is missing (\"local\" or \"ec2\")"))?;
-        let kind = ProviderKind::deserialize(kind)
-            .map_err(|e| D::Error::custom(format!("`provider.kind`: {}", e.message())))?;
-        // The path names the field of a bad value (the span is the whole table's).
-        fn fields<T: serde::de::DeserializeOwned>(
-            table: toml::Table,
-            kind: &str,
-        ) -> Result<T, String> {
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
-                let path = error.path().to_string();
-                let message = error.into_inner().message().to_string();
-                match path.as_str() {
-                    "." | "" => format!("`[provider]` with kind = \"{kind}\": {message}"),
-                    field => format!("`provider.{field}` (kind = \"{kind}\"): {message}"),
-                }
-            })
-        }
+        let kind: ProviderKind =
+            take_kind(&mut table, "provider", "\"local\" or \"ec2\"").map_err(D::Error::custom)?;
         match kind {
             ProviderKind::Local => {
-                fields::<LocalFields>(table, "local").map(|local| ProviderSection::Local {
-                    state_dir: local.state_dir,
-                    agent_binary: local.agent_binary,
-                    agent_args: local.agent_args,
-                    terminate_grace_ms: local.terminate_grace_ms,
-                })
+                kind_fields(table, "provider", "local").map(ProviderSection::Local)
             }
-            ProviderKind::Ec2 => fields::<Ec2Config>(table, "ec2").map(ProviderSection::Ec2),
+            ProviderKind::Ec2 => kind_fields(table, "provider", "ec2").map(ProviderSection::Ec2),
         }
         .map_err(D::Error::custom)
     }
@@ -158,12 +264,7 @@ impl<'de> Deserialize<'de> for ProviderSection {
 
 impl Default for ProviderSection {
     fn default() -> Self {
-        ProviderSection::Local {
-            state_dir: None,
-            agent_binary: None,
-            agent_args: Vec::new(),
-            terminate_grace_ms: default_terminate_grace_ms(),
-        }
+        ProviderSection::Local(LocalProvider::default())
     }
 }
 
@@ -319,13 +420,8 @@ pub async fn run(
     let http = options.http.take();
     config.validate()?;
     match config.provider.clone() {
-        ProviderSection::Local {
-            state_dir,
-            agent_binary,
-            agent_args,
-            terminate_grace_ms,
-        } => {
-            let state_dir = state_dir.unwrap_or_else(|| {
+        ProviderSection::Local(local) => {
+            let state_dir = local.state_dir.clone().unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("autoscaler-{}", config.group))
             });
             let (transport, tls_dir) = options
@@ -334,25 +430,69 @@ pub async fn run(
                 .await?;
             let credentials = Credentials::new(token.clone(), transport);
             let monitor = Monitor::start(config.monitor_config(), credentials)?;
+            let beside = |name: &str| {
+                options
+                    .agent_binary
+                    .parent()
+                    .map_or_else(|| PathBuf::from(name), |dir| dir.join(name))
+            };
+            let app = local.app.then(|| LocalApp {
+                binary: local
+                    .app_binary
+                    .clone()
+                    .unwrap_or_else(|| beside("autoscaler-app")),
+                args: local.app_args.clone(),
+            });
+            let balancer = match &config.load_balancer {
+                Some(LoadBalancerSection::Haproxy(haproxy)) => {
+                    if app.is_none() {
+                        return Err(DaemonError::Provider(
+                            "a load balancer needs an application to send requests to: set \
+                             `provider.app = true`"
+                                .to_string(),
+                        ));
+                    }
+                    Some(Arc::new(
+                        Haproxy::start(haproxy_config(haproxy, &state_dir)?)
+                            .await
+                            .map_err(|error| DaemonError::Provider(error.to_string()))?,
+                    ))
+                }
+                None => None,
+            };
             let cloud = Arc::new(
                 LocalCloud::open(LocalConfig {
                     state_dir,
-                    agent_binary: agent_binary.unwrap_or(options.agent_binary),
+                    agent_binary: local
+                        .agent_binary
+                        .clone()
+                        .unwrap_or_else(|| options.agent_binary.clone()),
                     monitor_address: options.advertise.clone(),
                     agent_env: AgentEnv(vec![(
                         "AUTOSCALER_TOKEN".to_string(),
                         token.expose().to_string(),
                     )]),
                     tls_dir,
-                    agent_args,
-                    terminate_grace: Duration::from_millis(terminate_grace_ms),
+                    agent_args: local.agent_args.clone(),
+                    terminate_grace: Duration::from_millis(local.terminate_grace_ms),
+                    app,
                 })
                 .map_err(|error| DaemonError::Provider(error.to_string()))?,
             );
             tracing::info!(state_dir = %cloud.state_dir().display(), "local provider");
             let leaving = cloud.clone();
-            let leaving = async move { leaving.terminate_all().await };
-            serve(&config, monitor, cloud, listener, http, shutdown, leaving).await
+            let leaving_balancer = balancer.clone();
+            let leaving = async move {
+                leaving.terminate_all().await;
+                if let Some(haproxy) = leaving_balancer {
+                    haproxy.stop().await;
+                }
+            };
+            let balancer = balancer.map(|haproxy| haproxy as Arc<dyn Balancer>);
+            serve(
+                &config, monitor, cloud, balancer, listener, http, shutdown, leaving,
+            )
+            .await
         }
         #[cfg(not(feature = "ec2"))]
         ProviderSection::Ec2(_) => Err(DaemonError::Provider(
@@ -368,6 +508,12 @@ pub async fn run(
             let sdk = options.aws.as_ref().ok_or_else(|| {
                 DaemonError::Provider("the EC2 provider needs AWS settings".to_string())
             })?;
+            if let Some(LoadBalancerSection::Haproxy(_)) = &config.load_balancer {
+                return Err(DaemonError::Provider(
+                    "`load_balancer.kind = \"haproxy\"` is the local provider's balancer"
+                        .to_string(),
+                ));
+            }
             let cloud = Arc::new(
                 Ec2Cloud::open(sdk, &config.group, ec2)
                     .await
@@ -378,9 +524,41 @@ pub async fn run(
             let credentials = Credentials::new(token, transport);
             let monitor = Monitor::start(config.monitor_config(), credentials)?;
             publish_address(sdk, &config.group, &options.advertise).await?;
-            serve(&config, monitor, cloud, listener, http, shutdown, async {}).await
+            serve(
+                &config,
+                monitor,
+                cloud,
+                None,
+                listener,
+                http,
+                shutdown,
+                async {},
+            )
+            .await
         }
     }
+}
+
+/// The local balancer's settings: its files in `<state-dir>/haproxy`.
+fn haproxy_config(
+    section: &HaproxySection,
+    state_dir: &Path,
+) -> Result<HaproxyConfig, DaemonError> {
+    let listen = section.listen.parse().map_err(|_| {
+        DaemonError::Config(DaemonConfigError::Parse(format!(
+            "`load_balancer.listen` is {:?}; it must be an ip:port",
+            section.listen
+        )))
+    })?;
+    Ok(HaproxyConfig {
+        binary: section.binary.clone(),
+        listen,
+        dir: state_dir.join("haproxy"),
+        health_path: section.health_path.clone(),
+        check_interval: Duration::from_millis(section.check_interval_ms),
+        unhealthy_after: section.unhealthy_after,
+        healthy_after: section.healthy_after,
+    })
 }
 
 #[cfg(feature = "ec2")]
@@ -427,18 +605,22 @@ async fn serve<C: Cloud>(
     config: &DaemonConfig,
     monitor: Monitor,
     cloud: Arc<C>,
+    balancer: Option<Arc<dyn Balancer>>,
     listener: TcpListener,
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
     leaving: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let registry = monitor.registry().clone();
-    let controller = Controller::new(
+    let mut controller = Controller::new(
         cloud,
         config.controller.clone(),
         monitor.fleet(),
         Arc::new(MonitorAgents(registry.clone())),
     );
+    if let (Some(balancer), Some(section)) = (balancer, &config.load_balancer) {
+        controller = controller.with_balancer(balancer, section.drain_timeout());
+    }
     let admission: Arc<dyn Admission> = Arc::new(ProviderAdmission(controller.status()));
     let status = StatusService {
         group: config.group.clone(),

@@ -134,10 +134,10 @@ fn load_config(flags: &Flags) -> anyhow::Result<DaemonConfig> {
         config.monitor.unhealthy_after = misses;
     }
     if let Some(dir) = &flags.state_dir {
-        let ProviderSection::Local { state_dir, .. } = &mut config.provider else {
+        let ProviderSection::Local(local) = &mut config.provider else {
             anyhow::bail!("--state-dir applies to the local provider only");
         };
-        *state_dir = Some(dir.clone());
+        local.state_dir = Some(dir.clone());
     }
     config.validate()?;
     Ok(config)

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use autoscaler_policy::time::unix_ms;
 
+use autoscaler_controller::balancer::TargetState;
 use autoscaler_controller::cloud::InstanceState;
 use autoscaler_controller::reconciler::{ControllerStatus, DecisionRecord};
 use autoscaler_policy::Health;
@@ -88,6 +89,16 @@ fn wire_health(health: Health) -> v1::InstanceHealth {
     }
 }
 
+fn wire_target(state: TargetState) -> v1::TargetState {
+    match state {
+        TargetState::Initial => v1::TargetState::Initial,
+        TargetState::Healthy => v1::TargetState::Healthy,
+        TargetState::Unhealthy => v1::TargetState::Unhealthy,
+        TargetState::Draining => v1::TargetState::Draining,
+        TargetState::Unused => v1::TargetState::Unused,
+    }
+}
+
 impl StatusService {
     /// The group as the provider lists it joined with the monitor's view, and the decisions
     /// with a sequence above `decisions_after`. The gRPC service and the dashboard serve this.
@@ -108,6 +119,10 @@ impl StatusService {
             .iter()
             .map(|cloud| {
                 let seen = view.get(&cloud.instance_id);
+                let target = self
+                    .controller
+                    .as_ref()
+                    .and_then(|c| c.target(&cloud.instance_id));
                 v1::InstanceStatus {
                     instance_id: cloud.instance_id.clone(),
                     state: wire_state(cloud.state).into(),
@@ -126,6 +141,17 @@ impl StatusService {
                     last_error: seen.and_then(|i| i.last_error.clone()).unwrap_or_default(),
                     zone: cloud.zone.clone(),
                     state_reason: cloud.state_reason.clone().unwrap_or_default(),
+                    target_state: target
+                        .as_ref()
+                        .map_or(v1::TargetState::Unspecified, |t| wire_target(t.state))
+                        .into(),
+                    requests_in_flight: target.as_ref().and_then(|t| t.in_flight),
+                    target_reason: target
+                        .as_ref()
+                        .and_then(|t| t.reason.clone())
+                        .unwrap_or_default(),
+                    app_address: cloud.app_address.clone().unwrap_or_default(),
+                    requests_per_second: seen.and_then(|i| i.requests_per_second),
                 }
             })
             .collect();
@@ -141,8 +167,8 @@ impl StatusService {
                     age_ms: 0,
                     consecutive_misses: seen.consecutive_misses,
                     last_error: seen.last_error.clone().unwrap_or_default(),
-                    zone: String::new(),
-                    state_reason: String::new(),
+                    requests_per_second: seen.requests_per_second,
+                    ..Default::default()
                 });
             }
         }

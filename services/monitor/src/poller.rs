@@ -149,7 +149,13 @@ pub(crate) async fn poll_once(
     if !(0.0..=100.0).contains(&load) {
         return missed(format!("load {load} is outside 0-100"));
     }
-    PollOutcome::Answered { load }
+    let requests_per_second = metrics
+        .requests_per_second
+        .filter(|rate| rate.is_finite() && *rate >= 0.0);
+    PollOutcome::Answered {
+        load,
+        requests_per_second,
+    }
 }
 
 /// Tells the agent of `instance_id` that its instance is being removed (it then registers no

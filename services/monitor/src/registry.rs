@@ -34,7 +34,11 @@ pub struct Registration {
 #[derive(Clone, Debug, PartialEq)]
 pub enum PollOutcome {
     /// The agent answered with a valid load.
-    Answered { load: f64 },
+    Answered {
+        load: f64,
+        /// Requests per second of the instance's application, when its agent reports them.
+        requests_per_second: Option<f64>,
+    },
     /// No answer in time, a transport error, or an answer that made no sense.
     Missed { reason: String },
 }
@@ -208,6 +212,7 @@ impl Registry {
                     consecutive_misses: 0,
                     load: None,
                     recent_loads: VecDeque::with_capacity(self.config.load_window),
+                    requests_per_second: None,
                     registered_at: Instant::now(),
                     last_seen: None,
                     last_error: None,
@@ -257,7 +262,11 @@ impl Registry {
         let before = view.health;
         let was_missing = view.consecutive_misses > 0;
         match outcome {
-            PollOutcome::Answered { load } => {
+            PollOutcome::Answered {
+                load,
+                requests_per_second,
+            } => {
+                view.requests_per_second = requests_per_second;
                 view.health = Health::Healthy;
                 view.consecutive_misses = 0;
                 view.last_seen = Some(Instant::now());

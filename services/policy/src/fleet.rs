@@ -22,6 +22,8 @@ pub struct InstanceView {
     pub load: Option<f64>,
     /// The most recent loads, oldest first (at most the monitor's window).
     pub recent_loads: VecDeque<f64>,
+    /// Requests its application served per second, when its agent reports them.
+    pub requests_per_second: Option<f64>,
     pub registered_at: Instant,
     /// When a poll last succeeded.
     pub last_seen: Option<Instant>,

@@ -242,6 +242,8 @@ impl Ec2Cloud {
                     launched_at,
                     zone,
                     state_reason,
+                    // A target group sends requests by instance id and port.
+                    app_address: None,
                 },
                 instance.subnet_id().unwrap_or("").to_string(),
             ));

@@ -1,0 +1,438 @@
+//! The local load balancer: HAProxy (Debian's package, 2.6 or later), started by the daemon with
+//! a generated configuration (one frontend, one backend of dynamic servers) and driven through
+//! its runtime API on a UNIX socket in the state dir: `add server` and `enable health` when an
+//! instance enters service, `set server ... state drain` to drain it, `state maint` and `del
+//! server` to remove it, `show stat` for each server's state and requests in flight.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::balancer::{Balancer, Pending, Target, TargetState, TargetStatus};
+use crate::cloud::{CloudError, CloudErrorKind};
+use crate::local::{Stopped, stop_child};
+
+/// The backend every instance is a server of.
+pub const BACKEND: &str = "app";
+
+/// How long one runtime API command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long HAProxy gets to start answering on its socket, and to stop.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How the local balancer runs.
+#[derive(Clone, Debug)]
+pub struct HaproxyConfig {
+    /// The `haproxy` program.
+    pub binary: PathBuf,
+    /// Where clients send requests.
+    pub listen: SocketAddr,
+    /// Where its configuration, socket and log are kept.
+    pub dir: PathBuf,
+    /// The path its health checks ask (`GET`, 200 expected).
+    pub health_path: String,
+    /// Between health checks of one server.
+    pub check_interval: Duration,
+    /// Failed checks in a row that take a server out of service.
+    pub unhealthy_after: u32,
+    /// Passed checks in a row that put it (back) in.
+    pub healthy_after: u32,
+}
+
+impl HaproxyConfig {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("haproxy.sock")
+    }
+
+    /// The configuration file's text.
+    pub fn render(&self) -> String {
+        format!(
+            "# Written by autoscaler-monitor at every start; servers are added at run time.\n\
+             global\n\
+             \x20   stats socket {socket} mode 600 level admin\n\
+             \x20   stats timeout 10s\n\
+             \x20   maxconn 4096\n\
+             defaults\n\
+             \x20   mode http\n\
+             \x20   timeout connect 1s\n\
+             \x20   timeout client 30s\n\
+             \x20   timeout server 30s\n\
+             \x20   timeout queue 10s\n\
+             \x20   # A request whose connection failed goes to another server.\n\
+             \x20   retries 2\n\
+             \x20   option redispatch 1\n\
+             frontend autoscaler\n\
+             \x20   bind {listen}\n\
+             \x20   default_backend {BACKEND}\n\
+             backend {BACKEND}\n\
+             \x20   balance leastconn\n\
+             \x20   option httpchk GET {health}\n\
+             \x20   http-check expect status 200\n\
+             \x20   retry-on conn-failure empty-response\n",
+            socket = self.socket().display(),
+            listen = self.listen,
+            health = self.health_path,
+        )
+    }
+}
+
+fn unavailable(what: &str, error: impl std::fmt::Display) -> CloudError {
+    CloudError::new(
+        CloudErrorKind::Unavailable,
+        format!("haproxy: {what}: {error}"),
+    )
+}
+
+/// One command on the runtime API socket at `socket`; its answer.
+async fn command(socket: &Path, line: &str) -> Result<String, CloudError> {
+    let exchange = async {
+        let mut stream = tokio::net::UnixStream::connect(socket).await?;
+        stream.write_all(format!("{line}\n").as_bytes()).await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    match tokio::time::timeout(COMMAND_TIMEOUT, exchange).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(error)) => Err(unavailable(&format!("`{line}`"), error)),
+        Err(_) => Err(CloudError::new(
+            CloudErrorKind::Timeout,
+            format!("haproxy: `{line}` not answered within {COMMAND_TIMEOUT:?}"),
+        )),
+    }
+}
+
+/// A server name HAProxy takes: the instance ids of both providers are (`local-0007`,
+/// `i-0123abcd`); anything else is refused before it reaches the socket.
+fn server_name(instance_id: &str) -> Result<&str, CloudError> {
+    let valid = !instance_id.is_empty()
+        && instance_id.len() <= 64
+        && instance_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if valid {
+        Ok(instance_id)
+    } else {
+        Err(CloudError::new(
+            CloudErrorKind::Other,
+            format!("{instance_id:?} is not a server name HAProxy takes"),
+        ))
+    }
+}
+
+/// The servers of `BACKEND` in a `show stat` answer (CSV with a `# ` header line).
+pub fn parse_stat(csv: &str) -> Vec<TargetStatus> {
+    let mut lines = csv.lines();
+    let Some(header) = lines.next().and_then(|h| h.strip_prefix("# ")) else {
+        return Vec::new();
+    };
+    let columns: BTreeMap<&str, usize> = header
+        .split(',')
+        .enumerate()
+        .map(|(i, name)| (name, i))
+        .collect();
+    let field = |row: &[&str], name: &str| -> Option<String> {
+        columns
+            .get(name)
+            .and_then(|i| row.get(*i))
+            .map(|v| v.to_string())
+    };
+    lines
+        .filter_map(|line| {
+            let row: Vec<&str> = line.split(',').collect();
+            if field(&row, "pxname")? != BACKEND {
+                return None;
+            }
+            let name = field(&row, "svname")?;
+            if name == "BACKEND" || name == "FRONTEND" {
+                return None;
+            }
+            let status = field(&row, "status").unwrap_or_default();
+            let check = field(&row, "check_status").unwrap_or_default();
+            let number = |name: &str| {
+                field(&row, name)
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0)
+            };
+            let in_flight = number("scur") + number("qcur");
+            // `MAINT`, `DRAIN`, `UP`, `DOWN`, `NOLB`, with details such as `UP 1/2` or
+            // `MAINT (resolution)`.
+            let state = match status.split_whitespace().next().unwrap_or("") {
+                "MAINT" => TargetState::Unused,
+                "DRAIN" => TargetState::Draining,
+                _ if status.contains("DRAIN") => TargetState::Draining,
+                _ if check.contains("INI") => TargetState::Initial,
+                "UP" | "NOLB" => TargetState::Healthy,
+                _ => TargetState::Unhealthy,
+            };
+            let reason = (state == TargetState::Unhealthy)
+                .then(|| {
+                    let description = field(&row, "last_chk").unwrap_or_default();
+                    format!("{status}: check {check} {description}")
+                        .trim()
+                        .to_string()
+                })
+                .filter(|r| !r.is_empty());
+            Some(TargetStatus {
+                instance_id: name,
+                state,
+                in_flight: Some(in_flight),
+                reason,
+            })
+        })
+        .collect()
+}
+
+/// A running HAProxy, stopped by `stop` (or killed if dropped).
+#[derive(Debug)]
+pub struct Haproxy {
+    config: HaproxyConfig,
+    child: tokio::sync::Mutex<Option<tokio::process::Child>>,
+}
+
+impl Haproxy {
+    /// Writes the configuration and starts HAProxy, stopping one a previous daemon left behind
+    /// on the same socket; returns once it answers on its socket.
+    pub async fn start(config: HaproxyConfig) -> Result<Haproxy, CloudError> {
+        std::fs::create_dir_all(&config.dir)
+            .map_err(|e| unavailable(&format!("cannot create {}", config.dir.display()), e))?;
+        let socket = config.socket();
+        if let Ok(info) = command(&socket, "show info").await
+            && let Some(pid) = info
+                .lines()
+                .find_map(|line| line.strip_prefix("Pid: "))
+                .and_then(|pid| pid.trim().parse::<i32>().ok())
+                .filter(|pid| *pid > 1)
+        {
+            tracing::warn!(pid, "stopping the HAProxy a previous daemon left running");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            while command(&socket, "show info").await.is_ok()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let _ = std::fs::remove_file(&socket);
+        let file = config.dir.join("haproxy.cfg");
+        std::fs::write(&file, config.render())
+            .map_err(|e| unavailable(&format!("cannot write {}", file.display()), e))?;
+        let log_path = config.dir.join("haproxy.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| unavailable(&format!("cannot create {}", log_path.display()), e))?;
+        let log_err = log.try_clone().map_err(|e| unavailable("log file", e))?;
+        let mut child = tokio::process::Command::new(&config.binary)
+            .arg("-f")
+            .arg(&file)
+            // In the foreground, as the daemon's child.
+            .arg("-db")
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| {
+                CloudError::new(
+                    CloudErrorKind::Other,
+                    format!(
+                        "cannot start {} ({error}): install Debian's haproxy package \
+                         (apt-get install haproxy), or set load_balancer.binary",
+                        config.binary.display()
+                    ),
+                )
+            })?;
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if command(&socket, "show info").await.is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(CloudError::new(
+                    CloudErrorKind::Other,
+                    format!(
+                        "haproxy exited at start ({status}): {}",
+                        log.lines().last().unwrap_or("no log")
+                    ),
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CloudError::new(
+                    CloudErrorKind::Timeout,
+                    format!(
+                        "haproxy did not answer on {} within {START_TIMEOUT:?}",
+                        socket.display()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(listen = %config.listen, socket = %socket.display(), "HAProxy started");
+        Ok(Haproxy {
+            config,
+            child: tokio::sync::Mutex::new(Some(child)),
+        })
+    }
+
+    pub fn config(&self) -> &HaproxyConfig {
+        &self.config
+    }
+
+    /// Stops HAProxy: SIGTERM, then SIGKILL after a grace.
+    pub async fn stop(&self) {
+        if let Some(mut child) = self.child.lock().await.take() {
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            match stop_child(&mut child, deadline).await {
+                Ok(Stopped::Killed) => tracing::warn!("HAProxy ignored SIGTERM; it was killed"),
+                Ok(_) => tracing::info!("HAProxy stopped"),
+                Err(error) => tracing::warn!(%error, "cannot stop HAProxy"),
+            }
+        }
+    }
+
+    async fn command(&self, line: &str) -> Result<String, CloudError> {
+        command(&self.config.socket(), line).await
+    }
+
+    /// Runs `line`; an answer that is not one of `fine` (empty counts as fine) is an error.
+    async fn expect(&self, line: &str, fine: &[&str]) -> Result<(), CloudError> {
+        let answer = self.command(line).await?;
+        let answer = answer.trim();
+        if answer.is_empty() || fine.iter().any(|f| answer.contains(f)) {
+            Ok(())
+        } else {
+            Err(CloudError::new(
+                CloudErrorKind::Unavailable,
+                format!("haproxy: `{line}`: {answer}"),
+            ))
+        }
+    }
+}
+
+const NO_SUCH_SERVER: &str = "No such server";
+
+impl Balancer for Haproxy {
+    fn targets(&self) -> Pending<'_, Vec<TargetStatus>> {
+        Box::pin(async move { Ok(parse_stat(&self.command("show stat").await?)) })
+    }
+
+    fn register<'a>(&'a self, target: &'a Target) -> Pending<'a, ()> {
+        Box::pin(async move {
+            let name = server_name(&target.instance_id)?;
+            let address: SocketAddr = target.address.parse().map_err(|_| {
+                CloudError::new(
+                    CloudErrorKind::Other,
+                    format!(
+                        "{:?} is not an address HAProxy takes (ip:port)",
+                        target.address
+                    ),
+                )
+            })?;
+            let config = &self.config;
+            self.expect(
+                &format!(
+                    "add server {BACKEND}/{name} {address} check inter {inter} fall {fall} rise {rise}",
+                    address = address,
+                    inter = config.check_interval.as_millis().max(100),
+                    fall = config.unhealthy_after.max(1),
+                    rise = config.healthy_after.max(1),
+                ),
+                &["New server registered", "Already exists"],
+            )
+            .await?;
+            self.expect(&format!("enable health {BACKEND}/{name}"), &[])
+                .await?;
+            self.expect(&format!("set server {BACKEND}/{name} state ready"), &[])
+                .await
+        })
+    }
+
+    fn deregister<'a>(&'a self, instance_id: &'a str) -> Pending<'a, ()> {
+        Box::pin(async move {
+            let name = server_name(instance_id)?;
+            self.expect(
+                &format!("set server {BACKEND}/{name} state drain"),
+                &[NO_SUCH_SERVER],
+            )
+            .await
+        })
+    }
+
+    fn remove<'a>(&'a self, instance_id: &'a str) -> Pending<'a, ()> {
+        Box::pin(async move {
+            let name = server_name(instance_id)?;
+            self.expect(
+                &format!("set server {BACKEND}/{name} state maint"),
+                &[NO_SUCH_SERVER],
+            )
+            .await?;
+            // Refused while connections are still attached: tried again at a later evaluation.
+            self.expect(
+                &format!("del server {BACKEND}/{name}"),
+                &["Server deleted", NO_SUCH_SERVER],
+            )
+            .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_stat_gives_each_server_its_state_and_requests_in_flight() {
+        let csv = "# pxname,svname,qcur,qmax,scur,smax,status,check_status,last_chk\n\
+                   autoscaler,FRONTEND,,,3,9,OPEN,,\n\
+                   app,local-0001,0,0,2,5,UP,L7OK,\n\
+                   app,local-0002,1,1,0,3,DRAIN,L7OK,\n\
+                   app,local-0003,0,0,0,0,DOWN,L4CON,Connection refused\n\
+                   app,local-0004,0,0,0,0,DOWN,INI,\n\
+                   app,local-0005,0,0,0,0,MAINT,,\n\
+                   app,BACKEND,1,1,2,5,UP,,\n";
+        let targets = parse_stat(csv);
+        let states: Vec<(&str, TargetState, Option<u32>)> = targets
+            .iter()
+            .map(|t| (t.instance_id.as_str(), t.state, t.in_flight))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("local-0001", TargetState::Healthy, Some(2)),
+                ("local-0002", TargetState::Draining, Some(1)),
+                ("local-0003", TargetState::Unhealthy, Some(0)),
+                ("local-0004", TargetState::Initial, Some(0)),
+                ("local-0005", TargetState::Unused, Some(0)),
+            ]
+        );
+        assert!(
+            targets[2]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("Connection refused")
+        );
+        assert!(!targets[1].drained(), "one request still queued");
+        assert!(targets[4].drained());
+        assert!(targets[2].drained(), "down, nothing in flight");
+        assert!(parse_stat("").is_empty());
+        assert!(parse_stat("no header\n").is_empty());
+    }
+
+    #[test]
+    fn only_server_names_haproxy_takes_reach_the_socket() {
+        assert!(server_name("local-0007").is_ok());
+        assert!(server_name("i-0123456789abcdef0").is_ok());
+        for bad in ["", "a b", "a/b", "x;shutdown", "local\n0001"] {
+            assert!(server_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}
