@@ -11,7 +11,7 @@ use autoscaler_daemon::daemon::{self, DaemonConfig};
 use autoscaler_proto::v1;
 
 use crate::group::{Status, TOKEN, agent_client, status_client, token, write_tls_dir};
-use crate::process::{agent_binary, monitor_binary};
+use crate::process::{agent_binary, app_binary, free_port, haproxy_binary, monitor_binary};
 
 pub fn fast_daemon_config(state_dir: &Path) -> DaemonConfig {
     let text = format!(
@@ -120,6 +120,68 @@ impl RunningDaemon {
             .expect("the daemon stops within 20 s")
             .expect("the daemon's task");
     }
+}
+
+/// A fast config for a group that serves traffic: an app beside every agent (4 slots of 40 ms:
+/// 100 requests a second at most per instance), HAProxy in front on a free port (returned),
+/// health checks every 200 ms, target tracking at 50 % of the apps' slot time.
+pub fn traffic_daemon_config(state_dir: &Path) -> (DaemonConfig, SocketAddr) {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port())
+        .parse()
+        .expect("an address");
+    let text = format!(
+        r#"
+group = "traffic"
+[monitor]
+poll_interval_ms = 200
+poll_timeout_ms = 150
+unhealthy_after = 3
+[controller]
+min_instances = 2
+max_instances = 4
+instance_limit = 5
+evaluation_interval_ms = 250
+warmup_secs = 3
+registration_grace_secs = 10
+scale_out_cooldown_secs = 2
+scale_in_cooldown_secs = 3
+[controller.policy]
+kind = "target-tracking"
+target = 50.0
+tolerance = 0.1
+[provider]
+kind = "local"
+state_dir = "{state_dir}"
+terminate_grace_ms = 3000
+app = true
+app_binary = "{app}"
+app_args = ["--slots", "4", "--service-ms", "40", "--cpu-ms", "0"]
+[load_balancer]
+kind = "haproxy"
+listen = "{listen}"
+binary = "{haproxy}"
+check_interval_ms = 200
+unhealthy_after = 2
+drain_timeout_secs = 10
+"#,
+        state_dir = state_dir.display(),
+        app = app_binary().display(),
+        haproxy = haproxy_binary().display(),
+    );
+    (
+        DaemonConfig::from_toml(&text).expect("valid test config"),
+        listen,
+    )
+}
+
+/// The listed instances the load balancer sends requests to.
+pub fn serving(status: &v1::GetStatusResponse) -> Vec<String> {
+    status
+        .instances
+        .iter()
+        .filter(|i| i.listed() && i.target_state() == v1::TargetState::Healthy)
+        .map(|i| i.instance_id.clone())
+        .collect()
 }
 
 /// Reads the status until `condition` holds, checking on every read that the group never has

@@ -1,6 +1,7 @@
 //! The test kit, a dev-only crate shared by every crate's tests, the demo and the rehearsal: the
 //! test group's certificates and clients, waits with deadlines, the project's binaries as
-//! processes, local instance records, the AWS emulator and a fault proxy in front of it. With
+//! processes, local instance records, the AWS emulator and a fault proxy in front of it, and a
+//! load generator for traffic through the load balancer. With
 //! the `fleet` feature, in-process monitors and agents; with `daemon`, the whole daemon.
 //!
 //! Helpers panic with a message that says what was awaited or what is missing (and how to get
@@ -11,6 +12,7 @@ pub mod group;
 pub mod local;
 pub mod moto;
 pub mod process;
+pub mod traffic;
 pub mod wait;
 
 #[cfg(feature = "fleet")]

@@ -40,6 +40,26 @@ pub fn monitor_binary() -> PathBuf {
     binary("autoscaler-monitor", "AUTOSCALER_MONITOR_BIN")
 }
 
+/// The `autoscaler-app` binary.
+pub fn app_binary() -> PathBuf {
+    binary("autoscaler-app", "AUTOSCALER_APP_BIN")
+}
+
+/// HAProxy, for the tests of the local load balancer: `AUTOSCALER_HAPROXY`, or Debian's
+/// `/usr/sbin/haproxy` (which `cargo xtask test` installs when it is missing).
+pub fn haproxy_binary() -> PathBuf {
+    let path = std::env::var_os("AUTOSCALER_HAPROXY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/haproxy"));
+    assert!(
+        path.exists(),
+        "{} does not exist: run `cargo xtask test` (it installs Debian's haproxy package), or \
+         `apt-get install haproxy`, or set AUTOSCALER_HAPROXY to an haproxy binary (2.6 or later)",
+        path.display()
+    );
+    path
+}
+
 /// A free port on 127.0.0.1 (bound and released; good enough for a test).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

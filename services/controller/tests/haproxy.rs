@@ -1,0 +1,170 @@
+//! The local load balancer for real: HAProxy started as the daemon starts it, in front of two
+//! applications (`autoscaler-app`, in-process). Requests reach the registered instances only; a
+//! deregistered one drains (its request in flight finishes, no new one arrives) and is removed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use autoscaler_app::AppConfig;
+use autoscaler_controller::balancer::{Balancer, Target, TargetState, TargetStatus};
+use autoscaler_controller::haproxy::{Haproxy, HaproxyConfig};
+use autoscaler_testkit::process::{free_port, haproxy_binary};
+use autoscaler_testkit::wait::eventually;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `GET path` through `address`; the status and the body.
+async fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).to_string())
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("an answer within 10 s")
+        .expect("an HTTP exchange");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+async fn app(
+    instance_id: &str,
+    service: Duration,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut config = AppConfig::new(instance_id);
+    config.service_time = service;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(autoscaler_app::run(config, listener, async {
+        stopped.await.ok();
+    }));
+    (address, stop)
+}
+
+async fn target(haproxy: &Haproxy, instance_id: &str) -> Option<TargetStatus> {
+    haproxy
+        .targets()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.instance_id == instance_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_registered_instances_and_a_deregistered_one_drains() {
+    let dir = std::env::temp_dir().join(format!("autoscaler-haproxy-{}", std::process::id()));
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = HaproxyConfig {
+        binary: haproxy_binary(),
+        listen,
+        dir: dir.clone(),
+        health_path: "/healthz".into(),
+        check_interval: Duration::from_millis(200),
+        unhealthy_after: 2,
+        healthy_after: 1,
+    };
+    let haproxy = Haproxy::start(config.clone()).await.unwrap();
+    assert!(haproxy.targets().await.unwrap().is_empty());
+    // Nothing registered: the balancer has nowhere to send a request.
+    assert_eq!(get(listen, "/").await.0, 503);
+
+    let (one, _stop_one) = app("local-0001", Duration::from_millis(20)).await;
+    let (two, _stop_two) = app("local-0002", Duration::from_millis(600)).await;
+    for (id, address) in [("local-0001", one), ("local-0002", two)] {
+        let target = Target {
+            instance_id: id.into(),
+            address: address.to_string(),
+        };
+        haproxy.register(&target).await.unwrap();
+        // Idempotent.
+        haproxy.register(&target).await.unwrap();
+    }
+    eventually("both targets healthy", Duration::from_secs(10), || async {
+        let targets = haproxy.targets().await.unwrap();
+        targets.len() == 2 && targets.iter().all(|t| t.state == TargetState::Healthy)
+    })
+    .await;
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (status, body) = get(listen, "/").await;
+        assert_eq!(status, 200, "{body}");
+        served.insert(body.split_whitespace().nth(2).unwrap_or("").to_string());
+    }
+    assert_eq!(
+        served.into_iter().collect::<Vec<_>>(),
+        ["local-0001", "local-0002"],
+        "both instances serve"
+    );
+
+    // A slow request in flight on local-0002, then local-0002 is deregistered: the request
+    // finishes, and no new request goes there.
+    let slow = tokio::spawn(async move {
+        // leastconn: with local-0001 idle, send until one lands on local-0002.
+        loop {
+            let (status, body) = get(listen, "/").await;
+            if body.contains("local-0002") {
+                return status;
+            }
+        }
+    });
+    eventually(
+        "a request in flight on local-0002",
+        Duration::from_secs(10),
+        || async {
+            target(&haproxy, "local-0002")
+                .await
+                .and_then(|t| t.in_flight)
+                >= Some(1)
+        },
+    )
+    .await;
+    haproxy.deregister("local-0002").await.unwrap();
+    let draining = target(&haproxy, "local-0002").await.unwrap();
+    assert_eq!(draining.state, TargetState::Draining);
+    assert!(!draining.drained(), "{draining:?}");
+    for _ in 0..5 {
+        let (status, body) = get(listen, "/").await;
+        assert_eq!((status, body.contains("local-0001")), (200, true), "{body}");
+    }
+    assert_eq!(slow.await.unwrap(), 200, "the request in flight finished");
+    eventually("local-0002 drained", Duration::from_secs(10), || async {
+        target(&haproxy, "local-0002").await.unwrap().drained()
+    })
+    .await;
+    haproxy.remove("local-0002").await.unwrap();
+    haproxy.remove("local-0002").await.unwrap();
+    haproxy.deregister("local-0002").await.unwrap();
+    assert_eq!(target(&haproxy, "local-0002").await, None);
+
+    // A server name or address HAProxy would misread never reaches its socket.
+    let hostile = Target {
+        instance_id: "x;shutdown".into(),
+        address: one.to_string(),
+    };
+    assert!(haproxy.register(&hostile).await.is_err());
+    let hostile = Target {
+        instance_id: "local-0003".into(),
+        address: "bad".into(),
+    };
+    assert!(haproxy.register(&hostile).await.is_err());
+    assert_eq!(haproxy.targets().await.unwrap().len(), 1);
+
+    // A new start on the same directory (a restarted daemon) stops the HAProxy left running.
+    let again = Haproxy::start(config).await.unwrap();
+    assert!(
+        again.targets().await.unwrap().is_empty(),
+        "a fresh balancer"
+    );
+    again.stop().await;
+    haproxy.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
