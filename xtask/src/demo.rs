@@ -1,16 +1,22 @@
 //! `cargo xtask demo`: runs the monitor and controller on the local provider and tells a scaling
 //! story live: demand rises (the fleet grows from 2 to 5), an agent is killed (it is replaced),
-//! demand falls (the fleet shrinks back to 2). Exits 0 only if all of that happened.
+//! demand falls (the fleet shrinks back to 2). Exits 0 only if all of that happened. With
+//! `--traffic` the demand is real: requests through HAProxy to an application on every
+//! instance, whose real load drives the decisions; the summary counts the requests served and
+//! failed around every scaling and the replacement.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+
 use anyhow::{Context, bail};
 use autoscaler_controller::local::{InstanceRecord, stop_child};
 use autoscaler_proto::auth::Token;
 use autoscaler_proto::v1;
+use autoscaler_testkit::traffic::{Outcome, Traffic, tally};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::Command;
@@ -25,7 +31,15 @@ pub struct Demo {
     /// Print plain lines instead of redrawing a live table (the default when not on a terminal).
     #[arg(long)]
     plain: bool,
+    /// Real HTTP traffic: an application beside every agent, HAProxy in front (Debian's
+    /// package, installed with apt-get where missing), and a load generator sending the demand
+    /// as requests through it.
+    #[arg(long)]
+    traffic: bool,
 }
+
+/// What one instance of `provisioning/demo-traffic.toml` serves at most: 4 slots of 50 ms.
+const CAPACITY_RPS: f64 = 80.0;
 
 /// Demand over the story, in units of instance capacity (one instance at 100 % serves one unit).
 fn demand(progress: f64) -> f64 {
@@ -57,6 +71,20 @@ fn sparkline(values: &[f64]) -> String {
         .collect()
 }
 
+impl Story {
+    /// Notes a moment for the traffic's summary; moments at the same time are one.
+    fn moment(&mut self, t: f64, what: String, scaling: bool) {
+        match self.moments.last_mut() {
+            Some((at, text, was_scaling)) if (*at - t).abs() < 0.01 => {
+                text.push_str("; ");
+                text.push_str(&what);
+                *was_scaling = *was_scaling && scaling;
+            }
+            _ => self.moments.push((t, what, scaling)),
+        }
+    }
+}
+
 /// What the story saw, for the summary and the verdict.
 #[derive(Default)]
 struct Story {
@@ -68,6 +96,11 @@ struct Story {
     replaced_at: Option<f64>,
     events: Vec<String>,
     sizes: Vec<(f64, usize)>,
+    /// With traffic: when each scaling, drain and the kill happened (seconds into the story),
+    /// what it was, and whether it was a scaling (where no request may fail).
+    moments: Vec<(f64, String, bool)>,
+    /// With traffic: what became of every request.
+    requests: Vec<Outcome>,
 }
 
 impl Demo {
@@ -78,7 +111,11 @@ impl Demo {
                 self.duration
             );
         }
-        util::build_binaries(&util::shell()?)?;
+        let sh = util::shell()?;
+        if self.traffic {
+            util::haproxy(&sh)?;
+        }
+        util::build_binaries(&sh)?;
         let target_dir = util::profile_dir("dev")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -98,6 +135,17 @@ impl Demo {
         };
         let address = format!("127.0.0.1:{}", free_port()?);
         let dashboard = format!("127.0.0.1:{}", free_port()?);
+        let balancer: Option<SocketAddr> = match self.traffic {
+            true => Some(format!("127.0.0.1:{}", free_port()?).parse()?),
+            false => None,
+        };
+        let (config, balancer_args) = match balancer {
+            Some(balancer) => (
+                "provisioning/demo-traffic.toml",
+                vec!["--balancer-listen".to_string(), balancer.to_string()],
+            ),
+            None => ("provisioning/demo.toml", Vec::new()),
+        };
         let token_file = state_dir.join("token");
         std::fs::write(&token_file, token.expose())?;
         std::fs::set_permissions(
@@ -109,8 +157,9 @@ impl Demo {
         let log = std::fs::File::create(state_dir.join("monitor.log"))?;
         let mut daemon = Command::new(target_dir.join("autoscaler-monitor"))
             .arg("--config")
-            .arg(util::root().join("provisioning/demo.toml"))
+            .arg(util::root().join(config))
             .args(["--listen", &address, "--http-listen", &dashboard])
+            .args(&balancer_args)
             .arg("--state-dir")
             .arg(&state_dir)
             .arg("--tls-dir")
@@ -128,9 +177,9 @@ impl Demo {
             .follow(
                 &address,
                 &dashboard,
+                balancer,
                 &token,
-                &token_file,
-                &tls_dir,
+                (&token_file, &tls_dir),
                 &state_dir,
             )
             .await;
@@ -154,9 +203,9 @@ impl Demo {
         &self,
         address: &str,
         dashboard: &str,
+        balancer: Option<SocketAddr>,
         token: &Token,
-        token_file: &Path,
-        tls_dir: &Path,
+        (token_file, tls_dir): (&Path, &Path),
         state_dir: &Path,
     ) -> anyhow::Result<Story> {
         let live = !self.plain && std::io::stdout().is_terminal();
@@ -164,6 +213,12 @@ impl Demo {
             "autoscaler demo: monitor and controller on {address}, local provider, min 2, max 5"
         );
         println!("  dashboard: http://{dashboard}/  (metrics: http://{dashboard}/metrics)");
+        if let Some(balancer) = balancer {
+            println!(
+                "  traffic: HAProxy at http://{balancer}/ in front of an app on every instance \
+                 ({CAPACITY_RPS:.0} requests/s each at most); the demand is sent as requests"
+            );
+        }
         println!(
             "  from another terminal: cargo xtask status --monitor {address} --token-file {} --tls-dir {} --follow",
             token_file.display(),
@@ -185,6 +240,7 @@ impl Demo {
         let total = Duration::from_secs(self.duration);
         let mut last_plain_table = 0.0;
         let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+        let traffic = balancer.map(|balancer| Traffic::start(balancer, 0.0));
 
         while started.elapsed() < total {
             tokio::select! {
@@ -226,8 +282,29 @@ impl Demo {
                 }
                 let len = decision_lines.len();
                 decision_lines.insert(len - record.outcome.len(), line);
-                if !record.launched.is_empty() || !record.terminated.is_empty() {
+                // What changed: the decision's own summary when it acted, and the terminations
+                // a drain ended (recorded by a later, quiet decision).
+                let acted = record.summary.starts_with("launch")
+                    || record.summary.starts_with("scale in")
+                    || record.summary.starts_with("replace");
+                if acted {
                     story.events.push(format!("{t:6.1}s  {}", record.summary));
+                }
+                for outcome in &record.outcome {
+                    let terminated = outcome.contains(": terminated ");
+                    if terminated && !acted {
+                        story.events.push(format!("{t:6.1}s  {outcome}"));
+                    }
+                    // The first fill of the group (from 0) is not a scaling the traffic sees.
+                    let filling = record.summary.contains(" 0 -> ");
+                    let scaling = !outcome.contains("replaced");
+                    if !filling
+                        && (outcome.starts_with("launched ")
+                            || outcome.starts_with("draining ")
+                            || terminated)
+                    {
+                        story.moment(t, outcome.clone(), scaling);
+                    }
                 }
             }
 
@@ -249,7 +326,16 @@ impl Demo {
                 story.reached_max_at.get_or_insert(t);
             }
             let level = demand(progress);
-            if !healthy.is_empty() {
+            if let Some(traffic) = &traffic {
+                // Requests start once the group first stands, as clients would find it.
+                let serving = running
+                    .iter()
+                    .filter(|i| i.target_state() == v1::TargetState::Healthy)
+                    .count();
+                if serving >= 2 || traffic.rate() > 0.0 {
+                    traffic.set_rate(level * CAPACITY_RPS);
+                }
+            } else if !healthy.is_empty() {
                 let per_instance = (level * 100.0 / healthy.len() as f64).min(100.0);
                 for instance in &healthy {
                     let _ = daemon_client
@@ -258,19 +344,27 @@ impl Demo {
                 }
             }
 
-            // Midway, an agent dies.
+            // Midway, an agent dies (with its app, when it has one: the instance is gone).
             if story.killed.is_none()
                 && progress >= KILL_AT
                 && let Some(victim) = healthy.first()
-                && let Some(InstanceRecord { pid, .. }) =
+                && let Some(InstanceRecord { pid, app, .. }) =
                     InstanceRecord::read(state_dir, &victim.instance_id)
             {
                 // The reader accepts only pids a signal can safely go to.
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                if let Some(app) = app {
+                    let _ = kill(Pid::from_raw(app.pid as i32), Signal::SIGKILL);
+                }
+                let what = match app {
+                    Some(app) => format!("the agent (pid {pid}) and the app (pid {})", app.pid),
+                    None => format!("the agent (pid {pid})"),
+                };
                 let line = format!(
-                    "[{t:6.1}s] demo: killed the agent of {} (pid {pid}) with SIGKILL",
+                    "[{t:6.1}s] demo: killed {what} of {} with SIGKILL",
                     victim.instance_id
                 );
+                story.moment(t, format!("killed {}", victim.instance_id), false);
                 if !live {
                     println!("{line}");
                 }
@@ -286,7 +380,10 @@ impl Demo {
             } else if t - last_plain_table >= 15.0 {
                 last_plain_table = t;
                 println!(
-                    "[{t:6.1}s] demand {level:.2} units; fleet {size} (desired {}): {}",
+                    "[{t:6.1}s] demand {level:.2} units{}; fleet {size} (desired {}): {}",
+                    traffic
+                        .as_ref()
+                        .map_or(String::new(), |t| format!(" ({:.0} requests/s)", t.rate())),
                     report.desired_instances,
                     running
                         .iter()
@@ -302,6 +399,9 @@ impl Demo {
             }
         }
 
+        if let Some(traffic) = traffic {
+            story.requests = traffic.stop().await;
+        }
         Ok(story)
     }
 }
@@ -375,6 +475,39 @@ fn summarize(story: &Story, leftovers: &[u32]) -> anyhow::Result<()> {
         (None, _) => println!("replaced: nothing (no agent was killed)"),
     }
     let mut failures = Vec::new();
+    if !story.requests.is_empty() {
+        let all = tally(&story.requests, Duration::ZERO, Duration::MAX);
+        println!(
+            "requests: {} served, {} failed in all; around each scaling and the kill (until the next one):",
+            all.served, all.failed
+        );
+        let mut failed_while_scaling = 0;
+        for (i, (at, what, scaling)) in story.moments.iter().enumerate() {
+            let until = story
+                .moments
+                .get(i + 1)
+                .map_or(at + 20.0, |(next, _, _)| *next)
+                .min(at + 20.0);
+            let window = tally(
+                &story.requests,
+                Duration::from_secs_f64(*at),
+                Duration::from_secs_f64(until.max(*at)),
+            );
+            println!(
+                "  {at:6.1}s  {what:<45} {:>6} served, {:>4} failed",
+                window.served, window.failed
+            );
+            if *scaling {
+                failed_while_scaling += window.failed;
+            }
+        }
+        if failed_while_scaling > 0 {
+            failures.push("requests failed while the group scaled out or in");
+        }
+        if all.served == 0 {
+            failures.push("no request was served");
+        }
+    }
     if !story.start_size_reached {
         failures.push("the fleet never stood at its minimum of 2");
     }
@@ -392,7 +525,14 @@ fn summarize(story: &Story, leftovers: &[u32]) -> anyhow::Result<()> {
         failures.push("agents outlived the daemon");
     }
     if failures.is_empty() {
-        println!("verdict: PASS (2 -> 5 -> 2, the killed agent replaced, no process left behind)");
+        let traffic = if story.requests.is_empty() {
+            ""
+        } else {
+            ", no request failed while it scaled"
+        };
+        println!(
+            "verdict: PASS (2 -> 5 -> 2, the killed agent replaced, no process left behind{traffic})"
+        );
         Ok(())
     } else {
         bail!("verdict: FAIL: {}", failures.join("; "))

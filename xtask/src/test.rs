@@ -21,6 +21,10 @@ impl Test {
             Some(path) => std::path::PathBuf::from(path),
             None => util::chromium(&sh)?,
         };
+        let haproxy = match std::env::var_os("AUTOSCALER_HAPROXY") {
+            Some(path) => std::path::PathBuf::from(path),
+            None => util::haproxy(&sh)?,
+        };
         if !self.no_lint {
             util::cargo(&sh)
                 .args(["fmt", "--all", "--", "--check"])
@@ -48,6 +52,7 @@ impl Test {
             .args(["test", "--workspace"])
             .env("AUTOSCALER_PYTHON", &python)
             .env("AUTOSCALER_CHROMIUM", &chromium)
+            .env("AUTOSCALER_HAPROXY", &haproxy)
             .run()?;
         // The AWS workflow against the emulator, end to end.
         util::cargo(&sh).args(["xtask", "rehearse"]).run()?;

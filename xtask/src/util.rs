@@ -154,6 +154,18 @@ pub fn chromium(sh: &Shell) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Debian's HAProxy for the load balancer's tests and `demo --traffic`, installed with apt-get
+/// when it is missing.
+pub fn haproxy(sh: &Shell) -> anyhow::Result<PathBuf> {
+    debian_program(
+        sh,
+        "/usr/sbin/haproxy",
+        "haproxy",
+        "the local load balancer",
+        "AUTOSCALER_HAPROXY",
+    )
+}
+
 /// `path`, a program of Debian's package `package`, installed with apt-get when it is missing;
 /// `needed_by` and `variable` (where a user may name another binary) go into the messages.
 pub fn debian_program(

@@ -12,7 +12,7 @@ use autoscaler_policy::backoff::Backoff;
 use tokio::sync::watch;
 
 use crate::balancer::{Balancer, TargetStatus};
-use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance};
+use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState};
 use crate::config::ControllerConfig;
 use crate::fleet::FleetView;
 use crate::front::{Front, Removal};
@@ -512,7 +512,6 @@ impl<C: Cloud> Controller<C> {
             }
         }
         let draining: Vec<String> = self.front.as_ref().map_or_else(Vec::new, Front::draining);
-        self.status.set_balancing(targets.clone(), draining.clone());
         // Instances leaving (draining, or drained and about to be terminated) are not part of
         // the fleet the policy sizes.
         let leaving =
@@ -556,9 +555,22 @@ impl<C: Cloud> Controller<C> {
             )
             .await;
         }
+        // Replaced instances whose processes are gone have nothing to drain: terminated at once.
+        let stopped: Vec<String> = decision
+            .replace
+            .iter()
+            .filter(|r| {
+                instances
+                    .iter()
+                    .any(|i| i.instance_id == r.instance_id && i.state == InstanceState::Stopped)
+            })
+            .map(|r| r.instance_id.clone())
+            .collect();
         // With a balancer, instances drain for a while beside the fleet: a launch must not take
         // the group past the account's instance limit meanwhile.
-        let listed = instances.len().saturating_sub(record.terminated.len()) as u32;
+        let listed = instances
+            .len()
+            .saturating_sub(record.terminated.len() + stopped.len()) as u32;
         let room = self.config.instance_limit.saturating_sub(listed);
         if self.front.is_some() && decision.launch > room {
             record.outcome.push(format!(
@@ -570,7 +582,7 @@ impl<C: Cloud> Controller<C> {
         }
         if decision.acts()
             && let Some(refused) = self
-                .act(&decision, &view, targets.as_deref(), &mut record)
+                .act(&decision, &view, targets.as_deref(), &stopped, &mut record)
                 .await
         {
             // The provider refused the launch after its retries: back off as for an instance
@@ -593,6 +605,9 @@ impl<C: Cloud> Controller<C> {
             front
                 .reconcile(&remaining, &view, targets, &mut record.outcome)
                 .await;
+        }
+        if let Some(front) = &self.front {
+            self.status.set_balancing(targets, front.draining());
         }
         record.decision = Some(decision);
         let record = self.status.push(record, keep);
@@ -639,12 +654,14 @@ impl<C: Cloud> Controller<C> {
 
     /// Carries out `decision`; returns the provider's reason when it refused the launch. With a
     /// balancer, an instance it sends requests to is drained first and terminated at a later
-    /// evaluation, once its requests are done.
+    /// evaluation, once its requests are done (but not one of `stopped`, whose processes are
+    /// gone: there is nothing left to drain).
     async fn act(
         &mut self,
         decision: &Decision,
         view: &FleetView,
         targets: Option<&[TargetStatus]>,
+        stopped: &[String],
         record: &mut DecisionRecord,
     ) -> Option<String> {
         let mut replaced: Vec<String> = decision
@@ -654,9 +671,12 @@ impl<C: Cloud> Controller<C> {
             .collect();
         let mut scale_in = decision.scale_in.clone();
         if let Some(front) = self.front.as_mut() {
+            let (gone, running): (Vec<String>, Vec<String>) =
+                replaced.into_iter().partition(|id| stopped.contains(id));
             replaced = front
-                .begin(&replaced, Removal::Replace, targets, &mut record.outcome)
+                .begin(&running, Removal::Replace, targets, &mut record.outcome)
                 .await;
+            replaced.extend(gone);
             scale_in = front
                 .begin(&scale_in, Removal::ScaleIn, targets, &mut record.outcome)
                 .await;

@@ -1,11 +1,13 @@
 //! The reconciler against a scripted cloud: failures are retried with backoff and written into
 //! the decision record, a failed list decides nothing and stops nothing, and the launch count
-//! comes from the provider's list, never from memory.
+//! comes from the provider's list, never from memory. With a load balancer, instances in service
+//! are registered, and drained before they are terminated.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use autoscaler_controller::balancer::{Balancer, Pending, Target, TargetState, TargetStatus};
 use autoscaler_controller::cloud::{
     Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState,
 };
@@ -282,4 +284,252 @@ async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
         "the shadow launched nothing"
     );
     assert_eq!(status.counters().shadow_disagreements, 1);
+}
+
+/// A load balancer that keeps its targets in memory; a deregistered target keeps the requests
+/// in flight the test gives it.
+#[derive(Default)]
+struct FakeBalancer {
+    targets: Mutex<Vec<TargetStatus>>,
+    removed: Mutex<Vec<String>>,
+    /// Requests in flight a target has while it drains.
+    in_flight: Mutex<u32>,
+}
+
+impl Balancer for FakeBalancer {
+    fn targets(&self) -> Pending<'_, Vec<TargetStatus>> {
+        Box::pin(async { Ok(self.targets.lock().unwrap().clone()) })
+    }
+
+    fn register<'a>(&'a self, target: &'a Target) -> Pending<'a, ()> {
+        Box::pin(async move {
+            let mut targets = self.targets.lock().unwrap();
+            targets.retain(|t| t.instance_id != target.instance_id);
+            targets.push(TargetStatus {
+                instance_id: target.instance_id.clone(),
+                state: TargetState::Healthy,
+                in_flight: Some(3),
+                reason: None,
+            });
+            Ok(())
+        })
+    }
+
+    fn deregister<'a>(&'a self, instance_id: &'a str) -> Pending<'a, ()> {
+        Box::pin(async move {
+            let in_flight = *self.in_flight.lock().unwrap();
+            for target in self.targets.lock().unwrap().iter_mut() {
+                if target.instance_id == instance_id {
+                    target.state = TargetState::Draining;
+                    target.in_flight = Some(in_flight);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn remove<'a>(&'a self, instance_id: &'a str) -> Pending<'a, ()> {
+        Box::pin(async move {
+            self.targets
+                .lock()
+                .unwrap()
+                .retain(|t| t.instance_id != instance_id);
+            self.removed.lock().unwrap().push(instance_id.to_string());
+            Ok(())
+        })
+    }
+}
+
+/// Three running instances with apps, seen healthy at `load`, behind a `FakeBalancer`; min 2,
+/// no cooldowns.
+fn balanced(
+    load: f64,
+    drain_timeout: Duration,
+) -> (
+    Arc<ScriptedCloud>,
+    Arc<FakeBalancer>,
+    tokio::sync::watch::Sender<Arc<FleetView>>,
+    Controller<ScriptedCloud>,
+) {
+    let cloud = Arc::new(ScriptedCloud::default());
+    let launched_at = SystemTime::now() - Duration::from_secs(600);
+    for (n, id) in ["i-a", "i-b", "i-c"].into_iter().enumerate() {
+        cloud.instances.lock().unwrap().push(CloudInstance {
+            instance_id: id.into(),
+            state: InstanceState::Running,
+            launched_at: launched_at + Duration::from_secs(n as u64),
+            zone: "test".into(),
+            state_reason: None,
+            app_address: Some(format!("127.0.0.1:{}", 9000 + n)),
+        });
+    }
+    let (views, fleet) =
+        tokio::sync::watch::channel(Arc::new(seen_at(&["i-a", "i-b", "i-c"], load)));
+    let config = ControllerConfig {
+        scale_in_cooldown_secs: 0,
+        scale_out_cooldown_secs: 0,
+        ..ControllerConfig::default()
+    };
+    config.validate().unwrap();
+    let balancer = Arc::new(FakeBalancer::default());
+    let controller = Controller::new(cloud.clone(), config, fleet, Arc::new(NoAgents))
+        .with_balancer(balancer.clone(), drain_timeout);
+    (cloud, balancer, views, controller)
+}
+
+fn seen_at(ids: &[&str], load: f64) -> FleetView {
+    use autoscaler_controller::fleet::{Health, InstanceView};
+    FleetView {
+        taken_at: Instant::now(),
+        poll_interval: Duration::from_secs(1),
+        instances: ids
+            .iter()
+            .map(|id| {
+                Arc::new(InstanceView {
+                    instance_id: id.to_string(),
+                    address: "127.0.0.1:1".into(),
+                    agent_version: "test".into(),
+                    health: Health::Healthy,
+                    consecutive_misses: 0,
+                    load: Some(load),
+                    recent_loads: [load].into(),
+                    requests_per_second: None,
+                    registered_at: Instant::now(),
+                    last_seen: Some(Instant::now()),
+                    last_error: None,
+                })
+            })
+            .collect(),
+    }
+}
+
+fn listed(cloud: &ScriptedCloud) -> Vec<String> {
+    cloud
+        .instances
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|i| i.instance_id.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn instances_in_service_are_registered_and_a_scale_in_drains_before_it_terminates() {
+    let (cloud, balancer, views, mut controller) = balanced(50.0, Duration::from_secs(300));
+    let record = controller.evaluate_once().await;
+    assert_eq!(record.decision.as_ref().unwrap().desired, 3, "{record:#?}");
+    let registered: Vec<&String> = record
+        .outcome
+        .iter()
+        .filter(|o| o.starts_with("registered "))
+        .collect();
+    assert_eq!(registered.len(), 3, "{record:#?}");
+    assert_eq!(balancer.targets.lock().unwrap().len(), 3);
+    // Registered once: the next evaluation registers nothing again.
+    let record = controller.evaluate_once().await;
+    assert!(record.outcome.is_empty(), "{record:#?}");
+
+    // Load falls: one instance is drained, not terminated, while it has requests in flight.
+    *balancer.in_flight.lock().unwrap() = 2;
+    views
+        .send(Arc::new(seen_at(&["i-a", "i-b", "i-c"], 10.0)))
+        .unwrap();
+    let record = controller.evaluate_once().await;
+    let decision = record.decision.as_ref().unwrap();
+    assert_eq!((decision.current, decision.desired), (3, 2), "{record:#?}");
+    let victim = decision.scale_in[0].clone();
+    assert!(
+        record
+            .outcome
+            .contains(&format!("draining {victim} before it is scaled in")),
+        "{record:#?}"
+    );
+    assert!(record.terminated.is_empty());
+    assert_eq!(listed(&cloud).len(), 3);
+    assert_eq!(controller.status().draining(), [victim.clone()]);
+
+    // While it drains, the policy sizes the other two and decides nothing more.
+    let record = controller.evaluate_once().await;
+    let decision = record.decision.as_ref().unwrap();
+    assert_eq!((decision.current, decision.desired), (2, 2), "{record:#?}");
+    assert!(record.terminated.is_empty() && decision.scale_in.is_empty());
+
+    // Its last request done: terminated, and the balancer forgets it.
+    *balancer.in_flight.lock().unwrap() = 0;
+    for target in balancer.targets.lock().unwrap().iter_mut() {
+        if target.instance_id == victim {
+            target.in_flight = Some(0);
+        }
+    }
+    let record = controller.evaluate_once().await;
+    assert_eq!(record.terminated, [victim.clone()], "{record:#?}");
+    assert!(
+        record
+            .outcome
+            .iter()
+            .any(|o| o.starts_with(&format!("drained {victim} in "))),
+        "{record:#?}"
+    );
+    assert!(!listed(&cloud).contains(&victim));
+    assert!(balancer.removed.lock().unwrap().contains(&victim));
+    assert!(controller.status().draining().is_empty());
+}
+
+#[tokio::test]
+async fn a_drain_that_does_not_end_is_cut_at_the_timeout() {
+    let (cloud, balancer, views, mut controller) = balanced(50.0, Duration::ZERO);
+    controller.evaluate_once().await;
+    *balancer.in_flight.lock().unwrap() = 5;
+    views
+        .send(Arc::new(seen_at(&["i-a", "i-b", "i-c"], 10.0)))
+        .unwrap();
+    let record = controller.evaluate_once().await;
+    let victim = record.decision.as_ref().unwrap().scale_in[0].clone();
+    let record = controller.evaluate_once().await;
+    assert_eq!(record.terminated, [victim.clone()], "{record:#?}");
+    assert!(
+        record
+            .outcome
+            .iter()
+            .any(|o| o.starts_with(&format!("{victim} still had requests in flight after"))),
+        "{record:#?}"
+    );
+    assert_eq!(listed(&cloud).len(), 2);
+}
+
+#[tokio::test]
+async fn a_replaced_instance_whose_processes_are_gone_is_terminated_at_once_and_targets_of_gone_instances_removed()
+ {
+    let (cloud, balancer, _views, mut controller) = balanced(50.0, Duration::from_secs(300));
+    controller.evaluate_once().await;
+    cloud.instances.lock().unwrap()[0].state = InstanceState::Stopped;
+    let record = controller.evaluate_once().await;
+    assert_eq!(record.terminated, ["i-a"], "{record:#?}");
+    assert!(
+        !record.outcome.iter().any(|o| o.starts_with("draining ")),
+        "nothing to drain: {record:#?}"
+    );
+    assert_eq!(record.launched.len(), 1, "replaced: {record:#?}");
+    assert!(
+        balancer
+            .removed
+            .lock()
+            .unwrap()
+            .contains(&"i-a".to_string())
+    );
+
+    // A target whose instance the provider no longer lists (terminated elsewhere) is removed.
+    cloud
+        .instances
+        .lock()
+        .unwrap()
+        .retain(|i| i.instance_id != "i-b");
+    controller.evaluate_once().await;
+    assert!(
+        balancer
+            .removed
+            .lock()
+            .unwrap()
+            .contains(&"i-b".to_string())
+    );
 }

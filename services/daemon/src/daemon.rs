@@ -539,6 +539,20 @@ pub async fn run(
     }
 }
 
+/// `program` as given when it names a path; a bare name is looked up in `PATH`, then in the
+/// sbin directories, where Debian installs haproxy but which an ordinary user's `PATH` lacks.
+fn find_program(program: &Path) -> PathBuf {
+    if program.components().count() > 1 {
+        return program.to_path_buf();
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| program.to_path_buf())
+}
+
 /// The local balancer's settings: its files in `<state-dir>/haproxy`.
 fn haproxy_config(
     section: &HaproxySection,
@@ -551,7 +565,7 @@ fn haproxy_config(
         )))
     })?;
     Ok(HaproxyConfig {
-        binary: section.binary.clone(),
+        binary: find_program(&section.binary),
         listen,
         dir: state_dir.join("haproxy"),
         health_path: section.health_path.clone(),

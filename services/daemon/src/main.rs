@@ -53,6 +53,9 @@ struct Flags {
     /// Overrides the local provider's `state_dir`.
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Overrides `load_balancer.listen`: where clients send their requests.
+    #[arg(long)]
+    balancer_listen: Option<String>,
     /// The `host:port` agents reach the monitor at (default: the listen address, or with
     /// --from-aws this instance's private IP and the listen port).
     #[arg(long)]
@@ -132,6 +135,14 @@ fn load_config(flags: &Flags) -> anyhow::Result<DaemonConfig> {
     }
     if let Some(misses) = flags.unhealthy_after {
         config.monitor.unhealthy_after = misses;
+    }
+    if let Some(listen) = &flags.balancer_listen {
+        match &mut config.load_balancer {
+            Some(daemon::LoadBalancerSection::Haproxy(haproxy)) => haproxy.listen = listen.clone(),
+            None => anyhow::bail!(
+                "--balancer-listen needs a load balancer: the config has no [load_balancer]"
+            ),
+        }
     }
     if let Some(dir) = &flags.state_dir {
         let ProviderSection::Local(local) = &mut config.provider else {
