@@ -446,7 +446,10 @@ async fn instances_in_service_are_registered_and_a_scale_in_drains_before_it_ter
     );
     assert!(record.terminated.is_empty());
     assert_eq!(listed(&cloud).len(), 3);
-    assert_eq!(controller.status().draining(), [victim.clone()]);
+    assert_eq!(
+        controller.status().draining(),
+        std::slice::from_ref(&victim)
+    );
 
     // While it drains, the policy sizes the other two and decides nothing more.
     let record = controller.evaluate_once().await;
@@ -462,7 +465,11 @@ async fn instances_in_service_are_registered_and_a_scale_in_drains_before_it_ter
         }
     }
     let record = controller.evaluate_once().await;
-    assert_eq!(record.terminated, [victim.clone()], "{record:#?}");
+    assert_eq!(
+        record.terminated,
+        std::slice::from_ref(&victim),
+        "{record:#?}"
+    );
     assert!(
         record
             .outcome
@@ -486,7 +493,11 @@ async fn a_drain_that_does_not_end_is_cut_at_the_timeout() {
     let record = controller.evaluate_once().await;
     let victim = record.decision.as_ref().unwrap().scale_in[0].clone();
     let record = controller.evaluate_once().await;
-    assert_eq!(record.terminated, [victim.clone()], "{record:#?}");
+    assert_eq!(
+        record.terminated,
+        std::slice::from_ref(&victim),
+        "{record:#?}"
+    );
     assert!(
         record
             .outcome
