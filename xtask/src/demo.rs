@@ -112,18 +112,37 @@ impl Demo {
             );
         }
         let sh = util::shell()?;
-        if self.traffic {
-            util::haproxy(&sh)?;
-        }
+        // The daemon looks haproxy up in PATH, then /usr/sbin: an AUTOSCALER_HAPROXY named
+        // `haproxy` is found first.
+        let haproxy = match (self.traffic, std::env::var_os("AUTOSCALER_HAPROXY")) {
+            (false, _) => None,
+            (true, Some(path)) => Some(std::path::PathBuf::from(path)),
+            (true, None) => Some(util::haproxy(&sh)?),
+        };
         util::build_binaries(&sh)?;
         let target_dir = util::profile_dir("dev")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        runtime.block_on(self.tell(&target_dir))
+        let path = match haproxy.as_ref().and_then(|h| h.parent()) {
+            Some(dir) => {
+                let mut dirs = vec![dir.to_path_buf()];
+                dirs.extend(std::env::split_paths(
+                    &std::env::var_os("PATH").unwrap_or_default(),
+                ));
+                Some(std::env::join_paths(dirs)?)
+            }
+            None => None,
+        };
+        runtime.block_on(self.tell(&target_dir, path))
     }
 
-    async fn tell(&self, target_dir: &Path) -> anyhow::Result<()> {
+    /// Runs the story; `path`, when given, is the daemon's PATH (where it finds haproxy).
+    async fn tell(
+        &self,
+        target_dir: &Path,
+        path: Option<std::ffi::OsString>,
+    ) -> anyhow::Result<()> {
         let token = Token::generate().context("cannot draw the demo's token")?;
         let state_dir =
             std::env::temp_dir().join(format!("autoscaler-demo-{}", std::process::id()));
@@ -160,6 +179,7 @@ impl Demo {
             .arg(util::root().join(config))
             .args(["--listen", &address, "--http-listen", &dashboard])
             .args(&balancer_args)
+            .envs(path.map(|path| ("PATH", path)))
             .arg("--state-dir")
             .arg(&state_dir)
             .arg("--tls-dir")
@@ -430,12 +450,21 @@ fn draw(
         ));
     }
     out.push_str(&format!(
-        "{:<12} {:<9} {:<11} {:>6}  {}\n",
-        "INSTANCE", "STATE", "HEALTH", "LOAD", "RECENT LOAD"
+        "{:<12} {:<9} {:<11} {:>6}  {:<20}  {}\n",
+        "INSTANCE", "STATE", "HEALTH", "LOAD", "RECENT LOAD", "BALANCER"
     ));
     for instance in &report.instances {
+        let balancer = match instance.target_state().name() {
+            "" => String::new(),
+            state => format!(
+                "{state}{}",
+                instance
+                    .requests_per_second
+                    .map_or(String::new(), |r| format!(", {r:.0} requests/s"))
+            ),
+        };
         out.push_str(&format!(
-            "{:<12} {:<9} {:<11} {:>6}  {}\n",
+            "{:<12} {:<9} {:<11} {:>6}  {:<20}  {balancer}\n",
             instance.instance_id,
             instance.state().name(),
             instance.health().name(),

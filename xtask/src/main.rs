@@ -25,7 +25,7 @@ enum Command {
     /// live (2 -> 5 -> 2 instances, a killed agent replaced) in about three minutes.
     Demo(demo::Demo),
     /// Everything that proves it works: formatting, lints and every test, installing what the
-    /// tests need (Python packages into .venv).
+    /// tests need (Python packages into .venv; Chromium and HAProxy with apt-get).
     Test(test::Test),
     /// Creates or reuses the security group, launches the seed t2.micro from a base image and
     /// installs the agent on it over SSM Run Command.

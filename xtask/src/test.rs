@@ -1,5 +1,5 @@
 //! `cargo xtask test`: formatting, lints, the binaries the tests start, every test, the AWS
-//! rehearsal against the emulator, and a shortened run of the demo.
+//! rehearsal against the emulator, and shortened runs of the demo, plain and with traffic.
 
 use crate::util;
 
@@ -8,7 +8,7 @@ pub struct Test {
     /// Skip `cargo fmt --check` and clippy.
     #[arg(long)]
     no_lint: bool,
-    /// Skip the shortened run of the demo at the end.
+    /// Skip the shortened runs of the demo at the end.
     #[arg(long)]
     no_demo: bool,
 }
@@ -61,6 +61,11 @@ impl Test {
         if !self.no_demo {
             util::cargo(&sh)
                 .args(["xtask", "demo", "--plain", "--duration", "120"])
+                .run()?;
+            // The same story with real requests through HAProxy: it also fails if any request
+            // failed while the group scaled out or in.
+            util::cargo(&sh)
+                .args(["xtask", "demo", "--traffic", "--plain", "--duration", "120"])
                 .run()?;
         }
         eprintln!("xtask test: all checks passed");

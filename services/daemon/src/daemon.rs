@@ -1011,6 +1011,7 @@ mod tests {
             ("[controller.shadow]", "controller.shadow"),
             ("[provider]\nkind = \"local\"", "provider"),
             ("[provider]\nkind = \"ec2\"", "provider"),
+            ("[load_balancer]\nkind = \"haproxy\"", "load_balancer"),
         ];
         let mut missing = Vec::new();
         for (prefix, table) in tables {

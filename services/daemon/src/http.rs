@@ -67,6 +67,11 @@ struct InstanceJson<'a> {
     last_error: &'a str,
     zone: &'a str,
     state_reason: &'a str,
+    /// The load balancer's state of it (`healthy`, `draining`, ...), empty without one.
+    target_state: &'static str,
+    requests_in_flight: Option<u32>,
+    target_reason: &'a str,
+    requests_per_second: Option<f64>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -122,6 +127,10 @@ impl<'a> From<&'a v1::GetStatusResponse> for StatusJson<'a> {
                     last_error: &i.last_error,
                     zone: &i.zone,
                     state_reason: &i.state_reason,
+                    target_state: i.target_state().name(),
+                    requests_in_flight: i.requests_in_flight,
+                    target_reason: &i.target_reason,
+                    requests_per_second: i.requests_per_second,
                 })
                 .collect(),
             decisions: report

@@ -53,6 +53,11 @@ async fn requests_keep_being_served_while_real_load_scales_the_group_out_and_in(
             .any(|i| i.requests_per_second > Some(0.0)),
         "and their requests per second"
     );
+    // The dashboard's JSON shows the balancer's view and the requests per second.
+    let (status, body) = http_get(daemon.http, "/api/status").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"target_state\":\"healthy\""), "{body}");
+    assert!(body.contains("\"requests_per_second\":"), "{body}");
     eventually(
         "requests served by the instances launched for the load",
         Duration::from_secs(20),

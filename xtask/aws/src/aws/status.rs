@@ -96,19 +96,33 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
         report.max_instances
     );
     println!(
-        "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}",
-        "INSTANCE", "STATE", "HEALTH", "LOAD", "ADDRESS", "MISSES"
+        "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}  {:<10} {:>8} {:>6}",
+        "INSTANCE", "STATE", "HEALTH", "LOAD", "ADDRESS", "MISSES", "TARGET", "IN-FLIGHT", "REQ/S"
     );
     for instance in &report.instances {
+        let target = match instance.target_state().name() {
+            "" => "-",
+            name => name,
+        };
         println!(
-            "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}",
+            "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}  {:<10} {:>8} {:>6}",
             instance.instance_id,
             instance.state().name(),
             instance.health().name(),
             xtask::status_client::load_text(instance.load_percent),
             instance.address,
-            instance.consecutive_misses
+            instance.consecutive_misses,
+            target,
+            instance
+                .requests_in_flight
+                .map_or("-".to_string(), |n| n.to_string()),
+            instance
+                .requests_per_second
+                .map_or("-".to_string(), |r| format!("{r:.0}")),
         );
+        if !instance.target_reason.is_empty() {
+            println!("{:<20} target: {}", "", instance.target_reason);
+        }
     }
     if let Some(failing) = &report.launch_failures {
         println!(
