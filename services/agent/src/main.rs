@@ -70,7 +70,7 @@ struct Flags {
     #[arg(long, env = "AUTOSCALER_AGENT_METRICS_LISTEN")]
     metrics_listen: Option<String>,
     /// Which load to report.
-    #[arg(long, value_enum, default_value_t = Source::Simulated)]
+    #[arg(long, value_enum, env = "AUTOSCALER_LOAD", default_value_t = Source::Simulated)]
     load: Source,
     /// With `--load app`: where the application (`autoscaler-app`) listens, `host:port`.
     #[arg(long, env = "AUTOSCALER_APP_ADDRESS", default_value = "127.0.0.1:8080")]

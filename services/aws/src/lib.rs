@@ -138,6 +138,17 @@ impl GroupParameters {
     pub fn bucket(&self) -> String {
         self.name("bucket")
     }
+
+    /// The ARN of the load balancer's target group, recorded by `up --load-balancer`.
+    pub fn target_group(&self) -> String {
+        self.name("target-group")
+    }
+
+    /// The load balancer's DNS name, where clients send requests, recorded by `up
+    /// --load-balancer`.
+    pub fn load_balancer(&self) -> String {
+        self.name("load-balancer")
+    }
 }
 
 /// A failed Parameter Store call.

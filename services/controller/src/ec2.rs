@@ -9,7 +9,11 @@
 use serde::Deserialize;
 
 #[cfg(feature = "ec2")]
+mod elb;
+#[cfg(feature = "ec2")]
 mod sdk;
+#[cfg(feature = "ec2")]
+pub use elb::{TargetGroup, target_state};
 #[cfg(feature = "ec2")]
 pub use sdk::{Ec2Cloud, classify, describe_group};
 

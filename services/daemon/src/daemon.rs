@@ -11,9 +11,9 @@ use std::time::Duration;
 use autoscaler_controller::balancer::Balancer;
 use autoscaler_controller::cloud::Cloud;
 use autoscaler_controller::config::ControllerConfig;
-#[cfg(feature = "ec2")]
-use autoscaler_controller::ec2::Ec2Cloud;
 use autoscaler_controller::ec2::Ec2Config;
+#[cfg(feature = "ec2")]
+use autoscaler_controller::ec2::{Ec2Cloud, TargetGroup};
 use autoscaler_controller::haproxy::{Haproxy, HaproxyConfig};
 use autoscaler_controller::local::{AgentEnv, LocalApp, LocalCloud, LocalConfig};
 use autoscaler_controller::reconciler::{Agents, Controller, ControllerStatus};
@@ -148,6 +148,9 @@ impl Default for LocalProvider {
 pub enum LoadBalancerSection {
     /// HAProxy on this machine, which the daemon starts (the local provider's balancer).
     Haproxy(HaproxySection),
+    /// An Elastic Load Balancing target group (the EC2 provider's balancer), which `cargo xtask
+    /// up --load-balancer` makes with its Application Load Balancer.
+    Elb(ElbSection),
 }
 
 impl LoadBalancerSection {
@@ -158,6 +161,7 @@ impl LoadBalancerSection {
             LoadBalancerSection::Haproxy(haproxy) => {
                 Duration::from_secs(haproxy.drain_timeout_secs)
             }
+            LoadBalancerSection::Elb(elb) => Duration::from_secs(elb.drain_timeout_secs),
         }
     }
 }
@@ -166,6 +170,32 @@ impl LoadBalancerSection {
 #[serde(rename_all = "kebab-case")]
 pub enum LoadBalancerKind {
     Haproxy,
+    Elb,
+}
+
+/// `[load_balancer] kind = "elb"`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ElbSection {
+    /// The target group's ARN; empty reads `/autoscaler/<group>/target-group`, where `cargo
+    /// xtask up --load-balancer` records the one it makes.
+    pub target_group_arn: String,
+    /// The application's port on every instance (autoscaler-app.service listens on 8080).
+    pub app_port: u16,
+    /// The most a deregistered instance is given before it is terminated, in seconds: at
+    /// least the target group's deregistration delay (`up` sets it to 30 s; ELB's default is
+    /// 300 s).
+    pub drain_timeout_secs: u64,
+}
+
+impl Default for ElbSection {
+    fn default() -> Self {
+        ElbSection {
+            target_group_arn: String::new(),
+            app_port: 8080,
+            drain_timeout_secs: 60,
+        }
+    }
 }
 
 /// `[load_balancer] kind = "haproxy"`.
@@ -236,10 +266,14 @@ impl<'de> Deserialize<'de> for LoadBalancerSection {
         use serde::de::Error;
         let mut table = toml::Table::deserialize(deserializer)?;
         let kind: LoadBalancerKind =
-            take_kind(&mut table, "load_balancer", "\"haproxy\"").map_err(D::Error::custom)?;
+            take_kind(&mut table, "load_balancer", "\"haproxy\" or \"elb\"")
+                .map_err(D::Error::custom)?;
         match kind {
             LoadBalancerKind::Haproxy => {
                 kind_fields(table, "load_balancer", "haproxy").map(LoadBalancerSection::Haproxy)
+            }
+            LoadBalancerKind::Elb => {
+                kind_fields(table, "load_balancer", "elb").map(LoadBalancerSection::Elb)
             }
         }
         .map_err(D::Error::custom)
@@ -458,6 +492,12 @@ pub async fn run(
                             .map_err(|error| DaemonError::Provider(error.to_string()))?,
                     ))
                 }
+                Some(LoadBalancerSection::Elb(_)) => {
+                    return Err(DaemonError::Provider(
+                        "`load_balancer.kind = \"elb\"` is the EC2 provider's balancer; locally, use \"haproxy\""
+                            .to_string(),
+                    ));
+                }
                 None => None,
             };
             let cloud = Arc::new(
@@ -514,11 +554,20 @@ pub async fn run(
                         .to_string(),
                 ));
             }
-            let cloud = Arc::new(
-                Ec2Cloud::open(sdk, &config.group, ec2)
-                    .await
-                    .map_err(|error| DaemonError::Provider(error.to_string()))?,
-            );
+            let mut cloud = Ec2Cloud::open(sdk, &config.group, ec2)
+                .await
+                .map_err(|error| DaemonError::Provider(error.to_string()))?;
+            let mut balancer: Option<Arc<dyn Balancer>> = None;
+            if let Some(LoadBalancerSection::Elb(elb)) = &config.load_balancer {
+                let group =
+                    TargetGroup::open(sdk, &config.group, &elb.target_group_arn, elb.app_port)
+                        .await
+                        .map_err(|error| DaemonError::Provider(error.to_string()))?;
+                tracing::info!(target_group = %group.arn(), port = elb.app_port, "load balancer");
+                cloud = cloud.with_app(elb.app_port, AGENT_APP_USER_DATA);
+                balancer = Some(Arc::new(group));
+            }
+            let cloud = Arc::new(cloud);
             tracing::info!(ami = %cloud.config().ami_id, subnets = ?cloud.config().subnet_ids, "EC2 provider");
             let (transport, _) = options.tls.resolve(&config.group, None, Some(sdk)).await?;
             let credentials = Credentials::new(token, transport);
@@ -528,7 +577,7 @@ pub async fn run(
                 &config,
                 monitor,
                 cloud,
-                None,
+                balancer,
                 listener,
                 http,
                 shutdown,
@@ -574,6 +623,11 @@ fn haproxy_config(
         healthy_after: section.healthy_after,
     })
 }
+
+/// What every instance launched for a group with a load balancer runs at boot: its application,
+/// and its agent reporting that application's load.
+#[cfg(feature = "ec2")]
+const AGENT_APP_USER_DATA: &str = include_str!("../../../provisioning/agent-app-user-data.sh");
 
 #[cfg(feature = "ec2")]
 fn plaintext_refused() -> DaemonError {

@@ -139,8 +139,8 @@ fn load_config(flags: &Flags) -> anyhow::Result<DaemonConfig> {
     if let Some(listen) = &flags.balancer_listen {
         match &mut config.load_balancer {
             Some(daemon::LoadBalancerSection::Haproxy(haproxy)) => haproxy.listen = listen.clone(),
-            None => anyhow::bail!(
-                "--balancer-listen needs a load balancer: the config has no [load_balancer]"
+            _ => anyhow::bail!(
+                "--balancer-listen needs the local load balancer: the config has no [load_balancer] of kind \"haproxy\""
             ),
         }
     }

@@ -111,9 +111,22 @@ pub struct Ec2Cloud {
     /// next launch reuses one, so that if the first took effect EC2 returns that instance
     /// instead of launching a second.
     uncertain: std::sync::Mutex<Vec<String>>,
+    /// With a load balancer: the application's port on every instance, and the user-data that
+    /// starts it (base64) given to every instance launched.
+    app: Option<(u16, String)>,
 }
 
 impl Ec2Cloud {
+    /// Every instance launched from now on runs `user_data` at boot (the script that has its
+    /// agent report the application's load), and serves its application on `port`, where the
+    /// load balancer sends requests (`CloudInstance::app_address`).
+    pub fn with_app(mut self, port: u16, user_data: &str) -> Ec2Cloud {
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(user_data);
+        self.app = Some((port, encoded));
+        self
+    }
+
     /// Resolves what the config leaves out (AMI, security group, subnets) and checks it exists.
     pub async fn open(
         sdk: &aws_config::SdkConfig,
@@ -182,6 +195,7 @@ impl Ec2Cloud {
             config,
             launches: AtomicU64::new(0),
             uncertain: std::sync::Mutex::default(),
+            app: None,
         })
     }
 
@@ -242,8 +256,9 @@ impl Ec2Cloud {
                     launched_at,
                     zone,
                     state_reason,
-                    // A target group sends requests by instance id and port.
-                    app_address: None,
+                    app_address: self.app.as_ref().and_then(|(port, _)| {
+                        Some(format!("{}:{port}", instance.private_ip_address()?))
+                    }),
                 },
                 instance.subnet_id().unwrap_or("").to_string(),
             ));
@@ -379,7 +394,12 @@ impl Cloud for Ec2Cloud {
         for _ in 0..count {
             let subnet = self.emptiest_subnet(&counts);
             match self
-                .run_instance(InstanceRole::Agent, &self.config.ami_id, &subnet, None)
+                .run_instance(
+                    InstanceRole::Agent,
+                    &self.config.ami_id,
+                    &subnet,
+                    self.app.as_ref().map(|(_, user_data)| user_data.clone()),
+                )
                 .await
             {
                 Ok(instance_id) => {

@@ -110,12 +110,14 @@ impl Bootstrap {
                 urls["install.sh"]
             ),
             format!(
-                "sh /tmp/autoscaler-install.sh '{}' '{}' '{}' '{}' '{}'",
+                "sh /tmp/autoscaler-install.sh '{}' '{}' '{}' '{}' '{}' '{}' '{}'",
                 aws.group,
                 urls["autoscaler-agent"],
                 urls["autoscaler-monitor"],
                 urls["autoscaler-agent.service"],
-                urls["autoscaler-monitor.service"]
+                urls["autoscaler-monitor.service"],
+                urls["autoscaler-app"],
+                urls["autoscaler-app.service"]
             ),
         ];
         run_command(aws, &seed, commands).await?;
@@ -281,10 +283,18 @@ async fn deliver_binaries(
         ("agent", "release")
     };
     let provisioning = util::root().join("provisioning");
-    let files: [(&'static str, std::path::PathBuf); 5] = [
+    let files: [(&'static str, std::path::PathBuf); 7] = [
         (
             "autoscaler-agent",
             util::profile_dir(agent_profile)?.join("autoscaler-agent"),
+        ),
+        (
+            "autoscaler-app",
+            util::profile_dir(agent_profile)?.join("autoscaler-app"),
+        ),
+        (
+            "autoscaler-app.service",
+            provisioning.join("systemd/autoscaler-app.service"),
         ),
         (
             "autoscaler-monitor",

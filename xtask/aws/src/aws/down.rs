@@ -86,6 +86,19 @@ impl Down {
                 eprintln!("  {verb} security group {group_id}");
             }
         }
+        let balancer = aws.balancer_parts().await?;
+        if let Some(arn) = &balancer.load_balancer_arn {
+            eprintln!(
+                "  {verb} load balancer {} ({arn}) and its listener",
+                balancer.dns_name.as_deref().unwrap_or("")
+            );
+        }
+        if let Some(arn) = &balancer.target_group_arn {
+            eprintln!("  {verb} target group {arn}");
+        }
+        if let Some(id) = &balancer.security_group_id {
+            eprintln!("  {verb} the load balancer's security group {id}");
+        }
         for name in &parameters {
             eprintln!("  {verb} parameter {name}");
         }
@@ -142,6 +155,9 @@ impl Down {
                 eprintln!("  removing instance {id} (launched while the group went down)");
             }
             terminate(aws, &left).await?;
+        }
+        if !balancer.is_empty() {
+            aws.delete_balancer(&balancer).await?;
         }
         for name in &parameters {
             if name == &aws.names.bucket() {

@@ -17,12 +17,14 @@ use aws_sdk_ec2::types::{Filter, Tag};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod bake_ami;
+mod balancer;
 mod bootstrap;
 mod down;
 mod status;
 mod up;
 
 pub use bake_ami::BakeAmi;
+pub use balancer::{APP_PORT, DEREGISTRATION_DELAY_SECS};
 pub use bootstrap::Bootstrap;
 pub use down::Down;
 pub use status::{Status, print_status};
@@ -48,6 +50,7 @@ pub struct Aws {
     pub sdk: aws_config::SdkConfig,
     pub ec2: aws_sdk_ec2::Client,
     pub ssm: aws_sdk_ssm::Client,
+    pub elb: aws_sdk_elasticloadbalancingv2::Client,
     pub parameters: Parameters,
     pub names: GroupParameters,
     pub group: String,
@@ -188,6 +191,7 @@ impl Aws {
         Aws {
             ec2: aws_sdk_ec2::Client::new(&sdk),
             ssm: aws_sdk_ssm::Client::new(&sdk),
+            elb: aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
             parameters: Parameters::new(&sdk),
             names: GroupParameters::new(group),
             group: group.to_string(),
@@ -290,15 +294,16 @@ impl Aws {
 
     /// The id of the group's security group, if it exists.
     pub async fn security_group(&self) -> anyhow::Result<Option<String>> {
+        self.security_group_named(&format!("autoscaler-{}", self.group))
+            .await
+    }
+
+    /// The id of the security group called `name`, if there is one.
+    pub async fn security_group_named(&self, name: &str) -> anyhow::Result<Option<String>> {
         let output = self
             .ec2
             .describe_security_groups()
-            .filters(
-                Filter::builder()
-                    .name("group-name")
-                    .values(format!("autoscaler-{}", self.group))
-                    .build(),
-            )
+            .filters(Filter::builder().name("group-name").values(name).build())
             .send()
             .await
             .map_err(|e| explain("describe security groups", e))?;
@@ -307,6 +312,29 @@ impl Aws {
             .first()
             .and_then(|g| g.group_id())
             .map(str::to_string))
+    }
+
+    /// The default VPC's default subnets (one per availability zone).
+    pub async fn default_subnets(&self) -> anyhow::Result<Vec<String>> {
+        let output = self
+            .ec2
+            .describe_subnets()
+            .filters(
+                Filter::builder()
+                    .name("default-for-az")
+                    .values("true")
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| explain("describe subnets", e))?;
+        let mut subnets: Vec<String> = output
+            .subnets()
+            .iter()
+            .filter_map(|s| s.subnet_id().map(str::to_string))
+            .collect();
+        subnets.sort();
+        Ok(subnets)
     }
 
     /// The default VPC's id, or a clear error.

@@ -137,6 +137,24 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
     }
 }
 
+/// The load balancer's targets, if the group has one.
+async fn print_targets(aws: &Aws) -> anyhow::Result<()> {
+    let Ok(target_group) = aws.parameters.get(&aws.names.target_group()).await else {
+        return Ok(());
+    };
+    let dns = aws
+        .parameters
+        .get(&aws.names.load_balancer())
+        .await
+        .unwrap_or_default();
+    println!("load balancer http://{dns}/ (target group {target_group})");
+    println!("{:<20} {:<12} {}", "TARGET", "HEALTH", "REASON");
+    for (instance_id, state, reason) in aws.target_health(&target_group).await? {
+        println!("{instance_id:<20} {state:<12} {reason}");
+    }
+    Ok(())
+}
+
 pub async fn print_status(aws: &Aws) -> anyhow::Result<()> {
     let instances = aws.instances(&[]).await?;
     let monitor = match (
@@ -182,5 +200,5 @@ pub async fn print_status(aws: &Aws) -> anyhow::Result<()> {
     if let Some(last) = monitor.as_ref().and_then(|s| s.decisions.last()) {
         println!("last decision: {}", last.summary);
     }
-    Ok(())
+    print_targets(aws).await
 }

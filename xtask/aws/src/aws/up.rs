@@ -24,6 +24,15 @@ pub struct Up {
     /// How long to wait for the fleet, in seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
+    /// Put an Application Load Balancer in front of the group (in the default VPC: its
+    /// security group, an HTTP listener on port 80, a target group on the application's port
+    /// 8080 that only the load balancer may reach); its instances then run the application and
+    /// report its real load.
+    #[arg(long)]
+    pub load_balancer: bool,
+    /// Who may send requests to the load balancer (a CIDR).
+    #[arg(long, default_value = "0.0.0.0/0", requires = "load_balancer")]
+    pub load_balancer_from: String,
 }
 
 /// In the monitor host's user-data (provisioning/monitor-user-data.sh), the config sits between
@@ -31,10 +40,12 @@ pub struct Up {
 pub const CONFIG_BEGIN: &str = "cat > /etc/autoscaler/autoscaler.toml <<'AUTOSCALER_CONFIG'\n";
 pub const CONFIG_END: &str = "AUTOSCALER_CONFIG\n";
 
-/// The monitor's config for the group, checked.
+/// The monitor's config for the group, checked; with `load_balancer`, its controller drives the
+/// group's target group (`[load_balancer] kind = "elb"`, unless the file has its own).
 pub fn monitor_config(
     path: &Path,
     group: &str,
+    load_balancer: bool,
 ) -> anyhow::Result<(String, autoscaler_daemon::daemon::DaemonConfig)> {
     let path = if path.is_absolute() {
         path.to_path_buf()
@@ -47,6 +58,20 @@ pub fn monitor_config(
         .parse()
         .with_context(|| format!("{}", path.display()))?;
     table.insert("group".to_string(), toml::Value::String(group.to_string()));
+    if load_balancer && !table.contains_key("load_balancer") {
+        let mut elb = toml::Table::new();
+        elb.insert("kind".into(), "elb".into());
+        elb.insert(
+            "app_port".into(),
+            toml::Value::Integer(super::APP_PORT.into()),
+        );
+        // Beyond the target group's deregistration delay.
+        elb.insert(
+            "drain_timeout_secs".into(),
+            toml::Value::Integer(i64::from(super::DEREGISTRATION_DELAY_SECS) + 30),
+        );
+        table.insert("load_balancer".into(), toml::Value::Table(elb));
+    }
     let text = toml::to_string(&table)?;
     let config = autoscaler_daemon::daemon::DaemonConfig::from_toml(&text)
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -70,7 +95,18 @@ impl Up {
 
     pub async fn run_with(self, aws: &Aws) -> anyhow::Result<()> {
         eprintln!("up of group {}", aws.group);
-        let (config_text, config) = monitor_config(&self.config, &aws.group)?;
+        let (config_text, config) = monitor_config(&self.config, &aws.group, self.load_balancer)?;
+        let instance_limit = config.controller.instance_limit;
+        let max = config.controller.max_instances;
+        eprintln!(
+            "  plan: a monitor host and {}-{max} application instances (the account allows {instance_limit} in all){}",
+            config.controller.min_instances,
+            if self.load_balancer {
+                ", behind an Application Load Balancer"
+            } else {
+                ""
+            }
+        );
         let autoscaler_daemon::daemon::ProviderSection::Ec2(ec2) = config.provider.clone() else {
             unreachable!("checked by monitor_config")
         };
@@ -98,6 +134,10 @@ impl Up {
             );
         }
         ensure_tls(aws).await?;
+        let balancer = match self.load_balancer {
+            true => Some(aws.ensure_balancer(&self.load_balancer_from).await?),
+            false => None,
+        };
 
         let monitors = aws.instances(&[InstanceRole::Monitor]).await?;
         let monitor = match monitors
@@ -180,6 +220,9 @@ impl Up {
             }
         })
         .await?;
+        if let Some(dns) = balancer.and_then(|b| b.dns_name) {
+            eprintln!("  requests: http://{dns}/ (the load balancer)");
+        }
         eprintln!(
             "up done: monitor host {monitor}; `cargo xtask status --group {}` shows the fleet",
             aws.group

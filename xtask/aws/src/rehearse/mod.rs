@@ -9,7 +9,7 @@ mod runner;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::{bail, ensure};
+use anyhow::{Context, bail, ensure};
 use autoscaler_aws::Timeouts;
 use autoscaler_controller::ec2::{GROUP_TAG, InstanceRole, ROLE_TAG};
 use autoscaler_proto::auth::Credentials;
@@ -124,14 +124,17 @@ impl Rehearse {
             "the seed is terminated"
         );
 
-        eprintln!("\n== cargo xtask up ==");
+        eprintln!("\n== cargo xtask up --load-balancer ==");
         aws::Up {
             group: group.clone(),
             config: "provisioning/rehearsal.toml".into(),
             timeout: 180,
+            load_balancer: true,
+            load_balancer_from: "0.0.0.0/0".into(),
         }
         .run_with(aws)
         .await?;
+        check_balancer(aws).await?;
         let monitors = described(aws, InstanceRole::Monitor).await?;
         ensure!(monitors.len() == 1, "one monitor host");
         check_instance(&monitors[0], InstanceRole::Monitor, &self.group)?;
@@ -276,6 +279,8 @@ async fn missing_pieces_are_named(aws: &Aws) -> anyhow::Result<()> {
         group,
         config: "provisioning/rehearsal.toml".into(),
         timeout: 10,
+        load_balancer: false,
+        load_balancer_from: "0.0.0.0/0".into(),
     }
     .run_with(aws)
     .await
@@ -369,6 +374,77 @@ fn check_instance(
 
 /// Drives every healthy agent's load high until the fleet stands at its maximum, then low until
 /// it is back at its minimum, as a load balancer spreading demand would.
+/// After `up --load-balancer`: the load balancer, its listener and the target group exist and
+/// are recorded, and only the load balancer may reach the application's port.
+async fn check_balancer(aws: &Aws) -> anyhow::Result<()> {
+    let parts = aws.balancer_parts().await?;
+    let (Some(lb), Some(target_group), Some(alb_group)) = (
+        &parts.load_balancer_arn,
+        &parts.target_group_arn,
+        &parts.security_group_id,
+    ) else {
+        bail!("the load balancer is incomplete: {parts:?}");
+    };
+    ensure!(
+        &aws.parameters.get(&aws.names.target_group()).await? == target_group,
+        "the target group's ARN is recorded"
+    );
+    ensure!(
+        aws.parameters.get(&aws.names.load_balancer()).await?
+            == parts.dns_name.clone().unwrap_or_default(),
+        "the load balancer's DNS name is recorded"
+    );
+    let listeners = aws
+        .elb
+        .describe_listeners()
+        .load_balancer_arn(lb)
+        .send()
+        .await
+        .map_err(|e| aws::explain("describe the listeners", e))?;
+    ensure!(
+        listeners.listeners().iter().any(|l| l.port() == Some(80)),
+        "an HTTP listener on port 80"
+    );
+    let instances_group = aws
+        .security_group()
+        .await?
+        .context("the group's security group")?;
+    let rules = aws
+        .ec2
+        .describe_security_groups()
+        .group_ids(&instances_group)
+        .send()
+        .await
+        .map_err(|e| aws::explain("describe the security group", e))?;
+    let app_rule = rules
+        .security_groups()
+        .iter()
+        .flat_map(|g| g.ip_permissions())
+        .find(|p| p.from_port() == Some(i32::from(aws::APP_PORT)))
+        .context("no rule for the application's port")?;
+    ensure!(
+        app_rule.ip_ranges().is_empty()
+            && app_rule
+                .user_id_group_pairs()
+                .iter()
+                .all(|pair| pair.group_id() == Some(alb_group.as_str())),
+        "only the load balancer reaches the application: {app_rule:?}"
+    );
+    eprintln!("  load balancer, listener, target group and rules in place");
+    Ok(())
+}
+
+/// The instance ids the target group has as targets.
+async fn targets(aws: &Aws) -> anyhow::Result<BTreeSet<String>> {
+    let target_group = aws.parameters.get(&aws.names.target_group()).await?;
+    Ok(aws
+        .target_health(&target_group)
+        .await?
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect())
+}
+
 async fn load_cycle(aws: &Aws, address: &str, credentials: &Credentials) -> anyhow::Result<()> {
     let daemon = tokio::sync::Mutex::new(crate::status_client::Daemon::new(address, credentials)?);
     for (level, size, what) in [
@@ -389,12 +465,51 @@ async fn load_cycle(aws: &Aws, address: &str, credentials: &Credentials) -> anyh
                         .set_load_target(&instance.instance_id, level, true)
                         .await;
                 }
-                let listed = status.instances.iter().filter(|i| i.listed()).count();
-                ensure!(listed <= 4, "{listed} instances, above the maximum");
-                Ok((healthy.len() == size && listed == size).then_some(()))
+                let listed: BTreeSet<String> = status
+                    .instances
+                    .iter()
+                    .filter(|i| i.listed())
+                    .map(|i| i.instance_id.clone())
+                    .collect();
+                ensure!(
+                    listed.len() <= 4,
+                    "{} instances, above the maximum",
+                    listed.len()
+                );
+                // Every instance in service is a target, and only those.
+                let registered = targets(aws).await?;
+                Ok(
+                    (healthy.len() == size && listed.len() == size && registered == listed)
+                        .then_some(()),
+                )
             },
         )
         .await?;
+        eprintln!("  {what}, each a target of the load balancer");
+    }
+    // Every scale-in drained its instance from the load balancer before terminating it.
+    let status = daemon.lock().await.status_after(0).await?;
+    let outcomes: Vec<&String> = status.decisions.iter().flat_map(|d| &d.outcome).collect();
+    let terminated: Vec<&str> = outcomes
+        .iter()
+        .filter_map(|o| o.strip_prefix("scaled in: terminated "))
+        .flat_map(|ids| ids.split(", "))
+        .collect();
+    ensure!(
+        terminated.len() >= 2,
+        "two scale-ins recorded: {outcomes:#?}"
+    );
+    for id in terminated {
+        let drained = outcomes
+            .iter()
+            .position(|o| o.starts_with(&format!("draining {id} ")));
+        let ended = outcomes
+            .iter()
+            .position(|o| o.starts_with("scaled in: terminated ") && o.contains(id));
+        ensure!(
+            drained.is_some() && drained < ended,
+            "{id} was drained before it was terminated: {outcomes:#?}"
+        );
     }
     let agents = described(aws, InstanceRole::Agent).await?;
     let subnets: BTreeSet<&str> = agents.iter().filter_map(|i| i.subnet_id()).collect();
@@ -436,6 +551,11 @@ async fn nothing_left(aws: &Aws) -> anyhow::Result<()> {
     ensure!(
         aws.security_group().await?.is_none(),
         "the security group is left"
+    );
+    let balancer = aws.balancer_parts().await?;
+    ensure!(
+        balancer.is_empty(),
+        "the load balancer is left: {balancer:?}"
     );
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&aws.sdk)
