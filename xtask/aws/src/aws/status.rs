@@ -148,7 +148,7 @@ async fn print_targets(aws: &Aws) -> anyhow::Result<()> {
         .await
         .unwrap_or_default();
     println!("load balancer http://{dns}/ (target group {target_group})");
-    println!("{:<20} {:<12} {}", "TARGET", "HEALTH", "REASON");
+    println!("{:<20} {:<12} REASON", "TARGET", "HEALTH");
     for (instance_id, state, reason) in aws.target_health(&target_group).await? {
         println!("{instance_id:<20} {state:<12} {reason}");
     }
