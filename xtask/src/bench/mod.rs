@@ -393,9 +393,10 @@ fn write_footprint(report: &mut String, footprint: &[Figure]) {
         report,
         "The agent as it ships to every instance (`cargo build --profile agent -p \
          autoscaler-agent`: optimised for size, whole-program LTO, one codegen unit, symbols \
-         stripped; what `cargo xtask bootstrap` installs), polled at 1 Hz over mutual TLS by the \
-         monitor alone, with its default simulated load (sampled 5 times a second). A t2.micro \
-         has 1 GiB of memory.\n"
+         stripped, panics abort; the system allocator; what `cargo xtask bootstrap` installs), \
+         polled at 1 Hz over mutual TLS by the monitor alone, with its default simulated load \
+         (sampled 5 times a second). Resident memory counts the pages of the binary itself that \
+         are mapped (about 6 MB of it). A t2.micro has 1 GiB of memory.\n"
     );
     let _ = writeln!(report, "| figure | value | goal |\n|---|---:|---|");
     let _ = writeln!(
@@ -431,7 +432,10 @@ fn write_footprint(report: &mut String, footprint: &[Figure]) {
          HTTP/TLS stacks (hyper 0.14 and rustls 0.21 from the AWS SDK's default features beside \
          hyper 1 and rustls 0.23), the SSO crates and two crypto libraries (aws-lc-rs and ring). \
          Without the SDK's default features (one stack, ring only) it was 13.6 MB stripped; the \
-         `agent` profile makes the rest of the difference."
+         `agent` profile made it 7.1 MB. Measured on 2026-12-04 with that binary: 15.7 MiB \
+         resident (8.7 MiB anonymous, most of it mimalloc's arenas, beside 7.2 MiB of the binary \
+         and libc mapped); with the system allocator 0.9 MiB anonymous, and with `panic = \
+         \"abort\"` (no unwinding tables) a 6.2 MB binary, 7.4 MiB resident in all."
     );
 }
 
