@@ -76,12 +76,14 @@ pub fn build_binaries(sh: &Shell) -> anyhow::Result<()> {
     Ok(cargo(sh).args(["build", "--workspace", "--bins"]).run()?)
 }
 
-/// The packages `cargo xtask bench` builds, without the EC2 provider: the agent, the monitor
-/// and the daemon, their binaries and examples (the benchmarks). `test` lints the same set.
-pub const WITHOUT_EC2: [&str; 9] = [
+/// The packages `cargo xtask bench` builds, without the EC2 provider: the agent, the app, the
+/// monitor and the daemon, their binaries and examples (the benchmarks). `test` lints the same set.
+pub const WITHOUT_EC2: [&str; 11] = [
     "--no-default-features",
     "-p",
     "autoscaler-agent",
+    "-p",
+    "autoscaler-app",
     "-p",
     "autoscaler-monitor",
     "-p",

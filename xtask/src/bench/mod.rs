@@ -79,6 +79,11 @@ fn machine() -> String {
 impl Bench {
     pub fn run(self) -> anyhow::Result<()> {
         let sh = util::shell()?;
+        // The traffic benchmark runs HAProxy in front of the group.
+        let haproxy = match std::env::var_os("AUTOSCALER_HAPROXY") {
+            Some(path) => std::path::PathBuf::from(path),
+            None => util::haproxy(&sh)?,
+        };
         // Cargo's progress and the benchmark's errors are shown as they come (stderr); the
         // figures are read from stdout.
         let printed = util::cargo(&sh)
@@ -100,7 +105,9 @@ impl Bench {
             let path = examples.join(name);
             eprintln!("({about})");
             // Its log goes to stderr as it runs; its figures come on stdout.
-            let printed = cmd!(sh, "{path}").read()?;
+            let printed = cmd!(sh, "{path}")
+                .env("AUTOSCALER_HAPROXY", &haproxy)
+                .read()?;
             Ok(figures(&printed))
         };
         let reach = run_example(
@@ -110,6 +117,10 @@ impl Bench {
         let reaction = run_example(
             "reaction",
             "about three minutes: 20 frozen agents, 30 s of CPU hog",
+        )?;
+        let traffic = run_example(
+            "traffic",
+            "about two minutes: requests through HAProxy, a step up and down, 5 kills",
         )?;
         // The agent as it ships (a few minutes more to build: whole-program LTO).
         util::cargo(&sh)
@@ -254,9 +265,10 @@ impl Bench {
                 figure.name, figure.value, figure.unit, figure.note
             );
         }
+        write_traffic(&mut report, &traffic);
         write_reach(&mut report, &reach);
         write_footprint(&mut report, &footprint);
-        for figure in reach.iter().chain(&footprint) {
+        for figure in traffic.iter().chain(&reach).chain(&footprint) {
             println!(
                 "{:<32} {:>10} {:<8} {}",
                 figure.name, figure.value, figure.unit, figure.note
@@ -376,6 +388,98 @@ fn write_reach(report: &mut String, reach: &[Figure]) {
          unary.rs`; the ceiling still measures tonic's). What is left is spread thin: h2's stream \
          and HPACK bookkeeping, rustls, the allocator and the kernel's socket calls, none above 4 % \
          of the monitor's CPU."
+    );
+}
+
+/// The Serving traffic section: requests failed while the group changes, and the time to
+/// capacity with its parts, beside what EC2 Auto Scaling with an ALB does by default.
+fn write_traffic(report: &mut String, traffic: &[Figure]) {
+    let value = |name: &str| {
+        traffic
+            .iter()
+            .find(|f| f.name == name)
+            .map_or(f64::NAN, |f| f.value)
+    };
+    let verdict = |met: bool| if met { "met" } else { "**missed**" };
+    let _ = writeln!(report, "\n## Serving traffic\n");
+    let _ = writeln!(
+        report,
+        "The daemon with `provisioning/demo-traffic.toml` (an application beside every agent, \
+         4 slots of 50 ms: 80 requests a second each at most; HAProxy in front, health checks \
+         every 1 s, 2 failures to take an instance out; 1 s polls and evaluations; target \
+         tracking at 50 % of the slot time) and an open-loop load generator sending GETs \
+         through HAProxy: 0.8 instances' worth (64 requests/s), a step to 2.4 (192/s), a fall \
+         to 0.4 (32/s), then {:.0} times `kill -9` of one instance's agent and application at \
+         0.8. {:.0} requests served in all, {:.0} failed.\n",
+        value("kill-count"),
+        value("traffic-requests"),
+        value("traffic-failed")
+    );
+    let _ = writeln!(
+        report,
+        "| figure | value | goal | EC2 Auto Scaling with an ALB, by default |\n|---|---:|---|---|"
+    );
+    let _ = writeln!(
+        report,
+        "| requests failed during the scale-out | {:.0} | 0: {} | |",
+        value("scale-out-failed"),
+        verdict(value("scale-out-failed") == 0.0)
+    );
+    let _ = writeln!(
+        report,
+        "| requests failed during the scale-in ({:.0} instances drained, the longest in {:.1} s) | {:.0} | 0: {} | deregistration delay 300 s before termination |",
+        value("scale-in-drains"),
+        value("scale-in-drain-max"),
+        value("scale-in-failed"),
+        verdict(value("scale-in-failed") == 0.0)
+    );
+    let _ = writeln!(
+        report,
+        "| requests failed during a `kill -9` replacement: in all / at most per kill | {:.0} / {:.0} | bounded by the balancer's health check (2 x 1 s) | health checks every 30 s, unhealthy after 2: about 60 s of requests sent to a dead target |",
+        value("kill-failed"),
+        value("kill-failed-max")
+    );
+    let _ = writeln!(
+        report,
+        "| how long requests failed after a kill, at most | {:.1} s | | |",
+        value("kill-failing-max")
+    );
+    let _ = writeln!(
+        report,
+        "| kill to the replacement serving, median / at most | {:.1} s / {:.1} s | | the ELB health check's 60 s to notice, then a launch |",
+        value("kill-replaced-median"),
+        value("kill-replaced-max")
+    );
+    let _ = writeln!(
+        report,
+        "| time to capacity: step in offered load to the first request served by the new instance | {:.1} s | | 1-minute metrics, 3 data points to scale out (users report); an EC2 instance boots in about 30 s |",
+        value("capacity-time")
+    );
+    for (name, what) in [
+        ("capacity-decision", "step to the launch decision"),
+        (
+            "capacity-start",
+            "launch to the agent polled healthy (start, registration, first poll)",
+        ),
+        (
+            "capacity-registration",
+            "healthy to registered with the balancer (its first load seen)",
+        ),
+        (
+            "capacity-health-check",
+            "registered to the first request served (the first passed health check)",
+        ),
+    ] {
+        let _ = writeln!(report, "| &nbsp;&nbsp;{what} | {:.1} s | | |", value(name));
+    }
+    let _ = writeln!(
+        report,
+        "\nRequests whose connection to an instance fails (a killed one, before its health check \
+         fails) are sent to another by HAProxy (`retry-on conn-failure empty-response`, `option \
+         redispatch`), which is why a kill may cost no request at all; an ALB does not retry. \
+         Locally an instance starts in a fraction of a second; on EC2 the launch-to-healthy part \
+         is the instance's boot (about 30 s to SSH for Linux), and the target group's health \
+         checks (every 10 s, healthy after 2, as `up --load-balancer` sets them) add up to 20 s."
     );
 }
 
