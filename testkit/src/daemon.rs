@@ -122,26 +122,6 @@ impl RunningDaemon {
     }
 }
 
-/// `GET path` on 127.0.0.1, returning the status code and the body.
-pub async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        String::from_utf8_lossy(&response).to_string()
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .expect("an answer within 10 s");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
-}
-
 /// A fast config for a group that serves traffic: an app beside every agent (4 slots of 40 ms:
 /// 100 requests a second at most per instance), HAProxy in front on a free port (returned),
 /// health checks every 200 ms, target tracking at 50 % of the apps' slot time.

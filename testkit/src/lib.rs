@@ -9,6 +9,7 @@
 
 pub mod fault_proxy;
 pub mod group;
+pub mod http;
 pub mod local;
 pub mod moto;
 pub mod process;
@@ -25,6 +26,7 @@ pub use autoscaler_proto::tls::Role;
 #[cfg(feature = "fleet")]
 pub use fleet::*;
 pub use group::*;
+pub use http::http_get;
 pub use local::StateDir;
 pub use process::*;
 pub use wait::*;

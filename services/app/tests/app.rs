@@ -5,26 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use autoscaler_app::{AppConfig, Stats};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `GET path`, returning the status and the body.
-async fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).to_string())
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .expect("an answer within 10 s")
-        .expect("an HTTP exchange");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
-}
+use autoscaler_testkit::http_get as get;
 
 async fn stats(address: SocketAddr) -> Stats {
     let (status, body) = get(address, "/stats").await;

@@ -15,7 +15,7 @@ mod sdk;
 #[cfg(feature = "ec2")]
 pub use elb::{TargetGroup, target_state};
 #[cfg(feature = "ec2")]
-pub use sdk::{Ec2Cloud, classify, describe_group};
+pub use sdk::{Ec2Cloud, classify, default_subnets, describe_group};
 
 /// Tag naming the group an instance belongs to.
 pub const GROUP_TAG: &str = "autoscaler:group";

@@ -8,32 +8,9 @@ use std::time::Duration;
 use autoscaler_app::AppConfig;
 use autoscaler_controller::balancer::{Balancer, Target, TargetState, TargetStatus};
 use autoscaler_controller::haproxy::{Haproxy, HaproxyConfig};
+use autoscaler_testkit::http_get as get;
 use autoscaler_testkit::process::{free_port, haproxy_binary};
 use autoscaler_testkit::wait::eventually;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `GET path` through `address`; the status and the body.
-async fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).to_string())
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .expect("an answer within 10 s")
-        .expect("an HTTP exchange");
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
-}
 
 async fn app(
     instance_id: &str,

@@ -100,6 +100,28 @@ where
     CloudError::new(kind, message)
 }
 
+/// The default VPC's default subnets (one per availability zone), sorted.
+pub async fn default_subnets(client: &aws_sdk_ec2::Client) -> Result<Vec<String>, CloudError> {
+    let subnets = client
+        .describe_subnets()
+        .filters(
+            Filter::builder()
+                .name("default-for-az")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(classify)?;
+    let mut ids: Vec<String> = subnets
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_id().map(str::to_string))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
 /// Instances of one group on EC2.
 #[derive(Debug)]
 pub struct Ec2Cloud {
@@ -165,23 +187,7 @@ impl Ec2Cloud {
             }
         }
         if config.subnet_ids.is_empty() {
-            let subnets = client
-                .describe_subnets()
-                .filters(
-                    Filter::builder()
-                        .name("default-for-az")
-                        .values("true")
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(classify)?;
-            config.subnet_ids = subnets
-                .subnets()
-                .iter()
-                .filter_map(|s| s.subnet_id().map(str::to_string))
-                .collect();
-            config.subnet_ids.sort();
+            config.subnet_ids = default_subnets(&client).await?;
             if config.subnet_ids.is_empty() {
                 return Err(CloudError::new(
                     CloudErrorKind::Other,

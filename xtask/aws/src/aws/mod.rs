@@ -316,25 +316,9 @@ impl Aws {
 
     /// The default VPC's default subnets (one per availability zone).
     pub async fn default_subnets(&self) -> anyhow::Result<Vec<String>> {
-        let output = self
-            .ec2
-            .describe_subnets()
-            .filters(
-                Filter::builder()
-                    .name("default-for-az")
-                    .values("true")
-                    .build(),
-            )
-            .send()
+        autoscaler_controller::ec2::default_subnets(&self.ec2)
             .await
-            .map_err(|e| explain("describe subnets", e))?;
-        let mut subnets: Vec<String> = output
-            .subnets()
-            .iter()
-            .filter_map(|s| s.subnet_id().map(str::to_string))
-            .collect();
-        subnets.sort();
-        Ok(subnets)
+            .map_err(|error| anyhow!("cannot list the default subnets: {error}"))
     }
 
     /// The default VPC's id, or a clear error.
