@@ -1,0 +1,282 @@
+//! The store on one machine: a SQLite database (rusqlite, with SQLite compiled in) in the state
+//! dir, shared by every daemon of the group on that machine. The lease row is read and written
+//! inside one write transaction (`BEGIN IMMEDIATE`), so two daemons never both take it; lease
+//! expiry is judged by the wall clock, which the daemons of one machine share.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::{Activity, Lease, Pending, Store, StoreError, now_ms};
+
+/// How long one call may take, waiting for another daemon's transaction included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long SQLite waits for a lock another process holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS lease (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        holder TEXT NOT NULL,
+        epoch INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS memory (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        epoch INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS activity (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        epoch INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS activity_at ON activity (at_ms);
+";
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+/// What SQLite said, as this crate's error: a file that is not a database (or a damaged one) is
+/// `Corrupt`, anything else (locked, I/O) `Unavailable`.
+fn sqlite(error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt(error.to_string())
+        }
+        _ => StoreError::Unavailable(error.to_string()),
+    }
+}
+
+/// The group's store in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (or makes) the store at `path`. A file that is not such a store is refused, and
+    /// left as it is.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let connection = Connection::open(path).map_err(sqlite)?;
+        connection.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
+        // Readers do not wait for the writer, and a crash loses no committed write.
+        let _: String = connection
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(sqlite)?;
+        connection.execute_batch(SCHEMA).map_err(sqlite)?;
+        Ok(SqliteStore {
+            path: path.to_path_buf(),
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` on the connection off the async runtime, within `CALL_TIMEOUT`.
+    fn call<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Pending<'_, T> {
+        let connection = self.connection.clone();
+        Box::pin(async move {
+            let task = tokio::task::spawn_blocking(move || {
+                let mut connection = connection.lock().unwrap_or_else(|p| p.into_inner());
+                work(&mut connection)
+            });
+            match tokio::time::timeout(CALL_TIMEOUT, task).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(join)) => Err(unavailable(format!("the store's task failed: {join}"))),
+                Err(_) => Err(unavailable(format!("no answer within {CALL_TIMEOUT:?}"))),
+            }
+        })
+    }
+}
+
+fn read_lease(connection: &Connection) -> Result<Option<Lease>, StoreError> {
+    connection
+        .query_row(
+            "SELECT holder, epoch, address, expires_at_ms FROM lease WHERE id = 1",
+            [],
+            |row| {
+                Ok(Lease {
+                    holder: row.get(0)?,
+                    epoch: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                    address: row.get(2)?,
+                    expires_at_ms: row.get(3)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(sqlite)
+}
+
+/// Fails unless `epoch` is the lease's.
+fn check_epoch(connection: &Connection, epoch: u64) -> Result<(), StoreError> {
+    let current = read_lease(connection)?.map_or(0, |lease| lease.epoch);
+    if current == epoch {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            writer: epoch,
+            current,
+        })
+    }
+}
+
+fn epoch_value(epoch: u64) -> i64 {
+    i64::try_from(epoch).unwrap_or(i64::MAX)
+}
+
+impl Store for SqliteStore {
+    fn acquire<'a>(
+        &'a self,
+        holder: &'a str,
+        address: &'a str,
+        duration: Duration,
+    ) -> Pending<'a, Option<Lease>> {
+        let (holder, address) = (holder.to_string(), address.to_string());
+        self.call(move |connection| {
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sqlite)?;
+            let now = now_ms();
+            let expires_at_ms = now.saturating_add(duration.as_millis() as i64);
+            let lease = match read_lease(&transaction)? {
+                // Ours and still running: renewed, same epoch.
+                Some(lease) if lease.holder == holder && lease.expires_at_ms >= now => Lease {
+                    address,
+                    expires_at_ms,
+                    ..lease
+                },
+                // Another's and still running.
+                Some(lease) if lease.expires_at_ms >= now => return Ok(None),
+                // Run out (or given up): taken, by a new term.
+                Some(lease) => Lease {
+                    holder,
+                    epoch: lease.epoch.saturating_add(1),
+                    address,
+                    expires_at_ms,
+                },
+                None => Lease {
+                    holder,
+                    epoch: 1,
+                    address,
+                    expires_at_ms,
+                },
+            };
+            transaction
+                .execute(
+                    "INSERT INTO lease (id, holder, epoch, address, expires_at_ms) VALUES (1, ?1, ?2, ?3, ?4)
+                     ON CONFLICT (id) DO UPDATE SET holder = ?1, epoch = ?2, address = ?3, expires_at_ms = ?4",
+                    params![lease.holder, epoch_value(lease.epoch), lease.address, lease.expires_at_ms],
+                )
+                .map_err(sqlite)?;
+            transaction.commit().map_err(sqlite)?;
+            Ok(Some(lease))
+        })
+    }
+
+    fn release<'a>(&'a self, holder: &'a str, epoch: u64) -> Pending<'a, ()> {
+        let holder = holder.to_string();
+        self.call(move |connection| {
+            connection
+                .execute(
+                    "UPDATE lease SET expires_at_ms = 0 WHERE id = 1 AND holder = ?1 AND epoch = ?2",
+                    params![holder, epoch_value(epoch)],
+                )
+                .map_err(sqlite)?;
+            Ok(())
+        })
+    }
+
+    fn lease(&self) -> Pending<'_, Option<Lease>> {
+        self.call(|connection| read_lease(connection))
+    }
+
+    fn save_memory<'a>(&'a self, epoch: u64, memory: &'a [u8]) -> Pending<'a, ()> {
+        let memory = memory.to_vec();
+        self.call(move |connection| {
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sqlite)?;
+            check_epoch(&transaction, epoch)?;
+            transaction
+                .execute(
+                    "INSERT INTO memory (id, epoch, body) VALUES (1, ?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET epoch = ?1, body = ?2",
+                    params![epoch_value(epoch), memory],
+                )
+                .map_err(sqlite)?;
+            transaction.commit().map_err(sqlite)
+        })
+    }
+
+    fn memory(&self) -> Pending<'_, Option<Vec<u8>>> {
+        self.call(|connection| {
+            connection
+                .query_row("SELECT body FROM memory WHERE id = 1", [], |row| row.get(0))
+                .optional()
+                .map_err(sqlite)
+        })
+    }
+
+    fn append<'a>(&'a self, epoch: u64, records: &'a [Activity]) -> Pending<'a, ()> {
+        let records = records.to_vec();
+        self.call(move |connection| {
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sqlite)?;
+            check_epoch(&transaction, epoch)?;
+            for record in &records {
+                transaction
+                    .execute(
+                        "INSERT INTO activity (at_ms, epoch, body) VALUES (?1, ?2, ?3)",
+                        params![record.at_ms, epoch_value(record.epoch), record.body],
+                    )
+                    .map_err(sqlite)?;
+            }
+            transaction.commit().map_err(sqlite)
+        })
+    }
+
+    fn activity(&self, since_ms: i64, limit: usize) -> Pending<'_, Vec<Activity>> {
+        self.call(move |connection| {
+            let mut statement = connection
+                .prepare(
+                    "SELECT at_ms, epoch, body FROM activity WHERE at_ms >= ?1
+                     ORDER BY seq DESC LIMIT ?2",
+                )
+                .map_err(sqlite)?;
+            let rows = statement
+                .query_map(params![since_ms, limit as i64], |row| {
+                    Ok(Activity {
+                        at_ms: row.get(0)?,
+                        epoch: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                        body: row.get(2)?,
+                    })
+                })
+                .map_err(sqlite)?;
+            let mut found = rows.collect::<Result<Vec<_>, _>>().map_err(sqlite)?;
+            found.reverse();
+            Ok(found)
+        })
+    }
+
+    fn prune(&self, before_ms: i64) -> Pending<'_, u64> {
+        self.call(move |connection| {
+            let deleted = connection
+                .execute("DELETE FROM activity WHERE at_ms < ?1", params![before_ms])
+                .map_err(sqlite)?;
+            Ok(deleted as u64)
+        })
+    }
+}
