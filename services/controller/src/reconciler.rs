@@ -16,7 +16,9 @@ use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceSta
 use crate::config::ControllerConfig;
 use crate::fleet::FleetView;
 use crate::front::{Front, Removal};
-use crate::policy::{self, Decision, LaunchBackoff, Observation, ObservedInstance, PolicyState};
+use crate::policy::{
+    self, Decision, LaunchBackoff, Observation, ObservedInstance, PolicyMemory, PolicyState,
+};
 
 /// One evaluation as kept for the status view and logged.
 #[derive(Clone, Debug)]
@@ -344,6 +346,14 @@ pub struct Controller<C> {
     started: Instant,
     /// The load balancer in front of the group, if any, and the instances draining from it.
     front: Option<Front>,
+    /// Wall-clock time at `started`, since the Unix epoch: the policy's clock starts there.
+    anchor: Duration,
+    /// Where the policy's memory goes after every evaluation that changed it.
+    memory: Option<watch::Sender<PolicyMemory>>,
+}
+
+fn millis(since_epoch: Duration) -> i64 {
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Joins the provider's instances with the monitor's view.
@@ -428,7 +438,31 @@ impl<C: Cloud> Controller<C> {
             state: PolicyState::default(),
             started: Instant::now(),
             front: None,
+            anchor: SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+            memory: None,
         }
+    }
+
+    /// The policy's clock now (see `anchor`).
+    fn clock(&self) -> Duration {
+        self.anchor + self.started.elapsed()
+    }
+
+    /// Starts from the memory a previous controller left (cooldowns, the launch backoff), and
+    /// publishes the memory on `memory` after every evaluation that changes it.
+    pub fn with_memory(
+        mut self,
+        recalled: Option<&PolicyMemory>,
+        memory: watch::Sender<PolicyMemory>,
+    ) -> Controller<C> {
+        if let Some(recalled) = recalled {
+            let now = self.clock();
+            self.state = PolicyState::recall(recalled, now, millis(now));
+        }
+        self.memory = Some(memory);
+        self
     }
 
     /// Puts `balancer` in front of the group: instances are registered with it when they enter
@@ -482,6 +516,9 @@ impl<C: Cloud> Controller<C> {
         };
         let view = self.fleet.borrow().clone();
         let uptime = self.started.elapsed();
+        // The policy's clock: wall-clock time, advanced by the monotonic clock since the start,
+        // so that its memory means the same to another controller (`PolicyState::remember`).
+        let now = self.clock();
         // The balancer's side: its targets, and the draining instances now done.
         let mut drained_outcome = Vec::new();
         let mut drained_ids = Vec::new();
@@ -522,9 +559,9 @@ impl<C: Cloud> Controller<C> {
             .cloned()
             .collect();
         let observation = observe(&staying, &view, SystemTime::now(), uptime);
-        let mut decision = policy::evaluate(&observation, &self.config, &mut self.state, uptime);
+        let mut decision = policy::evaluate(&observation, &self.config, &mut self.state, now);
         let shadow = self.shadow.as_mut().map(|(config, state)| {
-            let verdict = policy::evaluate(&observation, config, state, uptime);
+            let verdict = policy::evaluate(&observation, config, state, now);
             ShadowVerdict {
                 desired: verdict.desired,
                 differs: verdict.desired != decision.desired,
@@ -588,14 +625,22 @@ impl<C: Cloud> Controller<C> {
             // The provider refused the launch after its retries: back off as for an instance
             // that died at start.
             self.status.count_launch_refused();
-            self.state.launch_failed(&self.config, uptime, &refused);
+            self.state.launch_failed(&self.config, now, &refused);
             if let Some((config, state)) = self.shadow.as_mut() {
-                state.launch_failed(config, uptime, &refused);
+                state.launch_failed(config, now, &refused);
             }
-            decision.launch_backoff = self.state.launch_backoff(uptime);
+            decision.launch_backoff = self.state.launch_backoff(now);
         }
         self.status
             .set_launch_backoff(decision.launch_backoff.clone());
+        if let Some(memory) = &self.memory {
+            let remembered = self.state.remember(now, millis(now));
+            memory.send_if_modified(|kept| {
+                let changed = *kept != remembered;
+                *kept = remembered;
+                changed
+            });
+        }
         if let (Some(front), Some(targets)) = (self.front.as_ref(), targets.as_deref()) {
             let remaining: Vec<CloudInstance> = instances
                 .iter()

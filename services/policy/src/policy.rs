@@ -44,6 +44,78 @@ pub struct PolicyState {
     launches: LaunchFailures,
 }
 
+/// The policy's memory as it outlives a controller (a restart, a failover to another daemon):
+/// its times in milliseconds since the Unix epoch, so that another process, with another start,
+/// can take them up (`PolicyState::remember`, `PolicyState::recall`). Cooldowns and the launch
+/// backoff then hold across a failover.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct PolicyMemory {
+    pub above_since_ms: Option<i64>,
+    pub below_since_ms: Option<i64>,
+    pub last_scale_out_ms: Option<i64>,
+    pub last_scale_in_ms: Option<i64>,
+    pub launch_failures: u32,
+    pub last_launch_failure_ms: Option<i64>,
+    pub next_launch_ms: Option<i64>,
+    pub launch_failure_reason: String,
+    pub counted_failures: Vec<String>,
+}
+
+impl PolicyState {
+    /// The memory in wall-clock time: `now` on the evaluation clock is `now_ms` on the wall.
+    pub fn remember(&self, now: Duration, now_ms: i64) -> PolicyMemory {
+        let wall = |at: Duration| {
+            now_ms - i64::try_from(now.saturating_sub(at).as_millis()).unwrap_or(i64::MAX)
+        };
+        let launches = &self.launches;
+        let failing = launches.consecutive > 0;
+        PolicyMemory {
+            above_since_ms: self.above_since.map(wall),
+            below_since_ms: self.below_since.map(wall),
+            last_scale_out_ms: self.last_scale_out.map(wall),
+            last_scale_in_ms: self.last_scale_in.map(wall),
+            launch_failures: launches.consecutive,
+            last_launch_failure_ms: failing.then(|| wall(launches.last_at)),
+            next_launch_ms: failing.then(|| {
+                now_ms
+                    + i64::try_from(launches.retry_at.saturating_sub(now).as_millis())
+                        .unwrap_or(i64::MAX)
+            }),
+            launch_failure_reason: launches.reason.clone(),
+            counted_failures: launches.counted.clone(),
+        }
+    }
+
+    /// The state a controller whose evaluation clock reads `now` at `now_ms` starts from. A time
+    /// before that clock's start is taken as its start: a cooldown then lasts at least as long
+    /// as it should, never less.
+    pub fn recall(memory: &PolicyMemory, now: Duration, now_ms: i64) -> PolicyState {
+        let clock = |at_ms: i64| {
+            let ago =
+                Duration::from_millis(u64::try_from(now_ms.saturating_sub(at_ms)).unwrap_or(0));
+            now.saturating_sub(ago)
+        };
+        let mut launches = LaunchFailures::default();
+        if memory.launch_failures > 0 {
+            launches.consecutive = memory.launch_failures;
+            launches.last_at = memory.last_launch_failure_ms.map_or(now, clock);
+            launches.retry_at = memory.next_launch_ms.map_or(now, |at| {
+                now + Duration::from_millis(u64::try_from(at.saturating_sub(now_ms)).unwrap_or(0))
+            });
+            launches.reason = memory.launch_failure_reason.clone();
+            launches.counted = memory.counted_failures.clone();
+        }
+        PolicyState {
+            above_since: memory.above_since_ms.map(clock),
+            below_since: memory.below_since_ms.map(clock),
+            last_scale_out: memory.last_scale_out_ms.map(clock),
+            last_scale_in: memory.last_scale_in_ms.map(clock),
+            launches,
+        }
+    }
+}
+
 /// Failed launches in a row, and when the next launch may be tried.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct LaunchFailures {

@@ -467,3 +467,55 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_memory_carries_a_cooldown_over_to_another_controller() {
+    use autoscaler_policy::policy::PolicyMemory;
+    let config = ControllerConfig {
+        scale_out_cooldown_secs: 120,
+        ..target_tracking(50.0, 0.1)
+    };
+    // The controllers' evaluation clocks read wall-clock time (since the Unix epoch).
+    let wall_ms: i64 = 1_800_000_000_000;
+    let at = |ms: i64| Duration::from_millis(ms as u64);
+    // Controller A scales out at 90 %.
+    let mut state = PolicyState::default();
+    let decision = evaluate(&fleet(&[90.0, 90.0]), &config, &mut state, at(wall_ms));
+    assert!(decision.launch > 0, "{decision:?}");
+    let memory = state.remember(at(wall_ms), wall_ms);
+    assert_eq!(memory.last_scale_out_ms, Some(wall_ms));
+    // Its memory survives a round trip through the store's JSON.
+    let text = serde_json::to_string(&memory).unwrap();
+    let memory: PolicyMemory = serde_json::from_str(&text).unwrap();
+
+    // Controller B takes over 30 s later: the cooldown still holds, 90 s of it...
+    let b_now = wall_ms + 30_000;
+    let mut taken = PolicyState::recall(&memory, at(b_now), b_now);
+    let held = evaluate(&fleet(&[90.0, 90.0, 90.0]), &config, &mut taken, at(b_now));
+    assert_eq!(held.launch, 0, "{held:?}");
+    assert!(
+        held.rules
+            .iter()
+            .any(|r| r.rule == Rule::Cooldown && r.detail.contains("90s left")),
+        "{held:?}"
+    );
+    // ...and ends 120 s after A's scale-out.
+    let acted = evaluate(
+        &fleet(&[90.0, 90.0, 90.0]),
+        &config,
+        &mut taken,
+        at(wall_ms + 121_000),
+    );
+    assert!(acted.launch > 0, "{acted:?}");
+
+    // A memory from the future or the far past (clocks apart) reads without panicking.
+    let odd = PolicyMemory {
+        last_scale_out_ms: Some(i64::MAX),
+        last_scale_in_ms: Some(i64::MIN),
+        launch_failures: 3,
+        next_launch_ms: Some(i64::MIN),
+        ..PolicyMemory::default()
+    };
+    let mut odd = PolicyState::recall(&odd, Duration::ZERO, 0);
+    evaluate(&fleet(&[50.0, 50.0]), &config, &mut odd, Duration::ZERO);
+}
