@@ -1,7 +1,8 @@
 //! Where the monitor is. The agent asks a [`MonitorLocator`] for the monitor's address whenever it
 //! (re)registers: a fixed address from a flag ([`StaticLocator`]), or the parameter the monitor
-//! publishes in SSM Parameter Store ([`SsmLocator`]), read again at every registration so an
-//! agent follows a monitor that restarted elsewhere.
+//! publishes in SSM Parameter Store ([`SsmLocator`]), or the file the leading daemon of a local
+//! group writes in its state dir ([`FileLocator`]), read again at every registration so an agent
+//! follows a monitor that restarted elsewhere, or a standby that took over.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -49,6 +50,46 @@ impl MonitorLocator for StaticLocator {
         &self,
     ) -> Pin<Box<dyn Future<Output = Result<MonitorEndpoint, LocateError>> + Send + '_>> {
         Box::pin(std::future::ready(Ok(self.endpoint.clone())))
+    }
+}
+
+/// The monitor's address from a file (one line, `host:port`): the leading daemon of a local group
+/// writes its address there when it takes the lease (`<state-dir>/leader`).
+#[derive(Clone, Debug)]
+pub struct FileLocator {
+    path: std::path::PathBuf,
+}
+
+impl FileLocator {
+    /// Checks that the file holds an address now (an agent started with a bad one stops at
+    /// once, saying why, as with a bad `--monitor`); it is read again at every registration.
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Result<FileLocator, LocateError> {
+        let path = path.into();
+        let text = std::fs::read(&path)
+            .map_err(|error| LocateError(format!("{}: {error}", path.display())))?;
+        let text = String::from_utf8_lossy(&text[..text.len().min(1024)]);
+        StaticLocator::new(&text)?;
+        Ok(FileLocator { path })
+    }
+}
+
+impl MonitorLocator for FileLocator {
+    fn locate(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<MonitorEndpoint, LocateError>> + Send + '_>> {
+        Box::pin(async move {
+            use tokio::io::AsyncReadExt;
+            // A real one is a line; more is not an address.
+            let mut text = String::new();
+            tokio::fs::File::open(&self.path)
+                .await
+                .map_err(|error| LocateError(format!("{}: {error}", self.path.display())))?
+                .take(1024)
+                .read_to_string(&mut text)
+                .await
+                .map_err(|error| LocateError(format!("{}: {error}", self.path.display())))?;
+            Ok(StaticLocator::new(&text)?.endpoint)
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use autoscaler_agent::discovery::{MonitorLocator, SsmLocator, StaticLocator};
+use autoscaler_agent::discovery::{FileLocator, MonitorLocator, SsmLocator, StaticLocator};
 use autoscaler_agent::load::LoadModelConfig;
 use autoscaler_agent::{AgentConfig, LoadConfig};
 use autoscaler_aws::imds::Imds;
@@ -49,10 +49,14 @@ struct Flags {
     /// Address the monitor should poll, `host:port` (default: the listen address).
     #[arg(long, env = "AUTOSCALER_AGENT_ADVERTISE")]
     advertise: Option<String>,
-    /// Where the monitor is, `host:port`; without it, read from the SSM parameter
-    /// `/autoscaler/<group>/monitor` at every registration.
-    #[arg(long, env = "AUTOSCALER_MONITOR")]
+    /// Where the monitor is, `host:port`; without it (or --monitor-file), read from the SSM
+    /// parameter `/autoscaler/<group>/monitor` at every registration.
+    #[arg(long, env = "AUTOSCALER_MONITOR", conflicts_with = "monitor_file")]
     monitor: Option<String>,
+    /// A file holding the monitor's address (`host:port`), read at every registration: the
+    /// leading daemon of a local group writes it (`<state-dir>/leader`).
+    #[arg(long, env = "AUTOSCALER_MONITOR_FILE")]
+    monitor_file: Option<PathBuf>,
     /// Directory with the group's TLS material: `ca.pem`, `agent.pem`, `agent.key` (the local
     /// provider's is `<state-dir>/tls`). With --from-aws or --tls-from-ssm, read from SSM instead.
     #[arg(long, env = "AUTOSCALER_TLS_DIR")]
@@ -129,8 +133,10 @@ fn run(flags: Flags) -> anyhow::Result<()> {
              or --plaintext for a local run"
         );
     }
-    let needs_ssm =
-        flags.from_aws || flags.token_from_ssm || tls_from_ssm || flags.monitor.is_none();
+    let needs_ssm = flags.from_aws
+        || flags.token_from_ssm
+        || tls_from_ssm
+        || (flags.monitor.is_none() && flags.monitor_file.is_none());
     let parameters = match (&flags.group, needs_ssm) {
         (Some(group), _) => Some(GroupParameters::new(group)),
         (None, true) => anyhow::bail!(
@@ -190,11 +196,17 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             (_, _, Some(dir)) => Transport::tls(TlsMaterial::load(dir, Role::Agent)?),
             _ => unreachable!("checked before the runtime started"),
         };
-        let locator: Arc<dyn MonitorLocator> = match (&flags.monitor, ssm, &parameters) {
-            (Some(address), _, _) => Arc::new(StaticLocator::new(address)?),
-            (None, Some(ssm), Some(names)) => Arc::new(SsmLocator::new(ssm, names.monitor())),
-            _ => unreachable!("checked before the runtime started"),
-        };
+        let locator: Arc<dyn MonitorLocator> =
+            match (&flags.monitor, &flags.monitor_file, ssm, &parameters) {
+                (Some(address), _, _, _) => Arc::new(StaticLocator::new(address)?),
+                (None, Some(file), _, _) => Arc::new(FileLocator::new(file)?),
+                (None, None, Some(ssm), Some(names)) => {
+                    Arc::new(SsmLocator::new(ssm, names.monitor()))
+                }
+                _ => anyhow::bail!(
+                    "no monitor address: pass --monitor HOST:PORT or --monitor-file FILE, or --group NAME to read it from SSM Parameter Store"
+                ),
+            };
 
         let mut config = AgentConfig::new(instance_id, Credentials::new(token, transport));
         config.advertise_address = advertise;

@@ -24,6 +24,9 @@ pub struct LocalConfig {
     pub agent_binary: PathBuf,
     /// The monitor's address, `host:port`, given to every agent.
     pub monitor_address: String,
+    /// A file the leading daemon writes its address to: given instead of the address, so that
+    /// agents follow a standby that takes over (`--monitor-file`).
+    pub monitor_file: Option<PathBuf>,
     /// Environment for every agent, secrets included (the group's token): kept out of `Debug`.
     pub agent_env: AgentEnv,
     /// The group's TLS directory, given to every agent (`--tls-dir`); `None` starts them with
@@ -762,7 +765,13 @@ impl LocalCloud {
         tokio::process::Command::new(&self.config.agent_binary)
             .args(["--instance-id", instance_id])
             .args(["--listen", "127.0.0.1:0"])
-            .args(["--monitor", &self.config.monitor_address])
+            .args(match &self.config.monitor_file {
+                Some(file) => vec!["--monitor-file".into(), file.clone().into_os_string()],
+                None => vec![
+                    std::ffi::OsString::from("--monitor"),
+                    self.config.monitor_address.clone().into(),
+                ],
+            })
             .args(["--seed", &seed.to_string()])
             .args(match &self.config.tls_dir {
                 Some(dir) => vec!["--tls-dir".into(), dir.clone().into_os_string()],

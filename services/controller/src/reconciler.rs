@@ -317,6 +317,15 @@ pub trait Agents: Send + Sync + 'static {
     fn forget(&self, instance_id: &str);
 }
 
+/// Whether this controller may still act: the leader's lease, which it checks before every
+/// provider call. A controller without one (a single daemon) always may.
+pub trait Fence: Send + Sync + 'static {
+    /// True while the lease is certainly held.
+    fn holds(&self) -> bool;
+    /// The lease's epoch (the leader's term).
+    fn epoch(&self) -> u64;
+}
+
 /// Agents that nobody reaches: for a controller without a monitor (tests, tools).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoAgents;
@@ -350,6 +359,8 @@ pub struct Controller<C> {
     anchor: Duration,
     /// Where the policy's memory goes after every evaluation that changed it.
     memory: Option<watch::Sender<PolicyMemory>>,
+    /// The leader's lease, when the daemon has standbys.
+    fence: Option<Arc<dyn Fence>>,
 }
 
 fn millis(since_epoch: Duration) -> i64 {
@@ -442,6 +453,27 @@ impl<C: Cloud> Controller<C> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default(),
             memory: None,
+            fence: None,
+        }
+    }
+
+    /// Acts only while `fence` holds: it is checked before every provider call.
+    pub fn with_fence(mut self, fence: Arc<dyn Fence>) -> Controller<C> {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// Whether it may call the provider now; if not, says so in `notes`.
+    fn may_act(&self, notes: &mut Vec<String>, what: &str) -> bool {
+        match &self.fence {
+            Some(fence) if !fence.holds() => {
+                notes.push(format!(
+                    "{what}: not done, the lease (epoch {}) is not certainly held",
+                    fence.epoch()
+                ));
+                false
+            }
+            _ => true,
         }
     }
 
@@ -502,6 +534,10 @@ impl<C: Cloud> Controller<C> {
     pub async fn evaluate_once(&mut self) -> DecisionRecord {
         let keep = self.config.decision_history;
         let mut notes = Vec::new();
+        if !self.may_act(&mut notes, "evaluation") {
+            tracing::warn!("the lease is not certainly held: deciding nothing");
+            return self.status.push(DecisionRecord::noted(notes, None), keep);
+        }
         let listed = with_retries("listing instances", 3, &mut notes, &self.status, || {
             self.cloud.list()
         })
@@ -582,6 +618,9 @@ impl<C: Cloud> Controller<C> {
         let mut record = DecisionRecord::noted(notes, shadow);
         record.outcome.extend(drained_outcome);
         for (instance_id, why) in drained_ids {
+            if !self.may_act(&mut record.outcome, &format!("terminating {instance_id}")) {
+                continue;
+            }
             if why == Removal::ScaleIn && view.get(&instance_id).is_some() {
                 self.agents.notify_removal(&instance_id, "scale-in").await;
             }
@@ -618,6 +657,7 @@ impl<C: Cloud> Controller<C> {
             decision.launch = room;
         }
         if decision.acts()
+            && self.may_act(&mut record.outcome, "acting on the decision")
             && let Some(refused) = self
                 .act(&decision, &view, targets.as_deref(), &stopped, &mut record)
                 .await
@@ -641,7 +681,9 @@ impl<C: Cloud> Controller<C> {
                 changed
             });
         }
-        if let (Some(front), Some(targets)) = (self.front.as_ref(), targets.as_deref()) {
+        if let (Some(front), Some(targets)) = (self.front.as_ref(), targets.as_deref())
+            && self.may_act(&mut record.outcome, "registering instances in service")
+        {
             let remaining: Vec<CloudInstance> = instances
                 .iter()
                 .filter(|i| !record.terminated.contains(&i.instance_id))
@@ -726,11 +768,11 @@ impl<C: Cloud> Controller<C> {
                 .begin(&scale_in, Removal::ScaleIn, targets, &mut record.outcome)
                 .await;
         }
-        if !replaced.is_empty() {
+        if !replaced.is_empty() && self.may_act(&mut record.outcome, "replacing") {
             self.terminate(&replaced, Removal::Replace.as_str(), record)
                 .await;
         }
-        if !scale_in.is_empty() {
+        if !scale_in.is_empty() && self.may_act(&mut record.outcome, "scaling in") {
             for instance_id in &scale_in {
                 if view.get(instance_id).is_some() {
                     self.agents.notify_removal(instance_id, "scale-in").await;
@@ -739,7 +781,7 @@ impl<C: Cloud> Controller<C> {
             self.terminate(&scale_in, Removal::ScaleIn.as_str(), record)
                 .await;
         }
-        if decision.launch > 0 {
+        if decision.launch > 0 && self.may_act(&mut record.outcome, "launching") {
             match with_retries("launching", 3, &mut record.outcome, &self.status, || {
                 self.cloud.launch(decision.launch)
             })

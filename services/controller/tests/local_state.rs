@@ -27,6 +27,7 @@ fn config(state_dir: &Path) -> LocalConfig {
         state_dir: state_dir.to_path_buf(),
         agent_binary: PathBuf::from("true"),
         monitor_address: "127.0.0.1:9".into(),
+        monitor_file: None,
         agent_env: AgentEnv::default(),
         tls_dir: None,
         agent_args: Vec::new(),

@@ -16,13 +16,17 @@ use autoscaler_controller::ec2::Ec2Config;
 use autoscaler_controller::ec2::{Ec2Cloud, TargetGroup};
 use autoscaler_controller::haproxy::{Haproxy, HaproxyConfig};
 use autoscaler_controller::local::{AgentEnv, LocalApp, LocalCloud, LocalConfig};
+use autoscaler_controller::policy::PolicyMemory;
 use autoscaler_controller::reconciler::{Agents, Controller, ControllerStatus};
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{self, Role, TlsMaterial, Transport};
+use autoscaler_store::{Lease, SqliteStore, Store};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
+use crate::activity;
 use crate::http::Dashboard;
+use crate::leader::{self, LeaseFence, LeaseTiming};
 use crate::status::{History, StatusService};
 use autoscaler_monitor::service::Admission;
 use autoscaler_monitor::{Monitor, MonitorConfig, MonitorError};
@@ -43,6 +47,45 @@ pub struct DaemonConfig {
     /// A load balancer in front of the group, if any.
     #[serde(default)]
     pub load_balancer: Option<LoadBalancerSection>,
+    /// Where the group's state outlives a daemon (the leader's lease, the policy's memory, the
+    /// activity history).
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// `[store]`: the leader's lease, the policy's memory and the activity history.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `sqlite` (the local provider's default: a file in the state dir, shared by every daemon
+    /// of the group on this machine) or `none` (one daemon, nothing kept; the EC2 provider's
+    /// default).
+    pub kind: Option<StoreKind>,
+    /// The SQLite file (default: `<state_dir>/store.sqlite`).
+    pub path: Option<PathBuf>,
+    /// How long the leader's lease lasts without a renewal, in milliseconds: a standby takes
+    /// over within about this long of the leader's loss. The leader renews every third of it.
+    pub lease_ms: u64,
+    /// How long the activity history is kept, in days (EC2 Auto Scaling keeps six weeks).
+    pub activity_retention_days: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            kind: None,
+            path: None,
+            lease_ms: 3_000,
+            activity_retention_days: 42,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    Sqlite,
+    None,
 }
 
 fn default_group() -> String {
@@ -339,6 +382,18 @@ impl DaemonConfig {
         }
         self.monitor_config().validate()?;
         self.controller.validate()?;
+        if !(300..=600_000).contains(&self.store.lease_ms) {
+            return Err(DaemonConfigError::Parse(format!(
+                "`store.lease_ms` is {}; it must be 300 to 600000",
+                self.store.lease_ms
+            )));
+        }
+        if !(1..=3_650).contains(&self.store.activity_retention_days) {
+            return Err(DaemonConfigError::Parse(format!(
+                "`store.activity_retention_days` is {}; it must be 1 to 3650",
+                self.store.activity_retention_days
+            )));
+        }
         Ok(())
     }
 
@@ -453,17 +508,62 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let http = options.http.take();
     config.validate()?;
+    let mut shutdown = std::pin::pin!(shutdown);
     match config.provider.clone() {
         ProviderSection::Local(local) => {
             let state_dir = local.state_dir.clone().unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("autoscaler-{}", config.group))
             });
+            let monitor_config = config.monitor_config();
+            // With a store, a daemon leads only while it holds the lease: until then it stands
+            // by, here.
+            let leadership = match config.store.kind.unwrap_or(StoreKind::Sqlite) {
+                StoreKind::None => None,
+                StoreKind::Sqlite => {
+                    std::fs::create_dir_all(&state_dir).map_err(|error| {
+                        DaemonError::Store(format!(
+                            "cannot create {}: {error}",
+                            state_dir.display()
+                        ))
+                    })?;
+                    let path = config
+                        .store
+                        .path
+                        .clone()
+                        .unwrap_or_else(|| state_dir.join("store.sqlite"));
+                    let store = SqliteStore::open(&path).map_err(|error| {
+                        DaemonError::Store(format!("{}: {error}", path.display()))
+                    })?;
+                    match Leadership::wait(
+                        Arc::new(store),
+                        &config,
+                        &holder_of(&options.advertise),
+                        &options.advertise,
+                        &mut shutdown,
+                    )
+                    .await
+                    {
+                        Some(leadership) => Some(leadership),
+                        None => return Ok(()),
+                    }
+                }
+            };
             let (transport, tls_dir) = options
                 .tls
                 .resolve(&config.group, Some(&state_dir.join("tls")), None)
                 .await?;
             let credentials = Credentials::new(token.clone(), transport);
-            let monitor = Monitor::start(config.monitor_config(), credentials)?;
+            let monitor = Monitor::start(monitor_config, credentials)?;
+            // Agents find the leader in a file the leader writes: they follow a standby that
+            // takes over (and carry no SQLite).
+            let monitor_file = match &leadership {
+                Some(_) => {
+                    let file = state_dir.join("leader");
+                    publish_file(&file, &options.advertise)?;
+                    Some(file)
+                }
+                None => None,
+            };
             let beside = |name: &str| {
                 options
                     .agent_binary
@@ -508,6 +608,7 @@ pub async fn run(
                         .clone()
                         .unwrap_or_else(|| options.agent_binary.clone()),
                     monitor_address: options.advertise.clone(),
+                    monitor_file,
                     agent_env: AgentEnv(vec![(
                         "AUTOSCALER_TOKEN".to_string(),
                         token.expose().to_string(),
@@ -522,7 +623,12 @@ pub async fn run(
             tracing::info!(state_dir = %cloud.state_dir().display(), "local provider");
             let leaving = cloud.clone();
             let leaving_balancer = balancer.clone();
-            let leaving = async move {
+            // A successor keeps the instances (and runs its own HAProxy): they are left to it.
+            let leaving = move |handed_over: bool| async move {
+                if handed_over {
+                    tracing::info!("another daemon leads now: its instances are left to it");
+                    return;
+                }
                 leaving.terminate_all().await;
                 if let Some(haproxy) = leaving_balancer {
                     haproxy.stop().await;
@@ -530,7 +636,7 @@ pub async fn run(
             };
             let balancer = balancer.map(|haproxy| haproxy as Arc<dyn Balancer>);
             serve(
-                &config, monitor, cloud, balancer, listener, http, shutdown, leaving,
+                &config, monitor, cloud, balancer, leadership, listener, http, shutdown, leaving,
             )
             .await
         }
@@ -578,10 +684,11 @@ pub async fn run(
                 monitor,
                 cloud,
                 balancer,
+                None,
                 listener,
                 http,
                 shutdown,
-                async {},
+                |_| async {},
             )
             .await
         }
@@ -669,15 +776,16 @@ async fn publish_address(
 /// Runs the controller and serves (gRPC, and the dashboard when given a listener) until
 /// `shutdown`; then stops the controller, runs `leaving`, and stops the monitor.
 #[allow(clippy::too_many_arguments)]
-async fn serve<C: Cloud>(
+async fn serve<C: Cloud, L: Future<Output = ()>>(
     config: &DaemonConfig,
     monitor: Monitor,
     cloud: Arc<C>,
     balancer: Option<Arc<dyn Balancer>>,
+    leadership: Option<Leadership>,
     listener: TcpListener,
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
-    leaving: impl Future<Output = ()>,
+    leaving: impl FnOnce(bool) -> L,
 ) -> Result<(), DaemonError> {
     let registry = monitor.registry().clone();
     let mut controller = Controller::new(
@@ -689,6 +797,20 @@ async fn serve<C: Cloud>(
     if let (Some(balancer), Some(section)) = (balancer, &config.load_balancer) {
         controller = controller.with_balancer(balancer, section.drain_timeout());
     }
+    let term = leadership.as_ref().map(|l| l.term(config));
+    let (memory, remembered) = tokio::sync::watch::channel(PolicyMemory::default());
+    if let Some(leadership) = &leadership {
+        let recalled = activity::recall(&*leadership.store).await;
+        if recalled.is_some() {
+            tracing::info!(
+                "taking up the policy's memory from the store (cooldowns, launch backoff)"
+            );
+        }
+        controller = controller
+            .with_fence(leadership.fence.clone())
+            .with_memory(recalled.as_ref(), memory);
+    }
+    let controller_status = controller.status();
     let admission: Arc<dyn Admission> = Arc::new(ProviderAdmission(controller.status()));
     let status = StatusService {
         group: config.group.clone(),
@@ -696,6 +818,7 @@ async fn serve<C: Cloud>(
         max_instances: config.controller.max_instances,
         registry,
         controller: Some(controller.status()),
+        term: term.clone(),
     };
     tracing::info!(
         group = %config.group,
@@ -752,28 +875,156 @@ async fn serve<C: Cloud>(
             .map_err(|error| error.to_string())
     });
 
+    let mut lease = Supervised::none("the lease");
+    let (stop_keeper, keeper_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut keeper = None;
+    if let (Some(leadership), Some(term)) = (&leadership, term) {
+        lease = Supervised::spawn("the lease", leadership.keep());
+        keeper = Some(tokio::spawn(term.keep(
+            controller_status.clone(),
+            remembered,
+            keeper_stopped,
+        )));
+    }
     let failure = first_failure(
         shutdown,
-        &mut [&mut controlling, &mut serving, &mut dashboard],
+        &mut [&mut controlling, &mut serving, &mut dashboard, &mut lease],
     )
     .await;
+    // The lease's task ends only when the lease is lost.
+    let lost = leadership.is_some() && lease.handle.is_none();
     match &failure {
         None => tracing::info!("stopping: the controller first, then the monitor"),
+        Some(why) if lost => tracing::error!("{why}"),
         Some(why) => tracing::error!("{why}; stopping the daemon rather than run half alive"),
     }
     let _ = stop_controller.send(());
-    let mut errors: Vec<String> = failure.into_iter().collect();
+    let mut errors: Vec<String> = failure.clone().into_iter().collect();
     errors.extend(controlling.stop().await);
-    leaving.await;
+    let _ = stop_keeper.send(());
+    if let Some(keeper) = keeper {
+        let _ = keeper.await;
+    }
+    if let Some(handle) = lease.handle.take() {
+        handle.abort();
+    }
+    let handed_over = match &leadership {
+        Some(_) if lost => true,
+        Some(leadership) => leadership.hand_over().await,
+        None => false,
+    };
+    leaving(handed_over).await;
     sampling.abort();
     let _ = stop_http.send(());
     errors.extend(dashboard.stop().await);
     let _ = stop_server.send(());
     errors.extend(serving.stop().await);
+    if lost {
+        return Err(DaemonError::LostLease(
+            failure.unwrap_or_else(|| "the lease was lost".to_string()),
+        ));
+    }
     match errors.is_empty() {
         true => Ok(()),
         false => Err(DaemonError::Task(errors.join("; "))),
     }
+}
+
+/// This daemon's leadership: the store, the lease it holds and the fence its controller checks.
+pub struct Leadership {
+    store: Arc<dyn Store>,
+    lease: Lease,
+    fence: Arc<LeaseFence>,
+    timing: LeaseTiming,
+    holder: String,
+    address: String,
+}
+
+impl Leadership {
+    /// Stands by until this daemon leads; `None` if the shutdown comes first.
+    async fn wait(
+        store: Arc<dyn Store>,
+        config: &DaemonConfig,
+        holder: &str,
+        address: &str,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Option<Leadership> {
+        let timing = LeaseTiming {
+            duration: Duration::from_millis(config.store.lease_ms),
+        };
+        let (lease, asked_at) =
+            leader::wait_to_lead(&*store, holder, address, timing, shutdown).await?;
+        Some(Leadership {
+            fence: LeaseFence::new(&lease, timing, asked_at),
+            store,
+            lease,
+            timing,
+            holder: holder.to_string(),
+            address: address.to_string(),
+        })
+    }
+
+    fn term(&self, config: &DaemonConfig) -> activity::Term {
+        activity::Term {
+            store: self.store.clone(),
+            epoch: self.lease.epoch,
+            leader: self.holder.clone(),
+            retention: Duration::from_secs(config.store.activity_retention_days * 86_400),
+        }
+    }
+
+    /// Renews the lease until it is lost: then returns why, as a failure of the task.
+    fn keep(&self) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        let renewal = leader::keep(
+            self.store.clone(),
+            self.holder.clone(),
+            self.address.clone(),
+            self.fence.clone(),
+            self.timing,
+        );
+        async move { Err(renewal.await) }
+    }
+
+    /// Gives the lease up and waits a moment for a standby to take it: whether one did (then
+    /// the group's instances are its to keep).
+    async fn hand_over(&self) -> bool {
+        if let Err(error) = self.store.release(&self.holder, self.lease.epoch).await {
+            tracing::warn!(%error, "cannot give the lease up; a standby takes it when it runs out");
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + self.timing.standby_poll() * 3;
+        loop {
+            match self.store.lease().await {
+                Ok(Some(lease))
+                    if lease.holder != self.holder
+                        && lease.expires_at_ms > autoscaler_store::now_ms() =>
+                {
+                    tracing::info!(successor = %lease.holder, epoch = lease.epoch, "a standby took the lease");
+                    return true;
+                }
+                _ if tokio::time::Instant::now() >= deadline => return false,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+/// Who holds the lease: the address the daemon serves at, on this host. The same daemon started
+/// again (only one process can listen there) takes its lease back at once, without waiting
+/// for it to run out; any other daemon is another holder.
+fn holder_of(advertise: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_default();
+    format!("{advertise}@{host}")
+}
+
+/// Writes `text` to `path` whole (a reader never sees half of it).
+fn publish_file(path: &Path, text: &str) -> Result<(), DaemonError> {
+    let temporary = path.with_extension("new");
+    std::fs::write(&temporary, format!("{text}\n"))
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|error| DaemonError::Store(format!("cannot write {}: {error}", path.display())))
 }
 
 /// The controller reaches the agents through the monitor's registry.
@@ -913,6 +1164,12 @@ pub enum DaemonError {
     /// A task the daemon needs ended, failed or panicked while it ran.
     #[error("{0}")]
     Task(String),
+    #[error("store: {0}")]
+    Store(String),
+    /// Another daemon leads now: this one stepped down (its supervisor starts it again, as a
+    /// standby).
+    #[error("{0}")]
+    LostLease(String),
 }
 
 impl DaemonError {
@@ -921,6 +1178,8 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Task(_) => 70,
+            // EX_TEMPFAIL: not a fault; started again, it stands by.
+            DaemonError::LostLease(_) => 75,
             _ => 64,
         }
     }

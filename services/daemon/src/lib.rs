@@ -4,6 +4,8 @@
 //! their tasks. Neither the monitor nor the controller depends on the other; this crate depends
 //! on both.
 
+pub mod activity;
 pub mod daemon;
 pub mod http;
+pub mod leader;
 pub mod status;

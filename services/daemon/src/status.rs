@@ -1,5 +1,5 @@
 //! The `autoscaler.v1.Status` gRPC service: the provider's instances joined with the monitor's
-//! view, and the controller's recent decisions.
+//! view, the controller's recent decisions, and the activity history the store keeps.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -24,11 +24,16 @@ pub struct StatusService {
     pub registry: Arc<Registry>,
     /// `None` when the monitor runs without a controller.
     pub controller: Option<ControllerStatus>,
+    /// The leader's term, when the daemon keeps its state in a store.
+    pub term: Option<crate::activity::Term>,
 }
 
-fn record(record: &DecisionRecord) -> v1::DecisionRecord {
+/// A decision record on the wire, naming the term (`epoch`, `leader`) that made it.
+pub fn record_of(record: &DecisionRecord, epoch: u64, leader: &str) -> v1::DecisionRecord {
     let decision = record.decision.as_ref();
     v1::DecisionRecord {
+        epoch,
+        leader: leader.to_string(),
         sequence: record.sequence,
         at_unix_ms: unix_ms(record.at),
         summary: record.summary(),
@@ -183,7 +188,16 @@ impl StatusService {
                 .and_then(ControllerStatus::desired)
                 .unwrap_or(0),
             instances,
-            decisions: decisions.iter().map(record).collect(),
+            decisions: decisions
+                .iter()
+                .map(|r| {
+                    let (epoch, leader) = self
+                        .term
+                        .as_ref()
+                        .map_or((0, ""), |t| (t.epoch, t.leader.as_str()));
+                    record_of(r, epoch, leader)
+                })
+                .collect(),
             launch_failures: self
                 .controller
                 .as_ref()
@@ -207,6 +221,52 @@ impl Status for StatusService {
         Ok(Response::new(
             self.report(request.into_inner().decisions_after),
         ))
+    }
+
+    async fn get_activity(
+        &self,
+        request: Request<v1::GetActivityRequest>,
+    ) -> Result<Response<v1::GetActivityResponse>, tonic::Status> {
+        autoscaler_proto::tls::require_caller(&request, autoscaler_proto::tls::Role::Operator)?;
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => 1_000,
+            n => n.min(10_000) as usize,
+        };
+        let records = self
+            .activity(request.since_unix_ms, limit)
+            .await
+            .map_err(tonic::Status::failed_precondition)?;
+        Ok(Response::new(v1::GetActivityResponse { records }))
+    }
+}
+
+impl StatusService {
+    /// The activity history since `since_ms`, oldest first, at most the newest `limit`.
+    pub async fn activity(
+        &self,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<v1::DecisionRecord>, String> {
+        let Some(term) = &self.term else {
+            return Err("this daemon keeps no activity history (it has no store)".to_string());
+        };
+        let stored = term
+            .store
+            .activity(since_ms, limit)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(stored
+            .iter()
+            .filter_map(|activity| {
+                use prost::Message;
+                v1::DecisionRecord::decode(activity.body.as_slice())
+                    .inspect_err(|error| {
+                        tracing::warn!(%error, at_ms = activity.at_ms, "an unreadable record in the activity history; skipped")
+                    })
+                    .ok()
+            })
+            .collect())
     }
 }
 
