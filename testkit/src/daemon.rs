@@ -122,6 +122,43 @@ impl RunningDaemon {
     }
 }
 
+/// A fast config file for daemons run as processes (`spawn_daemon_process`), in `state_dir`: at
+/// most `max` instances, every agent holding `load` percent.
+pub fn process_config_file(state_dir: &Path, max: u32, load: f64) -> std::path::PathBuf {
+    std::fs::create_dir_all(state_dir).expect("the state dir");
+    let path = state_dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+group = "test"
+[monitor]
+poll_interval_ms = 200
+poll_timeout_ms = 150
+unhealthy_after = 3
+[controller]
+min_instances = 2
+max_instances = {max}
+evaluation_interval_ms = 250
+warmup_secs = 3
+registration_grace_secs = 10
+scale_out_cooldown_secs = 1
+scale_in_cooldown_secs = 0
+[controller.policy]
+kind = "target-tracking"
+target = 50.0
+tolerance = 0.1
+[provider]
+kind = "local"
+agent_args = ["--reregister-after-ms", "1000", "--max-slope", "100", "--drift-amplitude", "0", "--initial-load", "{load}", "--target-load", "{load}"]
+terminate_grace_ms = 3000
+"#
+        ),
+    )
+    .expect("writing the config");
+    path
+}
+
 /// A fast config for a group that serves traffic: an app beside every agent (4 slots of 40 ms:
 /// 100 requests a second at most per instance), HAProxy in front on a free port (returned),
 /// health checks every 200 ms, target tracking at 50 % of the apps' slot time.

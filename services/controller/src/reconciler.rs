@@ -112,6 +112,8 @@ pub struct ControllerStatus {
     inner: Arc<Mutex<StatusInner>>,
     /// Counts the provider's successful lists, so a caller can wait for the next one.
     lists: Arc<watch::Sender<u64>>,
+    /// The sequence of the newest record, so a caller can write each one as it comes.
+    records: Arc<watch::Sender<u64>>,
 }
 
 impl Default for ControllerStatus {
@@ -119,6 +121,7 @@ impl Default for ControllerStatus {
         ControllerStatus {
             inner: Arc::default(),
             lists: Arc::new(watch::channel(0).0),
+            records: Arc::new(watch::channel(0).0),
         }
     }
 }
@@ -178,6 +181,11 @@ impl ControllerStatus {
             .iter()
             .rev()
             .find_map(|r| r.decision.as_ref().map(|d| d.desired))
+    }
+
+    /// Changes whenever a new decision record is kept (its sequence).
+    pub fn new_records(&self) -> watch::Receiver<u64> {
+        self.records.subscribe()
     }
 
     /// Decisions with a sequence number above `after`, oldest first.
@@ -243,7 +251,13 @@ impl ControllerStatus {
             .or_default() += 1;
     }
 
-    fn push(&self, mut record: DecisionRecord, keep: usize) -> DecisionRecord {
+    fn push(&self, record: DecisionRecord, keep: usize) -> DecisionRecord {
+        let record = self.keep_record(record, keep);
+        self.records.send_replace(record.sequence);
+        record
+    }
+
+    fn keep_record(&self, mut record: DecisionRecord, keep: usize) -> DecisionRecord {
         let mut inner = self.lock();
         let counters = &mut inner.counters;
         counters.evaluations += 1;

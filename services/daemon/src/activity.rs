@@ -32,8 +32,8 @@ impl std::fmt::Debug for Term {
     }
 }
 
-/// How often new records are written.
-const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// How often a failed write is tried again (records are written as they come).
+const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// How often the history is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -80,9 +80,9 @@ impl Term {
         (records, last)
     }
 
-    /// Writes the controller's new records and memory until `stop` (then once more), or until
-    /// the store says another daemon leads. A record is written once, when it first appears (a
-    /// run of quiet evaluations folded into it later is not counted again).
+    /// Writes the controller's new records as they come (and its memory) until `stop` (then
+    /// once more), or until the store says another daemon leads. A record is written once, when
+    /// it first appears (a run of quiet evaluations folded into it later is not counted again).
     pub async fn keep(
         self,
         status: ControllerStatus,
@@ -90,13 +90,14 @@ impl Term {
         mut stop: tokio::sync::oneshot::Receiver<()>,
     ) {
         let mut written = 0;
-        let mut ticker = tokio::time::interval(FLUSH_EVERY);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut records = status.new_records();
         let mut pruned = tokio::time::Instant::now() - PRUNE_EVERY;
         loop {
             let stopping = tokio::select! {
                 _ = &mut stop => true,
-                _ = ticker.tick() => false,
+                _ = records.changed() => false,
+                // A write that failed is tried again, and the memory saved, this often at least.
+                _ = tokio::time::sleep(RETRY_EVERY) => false,
             };
             let (records, last) = self.new_records(&status, written);
             if !records.is_empty() {

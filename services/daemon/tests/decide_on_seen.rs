@@ -43,41 +43,6 @@ fn listed(status: &v1::GetStatusResponse) -> BTreeSet<String> {
         .collect()
 }
 
-fn config_file(state_dir: &Path, max: u32, load: f64) -> std::path::PathBuf {
-    std::fs::create_dir_all(state_dir).unwrap();
-    let path = state_dir.join("config.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-group = "test"
-[monitor]
-poll_interval_ms = 200
-poll_timeout_ms = 150
-unhealthy_after = 3
-[controller]
-min_instances = 2
-max_instances = {max}
-evaluation_interval_ms = 250
-warmup_secs = 3
-registration_grace_secs = 10
-scale_out_cooldown_secs = 1
-scale_in_cooldown_secs = 0
-[controller.policy]
-kind = "target-tracking"
-target = 50.0
-tolerance = 0.1
-[provider]
-kind = "local"
-agent_args = ["--reregister-after-ms", "1000", "--max-slope", "100", "--drift-amplitude", "0", "--initial-load", "{load}", "--target-load", "{load}"]
-terminate_grace_ms = 3000
-"#
-        ),
-    )
-    .unwrap();
-    path
-}
-
 fn sigkill(child: &tokio::process::Child) {
     kill(Pid::from_raw(child.id().unwrap() as i32), Signal::SIGKILL).unwrap();
 }
@@ -90,7 +55,7 @@ fn sigterm(child: &tokio::process::Child) {
 async fn twenty_restarts_of_a_loaded_fleet_scale_nothing_in_and_launch_nothing() {
     let state_dir = StateDir::new("restarts");
     // Every agent holds 95 %: target tracking at 50 % wants 8, the maximum is 4.
-    let config = config_file(&state_dir.0, 4, 95.0);
+    let config = process_config_file(&state_dir.0, 4, 95.0);
     let port = free_port();
     let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut daemon = spawn_daemon_process(&state_dir.0, port, &config);
@@ -418,7 +383,7 @@ fn agent_processes(state_dir: &Path) -> Vec<i32> {
 #[tokio::test]
 async fn a_truncated_record_is_set_aside_and_its_agent_is_not_left_behind() {
     let state_dir = StateDir::new("corrupt-record");
-    let config = config_file(&state_dir.0, 2, 30.0);
+    let config = process_config_file(&state_dir.0, 2, 30.0);
     let port = free_port();
     let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut daemon = spawn_daemon_process(&state_dir.0, port, &config);
