@@ -64,6 +64,22 @@ impl Daemon {
             .into_inner())
     }
 
+    /// `GetActivity`: the activity history since `since_unix_ms`, oldest first.
+    pub async fn activity(
+        &mut self,
+        since_unix_ms: i64,
+    ) -> anyhow::Result<Vec<v1::DecisionRecord>> {
+        let call = self.status.get_activity(v1::GetActivityRequest {
+            since_unix_ms,
+            limit: 0,
+        });
+        Ok(tokio::time::timeout(TIMEOUT, call)
+            .await
+            .context("GetActivity timed out")??
+            .into_inner()
+            .records)
+    }
+
     /// Sets one instance's load target through the monitor.
     pub async fn set_load_target(
         &mut self,
@@ -86,10 +102,91 @@ impl Daemon {
     }
 }
 
+/// A span of time as people write it: `90s`, `30m`, `1h`, `7d` (a bare number is seconds).
+pub fn parse_span(text: &str) -> anyhow::Result<std::time::Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a span of time (say 30m, 1h, 7d)"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => anyhow::bail!("{text:?}: the unit is one of s, m, h, d"),
+    };
+    number
+        .checked_mul(seconds)
+        .map(std::time::Duration::from_secs)
+        .with_context(|| format!("{text:?} is too long a span"))
+}
+
+/// One record of the activity history, as `status --activity` prints it.
+pub fn print_activity(record: &v1::DecisionRecord) {
+    let seconds = record.at_unix_ms.div_euclid(1_000);
+    let (days, day_seconds) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    println!(
+        "{} {:02}:{:02}:{:02}Z  term {} ({})  {}{}",
+        civil_date(days),
+        day_seconds / 3_600,
+        day_seconds % 3_600 / 60,
+        day_seconds % 60,
+        record.epoch,
+        record.leader,
+        record.summary,
+        if record.repeated > 0 {
+            format!(" (x{})", record.repeated + 1)
+        } else {
+            String::new()
+        }
+    );
+    for outcome in &record.outcome {
+        println!("      -> {outcome}");
+    }
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_date(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
 /// `GetStatus` at `address` (`host:port`), all kept decisions.
 pub async fn get_status(
     address: &str,
     credentials: &Credentials,
 ) -> anyhow::Result<v1::GetStatusResponse> {
     Daemon::new(address, credentials)?.status_after(0).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_and_dates_read_as_people_write_them() {
+        assert_eq!(parse_span("90s").unwrap().as_secs(), 90);
+        assert_eq!(parse_span("30m").unwrap().as_secs(), 1_800);
+        assert_eq!(parse_span("1h").unwrap().as_secs(), 3_600);
+        assert_eq!(parse_span("7d").unwrap().as_secs(), 604_800);
+        assert_eq!(parse_span("5").unwrap().as_secs(), 5);
+        for bad in ["", "h", "1y", "-1h", "1.5h", "99999999999999999999d"] {
+            assert!(parse_span(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(20_791), "2026-12-04");
+        assert_eq!(civil_date(-1), "1969-12-31");
+    }
 }

@@ -31,10 +31,23 @@ pub struct Dashboard {
     pub load_marks: Vec<(f64, &'static str)>,
 }
 
-/// The JSON the page renders: the status report and the history.
-fn payload(dashboard: &Dashboard) -> serde_json::Value {
+/// How many decisions the page lists.
+const DECISIONS_SHOWN: usize = 15;
+
+/// The JSON the page renders: the status report and the history. With a store, the decisions
+/// are the activity history's last ones (they outlive restarts and failovers).
+async fn payload(dashboard: &Dashboard) -> serde_json::Value {
+    let mut report = dashboard.status.report(0);
+    if dashboard.status.term.is_some() {
+        match dashboard.status.activity(0, DECISIONS_SHOWN).await {
+            Ok(records) => report.decisions = records,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the activity history; showing this daemon's own decisions")
+            }
+        }
+    }
     serde_json::json!({
-        "status": StatusJson::from(&dashboard.status.report(0)),
+        "status": StatusJson::from(&report),
         "history": dashboard.history.samples(),
         "load_marks": dashboard.load_marks,
     })
@@ -169,14 +182,14 @@ impl<'a> From<&'a v1::GetStatusResponse> for StatusJson<'a> {
 
 async fn page(State(dashboard): State<Arc<Dashboard>>) -> Html<String> {
     // The first render needs no request: the data rides along in the page.
-    let data = payload(&dashboard).to_string().replace("</", "<\\/");
+    let data = payload(&dashboard).await.to_string().replace("</", "<\\/");
     Html(PAGE.replace("/*INITIAL_DATA*/null", &data))
 }
 
 async fn api(State(dashboard): State<Arc<Dashboard>>) -> impl IntoResponse {
     (
         [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(payload(&dashboard)),
+        axum::Json(payload(&dashboard).await),
     )
 }
 

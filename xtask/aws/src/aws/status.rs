@@ -27,6 +27,13 @@ pub struct Status {
     /// With --monitor: talk plaintext, to a monitor started with --plaintext.
     #[arg(long, conflicts_with = "tls_dir")]
     pub plaintext: bool,
+    /// Print the activity history (every decision record the group's store keeps, across
+    /// restarts and failovers) instead of the fleet.
+    #[arg(long)]
+    pub activity: bool,
+    /// With --activity: how far back (`30m`, `1h`, `7d`).
+    #[arg(long, default_value = "1h", requires = "activity")]
+    pub since: String,
     /// Keep printing decisions as they happen (Ctrl-C to stop).
     #[arg(long)]
     pub follow: bool,
@@ -53,15 +60,29 @@ impl Status {
             }
             None => {
                 let aws = Aws::connect(&self.group.group).await?;
-                print_status(&aws).await?;
-                if !self.follow {
-                    return Ok(());
+                if !self.activity {
+                    print_status(&aws).await?;
+                    if !self.follow {
+                        return Ok(());
+                    }
                 }
                 let address = aws.parameters.get(&aws.names.monitor()).await?;
                 (address, aws.operator_credentials().await?)
             }
         };
         let mut daemon = crate::status_client::Daemon::new(&address, &credentials)?;
+        if self.activity {
+            let span = crate::status_client::parse_span(&self.since)?;
+            let since = now_ms() - i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
+            let records = daemon.activity(since).await?;
+            if records.is_empty() {
+                println!("no decision recorded in the last {}", self.since);
+            }
+            for record in &records {
+                crate::status_client::print_activity(record);
+            }
+            return Ok(());
+        }
         let report = daemon.status_after(0).await?;
         if self.monitor.is_some() {
             print_fleet(&report);
@@ -83,6 +104,12 @@ impl Status {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The fleet as one monitor reports it.

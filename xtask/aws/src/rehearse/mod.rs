@@ -199,6 +199,8 @@ impl Rehearse {
             token_file: Some(token_file.clone()),
             tls_dir: Some(tls_dir),
             plaintext: false,
+            activity: false,
+            since: "1h".into(),
             follow: false,
         }
         .run()
