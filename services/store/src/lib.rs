@@ -12,8 +12,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 pub mod sqlite;
 
+#[cfg(feature = "dynamodb")]
+pub use dynamodb::DynamoStore;
 pub use sqlite::SqliteStore;
 
 /// The lease that makes one daemon the group's leader.
