@@ -19,6 +19,8 @@ pub use sdk::{Ec2Cloud, classify, default_subnets, describe_group};
 
 /// Tag naming the group an instance belongs to.
 pub const GROUP_TAG: &str = "autoscaler:group";
+/// Tag naming the leader's lease epoch (the term) that launched an instance (0 without a store).
+pub const EPOCH_TAG: &str = "autoscaler:epoch";
 /// Tag naming an instance's role (`InstanceRole`).
 pub const ROLE_TAG: &str = "autoscaler:role";
 

@@ -20,6 +20,8 @@ use autoscaler_controller::policy::PolicyMemory;
 use autoscaler_controller::reconciler::{Agents, Controller, ControllerStatus};
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{self, Role, TlsMaterial, Transport};
+#[cfg(feature = "ec2")]
+use autoscaler_store::DynamoStore;
 use autoscaler_store::{Lease, SqliteStore, Store};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -58,11 +60,14 @@ pub struct DaemonConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     /// `sqlite` (the local provider's default: a file in the state dir, shared by every daemon
-    /// of the group on this machine) or `none` (one daemon, nothing kept; the EC2 provider's
+    /// of the group on this machine), `dynamodb` (a table shared by the monitor hosts of the
+    /// group; `cargo xtask up` makes it) or `none` (one daemon, nothing kept; the EC2 provider's
     /// default).
     pub kind: Option<StoreKind>,
     /// The SQLite file (default: `<state_dir>/store.sqlite`).
     pub path: Option<PathBuf>,
+    /// The DynamoDB table (default: `autoscaler-<group>`).
+    pub table: Option<String>,
     /// How long the leader's lease lasts without a renewal, in milliseconds: a standby takes
     /// over within about this long of the leader's loss. The leader renews every third of it.
     pub lease_ms: u64,
@@ -75,6 +80,7 @@ impl Default for StoreSection {
         StoreSection {
             kind: None,
             path: None,
+            table: None,
             lease_ms: 3_000,
             activity_retention_days: 42,
         }
@@ -85,6 +91,7 @@ impl Default for StoreSection {
 #[serde(rename_all = "kebab-case")]
 pub enum StoreKind {
     Sqlite,
+    Dynamodb,
     None,
 }
 
@@ -519,6 +526,11 @@ pub async fn run(
             // by, here.
             let leadership = match config.store.kind.unwrap_or(StoreKind::Sqlite) {
                 StoreKind::None => None,
+                StoreKind::Dynamodb => {
+                    return Err(DaemonError::Store(
+                        "`store.kind = \"dynamodb\"` is the EC2 provider's store; locally, use \"sqlite\"".to_string(),
+                    ));
+                }
                 StoreKind::Sqlite => {
                     std::fs::create_dir_all(&state_dir).map_err(|error| {
                         DaemonError::Store(format!(
@@ -660,9 +672,51 @@ pub async fn run(
                         .to_string(),
                 ));
             }
+            // With a store, a monitor host leads only while it holds the lease: until then it
+            // stands by, here (`up --standby` starts a second host).
+            let leadership = match config.store.kind.unwrap_or(StoreKind::None) {
+                StoreKind::None => None,
+                kind => {
+                    let store: Arc<dyn Store> = match kind {
+                        StoreKind::Dynamodb => Arc::new(DynamoStore::new(
+                            sdk,
+                            &config
+                                .store
+                                .table
+                                .clone()
+                                .unwrap_or_else(|| DynamoStore::table_name(&config.group)),
+                        )),
+                        _ => {
+                            let path = config.store.path.clone().ok_or_else(|| {
+                                DaemonError::Store(
+                                    "`store.path` is needed for a SQLite store with the EC2 provider".to_string(),
+                                )
+                            })?;
+                            Arc::new(SqliteStore::open(&path).map_err(|error| {
+                                DaemonError::Store(format!("{}: {error}", path.display()))
+                            })?)
+                        }
+                    };
+                    match Leadership::wait(
+                        store,
+                        &config,
+                        &holder_of(&options.advertise),
+                        &options.advertise,
+                        &mut shutdown,
+                    )
+                    .await
+                    {
+                        Some(leadership) => Some(leadership),
+                        None => return Ok(()),
+                    }
+                }
+            };
             let mut cloud = Ec2Cloud::open(sdk, &config.group, ec2)
                 .await
                 .map_err(|error| DaemonError::Provider(error.to_string()))?;
+            if let Some(leadership) = &leadership {
+                cloud = cloud.with_epoch(leadership.lease.epoch);
+            }
             let mut balancer: Option<Arc<dyn Balancer>> = None;
             if let Some(LoadBalancerSection::Elb(elb)) = &config.load_balancer {
                 let group =
@@ -678,13 +732,14 @@ pub async fn run(
             let (transport, _) = options.tls.resolve(&config.group, None, Some(sdk)).await?;
             let credentials = Credentials::new(token, transport);
             let monitor = Monitor::start(config.monitor_config(), credentials)?;
+            // The leader publishes its address; agents read it again at every registration.
             publish_address(sdk, &config.group, &options.advertise).await?;
             serve(
                 &config,
                 monitor,
                 cloud,
                 balancer,
-                None,
+                leadership,
                 listener,
                 http,
                 shutdown,

@@ -179,6 +179,24 @@ impl DynamoStore {
         }
     }
 
+    /// Whether the table exists.
+    pub async fn table_exists(&self) -> Result<bool, StoreError> {
+        match self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(error) if error.code() == Some("ResourceNotFoundException") => Ok(false),
+            Err(error) => Err(unavailable(
+                "describe the table",
+                aws_sdk_dynamodb::error::DisplayErrorContext(error),
+            )),
+        }
+    }
+
     /// Deletes the table (`down --purge`); a missing one is fine.
     pub async fn delete_table(&self) -> Result<(), StoreError> {
         match self

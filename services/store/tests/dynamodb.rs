@@ -119,6 +119,8 @@ async fn the_lease_the_fence_and_the_history_on_dynamodb() {
         .unwrap()
         .expect("given up");
     assert_eq!(next.epoch, 3);
+    assert!(a.table_exists().await.unwrap());
     a.delete_table().await.unwrap();
     a.delete_table().await.unwrap();
+    assert!(!a.table_exists().await.unwrap());
 }

@@ -13,7 +13,7 @@ use aws_sdk_ec2::types::{
     ResourceType, Tag, TagSpecification, VolumeType,
 };
 
-use super::{Ec2Config, GROUP_TAG, InstanceRole, ROLE_TAG};
+use super::{EPOCH_TAG, Ec2Config, GROUP_TAG, InstanceRole, ROLE_TAG};
 use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState};
 
 /// The group's instances (of one of `roles`, unless empty; among `ids`, unless empty) in one of
@@ -136,12 +136,21 @@ pub struct Ec2Cloud {
     /// With a load balancer: the application's port on every instance, and the user-data that
     /// starts it (base64) given to every instance launched.
     app: Option<(u16, String)>,
+    /// The leader's lease epoch (0 without one), carried into every launch: its ClientToken and
+    /// the `autoscaler:epoch` tag say which term launched an instance.
+    epoch: u64,
 }
 
 impl Ec2Cloud {
     /// Every instance launched from now on runs `user_data` at boot (the script that has its
     /// agent report the application's load), and serves its application on `port`, where the
     /// load balancer sends requests (`CloudInstance::app_address`).
+    /// Launches as the leader of term `epoch`.
+    pub fn with_epoch(mut self, epoch: u64) -> Ec2Cloud {
+        self.epoch = epoch;
+        self
+    }
+
     pub fn with_app(mut self, port: u16, user_data: &str) -> Ec2Cloud {
         use base64::Engine as _;
         let encoded = base64::engine::general_purpose::STANDARD.encode(user_data);
@@ -202,6 +211,7 @@ impl Ec2Cloud {
             launches: AtomicU64::new(0),
             uncertain: std::sync::Mutex::default(),
             app: None,
+            epoch: 0,
         })
     }
 
@@ -290,7 +300,14 @@ impl Ec2Cloud {
             let stamp = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis());
-            format!("{}-{role}-{stamp}-{launch}", self.group)
+            // At most 64 characters, as EC2 allows: the group's name is cut to fit.
+            let tail = format!("-{role}-e{}-{stamp}-{launch}", self.epoch);
+            let group: String = self
+                .group
+                .chars()
+                .take(64usize.saturating_sub(tail.len()))
+                .collect();
+            format!("{group}{tail}")
         });
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
@@ -302,6 +319,12 @@ impl Ec2Cloud {
             )
             .tags(Tag::builder().key(GROUP_TAG).value(&self.group).build())
             .tags(Tag::builder().key(ROLE_TAG).value(role.tag_value()).build())
+            .tags(
+                Tag::builder()
+                    .key(EPOCH_TAG)
+                    .value(self.epoch.to_string())
+                    .build(),
+            )
             .build();
         let mut request = self
             .client

@@ -85,6 +85,10 @@ impl Down {
             if let Some(group_id) = aws.security_group().await? {
                 eprintln!("  {verb} security group {group_id}");
             }
+            eprintln!(
+                "  {verb} the store's DynamoDB table {} (the lease, the policy's memory, the activity history), if there is one",
+                autoscaler_store::DynamoStore::table_name(&aws.group)
+            );
         }
         let balancer = aws.balancer_parts().await?;
         if let Some(arn) = &balancer.load_balancer_arn {
@@ -188,6 +192,13 @@ impl Down {
                 }
             }
             delete_bucket(aws).await?;
+            autoscaler_store::DynamoStore::new(
+                &aws.sdk,
+                &autoscaler_store::DynamoStore::table_name(&aws.group),
+            )
+            .delete_table()
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot delete the store's table: {error}"))?;
             aws.parameters.delete(&aws.names.bucket()).await?;
             if let Some(group_id) = aws.security_group().await? {
                 wait_for(

@@ -33,6 +33,11 @@ pub struct Up {
     /// Who may send requests to the load balancer (a CIDR).
     #[arg(long, default_value = "0.0.0.0/0", requires = "load_balancer")]
     pub load_balancer_from: String,
+    /// Start a second monitor host, standing by: it takes over when the leader's lease runs
+    /// out (the lease lives in the group's DynamoDB table). It counts against the account's
+    /// instance limit.
+    #[arg(long)]
+    pub standby: bool,
 }
 
 /// In the monitor host's user-data (provisioning/monitor-user-data.sh), the config sits between
@@ -41,11 +46,14 @@ pub const CONFIG_BEGIN: &str = "cat > /etc/autoscaler/autoscaler.toml <<'AUTOSCA
 pub const CONFIG_END: &str = "AUTOSCALER_CONFIG\n";
 
 /// The monitor's config for the group, checked; with `load_balancer`, its controller drives the
-/// group's target group (`[load_balancer] kind = "elb"`, unless the file has its own).
+/// group's target group (`[load_balancer] kind = "elb"`, unless the file has its own). Its store
+/// is the group's DynamoDB table (unless the file names another), and its fleet's maximum leaves
+/// room in the account's instance limit for `monitors` monitor hosts.
 pub fn monitor_config(
     path: &Path,
     group: &str,
     load_balancer: bool,
+    monitors: u32,
 ) -> anyhow::Result<(String, autoscaler_daemon::daemon::DaemonConfig)> {
     let path = if path.is_absolute() {
         path.to_path_buf()
@@ -58,6 +66,28 @@ pub fn monitor_config(
         .parse()
         .with_context(|| format!("{}", path.display()))?;
     table.insert("group".to_string(), toml::Value::String(group.to_string()));
+    if !table.contains_key("store") {
+        let mut store = toml::Table::new();
+        store.insert("kind".into(), "dynamodb".into());
+        table.insert("store".into(), toml::Value::Table(store));
+    }
+    if let Some(controller) = table.get_mut("controller").and_then(|c| c.as_table_mut()) {
+        let limit = controller
+            .get("instance_limit")
+            .and_then(|l| l.as_integer())
+            .unwrap_or(5);
+        let room = limit - i64::from(monitors);
+        if controller
+            .get("max_instances")
+            .and_then(|m| m.as_integer())
+            .is_some_and(|max| max > room)
+        {
+            eprintln!(
+                "  the account allows {limit} instances and {monitors} are monitor hosts: at most {room} application instances"
+            );
+            controller.insert("max_instances".into(), toml::Value::Integer(room));
+        }
+    }
     if load_balancer && !table.contains_key("load_balancer") {
         let mut elb = toml::Table::new();
         elb.insert("kind".into(), "elb".into());
@@ -95,11 +125,18 @@ impl Up {
 
     pub async fn run_with(self, aws: &Aws) -> anyhow::Result<()> {
         eprintln!("up of group {}", aws.group);
-        let (config_text, config) = monitor_config(&self.config, &aws.group, self.load_balancer)?;
+        let monitors = if self.standby { 2 } else { 1 };
+        let (config_text, config) =
+            monitor_config(&self.config, &aws.group, self.load_balancer, monitors)?;
         let instance_limit = config.controller.instance_limit;
         let max = config.controller.max_instances;
         eprintln!(
-            "  plan: a monitor host and {}-{max} application instances (the account allows {instance_limit} in all){}",
+            "  plan: {} and {}-{max} application instances (the account allows {instance_limit} in all){}",
+            if self.standby {
+                "a monitor host and a standby one"
+            } else {
+                "a monitor host"
+            },
             config.controller.min_instances,
             if self.load_balancer {
                 ", behind an Application Load Balancer"
@@ -134,50 +171,73 @@ impl Up {
             );
         }
         ensure_tls(aws).await?;
+        if let Some(autoscaler_daemon::daemon::StoreKind::Dynamodb) = config.store.kind {
+            let table = config
+                .store
+                .table
+                .clone()
+                .unwrap_or_else(|| autoscaler_store::DynamoStore::table_name(&aws.group));
+            if autoscaler_store::DynamoStore::new(&aws.sdk, &table)
+                .ensure_table()
+                .await
+                .map_err(|error| anyhow!("cannot make the store's table {table}: {error}"))?
+            {
+                eprintln!(
+                    "  created the DynamoDB table {table} (the lease, the policy's memory, the activity history)"
+                );
+            }
+        }
         let balancer = match self.load_balancer {
             true => Some(aws.ensure_balancer(&self.load_balancer_from).await?),
             false => None,
         };
 
-        let monitors = aws.instances(&[InstanceRole::Monitor]).await?;
-        let monitor = match monitors
-            .iter()
-            .find(|m| m.state == "pending" || m.state == "running")
-        {
-            Some(monitor) => {
-                eprintln!("  reusing the monitor host {}", monitor.instance_id);
-                monitor.instance_id.clone()
-            }
-            None => {
+        let running: Vec<String> = aws
+            .instances(&[InstanceRole::Monitor])
+            .await?
+            .into_iter()
+            .filter(|m| m.state == "pending" || m.state == "running")
+            .map(|m| m.instance_id)
+            .collect();
+        for id in &running {
+            eprintln!("  reusing the monitor host {id}");
+        }
+        let mut hosts = running.clone();
+        if running.len() < monitors as usize {
+            if running.is_empty() {
                 // A stale address from an earlier monitor would mislead the wait below.
                 aws.parameters.delete(&aws.names.monitor()).await?;
-                let cloud = aws
-                    .cloud(Ec2Config {
-                        ami_id: ami.clone(),
-                        ..ec2
-                    })
-                    .await?;
-                let template_path = util::root().join("provisioning/monitor-user-data.sh");
-                let template = std::fs::read_to_string(&template_path)
-                    .with_context(|| format!("cannot read {}", template_path.display()))?;
-                ensure!(
-                    template.contains(CONFIG_BEGIN) && template.contains("@CONFIG@"),
-                    "{} lost its config placeholder",
-                    template_path.display()
-                );
-                let user_data = template.replace("@CONFIG@", &config_text);
-                let encoded = base64::engine::general_purpose::STANDARD.encode(user_data);
-                let subnet = cloud.config().subnet_ids[0].clone();
-                let id = cloud
-                    .run_instance(InstanceRole::Monitor, &ami, &subnet, Some(encoded))
-                    .await
-                    .map_err(|e| anyhow!("cannot launch the monitor host: {e}"))?;
-                eprintln!("  launched the monitor host {id}");
-                id
             }
-        };
-        aws.wait_running(std::slice::from_ref(&monitor), Duration::from_secs(600))
-            .await?;
+            let cloud = aws
+                .cloud(Ec2Config {
+                    ami_id: ami.clone(),
+                    ..ec2
+                })
+                .await?;
+            let template_path = util::root().join("provisioning/monitor-user-data.sh");
+            let template = std::fs::read_to_string(&template_path)
+                .with_context(|| format!("cannot read {}", template_path.display()))?;
+            ensure!(
+                template.contains(CONFIG_BEGIN) && template.contains("@CONFIG@"),
+                "{} lost its config placeholder",
+                template_path.display()
+            );
+            let user_data = template.replace("@CONFIG@", &config_text);
+            let encoded = base64::engine::general_purpose::STANDARD.encode(user_data);
+            let subnets = cloud.config().subnet_ids.clone();
+            for n in running.len()..monitors as usize {
+                // The standby in another availability zone than the leader.
+                let subnet = subnets[n % subnets.len()].clone();
+                let id = cloud
+                    .run_instance(InstanceRole::Monitor, &ami, &subnet, Some(encoded.clone()))
+                    .await
+                    .map_err(|e| anyhow!("cannot launch a monitor host: {e}"))?;
+                eprintln!("  launched the monitor host {id}");
+                hosts.push(id);
+            }
+        }
+        let monitor = hosts.join(", ");
+        aws.wait_running(&hosts, Duration::from_secs(600)).await?;
         let timeout = Duration::from_secs(self.timeout);
         let address = wait_for(
             "the monitor to publish its address",

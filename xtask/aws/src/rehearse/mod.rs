@@ -59,18 +59,18 @@ impl Rehearse {
             &log_dir,
             &util::profile_dir("dev")?,
         );
-        let result = self.steps(&aws).await;
+        let result = self.steps(&aws, &runner).await;
         runner.stop().await;
         drop(emulator);
         result?;
         eprintln!(
-            "rehearsal passed: bootstrap, bake-ami, up, 2 -> 4 -> 2, down --purge; nothing of group {} is left in the emulator",
+            "rehearsal passed: bootstrap, bake-ami, up with a load balancer and a standby, 2 -> 3 -> 2 with every instance a target, a failover, down --purge; nothing of group {} is left in the emulator",
             self.group
         );
         Ok(())
     }
 
-    async fn steps(&self, aws: &Aws) -> anyhow::Result<()> {
+    async fn steps(&self, aws: &Aws, runner: &runner::RunningRunner) -> anyhow::Result<()> {
         let group = GroupArgs {
             group: self.group.clone(),
         };
@@ -124,24 +124,27 @@ impl Rehearse {
             "the seed is terminated"
         );
 
-        eprintln!("\n== cargo xtask up --load-balancer ==");
+        eprintln!("\n== cargo xtask up --load-balancer --standby ==");
         aws::Up {
             group: group.clone(),
             config: "provisioning/rehearsal.toml".into(),
             timeout: 180,
             load_balancer: true,
             load_balancer_from: "0.0.0.0/0".into(),
+            standby: true,
         }
         .run_with(aws)
         .await?;
         check_balancer(aws).await?;
         let monitors = described(aws, InstanceRole::Monitor).await?;
-        ensure!(monitors.len() == 1, "one monitor host");
-        check_instance(&monitors[0], InstanceRole::Monitor, &self.group)?;
-        ensure!(
-            monitors[0].image_id() == Some(ami.as_str()),
-            "the monitor host runs the custom AMI"
-        );
+        ensure!(monitors.len() == 2, "a monitor host and a standby");
+        for monitor in &monitors {
+            check_instance(monitor, InstanceRole::Monitor, &self.group)?;
+            ensure!(
+                monitor.image_id() == Some(ami.as_str()),
+                "the monitor hosts run the custom AMI"
+            );
+        }
         let address = aws.parameters.get(&aws.names.monitor()).await?;
         ensure!(
             address.starts_with("127.0.0.1:"),
@@ -207,6 +210,9 @@ impl Rehearse {
         .await;
         let _ = std::fs::remove_dir_all(&private);
         shown?;
+
+        eprintln!("\n== failover: the leader's monitor host terminated ==");
+        failover(aws, runner, &address).await?;
 
         eprintln!("\n== cargo xtask down --purge --dry-run ==");
         aws::Down {
@@ -283,6 +289,7 @@ async fn missing_pieces_are_named(aws: &Aws) -> anyhow::Result<()> {
         timeout: 10,
         load_balancer: false,
         load_balancer_from: "0.0.0.0/0".into(),
+        standby: false,
     }
     .run_with(aws)
     .await
@@ -436,6 +443,79 @@ async fn check_balancer(aws: &Aws) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Terminates the leading monitor host: the standby takes the lease over (a new epoch), publishes
+/// its address, and leads the same fleet, launching nothing; the activity history holds both terms.
+async fn failover(aws: &Aws, runner: &runner::RunningRunner, address: &str) -> anyhow::Result<()> {
+    let leader = runner
+        .monitor_at(address)
+        .with_context(|| format!("no monitor host listens at {address}"))?;
+    let fleet: BTreeSet<String> = described(aws, InstanceRole::Agent)
+        .await?
+        .iter()
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect();
+    let terminated = std::time::Instant::now();
+    aws.ec2
+        .terminate_instances()
+        .instance_ids(&leader)
+        .send()
+        .await
+        .map_err(|e| aws::explain("terminate the leader's host", e))?;
+    eprintln!("  terminated the leader's host {leader}");
+    let successor = wait_for(
+        "the standby to publish its address",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            let published = aws.parameters.get(&aws.names.monitor()).await?;
+            Ok((published != address).then_some(published))
+        },
+    )
+    .await?;
+    eprintln!(
+        "  the standby leads at {successor}, {:.1} s after the leader's host was terminated",
+        terminated.elapsed().as_secs_f64()
+    );
+    let credentials = aws.operator_credentials().await?;
+    let daemon =
+        tokio::sync::Mutex::new(crate::status_client::Daemon::new(&successor, &credentials)?);
+    wait_for(
+        "the same fleet reporting to the new leader",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || async {
+            let Ok(status) = daemon.lock().await.status_after(0).await else {
+                return Ok(None);
+            };
+            let listed: BTreeSet<String> = status
+                .instances
+                .iter()
+                .filter(|i| i.listed())
+                .map(|i| i.instance_id.clone())
+                .collect();
+            ensure!(
+                listed.is_subset(&fleet),
+                "the new leader launched: {listed:?} (the fleet was {fleet:?})"
+            );
+            let healthy = status.instances.iter().filter(|i| i.is_healthy()).count();
+            Ok((listed == fleet && healthy == fleet.len()).then_some(()))
+        },
+    )
+    .await?;
+    let history = daemon.lock().await.activity(0).await?;
+    let epochs: BTreeSet<u64> = history.iter().map(|r| r.epoch).collect();
+    ensure!(
+        epochs.len() >= 2,
+        "the activity history holds both terms: {epochs:?}"
+    );
+    eprintln!(
+        "  the same {} instances report to the new leader; the history holds {} records of terms {epochs:?}",
+        fleet.len(),
+        history.len()
+    );
+    Ok(())
+}
+
 /// The instance ids the target group has as targets.
 async fn targets(aws: &Aws) -> anyhow::Result<BTreeSet<String>> {
     let target_group = aws.parameters.get(&aws.names.target_group()).await?;
@@ -447,10 +527,14 @@ async fn targets(aws: &Aws) -> anyhow::Result<BTreeSet<String>> {
         .collect())
 }
 
+/// The fleet's maximum in the rehearsal: the account's 5 instances, less the monitor host and its
+/// standby (`up --standby` lowers `max_instances` to fit).
+const FLEET_MAX: usize = 3;
+
 async fn load_cycle(aws: &Aws, address: &str, credentials: &Credentials) -> anyhow::Result<()> {
     let daemon = tokio::sync::Mutex::new(crate::status_client::Daemon::new(address, credentials)?);
     for (level, size, what) in [
-        (95.0, 4usize, "4 healthy agents (the maximum)"),
+        (95.0, FLEET_MAX, "3 healthy agents (the maximum)"),
         (5.0, 2, "2 healthy agents (the minimum)"),
     ] {
         wait_for(
@@ -474,7 +558,7 @@ async fn load_cycle(aws: &Aws, address: &str, credentials: &Credentials) -> anyh
                     .map(|i| i.instance_id.clone())
                     .collect();
                 ensure!(
-                    listed.len() <= 4,
+                    listed.len() <= FLEET_MAX,
                     "{} instances, above the maximum",
                     listed.len()
                 );
@@ -498,8 +582,8 @@ async fn load_cycle(aws: &Aws, address: &str, credentials: &Credentials) -> anyh
         .flat_map(|ids| ids.split(", "))
         .collect();
     ensure!(
-        terminated.len() >= 2,
-        "two scale-ins recorded: {outcomes:#?}"
+        terminated.len() >= FLEET_MAX - 2,
+        "the scale-ins recorded: {outcomes:#?}"
     );
     for id in terminated {
         let drained = outcomes

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,6 +24,8 @@ pub(super) struct Runner {
     log_dir: PathBuf,
     bin_dir: PathBuf,
     processes: BTreeMap<String, Child>,
+    /// Where each monitor host's process listens, by instance id.
+    monitors: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Runner {
@@ -35,7 +38,9 @@ impl Runner {
             log_dir: log_dir.to_path_buf(),
             bin_dir: bin_dir.to_path_buf(),
             processes: BTreeMap::new(),
+            monitors: Arc::default(),
         };
+        let monitors = runner.monitors.clone();
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             loop {
@@ -48,7 +53,11 @@ impl Runner {
                 }
             }
         });
-        RunningRunner { stop, task }
+        RunningRunner {
+            stop,
+            task,
+            monitors,
+        }
     }
 
     fn command(&self, binary: &str, instance_id: &str) -> anyhow::Result<Command> {
@@ -103,6 +112,10 @@ impl Runner {
                     .local_addr()?
                     .port();
                 let address = format!("127.0.0.1:{port}");
+                self.monitors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(instance_id.to_string(), address.clone());
                 self.command("autoscaler-monitor", instance_id)?
                     .arg("--config")
                     .arg(&config)
@@ -178,9 +191,20 @@ impl Runner {
 pub(super) struct RunningRunner {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    monitors: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl RunningRunner {
+    /// The monitor host whose process listens at `address`.
+    pub(super) fn monitor_at(&self, address: &str) -> Option<String> {
+        self.monitors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, listens)| listens.as_str() == address)
+            .map(|(id, _)| id.clone())
+    }
+
     /// Stops the runner; its processes are stopped with it.
     pub(super) async fn stop(self) {
         let _ = self.stop.send(());
