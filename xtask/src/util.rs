@@ -40,13 +40,14 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
     if let Some(found) = FOUND.get() {
         return Ok(found.clone());
     }
-    let found = target_dir_of(&shell()?)?;
+    let sh = shell()?;
+    let found = target_dir_of(cargo(&sh))?;
     Ok(FOUND.get_or_init(|| found).clone())
 }
 
-/// The `target_directory` that `cargo metadata`, run in `sh`, names.
-fn target_dir_of(sh: &Shell) -> anyhow::Result<PathBuf> {
-    let answer = cargo(sh)
+/// The `target_directory` that `cargo metadata`, run as `cargo`, names.
+fn target_dir_of(cargo: Cmd<'_>) -> anyhow::Result<PathBuf> {
+    let answer = cargo
         .args([
             "metadata",
             "--format-version",
@@ -282,10 +283,15 @@ mod tests {
     #[test]
     fn a_target_directory_set_by_the_user_is_followed() {
         let elsewhere = std::env::temp_dir().join(format!("xtask-target-{}", std::process::id()));
-        for variable in ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"] {
-            let sh = shell_for(false).unwrap();
-            sh.set_var(variable, &elsewhere);
-            assert_eq!(target_dir_of(&sh).unwrap(), elsewhere, "{variable}");
-        }
+        let sh = shell_for(false).unwrap();
+        let by_variable = cargo(&sh).env("CARGO_TARGET_DIR", &elsewhere);
+        assert_eq!(target_dir_of(by_variable).unwrap(), elsewhere);
+        // `build.target-dir`, as the environment sets it (CARGO_TARGET_DIR, where the test runs
+        // with one, would win over it).
+        let by_config = cargo(&sh)
+            .env_remove("CARGO_TARGET_DIR")
+            .env("CARGO_BUILD_TARGET_DIR", &elsewhere);
+        assert_eq!(target_dir_of(by_config).unwrap(), elsewhere);
     }
+
 }
