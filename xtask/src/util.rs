@@ -293,5 +293,4 @@ mod tests {
             .env("CARGO_BUILD_TARGET_DIR", &elsewhere);
         assert_eq!(target_dir_of(by_config).unwrap(), elsewhere);
     }
-
 }
