@@ -211,6 +211,16 @@ drain_timeout_secs = 10
     )
 }
 
+/// The instances the provider lists.
+pub fn listed(status: &v1::GetStatusResponse) -> std::collections::BTreeSet<String> {
+    status
+        .instances
+        .iter()
+        .filter(|i| i.listed())
+        .map(|i| i.instance_id.clone())
+        .collect()
+}
+
 /// The listed instances the load balancer sends requests to.
 pub fn serving(status: &v1::GetStatusResponse) -> Vec<String> {
     status

@@ -524,7 +524,7 @@ pub async fn run(
             let monitor_config = config.monitor_config();
             // With a store, a daemon leads only while it holds the lease: until then it stands
             // by, here.
-            let leadership = match config.store.kind.unwrap_or(StoreKind::Sqlite) {
+            let store = match config.store.kind.unwrap_or(StoreKind::Sqlite) {
                 StoreKind::None => None,
                 StoreKind::Dynamodb => {
                     return Err(DaemonError::Store(
@@ -546,19 +546,13 @@ pub async fn run(
                     let store = SqliteStore::open(&path).map_err(|error| {
                         DaemonError::Store(format!("{}: {error}", path.display()))
                     })?;
-                    match Leadership::wait(
-                        Arc::new(store),
-                        &config,
-                        &holder_of(&options.advertise),
-                        &options.advertise,
-                        &mut shutdown,
-                    )
-                    .await
-                    {
-                        Some(leadership) => Some(leadership),
-                        None => return Ok(()),
-                    }
+                    Some(Arc::new(store) as Arc<dyn Store>)
                 }
+            };
+            let Some(leadership) =
+                Leadership::stand_by(store, &config, &options.advertise, &mut shutdown).await
+            else {
+                return Ok(());
             };
             let (transport, tls_dir) = options
                 .tls
@@ -674,42 +668,32 @@ pub async fn run(
             }
             // With a store, a monitor host leads only while it holds the lease: until then it
             // stands by, here (`up --standby` starts a second host).
-            let leadership = match config.store.kind.unwrap_or(StoreKind::None) {
+            let store: Option<Arc<dyn Store>> = match config.store.kind.unwrap_or(StoreKind::None) {
                 StoreKind::None => None,
-                kind => {
-                    let store: Arc<dyn Store> = match kind {
-                        StoreKind::Dynamodb => Arc::new(DynamoStore::new(
-                            sdk,
-                            &config
-                                .store
-                                .table
-                                .clone()
-                                .unwrap_or_else(|| DynamoStore::table_name(&config.group)),
-                        )),
-                        _ => {
-                            let path = config.store.path.clone().ok_or_else(|| {
-                                DaemonError::Store(
-                                    "`store.path` is needed for a SQLite store with the EC2 provider".to_string(),
-                                )
-                            })?;
-                            Arc::new(SqliteStore::open(&path).map_err(|error| {
-                                DaemonError::Store(format!("{}: {error}", path.display()))
-                            })?)
-                        }
-                    };
-                    match Leadership::wait(
-                        store,
-                        &config,
-                        &holder_of(&options.advertise),
-                        &options.advertise,
-                        &mut shutdown,
-                    )
-                    .await
-                    {
-                        Some(leadership) => Some(leadership),
-                        None => return Ok(()),
-                    }
+                StoreKind::Dynamodb => Some(Arc::new(DynamoStore::new(
+                    sdk,
+                    &config
+                        .store
+                        .table
+                        .clone()
+                        .unwrap_or_else(|| DynamoStore::table_name(&config.group)),
+                ))),
+                StoreKind::Sqlite => {
+                    let path = config.store.path.clone().ok_or_else(|| {
+                        DaemonError::Store(
+                            "`store.path` is needed for a SQLite store with the EC2 provider"
+                                .to_string(),
+                        )
+                    })?;
+                    Some(Arc::new(SqliteStore::open(&path).map_err(|error| {
+                        DaemonError::Store(format!("{}: {error}", path.display()))
+                    })?))
                 }
+            };
+            let Some(leadership) =
+                Leadership::stand_by(store, &config, &options.advertise, &mut shutdown).await
+            else {
+                return Ok(());
             };
             let mut cloud = Ec2Cloud::open(sdk, &config.group, ec2)
                 .await
@@ -996,6 +980,24 @@ pub struct Leadership {
 }
 
 impl Leadership {
+    /// With a store, stands by until this daemon leads (`Some(Some(..))`); without one, leads at
+    /// once (`Some(None)`); `None` if the shutdown comes first.
+    async fn stand_by(
+        store: Option<Arc<dyn Store>>,
+        config: &DaemonConfig,
+        advertise: &str,
+        shutdown: &mut (impl Future<Output = ()> + Unpin),
+    ) -> Option<Option<Leadership>> {
+        match store {
+            None => Some(None),
+            Some(store) => {
+                Leadership::wait(store, config, &holder_of(advertise), advertise, shutdown)
+                    .await
+                    .map(Some)
+            }
+        }
+    }
+
     /// Stands by until this daemon leads; `None` if the shutdown comes first.
     async fn wait(
         store: Arc<dyn Store>,

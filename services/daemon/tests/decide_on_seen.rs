@@ -5,7 +5,6 @@
 //! daemon panic or leaves an agent behind. Each test prints its figures (`figure:` lines) for
 //! docs/RELIABILITY.md.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,15 +31,6 @@ fn reported(status: &v1::GetStatusResponse) -> usize {
             i.state() == v1::InstanceState::Running && i.is_healthy() && i.load_percent.is_some()
         })
         .count()
-}
-
-fn listed(status: &v1::GetStatusResponse) -> BTreeSet<String> {
-    status
-        .instances
-        .iter()
-        .filter(|i| i.listed())
-        .map(|i| i.instance_id.clone())
-        .collect()
 }
 
 fn sigkill(child: &tokio::process::Child) {

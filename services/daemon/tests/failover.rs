@@ -29,15 +29,6 @@ fn reported(status: &v1::GetStatusResponse) -> BTreeSet<String> {
         .collect()
 }
 
-fn listed(status: &v1::GetStatusResponse) -> BTreeSet<String> {
-    status
-        .instances
-        .iter()
-        .filter(|i| i.listed())
-        .map(|i| i.instance_id.clone())
-        .collect()
-}
-
 fn address(port: u16) -> SocketAddr {
     format!("127.0.0.1:{port}").parse().unwrap()
 }
