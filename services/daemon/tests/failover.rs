@@ -244,3 +244,35 @@ async fn with_the_store_out_of_reach_the_leader_steps_down_and_the_fleet_stays()
     signal(&daemon, Signal::SIGTERM);
     assert_eq!(exit_code(&mut daemon, "the daemon").await, Some(0));
 }
+
+#[tokio::test]
+async fn a_store_that_is_not_one_stops_the_daemon_naming_it_and_is_left_alone() {
+    let state_dir = StateDir::new("bad-store");
+    let config = process_config_file(&state_dir.0, 4, 30.0);
+    let store = state_dir.0.join("store.sqlite");
+    let garbage = b"not a database\n".repeat(300);
+    std::fs::write(&store, &garbage).unwrap();
+    write_tls_dir(&state_dir.0.join("tls"));
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(monitor_binary())
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .arg("--state-dir")
+            .arg(&state_dir.0)
+            .env("AUTOSCALER_TOKEN", TOKEN)
+            .output(),
+    )
+    .await
+    .expect("the daemon exits within 30 s")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("store.sqlite") && stderr.contains("not a database"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&store).unwrap(), garbage, "left as it was");
+    assert!(state_dir.pids().is_empty(), "nothing launched");
+}
