@@ -18,6 +18,10 @@ pub struct CloudInstance {
     /// Where its application serves, `host:port`, when the group runs one (what a load
     /// balancer sends requests to).
     pub app_address: Option<String>,
+    /// The token of the launch that made it, where the provider keeps it (EC2: the
+    /// `autoscaler:launch` tag): how a controller knows a launch whose answer it never had took
+    /// effect.
+    pub launch_token: Option<String>,
 }
 
 pub use autoscaler_policy::InstanceState;
@@ -92,8 +96,16 @@ pub trait Cloud: Send + Sync + 'static {
     /// Every instance of the group that is not terminated.
     fn list(&self) -> impl Future<Output = Result<Vec<CloudInstance>, CloudError>> + Send;
 
-    /// Launches `count` instances; returns their ids.
-    fn launch(&self, count: u32) -> impl Future<Output = Result<Vec<String>, CloudError>> + Send;
+    /// Launches one instance for each token; returns their ids, in the order of `tokens` (the
+    /// first ones only, when a launch fails after others succeeded). A token is the launch's
+    /// idempotency key: asked again (after a timeout, or by a new leader) a provider that keeps
+    /// tokens returns the instance it already launched for it rather than a second one. EC2 does
+    /// (the ClientToken); the local provider need not: its launches are never in doubt, a
+    /// process runs and is listed or the call failed.
+    fn launch(
+        &self,
+        tokens: &[String],
+    ) -> impl Future<Output = Result<Vec<String>, CloudError>> + Send;
 
     /// Terminates the given instances of the group; an id that is not the group's is refused
     /// with `NotFound` and nothing is terminated.

@@ -21,6 +21,9 @@ pub use sdk::{Ec2Cloud, classify, default_subnets, describe_group};
 pub const GROUP_TAG: &str = "autoscaler:group";
 /// Tag naming the leader's lease epoch (the term) that launched an instance (0 without a store).
 pub const EPOCH_TAG: &str = "autoscaler:epoch";
+/// Tag naming the launch that made an instance (the controller's launch token, also the tail of
+/// its ClientToken): a launch whose answer was lost is known to have taken effect by it.
+pub const LAUNCH_TAG: &str = "autoscaler:launch";
 /// Tag naming an instance's role (`InstanceRole`).
 pub const ROLE_TAG: &str = "autoscaler:role";
 

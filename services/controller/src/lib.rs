@@ -6,6 +6,7 @@ pub mod cloud;
 pub mod ec2;
 pub mod front;
 pub mod haproxy;
+pub mod launches;
 pub mod local;
 pub mod reconciler;
 

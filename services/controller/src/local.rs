@@ -825,14 +825,16 @@ impl Cloud for LocalCloud {
                         .app
                         .as_ref()
                         .map(|app| format!("127.0.0.1:{}", app.port)),
+                    // Not kept: a local launch is never in doubt (`Cloud::launch`).
+                    launch_token: None,
                 }
             })
             .collect())
     }
 
-    async fn launch(&self, count: u32) -> Result<Vec<String>, CloudError> {
+    async fn launch(&self, tokens: &[String]) -> Result<Vec<String>, CloudError> {
         let mut launched = Vec::new();
-        for _ in 0..count {
+        for _ in tokens {
             let mut state = self.lock();
             let number = state.next_id;
             if number > MAX_INSTANCE_NUMBER {

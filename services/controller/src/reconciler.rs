@@ -16,9 +16,8 @@ use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceSta
 use crate::config::ControllerConfig;
 use crate::fleet::FleetView;
 use crate::front::{Front, Removal};
-use crate::policy::{
-    self, Decision, LaunchBackoff, Observation, ObservedInstance, PolicyMemory, PolicyState,
-};
+use crate::launches::{ControllerMemory, Journal, Launches};
+use crate::policy::{self, Decision, LaunchBackoff, Observation, ObservedInstance, PolicyState};
 
 /// One evaluation as kept for the status view and logged.
 #[derive(Clone, Debug)]
@@ -371,8 +370,12 @@ pub struct Controller<C> {
     front: Option<Front>,
     /// Wall-clock time at `started`, since the Unix epoch: the policy's clock starts there.
     anchor: Duration,
-    /// Where the policy's memory goes after every evaluation that changed it.
-    memory: Option<watch::Sender<PolicyMemory>>,
+    /// The launches asked and not yet listed.
+    launches: Launches,
+    /// Where the controller's memory is kept (before every launch, and after every evaluation
+    /// that changed it), and what it last kept.
+    journal: Option<Arc<dyn Journal>>,
+    saved: Option<ControllerMemory>,
     /// The leader's lease, when the daemon has standbys.
     fence: Option<Arc<dyn Fence>>,
 }
@@ -466,7 +469,9 @@ impl<C: Cloud> Controller<C> {
             anchor: SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default(),
-            memory: None,
+            launches: Launches::default(),
+            journal: None,
+            saved: None,
             fence: None,
         }
     }
@@ -496,19 +501,50 @@ impl<C: Cloud> Controller<C> {
         self.anchor + self.started.elapsed()
     }
 
-    /// Starts from the memory a previous controller left (cooldowns, the launch backoff), and
-    /// publishes the memory on `memory` after every evaluation that changes it.
+    /// Starts from the memory a previous controller left (cooldowns, the launch backoff, the
+    /// launches not yet listed), and keeps its memory in `journal`: before every launch, and
+    /// after every evaluation that changes it.
     pub fn with_memory(
         mut self,
-        recalled: Option<&PolicyMemory>,
-        memory: watch::Sender<PolicyMemory>,
+        recalled: Option<&ControllerMemory>,
+        journal: Arc<dyn Journal>,
     ) -> Controller<C> {
         if let Some(recalled) = recalled {
             let now = self.clock();
-            self.state = PolicyState::recall(recalled, now, millis(now));
+            self.state = PolicyState::recall(&recalled.policy, now, millis(now));
+            self.launches = Launches::recall(recalled.pending_launches.clone());
+            self.saved = Some(recalled.clone());
         }
-        self.memory = Some(memory);
+        self.journal = Some(journal);
         self
+    }
+
+    /// The memory as it is now.
+    fn memory(&self) -> ControllerMemory {
+        let now = self.clock();
+        ControllerMemory {
+            policy: self.state.remember(now, millis(now)),
+            pending_launches: self.launches.pending().to_vec(),
+        }
+    }
+
+    /// Keeps the memory in the journal if it changed since it was last kept; says why not.
+    async fn save_memory(&mut self) -> Result<(), String> {
+        let Some(journal) = self.journal.clone() else {
+            return Ok(());
+        };
+        let memory = self.memory();
+        if self.saved.as_ref() == Some(&memory) {
+            return Ok(());
+        }
+        journal.save(&memory).await?;
+        self.saved = Some(memory);
+        Ok(())
+    }
+
+    /// The launches asked and not yet listed (the status view shows them).
+    pub fn pending_launches(&self) -> &[crate::launches::PendingLaunch] {
+        self.launches.pending()
     }
 
     /// Puts `balancer` in front of the group: instances are registered with it when they enter
@@ -569,6 +605,10 @@ impl<C: Cloud> Controller<C> {
         // The policy's clock: wall-clock time, advanced by the monotonic clock since the start,
         // so that its memory means the same to another controller (`PolicyState::remember`).
         let now = self.clock();
+        // Launches not yet listed count as pending instances: the provider's list may lag its
+        // launches, and nothing is launched twice for one need.
+        self.launches.settle(&instances, millis(now), &mut notes);
+        let unlisted = self.launches.unlisted();
         // The balancer's side: its targets, and the draining instances now done.
         let mut drained_outcome = Vec::new();
         let mut drained_ids = Vec::new();
@@ -606,6 +646,7 @@ impl<C: Cloud> Controller<C> {
         let staying: Vec<CloudInstance> = instances
             .iter()
             .filter(|i| !leaving(&i.instance_id))
+            .chain(&unlisted)
             .cloned()
             .collect();
         let observation = observe(&staying, &view, SystemTime::now(), uptime);
@@ -627,9 +668,27 @@ impl<C: Cloud> Controller<C> {
                 verdict.summary
             );
         }
-        self.status.set_instances(instances.clone());
+        self.status
+            .set_instances(instances.iter().chain(&unlisted).cloned().collect());
 
         let mut record = DecisionRecord::noted(notes, shadow);
+        // An instance the provider does not list yet cannot be terminated.
+        let unlisted_ids: Vec<&str> = unlisted.iter().map(|i| i.instance_id.as_str()).collect();
+        let kept: Vec<String> = decision
+            .scale_in
+            .iter()
+            .chain(decision.replace.iter().map(|r| &r.instance_id))
+            .filter(|id| unlisted_ids.contains(&id.as_str()))
+            .cloned()
+            .collect();
+        if !kept.is_empty() {
+            record.outcome.push(format!(
+                "not terminated: {} not yet listed by the provider",
+                kept.join(", ")
+            ));
+            decision.scale_in.retain(|id| !kept.contains(id));
+            decision.replace.retain(|r| !kept.contains(&r.instance_id));
+        }
         record.outcome.extend(drained_outcome);
         for (instance_id, why) in drained_ids {
             if !self.may_act(&mut record.outcome, &format!("terminating {instance_id}")) {
@@ -658,8 +717,7 @@ impl<C: Cloud> Controller<C> {
             .collect();
         // With a balancer, instances drain for a while beside the fleet: a launch must not take
         // the group past the account's instance limit meanwhile.
-        let listed = instances
-            .len()
+        let listed = (instances.len() + unlisted.len())
             .saturating_sub(record.terminated.len() + stopped.len()) as u32;
         let room = self.config.instance_limit.saturating_sub(listed);
         if self.front.is_some() && decision.launch > room {
@@ -687,13 +745,11 @@ impl<C: Cloud> Controller<C> {
         }
         self.status
             .set_launch_backoff(decision.launch_backoff.clone());
-        if let Some(memory) = &self.memory {
-            let remembered = self.state.remember(now, millis(now));
-            memory.send_if_modified(|kept| {
-                let changed = *kept != remembered;
-                *kept = remembered;
-                changed
-            });
+        if let Err(error) = self.save_memory().await {
+            tracing::warn!(%error, "cannot keep the controller's memory; trying again next time");
+            record
+                .outcome
+                .push(format!("cannot keep the controller's memory: {error}"));
         }
         if let (Some(front), Some(targets)) = (self.front.as_ref(), targets.as_deref())
             && self.may_act(&mut record.outcome, "registering instances in service")
@@ -796,11 +852,33 @@ impl<C: Cloud> Controller<C> {
                 .await;
         }
         if decision.launch > 0 && self.may_act(&mut record.outcome, "launching") {
-            match with_retries("launching", 3, &mut record.outcome, &self.status, || {
-                self.cloud.launch(decision.launch)
+            let epoch = self.fence.as_ref().map_or(0, |fence| fence.epoch());
+            let (tokens, new) = self
+                .launches
+                .ask(decision.launch, epoch, millis(self.clock()));
+            // Written down before it is asked: a successor knows of it even if this daemon is
+            // gone before the answer comes.
+            if let Err(error) = self.save_memory().await {
+                self.launches.withdraw(&tokens[tokens.len() - new..]);
+                tracing::warn!(%error, "a launch could not be written down first; not asked");
+                record.outcome.push(format!(
+                    "launch not asked: it could not be written down first ({error})"
+                ));
+                return None;
+            }
+            let reused = tokens.len() - new;
+            if reused > 0 {
+                record.outcome.push(format!(
+                    "asking again {reused} launch(es) whose answer was lost, with the same token"
+                ));
+            }
+            let answer = with_retries("launching", 3, &mut record.outcome, &self.status, || {
+                self.cloud.launch(&tokens)
             })
-            .await
-            {
+            .await;
+            self.launches
+                .answered(&tokens, answer.as_deref().map_err(|e| e.kind));
+            match answer {
                 Ok(ids) => {
                     record.outcome.push(format!("launched {}", ids.join(", ")));
                     record.launched = ids;

@@ -1,6 +1,7 @@
 //! The EC2 provider against the local AWS emulator (moto server, started here on an ephemeral
 //! port): what it launches (type, key, profile, tags, subnets, IMDSv2, root volume), that it
-//! lists and terminates only the group's instances, and that a hung endpoint times out.
+//! lists and terminates only the group's instances, that a launch asked again returns the instance
+//! it made, and that a hung endpoint times out.
 
 mod support;
 
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use autoscaler_aws::Timeouts;
 use autoscaler_controller::cloud::{Cloud, CloudErrorKind, InstanceState};
-use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config, GROUP_TAG, ROLE_TAG};
+use autoscaler_controller::ec2::{Ec2Cloud, Ec2Config, GROUP_TAG, LAUNCH_TAG, ROLE_TAG};
 use autoscaler_testkit::moto::start_moto;
 use aws_sdk_ec2::types::HttpTokensState;
 use support::*;
@@ -28,8 +29,13 @@ async fn launches_lists_and_terminates_only_the_groups_instances() {
         "the default VPC's subnets"
     );
 
-    let launched = cloud.launch(3).await.expect("launch");
+    let tokens: Vec<String> = ["e0-1-0", "e0-1-1", "e0-1-2"].map(String::from).into();
+    let launched = cloud.launch(&tokens).await.expect("launch");
     assert_eq!(launched.len(), 3);
+    // A launch asked again (its answer lost, or by a new leader) whose instance is there
+    // returns that instance: nothing is launched twice.
+    let again = cloud.launch(&tokens[1..]).await.expect("launch again");
+    assert_eq!(again, launched[1..], "the same instances, none new");
     let ec2 = aws_sdk_ec2::Client::new(&sdk);
     let described = ec2
         .describe_instances()
@@ -56,6 +62,12 @@ async fn launches_lists_and_terminates_only_the_groups_instances() {
         assert_eq!(tags.get(GROUP_TAG), Some(&"t1"));
         assert_eq!(tags.get(ROLE_TAG), Some(&"agent"));
         assert_eq!(tags.get("Name"), Some(&"autoscaler-t1-agent"));
+        assert!(
+            tokens
+                .iter()
+                .any(|t| tags.get(LAUNCH_TAG) == Some(&t.as_str())),
+            "the launch's token is tagged: {tags:?}"
+        );
         assert!(
             instance
                 .iam_instance_profile()
@@ -93,6 +105,10 @@ async fn launches_lists_and_terminates_only_the_groups_instances() {
     let listed = cloud.list().await.unwrap();
     assert_eq!(listed.len(), 3);
     assert!(listed.iter().all(|i| i.state == InstanceState::Running));
+    let mut listed_tokens: Vec<String> =
+        listed.iter().flat_map(|i| i.launch_token.clone()).collect();
+    listed_tokens.sort();
+    assert_eq!(listed_tokens, tokens, "each instance names its launch");
 
     // An instance without the group's tag is not listed and cannot be terminated.
     let stranger = ec2

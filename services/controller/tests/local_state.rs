@@ -108,7 +108,7 @@ proptest! {
         runtime.block_on(async {
             let cloud = LocalCloud::open(config(&dir)).expect("an existing dir opens");
             let listed = cloud.list().await.expect("listing never fails");
-            match cloud.launch(1).await {
+            match cloud.launch(&["t".to_string()]).await {
                 Ok(ids) => {
                     prop_assert_eq!(ids.len(), 1);
                     let id = &ids[0];
@@ -143,9 +143,9 @@ async fn the_issue_s_three_state_dirs_open_and_launch() {
     let dir = fresh_dir("last");
     std::fs::write(dir.join("next-id"), "999999999").unwrap();
     let cloud = LocalCloud::open(config(&dir)).unwrap();
-    let ids = cloud.launch(1).await.unwrap();
+    let ids = cloud.launch(&["t".to_string()]).await.unwrap();
     assert_eq!(ids, ["local-999999999"]);
-    let refused = cloud.launch(1).await.unwrap_err();
+    let refused = cloud.launch(&["t".to_string()]).await.unwrap_err();
     assert!(
         refused.message.contains("no local instance number is left"),
         "{refused}"
@@ -159,7 +159,7 @@ async fn the_issue_s_three_state_dirs_open_and_launch() {
     // A truncated record: only the pid.
     std::fs::write(dir.join("local-0001.instance"), "4242").unwrap();
     let cloud = LocalCloud::open(config(&dir)).unwrap();
-    let ids = cloud.launch(1).await.unwrap();
+    let ids = cloud.launch(&["t".to_string()]).await.unwrap();
     assert_eq!(ids, ["local-0002"], "after the truncated local-0001");
     cloud.terminate(&ids).await.unwrap();
     let mut aside: Vec<String> = std::fs::read_dir(dir.join(SET_ASIDE_DIR))
@@ -192,7 +192,7 @@ async fn an_agent_that_exits_says_why() {
     let mut config = config(&dir);
     config.agent_binary = script;
     let cloud = LocalCloud::open(config).unwrap();
-    let ids = cloud.launch(1).await.unwrap();
+    let ids = cloud.launch(&["t".to_string()]).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let reason = loop {
         let listed = cloud.list().await.unwrap();
@@ -224,7 +224,7 @@ async fn an_agent_killed_by_a_signal_is_reported_without_its_log() {
     .unwrap();
     config.agent_binary = script;
     let cloud = LocalCloud::open(config).unwrap();
-    let ids = cloud.launch(1).await.unwrap();
+    let ids = cloud.launch(&["t".to_string()]).await.unwrap();
     let pid = std::fs::read_to_string(dir.join(format!("{}.instance", ids[0])))
         .unwrap()
         .split_whitespace()

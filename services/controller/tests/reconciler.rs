@@ -1,7 +1,9 @@
 //! The reconciler against a scripted cloud: failures are retried with backoff and written into
 //! the decision record, a failed list decides nothing and stops nothing, and the launch count
-//! comes from the provider's list, never from memory. With a load balancer, instances in service
-//! are registered, and drained before they are terminated.
+//! comes from the provider's list, never from memory, but for launches it does not list yet. A
+//! launch is written down before it is asked and asked again with its token, so that neither a
+//! lost answer nor a new leader launches twice. With a load balancer, instances in service are
+//! registered, and drained before they are terminated.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -13,15 +15,39 @@ use autoscaler_controller::cloud::{
 };
 use autoscaler_controller::config::ControllerConfig;
 use autoscaler_controller::fleet::FleetView;
+use autoscaler_controller::launches::{ControllerMemory, Journal};
 use autoscaler_controller::reconciler::{Controller, NoAgents};
 
-/// A cloud whose calls fail as scripted, then succeed.
+/// A cloud whose calls fail as scripted, then succeed. Like EC2 it keeps launch tokens (a
+/// launch asked again returns the instance it made) and may list its launches late.
 #[derive(Default)]
 struct ScriptedCloud {
     instances: Mutex<Vec<CloudInstance>>,
     list_failures: Mutex<VecDeque<CloudErrorKind>>,
     launch_failures: Mutex<VecDeque<CloudErrorKind>>,
     launches: Mutex<u32>,
+    /// While set, what is launched is not listed (until `show_all`).
+    lagging: std::sync::atomic::AtomicBool,
+    unlisted: Mutex<Vec<String>>,
+    /// Launches that take effect and whose answer is then lost (a timeout).
+    lost_answers: Mutex<u32>,
+    /// While set, a launch takes effect and its answer never comes.
+    hanging: std::sync::atomic::AtomicBool,
+}
+
+impl ScriptedCloud {
+    fn lag(&self, lagging: bool) {
+        self.lagging
+            .store(lagging, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn show_all(&self) {
+        self.unlisted.lock().unwrap().clear();
+    }
+
+    fn made(&self) -> u32 {
+        *self.launches.lock().unwrap()
+    }
 }
 
 impl Cloud for ScriptedCloud {
@@ -29,15 +55,34 @@ impl Cloud for ScriptedCloud {
         if let Some(kind) = self.list_failures.lock().unwrap().pop_front() {
             return Err(CloudError::new(kind, "scripted list failure"));
         }
-        Ok(self.instances.lock().unwrap().clone())
+        let unlisted = self.unlisted.lock().unwrap().clone();
+        Ok(self
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|i| !unlisted.contains(&i.instance_id))
+            .cloned()
+            .collect())
     }
 
-    async fn launch(&self, count: u32) -> Result<Vec<String>, CloudError> {
+    async fn launch(&self, tokens: &[String]) -> Result<Vec<String>, CloudError> {
         if let Some(kind) = self.launch_failures.lock().unwrap().pop_front() {
             return Err(CloudError::new(kind, "scripted launch failure"));
         }
         let mut ids = Vec::new();
-        for _ in 0..count {
+        for token in tokens {
+            let made = self
+                .instances
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|i| i.launch_token.as_ref() == Some(token))
+                .map(|i| i.instance_id.clone());
+            if let Some(instance_id) = made {
+                ids.push(instance_id);
+                continue;
+            }
             let mut launches = self.launches.lock().unwrap();
             *launches += 1;
             let instance_id = format!("i-{launches}");
@@ -48,8 +93,23 @@ impl Cloud for ScriptedCloud {
                 zone: "test".into(),
                 state_reason: None,
                 app_address: None,
+                launch_token: Some(token.clone()),
             });
+            if self.lagging.load(std::sync::atomic::Ordering::SeqCst) {
+                self.unlisted.lock().unwrap().push(instance_id.clone());
+            }
             ids.push(instance_id);
+        }
+        if self.hanging.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        let mut lost = self.lost_answers.lock().unwrap();
+        if *lost > 0 {
+            *lost -= 1;
+            return Err(CloudError::new(
+                CloudErrorKind::Timeout,
+                "scripted: the answer was lost",
+            ));
         }
         Ok(ids)
     }
@@ -195,6 +255,187 @@ async fn a_non_retryable_error_is_not_retried() {
     assert_eq!(controller.status().counters().launch_failures, 1);
 }
 
+/// A journal that keeps the last memory it was given, or refuses while `refusing`.
+#[derive(Default)]
+struct KeptMemory {
+    last: Mutex<Option<ControllerMemory>>,
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl KeptMemory {
+    fn last(&self) -> Option<ControllerMemory> {
+        self.last.lock().unwrap().clone()
+    }
+}
+
+impl Journal for KeptMemory {
+    fn save<'a>(
+        &'a self,
+        memory: &'a ControllerMemory,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            if self.refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("scripted: the store is unavailable".to_string());
+            }
+            *self.last.lock().unwrap() = Some(memory.clone());
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_launch_not_yet_listed_counts_as_pending_and_is_not_made_twice() {
+    let cloud = Arc::new(ScriptedCloud::default());
+    // EC2's DescribeInstances may lag RunInstances: the launches are not listed for a while.
+    cloud.lag(true);
+    let mut controller = controller(cloud.clone());
+    let record = controller.evaluate_once().await;
+    assert_eq!(record.launched, ["i-1", "i-2"], "{record:#?}");
+    for _ in 0..3 {
+        let record = controller.evaluate_once().await;
+        assert!(record.launched.is_empty(), "{record:#?}");
+        assert_eq!(record.decision.unwrap().current, 2, "they count as pending");
+    }
+    assert_eq!(controller.pending_launches().len(), 2);
+    assert_eq!(
+        controller.status().instances().len(),
+        2,
+        "the status shows them"
+    );
+    assert_eq!(cloud.made(), 2);
+    // Once listed they are the provider's again.
+    cloud.show_all();
+    let record = controller.evaluate_once().await;
+    assert!(record.launched.is_empty(), "{record:#?}");
+    assert!(controller.pending_launches().is_empty());
+    assert_eq!(cloud.made(), 2);
+}
+
+#[tokio::test]
+async fn a_launch_whose_answer_is_lost_is_asked_again_with_the_same_token() {
+    let cloud = Arc::new(ScriptedCloud::default());
+    cloud.lag(true);
+    // The launch takes effect, then its answer is lost; the retry asks again.
+    *cloud.lost_answers.lock().unwrap() = 1;
+    let mut controller = controller(cloud.clone());
+    let record = controller.evaluate_once().await;
+    let outcome = record.outcome.join("\n");
+    assert!(
+        outcome.contains("launching failed (attempt 1, timeout"),
+        "{outcome}"
+    );
+    assert_eq!(record.launched, ["i-1", "i-2"], "{outcome}");
+    assert_eq!(cloud.made(), 2, "asked again, nothing launched twice");
+}
+
+#[tokio::test]
+async fn a_successor_counts_the_launches_its_predecessor_made_and_did_not_yet_see_listed() {
+    let cloud = Arc::new(ScriptedCloud::default());
+    cloud.lag(true);
+    let journal = Arc::new(KeptMemory::default());
+    let mut leader = controller(cloud.clone()).with_memory(None, journal.clone());
+    let record = leader.evaluate_once().await;
+    assert_eq!(record.launched, ["i-1", "i-2"], "{record:#?}");
+    let memory = journal.last().expect("the memory is kept");
+    let ids: Vec<Option<&str>> = memory
+        .pending_launches
+        .iter()
+        .map(|l| l.instance_id.as_deref())
+        .collect();
+    assert_eq!(ids, [Some("i-1"), Some("i-2")], "{memory:#?}");
+    drop(leader);
+
+    // The memory goes through the store as JSON.
+    let stored: ControllerMemory =
+        serde_json::from_slice(&serde_json::to_vec(&memory).unwrap()).unwrap();
+    assert_eq!(stored, memory);
+    let mut successor =
+        controller(cloud.clone()).with_memory(Some(&stored), Arc::new(KeptMemory::default()));
+    let record = successor.evaluate_once().await;
+    assert!(record.launched.is_empty(), "{record:#?}");
+    assert_eq!(record.decision.unwrap().current, 2);
+    assert_eq!(cloud.made(), 2);
+}
+
+#[tokio::test]
+async fn a_leader_gone_during_a_launch_leaves_it_written_down_and_the_successor_makes_nothing_twice()
+ {
+    let cloud = Arc::new(ScriptedCloud::default());
+    cloud.lag(true);
+    cloud
+        .hanging
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let journal = Arc::new(KeptMemory::default());
+    let mut leader = controller(cloud.clone()).with_memory(None, journal.clone());
+    // The launches take effect; the leader is gone before their answer comes.
+    let gone = tokio::time::timeout(Duration::from_millis(300), leader.evaluate_once()).await;
+    assert!(gone.is_err(), "the launch hangs");
+    drop(leader);
+    cloud
+        .hanging
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(cloud.made(), 2);
+    let memory = journal.last().expect("written down before it was asked");
+    assert_eq!(memory.pending_launches.len(), 2, "{memory:#?}");
+    assert!(
+        memory
+            .pending_launches
+            .iter()
+            .all(|l| l.instance_id.is_none()),
+        "{memory:#?}"
+    );
+
+    let mut successor =
+        controller(cloud.clone()).with_memory(Some(&memory), Arc::new(KeptMemory::default()));
+    let record = successor.evaluate_once().await;
+    let outcome = record.outcome.join("\n");
+    assert!(
+        outcome.contains("asking again 2 launch(es) whose answer was lost"),
+        "{outcome}"
+    );
+    assert_eq!(record.launched, ["i-1", "i-2"], "{outcome}");
+    assert_eq!(cloud.made(), 2, "the same instances, none twice");
+
+    // Where the provider lists an instance by its launch's token, the successor knows the
+    // launch took effect without asking again.
+    cloud.show_all();
+    let record = successor.evaluate_once().await;
+    assert!(record.launched.is_empty(), "{record:#?}");
+    assert!(successor.pending_launches().is_empty());
+}
+
+#[tokio::test]
+async fn a_launch_that_cannot_be_written_down_first_is_not_asked() {
+    let cloud = Arc::new(ScriptedCloud::default());
+    let journal = Arc::new(KeptMemory::default());
+    journal
+        .refusing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut controller = controller(cloud.clone()).with_memory(None, journal.clone());
+    let record = controller.evaluate_once().await;
+    assert!(record.launched.is_empty(), "{record:#?}");
+    assert_eq!(cloud.made(), 0);
+    let outcome = record.outcome.join("\n");
+    assert!(
+        outcome.contains(
+            "launch not asked: it could not be written down first (scripted: the store is unavailable)"
+        ),
+        "{outcome}"
+    );
+    assert!(controller.pending_launches().is_empty());
+    assert!(
+        controller.status().launch_backoff().is_none(),
+        "not a refused launch"
+    );
+    // Once the store answers again, the launch is made.
+    journal
+        .refusing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let record = controller.evaluate_once().await;
+    assert_eq!(record.launched, ["i-1", "i-2"], "{record:#?}");
+    assert_eq!(journal.last().unwrap().pending_launches.len(), 2);
+}
+
 #[tokio::test]
 async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
     use autoscaler_controller::config::{PolicyConfig, ShadowConfig};
@@ -210,6 +451,7 @@ async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
             zone: "test".into(),
             state_reason: None,
             app_address: None,
+            launch_token: None,
         });
     }
     let view = FleetView {
@@ -361,6 +603,7 @@ fn balanced(
             zone: "test".into(),
             state_reason: None,
             app_address: Some(format!("127.0.0.1:{}", 9000 + n)),
+            launch_token: None,
         });
     }
     let (views, fleet) =

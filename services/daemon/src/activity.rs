@@ -1,16 +1,19 @@
 //! What the leader writes to the store while it leads: every new decision record (the activity
-//! history, which outlives restarts and failovers), pruned past its retention, and the policy's
-//! memory whenever it changes, so that a successor starts where it stopped. Every write carries
-//! the leader's epoch: once another daemon leads, the store refuses them.
+//! history, which outlives restarts and failovers), pruned past its retention, and the
+//! controller's memory (the policy's, and the launches not yet listed) before every launch and
+//! whenever it changes, so that a successor starts where it stopped. Every write carries the
+//! leader's epoch: once another daemon leads, the store refuses them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use autoscaler_controller::policy::PolicyMemory;
+use std::future::Future;
+use std::pin::Pin;
+
+use autoscaler_controller::launches::{ControllerMemory, Journal};
 use autoscaler_controller::reconciler::ControllerStatus;
 use autoscaler_store::{Activity, Store, StoreError, now_ms};
 use prost::Message;
-use tokio::sync::watch;
 
 /// The leader's term, as its records name it.
 #[derive(Clone)]
@@ -34,45 +37,88 @@ impl std::fmt::Debug for Term {
 
 /// How often a failed write is tried again (records are written as they come).
 const RETRY_EVERY: Duration = Duration::from_millis(500);
+/// How often at most a record is written again only because quiet evaluations folded into it
+/// (one store write per evaluation would be many, on DynamoDB).
+const REFOLD_EVERY: Duration = Duration::from_secs(10);
 /// How often the history is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
-/// The policy's memory as the store keeps it (JSON).
-pub fn encode_memory(memory: &PolicyMemory) -> Vec<u8> {
+/// The controller's memory as the store keeps it (JSON).
+pub fn encode_memory(memory: &ControllerMemory) -> Vec<u8> {
     serde_json::to_vec(memory).expect("plain data serialises")
 }
 
 /// The memory a previous leader left, if any and readable.
-pub async fn recall(store: &dyn Store) -> Option<PolicyMemory> {
+pub async fn recall(store: &dyn Store) -> Option<ControllerMemory> {
     match store.memory().await {
         Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
             Ok(memory) => Some(memory),
             Err(error) => {
-                tracing::warn!(%error, "the policy's memory in the store is unreadable; starting afresh");
+                tracing::warn!(%error, "the controller's memory in the store is unreadable; starting afresh");
                 None
             }
         },
         Ok(None) => None,
         Err(error) => {
-            tracing::warn!(%error, "cannot read the policy's memory; starting afresh");
+            tracing::warn!(%error, "cannot read the controller's memory; starting afresh");
             None
         }
     }
 }
 
+/// The controller keeps its memory in the store, in this term (fenced by its epoch).
+impl Journal for Term {
+    fn save<'a>(
+        &'a self,
+        memory: &'a ControllerMemory,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            self.store
+                .save_memory(self.epoch, &encode_memory(memory))
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// The last record written: a run of quiet evaluations may still fold into it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Written {
+    sequence: u64,
+    repeated: u32,
+    /// When it was first written: its place in the history, which a later write keeps.
+    at_ms: i64,
+}
+
 impl Term {
-    /// The records of `status` after sequence `after`, encoded for the store; the last sequence.
-    fn new_records(&self, status: &ControllerStatus, after: u64) -> (Vec<Activity>, u64) {
-        let mut last = after;
+    /// The records of `status` not yet written as they are now: those after the last written
+    /// one, and that one again if evaluations were folded into it since. Encoded for the store,
+    /// with the last one as it will be written.
+    fn new_records(&self, status: &ControllerStatus, written: Written) -> (Vec<Activity>, Written) {
+        let mut last = written;
         let records = status
-            .decisions_after(after)
+            .decisions_after(written.sequence.saturating_sub(1))
             .iter()
+            .filter(|record| {
+                record.sequence > written.sequence
+                    || (record.sequence == written.sequence && record.repeated != written.repeated)
+            })
             .map(|record| {
-                last = last.max(record.sequence);
                 let wire = crate::status::record_of(record, self.epoch, &self.leader);
+                let at_ms = if record.sequence == written.sequence {
+                    written.at_ms
+                } else {
+                    wire.at_unix_ms
+                };
+                last = Written {
+                    sequence: record.sequence,
+                    repeated: record.repeated,
+                    at_ms,
+                };
                 Activity {
-                    at_ms: wire.at_unix_ms,
+                    at_ms,
                     epoch: self.epoch,
+                    sequence: record.sequence,
                     body: wire.encode_to_vec(),
                 }
             })
@@ -80,29 +126,34 @@ impl Term {
         (records, last)
     }
 
-    /// Writes the controller's new records as they come (and its memory) until `stop` (then
-    /// once more), or until the store says another daemon leads. A record is written once, when
-    /// it first appears (a run of quiet evaluations folded into it later is not counted again).
+    /// Writes the controller's new records as they come until `stop` (then once more), or until
+    /// the store says another daemon leads. A record is written when it first appears, and again
+    /// (in its place) when quiet evaluations fold into it, so that the history counts them.
     pub async fn keep(
         self,
         status: ControllerStatus,
-        mut memory: watch::Receiver<PolicyMemory>,
         mut stop: tokio::sync::oneshot::Receiver<()>,
     ) {
-        let mut written = 0;
+        let mut written = Written::default();
+        let mut wrote = tokio::time::Instant::now();
         let mut records = status.new_records();
         let mut pruned = tokio::time::Instant::now() - PRUNE_EVERY;
         loop {
             let stopping = tokio::select! {
                 _ = &mut stop => true,
                 _ = records.changed() => false,
-                // A write that failed is tried again, and the memory saved, this often at least.
+                // A write that failed is tried again this often at least.
                 _ = tokio::time::sleep(RETRY_EVERY) => false,
             };
             let (records, last) = self.new_records(&status, written);
-            if !records.is_empty() {
+            let refold_only = last.sequence == written.sequence;
+            if !records.is_empty() && (!refold_only || stopping || wrote.elapsed() >= REFOLD_EVERY)
+            {
                 match self.store.append(self.epoch, &records).await {
-                    Ok(()) => written = last,
+                    Ok(()) => {
+                        written = last;
+                        wrote = tokio::time::Instant::now();
+                    }
                     Err(error @ StoreError::Fenced { .. }) => {
                         tracing::warn!(%error, "another daemon leads: no more records written");
                         return;
@@ -110,13 +161,6 @@ impl Term {
                     Err(error) => {
                         tracing::warn!(%error, "cannot write the activity history; trying again")
                     }
-                }
-            }
-            if memory.has_changed().unwrap_or(false) {
-                let bytes = encode_memory(&memory.borrow_and_update());
-                if let Err(error) = self.store.save_memory(self.epoch, &bytes).await {
-                    tracing::warn!(%error, "cannot save the policy's memory");
-                    memory.mark_changed();
                 }
             }
             if pruned.elapsed() >= PRUNE_EVERY {

@@ -16,7 +16,6 @@ use autoscaler_controller::ec2::Ec2Config;
 use autoscaler_controller::ec2::{Ec2Cloud, TargetGroup};
 use autoscaler_controller::haproxy::{Haproxy, HaproxyConfig};
 use autoscaler_controller::local::{AgentEnv, LocalApp, LocalCloud, LocalConfig};
-use autoscaler_controller::policy::PolicyMemory;
 use autoscaler_controller::reconciler::{Agents, Controller, ControllerStatus};
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls::{self, Role, TlsMaterial, Transport};
@@ -837,17 +836,18 @@ async fn serve<C: Cloud, L: Future<Output = ()>>(
         controller = controller.with_balancer(balancer, section.drain_timeout());
     }
     let term = leadership.as_ref().map(|l| l.term(config));
-    let (memory, remembered) = tokio::sync::watch::channel(PolicyMemory::default());
-    if let Some(leadership) = &leadership {
+    if let (Some(leadership), Some(term)) = (&leadership, &term) {
         let recalled = activity::recall(&*leadership.store).await;
-        if recalled.is_some() {
+        if let Some(recalled) = &recalled {
             tracing::info!(
-                "taking up the policy's memory from the store (cooldowns, launch backoff)"
+                pending_launches = recalled.pending_launches.len(),
+                "taking up the controller's memory from the store (cooldowns, launch backoff, \
+                 launches not yet listed)"
             );
         }
         controller = controller
             .with_fence(leadership.fence.clone())
-            .with_memory(recalled.as_ref(), memory);
+            .with_memory(recalled.as_ref(), Arc::new(term.clone()));
     }
     let controller_status = controller.status();
     let admission: Arc<dyn Admission> = Arc::new(ProviderAdmission(controller.status()));
@@ -919,11 +919,9 @@ async fn serve<C: Cloud, L: Future<Output = ()>>(
     let mut keeper = None;
     if let (Some(leadership), Some(term)) = (&leadership, term) {
         lease = Supervised::spawn("the lease", leadership.keep());
-        keeper = Some(tokio::spawn(term.keep(
-            controller_status.clone(),
-            remembered,
-            keeper_stopped,
-        )));
+        keeper = Some(tokio::spawn(
+            term.keep(controller_status.clone(), keeper_stopped),
+        ));
     }
     let failure = first_failure(
         shutdown,

@@ -3,7 +3,7 @@
 //! stopped cleanly (at once, keeping the instances); a deposed leader that comes back acts no
 //! more and steps down; with the store out of reach the leader steps down rather than act blind,
 //! and the fleet stays as it is. No instance is ever launched twice, and the activity history
-//! outlives every change of leader.
+//! outlives every change of leader (counting the quiet evaluations folded into a record).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -60,6 +60,21 @@ async fn history(port: u16) -> Vec<(u64, i64, String)> {
     records
         .into_iter()
         .map(|r| (r.epoch, r.at_unix_ms, r.summary))
+        .collect()
+}
+
+/// The records of term `epoch` numbered `sequence` in the store of `state_dir` (read beside the
+/// daemons, as SQLite allows).
+async fn stored(state_dir: &std::path::Path, epoch: u64, sequence: u64) -> Vec<v1::DecisionRecord> {
+    use autoscaler_store::Store as _;
+    let store = autoscaler_store::SqliteStore::open(&state_dir.join("store.sqlite")).unwrap();
+    store
+        .activity(0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| prost::Message::decode(a.body.as_slice()).unwrap())
+        .filter(|r: &v1::DecisionRecord| r.epoch == epoch && r.sequence == sequence)
         .collect()
 }
 
@@ -196,11 +211,53 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
         "the instances were handed over, not terminated"
     );
     assert_eq!(launched_ever(&state_dir.0), 2);
+    // Quiet evaluations fold into one record ("no change" x N), and the history counts them:
+    // the record is written again, in its place, as more fold into it.
+    let mut client = status_client(address(port_b));
+    let quiet = wait_status(
+        &mut client,
+        "a quiet record",
+        2,
+        Duration::from_secs(60),
+        |s| reported(s).len() == 2 && s.decisions.last().is_some_and(|d| d.repeated >= 1),
+    )
+    .await;
+    // The newest: the steady state, into which evaluations keep folding.
+    let folded = quiet.decisions.last().unwrap();
+    let (epoch, sequence) = (folded.epoch, folded.sequence);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let [record] = stored(&state_dir.0, epoch, sequence).await.as_slice() {
+            break record.repeated;
+        }
+        assert!(Instant::now() < deadline, "the record was never written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_status(
+        &mut client,
+        "more folded",
+        2,
+        Duration::from_secs(60),
+        |s| {
+            s.decisions
+                .iter()
+                .any(|d| d.sequence == sequence && d.repeated >= first + 2)
+        },
+    )
+    .await;
 
     // The last daemon stops: no process is left behind.
     let pids: Vec<i32> = fleet.iter().filter_map(|id| state_dir.pid_of(id)).collect();
     signal(&b, Signal::SIGTERM);
     assert_eq!(exit_code(&mut b, "the last daemon").await, Some(0));
+    let kept = stored(&state_dir.0, epoch, sequence).await;
+    assert_eq!(kept.len(), 1, "one record, not one per write: {kept:#?}");
+    assert!(
+        kept[0].repeated >= first + 2,
+        "the history counts the evaluations folded since the record was first written: {} \
+         stored, {first} at first",
+        kept[0].repeated
+    );
     for pid in pids {
         assert!(!alive(pid), "agent {pid} outlived the last daemon");
     }

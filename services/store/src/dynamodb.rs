@@ -456,15 +456,18 @@ impl Store for DynamoStore {
         Box::pin(async move {
             let mut items = Vec::with_capacity(records.len());
             for record in records {
+                // The same record written again (epoch and sequence, and its first time) has the
+                // same key: the put replaces it.
                 let sk = format!(
-                    "{:020}-{:020}-{}",
+                    "{:020}-{:020}-{:020}",
                     record.at_ms.max(0),
                     record.epoch,
-                    version()?
+                    record.sequence
                 );
                 let mut item = key("activity", &sk);
                 item.insert("at_ms".into(), n(record.at_ms));
                 item.insert("epoch".into(), n(record.epoch));
+                item.insert("sequence".into(), n(record.sequence));
                 item.insert(
                     "body".into(),
                     AttributeValue::B(Blob::new(record.body.clone())),
@@ -497,6 +500,9 @@ impl Store for DynamoStore {
                     Some(Ok(item)) => found.push(Activity {
                         at_ms: number(&item, "at_ms").unwrap_or(0),
                         epoch: number(&item, "epoch")
+                            .and_then(|e| u64::try_from(e).ok())
+                            .unwrap_or(0),
+                        sequence: number(&item, "sequence")
                             .and_then(|e| u64::try_from(e).ok())
                             .unwrap_or(0),
                         body: item

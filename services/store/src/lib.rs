@@ -41,6 +41,10 @@ pub struct Activity {
     pub at_ms: i64,
     /// The lease epoch of the leader that wrote it.
     pub epoch: u64,
+    /// The record's number in its leader's term. A record appended again with the same epoch
+    /// and sequence replaces the first, in its place: a record that a run of quiet evaluations
+    /// was folded into since it was first written.
+    pub sequence: u64,
     /// The record (the protocol's `DecisionRecord`, encoded by the daemon).
     pub body: Vec<u8>,
 }
@@ -87,7 +91,8 @@ pub trait Store: Send + Sync + 'static {
     /// The controller's memory, as the last leader saved it.
     fn memory(&self) -> Pending<'_, Option<Vec<u8>>>;
 
-    /// Appends records to the activity history, if `epoch` is the lease's.
+    /// Appends records to the activity history (replacing those of the same epoch and sequence),
+    /// if `epoch` is the lease's.
     fn append<'a>(&'a self, epoch: u64, records: &'a [Activity]) -> Pending<'a, ()>;
 
     /// Records at or after `since_ms`, oldest first, at most the newest `limit`.

@@ -33,10 +33,17 @@ const SCHEMA: &str = "
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         at_ms INTEGER NOT NULL,
         epoch INTEGER NOT NULL,
-        body BLOB NOT NULL
+        body BLOB NOT NULL,
+        sequence INTEGER
     );
     CREATE INDEX IF NOT EXISTS activity_at ON activity (at_ms);
 ";
+
+/// After `SCHEMA`: a store made before records had a sequence gains the column (its old rows
+/// have none, and are never replaced), then the key that makes a record written again replace
+/// the first.
+const RECORD_KEY: &str =
+    "CREATE UNIQUE INDEX IF NOT EXISTS activity_key ON activity (epoch, sequence);";
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
@@ -71,6 +78,16 @@ impl SqliteStore {
             .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
             .map_err(sqlite)?;
         connection.execute_batch(SCHEMA).map_err(sqlite)?;
+        let has_sequence = connection
+            .prepare("SELECT 1 FROM pragma_table_info('activity') WHERE name = 'sequence'")
+            .and_then(|mut statement| statement.exists([]))
+            .map_err(sqlite)?;
+        if !has_sequence {
+            connection
+                .execute_batch("ALTER TABLE activity ADD COLUMN sequence INTEGER;")
+                .map_err(sqlite)?;
+        }
+        connection.execute_batch(RECORD_KEY).map_err(sqlite)?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             connection: Arc::new(Mutex::new(connection)),
@@ -239,8 +256,15 @@ impl Store for SqliteStore {
             for record in &records {
                 transaction
                     .execute(
-                        "INSERT INTO activity (at_ms, epoch, body) VALUES (?1, ?2, ?3)",
-                        params![record.at_ms, epoch_value(record.epoch), record.body],
+                        "INSERT INTO activity (at_ms, epoch, sequence, body) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (epoch, sequence) DO UPDATE
+                         SET at_ms = excluded.at_ms, body = excluded.body",
+                        params![
+                            record.at_ms,
+                            epoch_value(record.epoch),
+                            epoch_value(record.sequence),
+                            record.body
+                        ],
                     )
                     .map_err(sqlite)?;
             }
@@ -252,7 +276,7 @@ impl Store for SqliteStore {
         self.call(move |connection| {
             let mut statement = connection
                 .prepare(
-                    "SELECT at_ms, epoch, body FROM activity WHERE at_ms >= ?1
+                    "SELECT at_ms, epoch, body, sequence FROM activity WHERE at_ms >= ?1
                      ORDER BY seq DESC LIMIT ?2",
                 )
                 .map_err(sqlite)?;
@@ -262,6 +286,10 @@ impl Store for SqliteStore {
                         at_ms: row.get(0)?,
                         epoch: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
                         body: row.get(2)?,
+                        sequence: row
+                            .get::<_, Option<i64>>(3)?
+                            .and_then(|s| u64::try_from(s).ok())
+                            .unwrap_or(0),
                     })
                 })
                 .map_err(sqlite)?;

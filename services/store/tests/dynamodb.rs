@@ -1,6 +1,7 @@
 //! The DynamoDB store against the emulator (moto server): the lease taken by one store at a time,
 //! over by another only once its version stood still for a whole lease (or was given up), writes
-//! fenced by the epoch, and the history read in time order and pruned.
+//! fenced by the epoch, and the history read in time order, a record written again replacing the
+//! first, and pruned.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,8 @@ fn record(at_ms: i64, epoch: u64, text: &str) -> Activity {
     Activity {
         at_ms,
         epoch,
+        // One record per time in these tests.
+        sequence: at_ms as u64,
         body: text.as_bytes().to_vec(),
     }
 }
@@ -100,6 +103,16 @@ async fn the_lease_the_fence_and_the_history_on_dynamodb() {
         .map(|r| String::from_utf8_lossy(&r.body).into())
         .collect();
     assert_eq!(texts, ["a's first", "b#3", "b#4", "b#5", "b#6", "b#7"]);
+    // A record written again (quiet evaluations folded into it since) replaces the first.
+    b.append(2, &[record(5_000, 2, "b#5, x3")]).await.unwrap();
+    let texts: Vec<String> = b
+        .activity(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into())
+        .collect();
+    assert_eq!(texts, ["a's first", "b#3", "b#4", "b#5, x3", "b#6", "b#7"]);
     let newest = b.activity(0, 2).await.unwrap();
     assert_eq!(newest.len(), 2);
     assert_eq!(newest[1].body, b"b#7");

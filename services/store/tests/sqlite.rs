@@ -1,6 +1,7 @@
 //! The SQLite store as two daemons of one machine use it: one lease, taken by one at a time and
 //! by a new epoch when it runs out or is given up; writes fenced by the epoch; the activity
-//! history kept in order and pruned; a file that is not a store refused and left alone.
+//! history kept in order (a record written again replacing the first) and pruned; a store made
+//! before records had a sequence taken up; a file that is not a store refused and left alone.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,8 @@ fn record(at_ms: i64, epoch: u64, text: &str) -> Activity {
     Activity {
         at_ms,
         epoch,
+        // One record per time in these tests.
+        sequence: at_ms as u64,
         body: text.as_bytes().to_vec(),
     }
 }
@@ -133,8 +136,55 @@ async fn the_history_is_read_by_time_newest_kept_and_pruned_by_age() {
         [&b"#8"[..], b"#9", b"#10"],
         "the newest, oldest first"
     );
+    // A record written again (quiet evaluations folded into it since) replaces the first, in
+    // its place.
+    store
+        .append(lease.epoch, &[record(9_000, lease.epoch, "#9, x3")])
+        .await
+        .unwrap();
+    let newest = store.activity(0, 3).await.unwrap();
+    let texts: Vec<&[u8]> = newest.iter().map(|r| r.body.as_slice()).collect();
+    assert_eq!(texts, [&b"#8"[..], b"#9, x3", b"#10"]);
     assert_eq!(store.prune(4_000).await.unwrap(), 3);
     assert_eq!(store.activity(0, 100).await.unwrap().len(), 7);
+}
+
+#[tokio::test]
+async fn a_store_made_before_records_had_a_sequence_opens_and_keeps_its_history() {
+    let file = path("older");
+    {
+        let old = rusqlite::Connection::open(&file).unwrap();
+        old.execute_batch(
+            "CREATE TABLE activity (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 at_ms INTEGER NOT NULL,
+                 epoch INTEGER NOT NULL,
+                 body BLOB NOT NULL
+             );
+             INSERT INTO activity (at_ms, epoch, body) VALUES (1000, 1, CAST('old' AS BLOB));",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&file).unwrap();
+    let lease = store
+        .acquire("a", "127.0.0.1:1", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .append(lease.epoch, &[record(2_000, lease.epoch, "new")])
+        .await
+        .unwrap();
+    let texts: Vec<Vec<u8>> = store
+        .activity(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(texts, [b"old".to_vec(), b"new".to_vec()]);
+    drop(store);
+    SqliteStore::open(&file).expect("opens again");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use aws_sdk_ec2::types::{
     ResourceType, Tag, TagSpecification, VolumeType,
 };
 
-use super::{EPOCH_TAG, Ec2Config, GROUP_TAG, InstanceRole, ROLE_TAG};
+use super::{EPOCH_TAG, Ec2Config, GROUP_TAG, InstanceRole, LAUNCH_TAG, ROLE_TAG};
 use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState};
 
 /// The group's instances (of one of `roles`, unless empty; among `ids`, unless empty) in one of
@@ -128,11 +128,8 @@ pub struct Ec2Cloud {
     client: aws_sdk_ec2::Client,
     group: String,
     config: Ec2Config,
+    /// Launches of `fresh_token`, to tell its tokens apart.
     launches: AtomicU64,
-    /// ClientTokens of launches whose outcome is unknown (a timeout or a lost response): the
-    /// next launch reuses one, so that if the first took effect EC2 returns that instance
-    /// instead of launching a second.
-    uncertain: std::sync::Mutex<Vec<String>>,
     /// With a load balancer: the application's port on every instance, and the user-data that
     /// starts it (base64) given to every instance launched.
     app: Option<(u16, String)>,
@@ -209,7 +206,6 @@ impl Ec2Cloud {
             group: group.to_string(),
             config,
             launches: AtomicU64::new(0),
-            uncertain: std::sync::Mutex::default(),
             app: None,
             epoch: 0,
         })
@@ -217,6 +213,29 @@ impl Ec2Cloud {
 
     pub fn config(&self) -> &Ec2Config {
         &self.config
+    }
+
+    /// A launch token not used before, for a launch made outside the controller (the seed
+    /// instance, a monitor host). Reused when that launch is tried again, it launches nothing
+    /// twice.
+    pub fn fresh_token(&self) -> String {
+        let launch = self.launches.fetch_add(1, Ordering::Relaxed);
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        format!("e{}-{stamp}-{launch}", self.epoch)
+    }
+
+    /// The ClientToken of launch `token` in `role`: at most 64 characters, as EC2 allows (the
+    /// group's name is cut to fit).
+    fn client_token(&self, role: InstanceRole, token: &str) -> String {
+        let tail = format!("-{role}-{token}");
+        let group: String = self
+            .group
+            .chars()
+            .take(64usize.saturating_sub(tail.len()))
+            .collect();
+        format!("{group}{tail}").chars().take(64).collect()
     }
 
     /// The group's instances in `role`, not terminated, with their subnet.
@@ -275,6 +294,12 @@ impl Ec2Cloud {
                     app_address: self.app.as_ref().and_then(|(port, _)| {
                         Some(format!("{}:{port}", instance.private_ip_address()?))
                     }),
+                    launch_token: instance
+                        .tags()
+                        .iter()
+                        .find(|t| t.key() == Some(LAUNCH_TAG))
+                        .and_then(|t| t.value())
+                        .map(str::to_string),
                 },
                 instance.subnet_id().unwrap_or("").to_string(),
             ));
@@ -282,33 +307,18 @@ impl Ec2Cloud {
         Ok(found)
     }
 
-    /// Launches one instance in `role` from `image_id` in `subnet_id`; returns its id.
+    /// Launches one instance in `role` from `image_id` in `subnet_id` for launch `token`
+    /// (`Cloud::launch`); returns its id. Asked again with the same token, EC2 returns the
+    /// instance of the first request if that took effect.
     pub async fn run_instance(
         &self,
         role: InstanceRole,
         image_id: &str,
         subnet_id: &str,
         user_data: Option<String>,
+        token: &str,
     ) -> Result<String, CloudError> {
-        let reused = self
-            .uncertain
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop();
-        let client_token = reused.unwrap_or_else(|| {
-            let launch = self.launches.fetch_add(1, Ordering::Relaxed);
-            let stamp = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis());
-            // At most 64 characters, as EC2 allows: the group's name is cut to fit.
-            let tail = format!("-{role}-e{}-{stamp}-{launch}", self.epoch);
-            let group: String = self
-                .group
-                .chars()
-                .take(64usize.saturating_sub(tail.len()))
-                .collect();
-            format!("{group}{tail}")
-        });
+        let client_token = self.client_token(role, token);
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
             .tags(
@@ -325,6 +335,7 @@ impl Ec2Cloud {
                     .value(self.epoch.to_string())
                     .build(),
             )
+            .tags(Tag::builder().key(LAUNCH_TAG).value(token).build())
             .build();
         let mut request = self
             .client
@@ -368,21 +379,7 @@ impl Ec2Cloud {
         if let Some(user_data) = user_data {
             request = request.user_data(user_data);
         }
-        let output = request
-            .send()
-            .await
-            .map_err(classify)
-            .inspect_err(|error| {
-                if matches!(
-                    error.kind,
-                    CloudErrorKind::Timeout | CloudErrorKind::Unavailable
-                ) {
-                    self.uncertain
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(client_token.clone());
-                }
-            })?;
+        let output = request.send().await.map_err(classify)?;
         output
             .instances()
             .first()
@@ -414,13 +411,25 @@ impl Cloud for Ec2Cloud {
             .collect())
     }
 
-    async fn launch(&self, count: u32) -> Result<Vec<String>, CloudError> {
+    async fn launch(&self, tokens: &[String]) -> Result<Vec<String>, CloudError> {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for (_, subnet) in self.describe(InstanceRole::Agent, &[]).await? {
+        let mut made: BTreeMap<String, String> = BTreeMap::new();
+        for (instance, subnet) in self.describe(InstanceRole::Agent, &[]).await? {
             *counts.entry(subnet).or_default() += 1;
+            if let Some(token) = instance.launch_token {
+                made.insert(token, instance.instance_id);
+            }
         }
         let mut launched = Vec::new();
-        for _ in 0..count {
+        for token in tokens {
+            // A launch asked before whose instance is there (its answer was lost): that one,
+            // and no second (whatever the subnet would be now, which EC2 would refuse as an
+            // IdempotentParameterMismatch).
+            if let Some(instance_id) = made.get(token) {
+                tracing::info!(%instance_id, %token, "the launch asked before had taken effect");
+                launched.push(instance_id.clone());
+                continue;
+            }
             let subnet = self.emptiest_subnet(&counts);
             match self
                 .run_instance(
@@ -428,6 +437,7 @@ impl Cloud for Ec2Cloud {
                     &self.config.ami_id,
                     &subnet,
                     self.app.as_ref().map(|(_, user_data)| user_data.clone()),
+                    token,
                 )
                 .await
             {

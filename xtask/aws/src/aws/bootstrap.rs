@@ -92,7 +92,13 @@ impl Bootstrap {
                     .await?;
                 let subnet = cloud.config().subnet_ids[0].clone();
                 let id = cloud
-                    .run_instance(InstanceRole::Seed, &base_image, &subnet, None)
+                    .run_instance(
+                        InstanceRole::Seed,
+                        &base_image,
+                        &subnet,
+                        None,
+                        &cloud.fresh_token(),
+                    )
                     .await
                     .map_err(|e| anyhow!("cannot launch the seed instance: {e}"))?;
                 eprintln!("  launched the seed instance {id}");

@@ -229,7 +229,13 @@ impl Up {
                 // The standby in another availability zone than the leader.
                 let subnet = subnets[n % subnets.len()].clone();
                 let id = cloud
-                    .run_instance(InstanceRole::Monitor, &ami, &subnet, Some(encoded.clone()))
+                    .run_instance(
+                        InstanceRole::Monitor,
+                        &ami,
+                        &subnet,
+                        Some(encoded.clone()),
+                        &cloud.fresh_token(),
+                    )
                     .await
                     .map_err(|e| anyhow!("cannot launch a monitor host: {e}"))?;
                 eprintln!("  launched the monitor host {id}");
