@@ -163,6 +163,24 @@ terminate_grace_ms = 3000
 /// 100 requests a second at most per instance), HAProxy in front on a free port (returned),
 /// health checks every 200 ms, target tracking at 50 % of the apps' slot time.
 pub fn traffic_daemon_config(state_dir: &Path) -> (DaemonConfig, SocketAddr) {
+    let (text, listen) = traffic_config_text(state_dir);
+    (
+        DaemonConfig::from_toml(&text).expect("valid test config"),
+        listen,
+    )
+}
+
+/// `traffic_daemon_config` as a file in `state_dir`, for daemons run as processes (a leader and
+/// its standbys share it, and the balancer's address, returned).
+pub fn traffic_config_file(state_dir: &Path) -> (std::path::PathBuf, SocketAddr) {
+    std::fs::create_dir_all(state_dir).expect("the state dir");
+    let (text, listen) = traffic_config_text(state_dir);
+    let path = state_dir.join("config.toml");
+    std::fs::write(&path, text).expect("writing the config");
+    (path, listen)
+}
+
+fn traffic_config_text(state_dir: &Path) -> (String, SocketAddr) {
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port())
         .parse()
         .expect("an address");
@@ -205,10 +223,7 @@ drain_timeout_secs = 10
         app = app_binary().display(),
         haproxy = haproxy_binary().display(),
     );
-    (
-        DaemonConfig::from_toml(&text).expect("valid test config"),
-        listen,
-    )
+    (text, listen)
 }
 
 /// The instances the provider lists.
@@ -433,4 +448,41 @@ pub fn spawn_daemon_process(
         .kill_on_drop(true)
         .spawn()
         .expect("starting autoscaler-monitor")
+}
+
+/// Starts `autoscaler-monitor` as a process on `port` that must find the lease held, and returns
+/// once it says it stands by; killed when dropped.
+pub async fn spawn_standby_process(
+    state_dir: &Path,
+    port: u16,
+    config_path: &Path,
+) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    write_tls_dir(&state_dir.join("tls"));
+    let mut child = tokio::process::Command::new(monitor_binary())
+        .arg("--config")
+        .arg(config_path)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("AUTOSCALER_TOKEN", TOKEN)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting autoscaler-monitor");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("its log") {
+            if line.contains("standing by") {
+                return;
+            }
+        }
+        panic!("the daemon ended without standing by");
+    })
+    .await
+    .expect("standing by within 20 s");
+    // The rest of its log is read (and dropped), so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
 }

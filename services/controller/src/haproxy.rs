@@ -2,7 +2,10 @@
 //! a generated configuration (one frontend, one backend of dynamic servers) and driven through
 //! its runtime API on a UNIX socket in the state dir: `add server` and `enable health` when an
 //! instance enters service, `set server ... state drain` to drain it, `state maint` and `del
-//! server` to remove it, `show stat` for each server's state and requests in flight.
+//! server` to remove it, `show stat` for each server's state and requests in flight. It outlives
+//! the daemon that started it, as the instances do: a successor (a standby taking over, a
+//! restarted daemon) takes up the HAProxy it finds running its configuration, servers and
+//! connections as they are, so that no request fails while the leader changes.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::balancer::{Balancer, Pending, Target, TargetState, TargetStatus};
 use crate::cloud::{CloudError, CloudErrorKind};
-use crate::local::{Stopped, stop_child};
+use crate::local::{Stopped, stop_child, stop_pid};
 
 /// The backend every instance is a server of.
 pub const BACKEND: &str = "app";
@@ -188,41 +191,58 @@ pub fn parse_stat(csv: &str) -> Vec<TargetStatus> {
         .collect()
 }
 
-/// A running HAProxy, stopped by `stop` (or killed if dropped).
+/// A running HAProxy, stopped by `stop`; left running when dropped (a successor takes it up).
 #[derive(Debug)]
 pub struct Haproxy {
     config: HaproxyConfig,
-    child: tokio::sync::Mutex<Option<tokio::process::Child>>,
+    process: tokio::sync::Mutex<Running>,
+}
+
+/// The HAProxy process: this daemon's child, or one it took up (by its pid), or stopped.
+#[derive(Debug)]
+enum Running {
+    Child(tokio::process::Child),
+    TakenUp(u32),
+    Stopped,
 }
 
 impl Haproxy {
-    /// Writes the configuration and starts HAProxy, stopping one a previous daemon left behind
-    /// on the same socket; returns once it answers on its socket.
+    /// Takes up the HAProxy a previous daemon left running on the same socket with the same
+    /// configuration (its servers keep serving); otherwise stops it, writes the configuration
+    /// and starts HAProxy. Returns once it answers on its socket.
     pub async fn start(config: HaproxyConfig) -> Result<Haproxy, CloudError> {
         std::fs::create_dir_all(&config.dir)
             .map_err(|e| unavailable(&format!("cannot create {}", config.dir.display()), e))?;
         let socket = config.socket();
+        let file = config.dir.join("haproxy.cfg");
         if let Ok(info) = command(&socket, "show info").await
             && let Some(pid) = info
                 .lines()
                 .find_map(|line| line.strip_prefix("Pid: "))
-                .and_then(|pid| pid.trim().parse::<i32>().ok())
-                .filter(|pid| *pid > 1)
+                .and_then(|pid| pid.trim().parse::<u32>().ok())
+                .filter(|pid| *pid > 1 && i32::try_from(*pid).is_ok())
         {
-            tracing::warn!(pid, "stopping the HAProxy a previous daemon left running");
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
+            let same = std::fs::read_to_string(&file).is_ok_and(|text| text == config.render());
+            if same {
+                tracing::info!(
+                    pid,
+                    "taking up the HAProxy a previous daemon left running: its servers keep serving"
+                );
+                return Ok(Haproxy {
+                    config,
+                    process: tokio::sync::Mutex::new(Running::TakenUp(pid)),
+                });
+            }
+            tracing::warn!(
+                pid,
+                "stopping the HAProxy a previous daemon left running with another configuration"
             );
             let deadline = tokio::time::Instant::now() + STOP_GRACE;
-            while command(&socket, "show info").await.is_ok()
-                && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Err(error) = stop_pid(pid, deadline).await {
+                tracing::warn!(pid, %error, "cannot stop the HAProxy left running");
             }
         }
         let _ = std::fs::remove_file(&socket);
-        let file = config.dir.join("haproxy.cfg");
         std::fs::write(&file, config.render())
             .map_err(|e| unavailable(&format!("cannot write {}", file.display()), e))?;
         let log_path = config.dir.join("haproxy.log");
@@ -237,7 +257,8 @@ impl Haproxy {
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log_err)
-            .kill_on_drop(true)
+            // Not killed on drop: a daemon that hands over leaves it to its successor.
+            .kill_on_drop(false)
             .spawn()
             .map_err(|error| {
                 CloudError::new(
@@ -278,7 +299,7 @@ impl Haproxy {
         tracing::info!(listen = %config.listen, socket = %socket.display(), "HAProxy started");
         Ok(Haproxy {
             config,
-            child: tokio::sync::Mutex::new(Some(child)),
+            process: tokio::sync::Mutex::new(Running::Child(child)),
         })
     }
 
@@ -286,16 +307,26 @@ impl Haproxy {
         &self.config
     }
 
-    /// Stops HAProxy: SIGTERM, then SIGKILL after a grace.
+    /// Stops HAProxy (this daemon's child or the one it took up): SIGTERM, then SIGKILL after
+    /// a grace.
     pub async fn stop(&self) {
-        if let Some(mut child) = self.child.lock().await.take() {
-            let deadline = tokio::time::Instant::now() + STOP_GRACE;
-            match stop_child(&mut child, deadline).await {
-                Ok(Stopped::Killed) => tracing::warn!("HAProxy ignored SIGTERM; it was killed"),
-                Ok(_) => tracing::info!("HAProxy stopped"),
-                Err(error) => tracing::warn!(%error, "cannot stop HAProxy"),
-            }
+        let mut process = self.process.lock().await;
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        let stopped = match std::mem::replace(&mut *process, Running::Stopped) {
+            Running::Child(mut child) => stop_child(&mut child, deadline).await,
+            Running::TakenUp(pid) => stop_pid(pid, deadline).await,
+            Running::Stopped => return,
+        };
+        match stopped {
+            Ok(Stopped::Killed) => tracing::warn!("HAProxy ignored SIGTERM; it was killed"),
+            Ok(_) => tracing::info!("HAProxy stopped"),
+            Err(error) => tracing::warn!(%error, "cannot stop HAProxy"),
         }
+    }
+
+    /// Whether this daemon took up a HAProxy it found running rather than starting one.
+    pub async fn taken_up(&self) -> bool {
+        matches!(*self.process.lock().await, Running::TakenUp(_))
     }
 
     async fn command(&self, line: &str) -> Result<String, CloudError> {

@@ -429,7 +429,7 @@ pub async fn stop_child(
 
 /// [`stop_child`] for a process that is not our child (an adopted agent): its end is seen in
 /// /proc, polled.
-async fn stop_pid(pid: u32, deadline: tokio::time::Instant) -> std::io::Result<Stopped> {
+pub(crate) async fn stop_pid(pid: u32, deadline: tokio::time::Instant) -> std::io::Result<Stopped> {
     if !valid_pid(pid) || zombie_or_gone(pid) {
         return Ok(Stopped::Gone);
     }

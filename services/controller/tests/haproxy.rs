@@ -1,6 +1,8 @@
 //! The local load balancer for real: HAProxy started as the daemon starts it, in front of two
 //! applications (`autoscaler-app`, in-process). Requests reach the registered instances only; a
 //! deregistered one drains (its request in flight finishes, no new one arrives) and is removed.
+//! A HAProxy left running with the same configuration is taken up as it is; with another, it is
+//! replaced.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -135,13 +137,41 @@ async fn requests_reach_registered_instances_and_a_deregistered_one_drains() {
     assert!(haproxy.register(&hostile).await.is_err());
     assert_eq!(haproxy.targets().await.unwrap().len(), 1);
 
-    // A new start on the same directory (a restarted daemon) stops the HAProxy left running.
-    let again = Haproxy::start(config).await.unwrap();
+    // A new start on the same directory with the same configuration (a standby taking over, a
+    // restarted daemon) takes up the HAProxy left running: its servers keep serving.
+    drop(haproxy);
+    let again = Haproxy::start(config.clone()).await.unwrap();
+    assert!(again.taken_up().await);
+    let kept: Vec<String> = again
+        .targets()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.instance_id)
+        .collect();
+    assert_eq!(kept, ["local-0001"], "the same balancer");
+    let (status, body) = get(listen, "/").await;
+    assert_eq!((status, body.contains("local-0001")), (200, true), "{body}");
+
+    // With another configuration, the one left running is stopped and a fresh one started.
+    let moved = HaproxyConfig {
+        listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        ..config
+    };
+    let fresh = Haproxy::start(moved.clone()).await.unwrap();
+    assert!(!fresh.taken_up().await);
     assert!(
-        again.targets().await.unwrap().is_empty(),
+        fresh.targets().await.unwrap().is_empty(),
         "a fresh balancer"
     );
-    again.stop().await;
-    haproxy.stop().await;
+    assert!(
+        tokio::net::TcpStream::connect(listen).await.is_err(),
+        "the old one stopped"
+    );
+    fresh.stop().await;
+    assert!(
+        tokio::net::TcpStream::connect(moved.listen).await.is_err(),
+        "stopped"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

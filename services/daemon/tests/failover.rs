@@ -88,41 +88,6 @@ fn launched_ever(state_dir: &std::path::Path) -> u64 {
         - 1
 }
 
-/// Starts a daemon that must find the lease held, and returns once it says it stands by.
-async fn standby(
-    state_dir: &std::path::Path,
-    port: u16,
-    config: &std::path::Path,
-) -> tokio::process::Child {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(monitor_binary())
-        .arg("--config")
-        .arg(config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--state-dir")
-        .arg(state_dir)
-        .env("AUTOSCALER_TOKEN", TOKEN)
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting autoscaler-monitor");
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("standing by") {
-                return;
-            }
-        }
-        panic!("the daemon ended without standing by");
-    })
-    .await
-    .expect("the daemon stands by within 20 s");
-    // Keep reading its log, so that it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
-}
-
 async fn exit_code(child: &mut tokio::process::Child, what: &str) -> Option<i32> {
     tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
@@ -139,7 +104,7 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
     let mut a = spawn_daemon_process(&state_dir.0, port_a, &config);
     let first = leads(port_a, 2, "a leads 2 instances").await;
     let fleet = listed(&first);
-    let mut b = standby(&state_dir.0, port_b, &config).await;
+    let mut b = spawn_standby_process(&state_dir.0, port_b, &config).await;
     // 1. The leader is killed: the standby takes over the same fleet, launching nothing.
     let killed = Instant::now();
     signal(&a, Signal::SIGKILL);
@@ -161,7 +126,7 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
 
     // 2. Split brain: b frozen past its lease, a (started again) takes over; b, resumed,
     // acts no more and steps down.
-    let mut a = standby(&state_dir.0, port_a, &config).await;
+    let mut a = spawn_standby_process(&state_dir.0, port_a, &config).await;
     signal(&b, Signal::SIGSTOP);
     let frozen = Instant::now();
     leads(port_a, 2, "a leads again while b is frozen").await;
@@ -196,7 +161,7 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
     );
 
     // 3. A clean stop hands the lease over at once, and the instances with it.
-    let mut b = standby(&state_dir.0, port_b, &config).await;
+    let mut b = spawn_standby_process(&state_dir.0, port_b, &config).await;
     let stopped = Instant::now();
     signal(&a, Signal::SIGTERM);
     assert_eq!(exit_code(&mut a, "the stopped leader").await, Some(0));

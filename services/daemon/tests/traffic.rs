@@ -1,7 +1,8 @@
 //! The group serving real traffic: an application beside every agent, HAProxy in front, a load
 //! generator sending requests through it. The instances' real load (the apps' slot time in use)
 //! drives the scaling; an instance enters the balancer once in service, and is drained before
-//! it is terminated, so no request fails while the group grows and shrinks.
+//! it is terminated, so no request fails while the group grows and shrinks, nor while the
+//! leader changes (killed, or stopped cleanly): the successor takes up the balancer as it is.
 
 use std::time::Duration;
 
@@ -134,4 +135,108 @@ async fn requests_keep_being_served_while_real_load_scales_the_group_out_and_in(
         &failed[..failed.len().min(10)]
     );
     daemon.stop().await;
+}
+
+fn signal(child: &tokio::process::Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.id().expect("running") as i32);
+    nix::sys::signal::kill(pid, signal).expect("signalled");
+}
+
+async fn exited(child: &mut tokio::process::Child, what: &str) -> Option<i32> {
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not exit within 20 s"))
+        .expect("its status")
+        .code()
+}
+
+/// Until `traffic` has had `more` requests served after now.
+async fn served_on(traffic: &Traffic, more: u64, what: &str) {
+    let from = traffic.elapsed();
+    eventually(what, Duration::from_secs(20), || async {
+        traffic.tally(from, Duration::MAX).served >= more
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_keep_being_served_while_the_leader_is_killed_and_while_it_hands_over() {
+    use nix::sys::signal::Signal;
+    let state_dir = StateDir::new("traffic-failover");
+    let (config, balancer) = traffic_config_file(&state_dir.0);
+    let (port_a, port_b) = (free_port(), free_port());
+    let address = |port: u16| format!("127.0.0.1:{port}").parse().expect("an address");
+    let mut a = spawn_daemon_process(&state_dir.0, port_a, &config);
+    wait_status(
+        &mut status_client(address(port_a)),
+        "a leads 2 instances behind the balancer",
+        4,
+        Duration::from_secs(60),
+        |s| serving(s).len() == 2,
+    )
+    .await;
+    let mut b = spawn_standby_process(&state_dir.0, port_b, &config).await;
+    // 60 requests a second on two instances of 100 each: below the target, the group stays.
+    let traffic = Traffic::start(balancer, 60.0);
+    served_on(&traffic, 60, "requests served under the first leader").await;
+
+    // 1. The leader is killed: the standby leads the balancer as it found it.
+    let killed_at = traffic.elapsed();
+    signal(&a, Signal::SIGKILL);
+    let _ = a.wait().await;
+    wait_status(
+        &mut status_client(address(port_b)),
+        "b leads the 2 instances behind the balancer",
+        4,
+        Duration::from_secs(60),
+        |s| serving(s).len() == 2 && listed(s).len() == 2,
+    )
+    .await;
+    served_on(&traffic, 60, "requests served under the second leader").await;
+
+    // 2. The leader stops cleanly and hands over to a new standby.
+    let mut a = spawn_standby_process(&state_dir.0, port_a, &config).await;
+    let handed_at = traffic.elapsed();
+    signal(&b, Signal::SIGTERM);
+    assert_eq!(exited(&mut b, "the stopped leader").await, Some(0));
+    wait_status(
+        &mut status_client(address(port_a)),
+        "a leads again",
+        4,
+        Duration::from_secs(60),
+        |s| serving(s).len() == 2 && listed(s).len() == 2,
+    )
+    .await;
+    served_on(&traffic, 60, "requests served under the third leader").await;
+    let outcomes = traffic.stop().await;
+    let phases = [
+        ("under the first leader", Duration::ZERO, killed_at),
+        ("from the kill to the hand-over", killed_at, handed_at),
+        ("from the hand-over on", handed_at, Duration::MAX),
+    ];
+    for (phase, from, to) in phases {
+        let tally = autoscaler_testkit::traffic::tally(&outcomes, from, to);
+        eprintln!(
+            "figure: {phase}: {} served, {} failed",
+            tally.served, tally.failed
+        );
+    }
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(10)]
+    );
+
+    // The last daemon stops: its instances and the balancer with it.
+    signal(&a, Signal::SIGTERM);
+    assert_eq!(exited(&mut a, "the last daemon").await, Some(0));
+    eventually(
+        "nothing listening where the balancer was",
+        Duration::from_secs(10),
+        || async { tokio::net::TcpStream::connect(balancer).await.is_err() },
+    )
+    .await;
 }
