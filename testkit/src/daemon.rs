@@ -450,16 +450,21 @@ pub fn spawn_daemon_process(
         .expect("starting autoscaler-monitor")
 }
 
-/// Starts `autoscaler-monitor` as a process on `port` that must find the lease held, and returns
-/// once it says it stands by; killed when dropped.
+/// Starts `autoscaler-monitor` as a process on `port` (and its dashboard on `http`, if given)
+/// that must find the lease held, and returns once it says it stands by; killed when dropped.
 pub async fn spawn_standby_process(
     state_dir: &Path,
     port: u16,
+    http: Option<u16>,
     config_path: &Path,
 ) -> tokio::process::Child {
     use tokio::io::AsyncBufReadExt;
     write_tls_dir(&state_dir.join("tls"));
-    let mut child = tokio::process::Command::new(monitor_binary())
+    let mut command = tokio::process::Command::new(monitor_binary());
+    if let Some(http) = http {
+        command.args(["--http-listen", &format!("127.0.0.1:{http}")]);
+    }
+    let mut child = command
         .arg("--config")
         .arg(config_path)
         .args(["--listen", &format!("127.0.0.1:{port}")])

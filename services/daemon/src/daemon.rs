@@ -450,6 +450,34 @@ pub enum TlsSource {
 }
 
 impl TlsSource {
+    /// The monitor's transport if its material is already there (never made): what a standby
+    /// answers with before it leads. `None` when there is none yet, or it cannot be read.
+    pub async fn existing(
+        &self,
+        group: &str,
+        made_in: Option<&Path>,
+        sdk: Option<&aws_config::SdkConfig>,
+    ) -> Option<Transport> {
+        match (self, made_in, sdk) {
+            (TlsSource::Plaintext, _, _) => Some(Transport::Plaintext),
+            (TlsSource::Dir(dir), _, _) => TlsMaterial::load(dir, Role::Monitor)
+                .ok()
+                .map(Transport::tls),
+            (TlsSource::Auto, Some(dir), _) => TlsMaterial::load(dir, Role::Monitor)
+                .ok()
+                .map(Transport::tls),
+            (TlsSource::Auto, None, Some(sdk)) => autoscaler_aws::tls_material(
+                &autoscaler_aws::Parameters::new(sdk),
+                &autoscaler_aws::GroupParameters::new(group),
+                Role::Monitor,
+            )
+            .await
+            .ok()
+            .map(Transport::tls),
+            (TlsSource::Auto, None, None) => None,
+        }
+    }
+
     /// The monitor's transport, resolved in one place for every way the daemon runs. `Auto`
     /// makes the material in `made_in` when given (the local provider's `<state-dir>/tls`),
     /// else reads it from SSM with `sdk` (on AWS), else is an error. Returns the directory
@@ -548,8 +576,19 @@ pub async fn run(
                     Some(Arc::new(store) as Arc<dyn Store>)
                 }
             };
+            let tls_dir = state_dir.join("tls");
+            let answering = Answering {
+                listener: &listener,
+                http: http.as_ref(),
+                transport: options
+                    .tls
+                    .existing(&config.group, Some(&tls_dir), None)
+                    .await,
+                token: &token,
+            };
             let Some(leadership) =
-                Leadership::stand_by(store, &config, &options.advertise, &mut shutdown).await
+                Leadership::stand_by(store, &config, &options.advertise, answering, &mut shutdown)
+                    .await
             else {
                 return Ok(());
             };
@@ -689,8 +728,18 @@ pub async fn run(
                     })?))
                 }
             };
+            let answering = Answering {
+                listener: &listener,
+                http: http.as_ref(),
+                transport: match &store {
+                    Some(_) => options.tls.existing(&config.group, None, Some(sdk)).await,
+                    None => None,
+                },
+                token: &token,
+            };
             let Some(leadership) =
-                Leadership::stand_by(store, &config, &options.advertise, &mut shutdown).await
+                Leadership::stand_by(store, &config, &options.advertise, answering, &mut shutdown)
+                    .await
             else {
                 return Ok(());
             };
@@ -977,21 +1026,41 @@ pub struct Leadership {
     address: String,
 }
 
+/// Where, and with what, a standby answers while it waits to lead.
+struct Answering<'a> {
+    listener: &'a TcpListener,
+    http: Option<&'a TcpListener>,
+    /// The TLS material already there (`TlsSource::existing`).
+    transport: Option<Transport>,
+    token: &'a Token,
+}
+
 impl Leadership {
-    /// With a store, stands by until this daemon leads (`Some(Some(..))`); without one, leads at
-    /// once (`Some(None)`); `None` if the shutdown comes first.
+    /// With a store, stands by until this daemon leads (`Some(Some(..))`), answering as a
+    /// standby meanwhile (`standby`); without one, leads at once (`Some(None)`); `None` if the
+    /// shutdown comes first.
     async fn stand_by(
         store: Option<Arc<dyn Store>>,
         config: &DaemonConfig,
         advertise: &str,
+        answering: Answering<'_>,
         shutdown: &mut (impl Future<Output = ()> + Unpin),
     ) -> Option<Option<Leadership>> {
         match store {
             None => Some(None),
             Some(store) => {
-                Leadership::wait(store, config, &holder_of(advertise), advertise, shutdown)
-                    .await
-                    .map(Some)
+                let credentials = answering
+                    .transport
+                    .map(|transport| Credentials::new(answering.token.clone(), transport));
+                crate::standby::while_standing_by(
+                    crate::standby::Standby::new(store.clone()),
+                    answering.listener,
+                    answering.http,
+                    credentials.as_ref(),
+                    Leadership::wait(store, config, &holder_of(advertise), advertise, shutdown),
+                )
+                .await
+                .map(Some)
             }
         }
     }

@@ -222,6 +222,11 @@ pub fn render_metrics(dashboard: &Dashboard) -> String {
         gauge(report.min_instances.into()),
     );
     metrics.register(
+        "autoscaler_leader",
+        "1 while this daemon leads its group (polls, decides, acts); 0 while it stands by",
+        gauge(1),
+    );
+    metrics.register(
         "autoscaler_max_instances",
         "Upper bound of the fleet",
         gauge(report.max_instances.into()),

@@ -8,4 +8,5 @@ pub mod activity;
 pub mod daemon;
 pub mod http;
 pub mod leader;
+pub mod standby;
 pub mod status;

@@ -229,12 +229,8 @@ impl Status for StatusService {
     ) -> Result<Response<v1::GetActivityResponse>, tonic::Status> {
         autoscaler_proto::tls::require_caller(&request, autoscaler_proto::tls::Role::Operator)?;
         let request = request.into_inner();
-        let limit = match request.limit {
-            0 => 1_000,
-            n => n.min(10_000) as usize,
-        };
         let records = self
-            .activity(request.since_unix_ms, limit)
+            .activity(request.since_unix_ms, activity_limit(request.limit))
             .await
             .map_err(tonic::Status::failed_precondition)?;
         Ok(Response::new(v1::GetActivityResponse { records }))
@@ -251,22 +247,39 @@ impl StatusService {
         let Some(term) = &self.term else {
             return Err("this daemon keeps no activity history (it has no store)".to_string());
         };
-        let stored = term
-            .store
-            .activity(since_ms, limit)
-            .await
-            .map_err(|error| error.to_string())?;
-        Ok(stored
-            .iter()
-            .filter_map(|activity| {
-                use prost::Message;
-                v1::DecisionRecord::decode(activity.body.as_slice())
-                    .inspect_err(|error| {
-                        tracing::warn!(%error, at_ms = activity.at_ms, "an unreadable record in the activity history; skipped")
-                    })
-                    .ok()
-            })
-            .collect())
+        read_activity(&*term.store, since_ms, limit).await
+    }
+}
+
+/// The activity history `store` keeps since `since_ms`, oldest first, at most the newest
+/// `limit` (an unreadable record is skipped, and logged).
+pub async fn read_activity(
+    store: &dyn autoscaler_store::Store,
+    since_ms: i64,
+    limit: usize,
+) -> Result<Vec<v1::DecisionRecord>, String> {
+    let stored = store
+        .activity(since_ms, limit)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(stored
+        .iter()
+        .filter_map(|activity| {
+            use prost::Message;
+            v1::DecisionRecord::decode(activity.body.as_slice())
+                .inspect_err(|error| {
+                    tracing::warn!(%error, at_ms = activity.at_ms, "an unreadable record in the activity history; skipped")
+                })
+                .ok()
+        })
+        .collect())
+}
+
+/// How many records GetActivity returns: `limit`, 1,000 when 0, at most 10,000.
+pub fn activity_limit(limit: u32) -> usize {
+    match limit {
+        0 => 1_000,
+        n => n.min(10_000) as usize,
     }
 }
 

@@ -3,7 +3,8 @@
 //! stopped cleanly (at once, keeping the instances); a deposed leader that comes back acts no
 //! more and steps down; with the store out of reach the leader steps down rather than act blind,
 //! and the fleet stays as it is. No instance is ever launched twice, and the activity history
-//! outlives every change of leader (counting the quiet evaluations folded into a record).
+//! outlives every change of leader (counting the quiet evaluations folded into a record). A
+//! standby answers while it waits (health, the history, UNAVAILABLE naming the leader).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -63,6 +64,64 @@ async fn history(port: u16) -> Vec<(u64, i64, String)> {
         .collect()
 }
 
+/// What a standby at `port` (dashboard at `http`) answers while the daemon at `leader` leads:
+/// nothing waits for a timeout.
+async fn answers_as_a_standby(port: u16, http: u16, leader: u16) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let leader = format!("127.0.0.1:{leader}");
+    let within = Duration::from_secs(5);
+    let mut client = status_client(address(port));
+    let refused = tokio::time::timeout(within, client.get_status(v1::GetStatusRequest::default()))
+        .await
+        .expect("an answer, not a wait")
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("stands by") && refused.message().contains(&leader),
+        "names the leader: {refused:?}"
+    );
+    let activity = tokio::time::timeout(
+        within,
+        client.get_activity(v1::GetActivityRequest {
+            since_unix_ms: 0,
+            limit: 0,
+        }),
+    )
+    .await
+    .expect("an answer, not a wait")
+    .expect("the history, from the shared store")
+    .into_inner();
+    assert!(!activity.records.is_empty(), "the leader's records");
+    let mut health = HealthClient::new(channel_as(address(port), Role::Operator, Role::Monitor));
+    for (service, status) in [
+        ("", ServingStatus::Serving),
+        ("autoscaler.v1.Monitor", ServingStatus::NotServing),
+        ("autoscaler.v1.Status", ServingStatus::NotServing),
+    ] {
+        let answer = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.status(), status, "{service:?}");
+    }
+    let (code, body) = http_get(address(http), "/healthz").await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("stands by") && body.contains(&leader),
+        "{body}"
+    );
+    let (code, metrics) = http_get(address(http), "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("autoscaler_leader 0"), "{metrics}");
+    let (code, body) = http_get(address(http), "/api/status").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains(&leader), "{body}");
+}
+
 /// The records of term `epoch` numbered `sequence` in the store of `state_dir` (read beside the
 /// daemons, as SQLite allows).
 async fn stored(state_dir: &std::path::Path, epoch: u64, sequence: u64) -> Vec<v1::DecisionRecord> {
@@ -104,7 +163,9 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
     let mut a = spawn_daemon_process(&state_dir.0, port_a, &config);
     let first = leads(port_a, 2, "a leads 2 instances").await;
     let fleet = listed(&first);
-    let mut b = spawn_standby_process(&state_dir.0, port_b, &config).await;
+    let http_b = free_port();
+    let mut b = spawn_standby_process(&state_dir.0, port_b, Some(http_b), &config).await;
+    answers_as_a_standby(port_b, http_b, port_a).await;
     // 1. The leader is killed: the standby takes over the same fleet, launching nothing.
     let killed = Instant::now();
     signal(&a, Signal::SIGKILL);
@@ -115,6 +176,9 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
         killed.elapsed().as_secs_f64()
     );
     assert_eq!(listed(&taken), fleet, "the fleet changed hands unchanged");
+    let (code, metrics) = http_get(address(http_b), "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("autoscaler_leader 1"), "{metrics}");
     assert_eq!(launched_ever(&state_dir.0), 2, "nothing launched twice");
     let records = history(port_b).await;
     let epochs: BTreeSet<u64> = records.iter().map(|(e, _, _)| *e).collect();
@@ -126,7 +190,7 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
 
     // 2. Split brain: b frozen past its lease, a (started again) takes over; b, resumed,
     // acts no more and steps down.
-    let mut a = spawn_standby_process(&state_dir.0, port_a, &config).await;
+    let mut a = spawn_standby_process(&state_dir.0, port_a, None, &config).await;
     signal(&b, Signal::SIGSTOP);
     let frozen = Instant::now();
     leads(port_a, 2, "a leads again while b is frozen").await;
@@ -161,7 +225,7 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
     );
 
     // 3. A clean stop hands the lease over at once, and the instances with it.
-    let mut b = spawn_standby_process(&state_dir.0, port_b, &config).await;
+    let mut b = spawn_standby_process(&state_dir.0, port_b, None, &config).await;
     let stopped = Instant::now();
     signal(&a, Signal::SIGTERM);
     assert_eq!(exit_code(&mut a, "the stopped leader").await, Some(0));
@@ -184,7 +248,12 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
         "a quiet record",
         2,
         Duration::from_secs(60),
-        |s| reported(s).len() == 2 && s.decisions.last().is_some_and(|d| d.repeated >= 1),
+        |s| {
+            reported(s).len() == 2
+                && s.decisions
+                    .last()
+                    .is_some_and(|d| d.repeated >= 1 && d.missing.is_empty())
+        },
     )
     .await;
     // The newest: the steady state, into which evaluations keep folding.

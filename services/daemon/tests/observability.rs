@@ -45,6 +45,7 @@ async fn the_monitor_serves_metrics_and_a_json_api() {
     );
     assert_eq!(metric(&body, "autoscaler_min_instances"), Some(2.0));
     assert_eq!(metric(&body, "autoscaler_max_instances"), Some(4.0));
+    assert_eq!(metric(&body, "autoscaler_leader"), Some(1.0), "it leads");
     assert_eq!(
         metric(&body, "autoscaler_instances{health=\"healthy\"}"),
         Some(2.0),

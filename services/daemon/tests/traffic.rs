@@ -175,7 +175,7 @@ async fn requests_keep_being_served_while_the_leader_is_killed_and_while_it_hand
         |s| serving(s).len() == 2,
     )
     .await;
-    let mut b = spawn_standby_process(&state_dir.0, port_b, &config).await;
+    let mut b = spawn_standby_process(&state_dir.0, port_b, None, &config).await;
     // 60 requests a second on two instances of 100 each: below the target, the group stays.
     let traffic = Traffic::start(balancer, 60.0);
     served_on(&traffic, 60, "requests served under the first leader").await;
@@ -195,7 +195,7 @@ async fn requests_keep_being_served_while_the_leader_is_killed_and_while_it_hand
     served_on(&traffic, 60, "requests served under the second leader").await;
 
     // 2. The leader stops cleanly and hands over to a new standby.
-    let mut a = spawn_standby_process(&state_dir.0, port_a, &config).await;
+    let mut a = spawn_standby_process(&state_dir.0, port_a, None, &config).await;
     let handed_at = traffic.elapsed();
     signal(&b, Signal::SIGTERM);
     assert_eq!(exited(&mut b, "the stopped leader").await, Some(0));
