@@ -435,19 +435,26 @@ pub fn spawn_daemon_process(
     port: u16,
     config_path: &Path,
 ) -> tokio::process::Child {
+    daemon_command(state_dir, port, config_path)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("starting autoscaler-monitor")
+}
+
+/// `autoscaler-monitor` on `port` with `config_path` and `state_dir`, killed when dropped.
+fn daemon_command(state_dir: &Path, port: u16, config_path: &Path) -> tokio::process::Command {
     // The daemon keeps the material it finds in `<state-dir>/tls`: the test group's.
     write_tls_dir(&state_dir.join("tls"));
-    tokio::process::Command::new(monitor_binary())
+    let mut command = tokio::process::Command::new(monitor_binary());
+    command
         .arg("--config")
         .arg(config_path)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--state-dir")
         .arg(state_dir)
         .env("AUTOSCALER_TOKEN", TOKEN)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starting autoscaler-monitor")
+        .kill_on_drop(true);
+    command
 }
 
 /// Starts `autoscaler-monitor` as a process on `port` (and its dashboard on `http`, if given)
@@ -459,21 +466,13 @@ pub async fn spawn_standby_process(
     config_path: &Path,
 ) -> tokio::process::Child {
     use tokio::io::AsyncBufReadExt;
-    write_tls_dir(&state_dir.join("tls"));
-    let mut command = tokio::process::Command::new(monitor_binary());
+    let mut command = daemon_command(state_dir, port, config_path);
     if let Some(http) = http {
         command.args(["--http-listen", &format!("127.0.0.1:{http}")]);
     }
     let mut child = command
-        .arg("--config")
-        .arg(config_path)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--state-dir")
-        .arg(state_dir)
-        .env("AUTOSCALER_TOKEN", TOKEN)
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("starting autoscaler-monitor");
     let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("piped")).lines();

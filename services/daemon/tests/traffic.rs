@@ -150,6 +150,18 @@ async fn exited(child: &mut tokio::process::Child, what: &str) -> Option<i32> {
         .code()
 }
 
+/// Until the daemon at `port` leads the 2 instances, both behind the balancer.
+async fn leads_both(port: u16, what: &str) {
+    wait_status(
+        &mut status_client(format!("127.0.0.1:{port}").parse().expect("an address")),
+        what,
+        4,
+        Duration::from_secs(60),
+        |s| serving(s).len() == 2 && listed(s).len() == 2,
+    )
+    .await;
+}
+
 /// Until `traffic` has had `more` requests served after now.
 async fn served_on(traffic: &Traffic, more: u64, what: &str) {
     let from = traffic.elapsed();
@@ -184,14 +196,7 @@ async fn requests_keep_being_served_while_the_leader_is_killed_and_while_it_hand
     let killed_at = traffic.elapsed();
     signal(&a, Signal::SIGKILL);
     let _ = a.wait().await;
-    wait_status(
-        &mut status_client(address(port_b)),
-        "b leads the 2 instances behind the balancer",
-        4,
-        Duration::from_secs(60),
-        |s| serving(s).len() == 2 && listed(s).len() == 2,
-    )
-    .await;
+    leads_both(port_b, "b leads the 2 instances behind the balancer").await;
     served_on(&traffic, 60, "requests served under the second leader").await;
 
     // 2. The leader stops cleanly and hands over to a new standby.
@@ -199,14 +204,7 @@ async fn requests_keep_being_served_while_the_leader_is_killed_and_while_it_hand
     let handed_at = traffic.elapsed();
     signal(&b, Signal::SIGTERM);
     assert_eq!(exited(&mut b, "the stopped leader").await, Some(0));
-    wait_status(
-        &mut status_client(address(port_a)),
-        "a leads again",
-        4,
-        Duration::from_secs(60),
-        |s| serving(s).len() == 2 && listed(s).len() == 2,
-    )
-    .await;
+    leads_both(port_a, "a leads again").await;
     served_on(&traffic, 60, "requests served under the third leader").await;
     let outcomes = traffic.stop().await;
     let phases = [
