@@ -25,6 +25,13 @@ impl StateDir {
         InstanceRecord::read(&self.0, instance_id).map(|record| record.pid as i32)
     }
 
+    /// The recorded pid of `instance_id`'s application, when it runs one.
+    pub fn app_pid_of(&self, instance_id: &str) -> Option<i32> {
+        InstanceRecord::read(&self.0, instance_id)?
+            .app
+            .map(|app| app.pid as i32)
+    }
+
     /// Every recorded pid.
     pub fn pids(&self) -> Vec<i32> {
         InstanceRecord::all(&self.0)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use autoscaler_policy::backoff::Backoff;
 use tokio::sync::watch;
 
-use crate::balancer::{Balancer, TargetStatus};
+use crate::balancer::{Balancer, TargetState, TargetStatus};
 use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState};
 use crate::config::ControllerConfig;
 use crate::fleet::FleetView;
@@ -384,10 +384,12 @@ fn millis(since_epoch: Duration) -> i64 {
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Joins the provider's instances with the monitor's view.
+/// Joins the provider's instances with the monitor's view (and the load balancer's, when there
+/// is one and its targets could be read).
 pub fn observe(
     instances: &[CloudInstance],
     view: &FleetView,
+    targets: Option<&[TargetStatus]>,
     now: SystemTime,
     uptime: Duration,
 ) -> Observation {
@@ -404,6 +406,18 @@ pub fn observe(
                     load: seen.and_then(|i| i.load),
                     has_reported: seen.is_some_and(|i| !i.recent_loads.is_empty()),
                     state_reason: instance.state_reason.clone(),
+                    target_unhealthy: targets
+                        .and_then(|targets| {
+                            targets
+                                .iter()
+                                .find(|t| t.instance_id == instance.instance_id)
+                        })
+                        .filter(|t| t.state == TargetState::Unhealthy)
+                        .map(|t| {
+                            t.reason
+                                .clone()
+                                .unwrap_or_else(|| "its health checks fail".to_string())
+                        }),
                 }
             })
             .collect(),
@@ -649,7 +663,13 @@ impl<C: Cloud> Controller<C> {
             .chain(&unlisted)
             .cloned()
             .collect();
-        let observation = observe(&staying, &view, SystemTime::now(), uptime);
+        let observation = observe(
+            &staying,
+            &view,
+            targets.as_deref(),
+            SystemTime::now(),
+            uptime,
+        );
         let mut decision = policy::evaluate(&observation, &self.config, &mut self.state, now);
         let shadow = self.shadow.as_mut().map(|(config, state)| {
             let verdict = policy::evaluate(&observation, config, state, now);

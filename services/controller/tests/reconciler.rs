@@ -584,15 +584,20 @@ impl Balancer for FakeBalancer {
 
 /// Three running instances with apps, seen healthy at `load`, behind a `FakeBalancer`; min 2,
 /// no cooldowns.
-fn balanced(
-    load: f64,
-    drain_timeout: Duration,
-) -> (
+type Balanced = (
     Arc<ScriptedCloud>,
     Arc<FakeBalancer>,
     tokio::sync::watch::Sender<Arc<FleetView>>,
     Controller<ScriptedCloud>,
-) {
+);
+
+fn balanced(load: f64, drain_timeout: Duration) -> Balanced {
+    balanced_with(load, drain_timeout, ControllerConfig::default())
+}
+
+/// Three instances behind a fake balancer, each seen at `load`, with `config` (without
+/// cooldowns).
+fn balanced_with(load: f64, drain_timeout: Duration, config: ControllerConfig) -> Balanced {
     let cloud = Arc::new(ScriptedCloud::default());
     let launched_at = SystemTime::now() - Duration::from_secs(600);
     for (n, id) in ["i-a", "i-b", "i-c"].into_iter().enumerate() {
@@ -611,7 +616,7 @@ fn balanced(
     let config = ControllerConfig {
         scale_in_cooldown_secs: 0,
         scale_out_cooldown_secs: 0,
-        ..ControllerConfig::default()
+        ..config
     };
     config.validate().unwrap();
     let balancer = Arc::new(FakeBalancer::default());
@@ -786,4 +791,45 @@ async fn a_replaced_instance_whose_processes_are_gone_is_terminated_at_once_and_
             .unwrap()
             .contains(&"i-b".to_string())
     );
+}
+
+#[tokio::test]
+async fn with_the_load_balancer_health_check_type_an_instance_failing_its_checks_is_drained_and_replaced()
+ {
+    use autoscaler_controller::config::HealthCheckType;
+    let config = ControllerConfig {
+        health_check_type: HealthCheckType::LoadBalancer,
+        ..ControllerConfig::default()
+    };
+    let (cloud, balancer, _views, mut controller) =
+        balanced_with(50.0, Duration::from_secs(30), config);
+    controller.evaluate_once().await;
+    assert_eq!(balancer.targets.lock().unwrap().len(), 3, "all in service");
+    // i-b's application fails the balancer's health checks; its agent still answers the monitor.
+    for target in balancer.targets.lock().unwrap().iter_mut() {
+        if target.instance_id == "i-b" {
+            target.state = TargetState::Unhealthy;
+            target.reason = Some("L7STS: HTTP status 503".to_string());
+        }
+    }
+    let record = controller.evaluate_once().await;
+    let decision = record.decision.clone().unwrap();
+    let replaced: Vec<(&str, &str)> = decision
+        .replace
+        .iter()
+        .map(|r| (r.instance_id.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        replaced,
+        [(
+            "i-b",
+            "unhealthy per the load balancer: L7STS: HTTP status 503"
+        )],
+        "{record:#?}"
+    );
+    assert_eq!(record.launched.len(), 1, "its replacement: {record:#?}");
+    // Drained first (nothing in flight here), then terminated.
+    let record = controller.evaluate_once().await;
+    assert_eq!(record.terminated, ["i-b"], "{record:#?}");
+    assert!(!listed(&cloud).contains(&"i-b".to_string()));
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use autoscaler_controller::balancer::Balancer;
 use autoscaler_controller::cloud::Cloud;
-use autoscaler_controller::config::ControllerConfig;
+use autoscaler_controller::config::{ControllerConfig, HealthCheckType};
 use autoscaler_controller::ec2::Ec2Config;
 #[cfg(feature = "ec2")]
 use autoscaler_controller::ec2::{Ec2Cloud, TargetGroup};
@@ -388,6 +388,15 @@ impl DaemonConfig {
         }
         self.monitor_config().validate()?;
         self.controller.validate()?;
+        if self.controller.health_check_type == HealthCheckType::LoadBalancer
+            && self.load_balancer.is_none()
+        {
+            return Err(DaemonConfigError::Parse(
+                "`controller.health_check_type = \"load-balancer\"` needs a [load_balancer] \
+                 section: there is no balancer to ask"
+                    .to_string(),
+            ));
+        }
         if !(300..=600_000).contains(&self.store.lease_ms) {
             return Err(DaemonConfigError::Parse(format!(
                 "`store.lease_ms` is {}; it must be 300 to 600000",
@@ -1530,6 +1539,14 @@ mod tests {
                 "terminate_grace_ms",
             ),
             ("[controller]\nmin_instances = \"two\"\n", "min_instances"),
+            (
+                "[controller]\nhealth_check_type = \"load-balancer\"\n",
+                "controller.health_check_type",
+            ),
+            (
+                "[controller]\nhealth_check_type = \"elb\"\n",
+                "health_check_type",
+            ),
         ];
         for (text, field) in cases {
             let error = DaemonConfig::from_toml(text).unwrap_err().to_string();

@@ -3,6 +3,8 @@
 //! drives the scaling; an instance enters the balancer once in service, and is drained before
 //! it is terminated, so no request fails while the group grows and shrinks, nor while the
 //! leader changes (killed, or stopped cleanly): the successor takes up the balancer as it is.
+//! With `health_check_type = "load-balancer"`, an application that fails the balancer's health
+//! checks behind an agent that still answers is replaced.
 
 use std::time::Duration;
 
@@ -237,4 +239,49 @@ async fn requests_keep_being_served_while_the_leader_is_killed_and_while_it_hand
         || async { tokio::net::TcpStream::connect(balancer).await.is_err() },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_load_balancer_health_check_type_a_frozen_application_is_replaced() {
+    use autoscaler_controller::config::HealthCheckType;
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let state_dir = StateDir::new("traffic-health");
+    let (mut config, _) = traffic_daemon_config(&state_dir.0);
+    config.controller.health_check_type = HealthCheckType::LoadBalancer;
+    let daemon = RunningDaemon::start(config).await;
+    let mut client = status_client(daemon.address);
+    let first = wait_status(
+        &mut client,
+        "2 instances behind the balancer",
+        4,
+        Duration::from_secs(60),
+        |s| serving(s).len() == 2,
+    )
+    .await;
+    let frozen = serving(&first)[0].clone();
+    let app = state_dir.app_pid_of(&frozen).expect("the app's pid");
+    // Its application stops answering (frozen); its agent still answers the monitor.
+    kill(Pid::from_raw(app), Signal::SIGSTOP).unwrap();
+    let replaced = wait_status(
+        &mut client,
+        "the frozen application's instance replaced",
+        4,
+        Duration::from_secs(60),
+        |s| !listed(s).contains(&frozen) && serving(s).len() == 2,
+    )
+    .await;
+    let reasons: Vec<&String> = replaced
+        .decisions
+        .iter()
+        .flat_map(|d| &d.replaced)
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with(&format!("{frozen}: unhealthy per the load balancer"))),
+        "{reasons:?}"
+    );
+    let _ = kill(Pid::from_raw(app), Signal::SIGCONT);
+    daemon.stop().await;
 }

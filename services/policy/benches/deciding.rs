@@ -22,6 +22,7 @@ fn fleet(size: usize) -> Observation {
                 load: Some(40.0 + (i % 20) as f64),
                 has_reported: true,
                 state_reason: None,
+                target_unhealthy: None,
             })
             .collect(),
         controller_uptime: Duration::from_secs(86_400),

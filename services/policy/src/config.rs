@@ -39,6 +39,10 @@ pub struct ControllerConfig {
     pub scale_in_cooldown_secs: u64,
     /// Which instance a scale-in removes.
     pub termination_policy: TerminationPolicy,
+    /// What finds an instance unhealthy, to replace it: the monitor alone (the default), or
+    /// the load balancer's health checks too, past the registration grace (EC2 Auto Scaling's
+    /// ELB health check type). The second needs a `[load_balancer]`.
+    pub health_check_type: HealthCheckType,
     /// How many recent decisions are kept for the status view.
     pub decision_history: usize,
     /// The creation and destruction rules.
@@ -78,11 +82,23 @@ impl Default for ControllerConfig {
             scale_out_cooldown_secs: 60,
             scale_in_cooldown_secs: 120,
             termination_policy: TerminationPolicy::Oldest,
+            health_check_type: HealthCheckType::Monitor,
             decision_history: 200,
             policy: PolicyConfig::default(),
             shadow: None,
         }
     }
+}
+
+/// What finds an instance unhealthy (`ControllerConfig::health_check_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthCheckType {
+    /// The monitor's polls (and the provider: an instance that is not running).
+    #[default]
+    Monitor,
+    /// The load balancer's health checks too.
+    LoadBalancer,
 }
 
 /// Which in-service instance a scale-in removes first. Warming instances are never chosen.

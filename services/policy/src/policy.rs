@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::config::{ControllerConfig, PolicyConfig, TerminationPolicy};
+use crate::config::{ControllerConfig, HealthCheckType, PolicyConfig, TerminationPolicy};
 use crate::instance::{Health, InstanceState};
 
 /// One instance as the controller sees it: the provider's facts joined with the monitor's.
@@ -23,6 +23,10 @@ pub struct ObservedInstance {
     /// Why the provider says it does not run, when it does not (the local provider: the
     /// agent's exit status and the last line of its log; EC2: the state reason).
     pub state_reason: Option<String>,
+    /// Why the load balancer finds its target unhealthy, when it does (its health checks fail):
+    /// with `health_check_type = "load-balancer"`, a second reason to replace it once past the
+    /// grace, as EC2 Auto Scaling's ELB health check type.
+    pub target_unhealthy: Option<String>,
 }
 
 /// Everything the policy looks at.
@@ -379,6 +383,13 @@ fn role(instance: &ObservedInstance, config: &ControllerConfig, uptime: Duration
             Some(why) => format!("not running: {why}"),
             None => "not running".to_string(),
         });
+    }
+    if config.health_check_type == HealthCheckType::LoadBalancer
+        && let Some(why) = &instance.target_unhealthy
+        // From the launch only: the balancer's view outlives a change of controller.
+        && instance.age > config.registration_grace()
+    {
+        return replace(format!("unhealthy per the load balancer: {why}"));
     }
     match instance.health {
         Some(Health::Unhealthy) => return replace("unhealthy per the monitor".to_string()),

@@ -21,6 +21,7 @@ fn launched(id: &str, age: Duration) -> ObservedInstance {
         load: None,
         has_reported: false,
         state_reason: None,
+        target_unhealthy: None,
     }
 }
 
@@ -28,6 +29,7 @@ fn died(id: &str, age: Duration) -> ObservedInstance {
     ObservedInstance {
         cloud_state: InstanceState::Stopped,
         state_reason: Some("exit status: 64: autoscaler-agent: cannot read tls/agent.pem".into()),
+        target_unhealthy: None,
         ..launched(id, age)
     }
 }

@@ -27,6 +27,7 @@ fn instance(
         load,
         has_reported: reported,
         state_reason: None,
+        target_unhealthy: None,
     }
 }
 

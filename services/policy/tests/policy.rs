@@ -1,11 +1,14 @@
 //! Table-driven tests of the scaling policy (target tracking, step, cooldowns, warm-up, bounds,
-//! health replacement, termination order) and a property test of its bounds.
+//! health replacement, the load balancer's health checks, termination order) and a property test
+//! of its bounds.
 
 use std::time::Duration;
 
 use autoscaler_policy::Health;
 use autoscaler_policy::InstanceState;
-use autoscaler_policy::config::{ControllerConfig, PolicyConfig, StepRule, TerminationPolicy};
+use autoscaler_policy::config::{
+    ControllerConfig, HealthCheckType, PolicyConfig, StepRule, TerminationPolicy,
+};
 use autoscaler_policy::policy::{
     Decision, Observation, ObservedInstance, PolicyState, Rule, evaluate,
 };
@@ -22,6 +25,7 @@ fn serving(id: &str, load: f64) -> ObservedInstance {
         load: Some(load),
         has_reported: true,
         state_reason: None,
+        target_unhealthy: None,
     }
 }
 
@@ -231,6 +235,7 @@ fn warming_instances_are_excluded_from_averages_and_never_scaled_in() {
         health: Some(Health::Suspect),
         has_reported: false,
         state_reason: None,
+        target_unhealthy: None,
         ..serving("i-new", 100.0)
     });
     let decision = once(&observation, &config);
@@ -257,6 +262,7 @@ fn warming_instances_are_excluded_from_averages_and_never_scaled_in() {
         load: None,
         has_reported: false,
         state_reason: None,
+        target_unhealthy: None,
         ..serving("i-late", 0.0)
     });
     let decision = once(&late, &config);
@@ -306,6 +312,7 @@ fn unhealthy_stopped_and_unregistered_instances_are_replaced_despite_cooldowns()
         load: None,
         has_reported: false,
         state_reason: None,
+        target_unhealthy: None,
         // Launched before this controller started (adopted), and never heard of since: lost,
         // not a failed launch, so its replacement does not wait for a backoff.
         age: 2 * 60 * MINUTE,
@@ -337,6 +344,38 @@ fn unhealthy_stopped_and_unregistered_instances_are_replaced_despite_cooldowns()
         ..serving("i-old", 0.0)
     });
     let decision = once(&restarted, &config);
+    assert!(decision.replace.is_empty(), "{}", decision.summary());
+}
+
+#[test]
+fn with_the_load_balancer_health_check_type_a_target_it_finds_unhealthy_is_replaced_past_the_grace()
+{
+    let balancer = ControllerConfig {
+        health_check_type: HealthCheckType::LoadBalancer,
+        ..target_tracking(50.0, 0.1)
+    };
+    let mut observation = fleet(&[50.0, 50.0, 50.0]);
+    observation.instances[1].target_unhealthy = Some("L7STS: HTTP status 503".to_string());
+    // Young: within the grace (registration_grace_secs, 300 s) since its launch.
+    observation.instances[2].target_unhealthy = Some("L4CON: Connection refused".to_string());
+    observation.instances[2].age = Duration::from_secs(200);
+    let decision = once(&observation, &balancer);
+    let replaced: Vec<(&str, &str)> = decision
+        .replace
+        .iter()
+        .map(|r| (r.instance_id.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        replaced,
+        [(
+            "i-1",
+            "unhealthy per the load balancer: L7STS: HTTP status 503"
+        )]
+    );
+    assert!(rules(&decision).contains(&Rule::Health));
+
+    // With the monitor's health checks alone (the default), the balancer's view replaces none.
+    let decision = once(&observation, &target_tracking(50.0, 0.1));
     assert!(decision.replace.is_empty(), "{}", decision.summary());
 }
 

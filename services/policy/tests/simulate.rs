@@ -194,6 +194,7 @@ fn observation(ready: &[f64], booting: usize) -> Observation {
             load: Some(load),
             has_reported: true,
             state_reason: None,
+            target_unhealthy: None,
         })
         .collect();
     instances.extend((0..booting).map(|i| ObservedInstance {
@@ -204,6 +205,7 @@ fn observation(ready: &[f64], booting: usize) -> Observation {
         load: None,
         has_reported: false,
         state_reason: None,
+        target_unhealthy: None,
     }));
     Observation {
         instances,

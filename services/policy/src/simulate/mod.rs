@@ -268,6 +268,7 @@ impl World {
             load: None,
             has_reported: false,
             state_reason: None,
+            target_unhealthy: None,
         });
     }
 
