@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::balancer::{Balancer, Pending, Target, TargetState, TargetStatus};
 use crate::cloud::{CloudError, CloudErrorKind};
-use crate::local::{Stopped, stop_child, stop_pid};
+use crate::local::{Stopped, stop_child, stop_pid, zombie_or_gone};
 
 /// The backend every instance is a server of.
 pub const BACKEND: &str = "app";
@@ -242,61 +242,7 @@ impl Haproxy {
                 tracing::warn!(pid, %error, "cannot stop the HAProxy left running");
             }
         }
-        let _ = std::fs::remove_file(&socket);
-        std::fs::write(&file, config.render())
-            .map_err(|e| unavailable(&format!("cannot write {}", file.display()), e))?;
-        let log_path = config.dir.join("haproxy.log");
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| unavailable(&format!("cannot create {}", log_path.display()), e))?;
-        let log_err = log.try_clone().map_err(|e| unavailable("log file", e))?;
-        let mut child = tokio::process::Command::new(&config.binary)
-            .arg("-f")
-            .arg(&file)
-            // In the foreground, as the daemon's child.
-            .arg("-db")
-            .stdin(std::process::Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            // Not killed on drop: a daemon that hands over leaves it to its successor.
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|error| {
-                CloudError::new(
-                    CloudErrorKind::Other,
-                    format!(
-                        "cannot start {} ({error}): install Debian's haproxy package \
-                         (apt-get install haproxy), or set load_balancer.binary",
-                        config.binary.display()
-                    ),
-                )
-            })?;
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            if command(&socket, "show info").await.is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                return Err(CloudError::new(
-                    CloudErrorKind::Other,
-                    format!(
-                        "haproxy exited at start ({status}): {}",
-                        log.lines().last().unwrap_or("no log")
-                    ),
-                ));
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(CloudError::new(
-                    CloudErrorKind::Timeout,
-                    format!(
-                        "haproxy did not answer on {} within {START_TIMEOUT:?}",
-                        socket.display()
-                    ),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tracing::info!(listen = %config.listen, socket = %socket.display(), "HAProxy started");
+        let child = spawn(&config).await?;
         Ok(Haproxy {
             config,
             process: tokio::sync::Mutex::new(Running::Child(child)),
@@ -305,6 +251,29 @@ impl Haproxy {
 
     pub fn config(&self) -> &HaproxyConfig {
         &self.config
+    }
+
+    /// Starts HAProxy again if it ended (it crashed, or someone killed it): the controller
+    /// registers the instances in service again at the same evaluation, as the targets are
+    /// gone. Says whether it had ended.
+    async fn keep_running(&self) -> Result<bool, CloudError> {
+        let mut process = self.process.lock().await;
+        let ended = match &mut *process {
+            Running::Child(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                Ok(None) => None,
+                Err(error) => Some(error.to_string()),
+            },
+            Running::TakenUp(pid) if zombie_or_gone(*pid) => Some(format!("pid {pid} is gone")),
+            Running::TakenUp(_) | Running::Stopped => None,
+        };
+        let Some(why) = ended else {
+            return Ok(false);
+        };
+        tracing::warn!(%why, "HAProxy ended; starting it again");
+        let child = spawn(&self.config).await?;
+        *process = Running::Child(child);
+        Ok(true)
     }
 
     /// Stops HAProxy (this daemon's child or the one it took up): SIGTERM, then SIGKILL after
@@ -321,6 +290,15 @@ impl Haproxy {
             Ok(Stopped::Killed) => tracing::warn!("HAProxy ignored SIGTERM; it was killed"),
             Ok(_) => tracing::info!("HAProxy stopped"),
             Err(error) => tracing::warn!(%error, "cannot stop HAProxy"),
+        }
+    }
+
+    /// HAProxy's process id, while it runs.
+    pub async fn pid(&self) -> Option<u32> {
+        match &*self.process.lock().await {
+            Running::Child(child) => child.id(),
+            Running::TakenUp(pid) => Some(*pid),
+            Running::Stopped => None,
         }
     }
 
@@ -348,11 +326,83 @@ impl Haproxy {
     }
 }
 
+/// Writes the configuration and starts HAProxy as a process of its own; returns once it
+/// answers on its socket.
+async fn spawn(config: &HaproxyConfig) -> Result<tokio::process::Child, CloudError> {
+    let socket = config.socket();
+    let file = config.dir.join("haproxy.cfg");
+    let _ = std::fs::remove_file(&socket);
+    std::fs::write(&file, config.render())
+        .map_err(|e| unavailable(&format!("cannot write {}", file.display()), e))?;
+    let log_path = config.dir.join("haproxy.log");
+    // Appended to: a HAProxy started again keeps the log of the one that ended.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| unavailable(&format!("cannot open {}", log_path.display()), e))?;
+    let log_err = log.try_clone().map_err(|e| unavailable("log file", e))?;
+    let mut child = tokio::process::Command::new(&config.binary)
+        .arg("-f")
+        .arg(&file)
+        // In the foreground, as the daemon's child.
+        .arg("-db")
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        // Not killed on drop: a daemon that hands over leaves it to its successor.
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|error| {
+            CloudError::new(
+                CloudErrorKind::Other,
+                format!(
+                    "cannot start {} ({error}): install Debian's haproxy package \
+                         (apt-get install haproxy), or set load_balancer.binary",
+                    config.binary.display()
+                ),
+            )
+        })?;
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        if command(&socket, "show info").await.is_ok() {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(CloudError::new(
+                CloudErrorKind::Other,
+                format!(
+                    "haproxy exited at start ({status}): {}",
+                    log.lines().last().unwrap_or("no log")
+                ),
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CloudError::new(
+                CloudErrorKind::Timeout,
+                format!(
+                    "haproxy did not answer on {} within {START_TIMEOUT:?}",
+                    socket.display()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(listen = %config.listen, socket = %socket.display(), "HAProxy started");
+    Ok(child)
+}
+
 const NO_SUCH_SERVER: &str = "No such server";
 
 impl Balancer for Haproxy {
     fn targets(&self) -> Pending<'_, Vec<TargetStatus>> {
-        Box::pin(async move { Ok(parse_stat(&self.command("show stat").await?)) })
+        Box::pin(async move {
+            if self.keep_running().await? {
+                return Ok(Vec::new());
+            }
+            Ok(parse_stat(&self.command("show stat").await?))
+        })
     }
 
     fn register<'a>(&'a self, target: &'a Target) -> Pending<'a, ()> {

@@ -283,7 +283,7 @@ fn instance_id_of(cmdline: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
-fn zombie_or_gone(pid: u32) -> bool {
+pub(crate) fn zombie_or_gone(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {

@@ -1,8 +1,8 @@
 //! The local load balancer for real: HAProxy started as the daemon starts it, in front of two
 //! applications (`autoscaler-app`, in-process). Requests reach the registered instances only; a
 //! deregistered one drains (its request in flight finishes, no new one arrives) and is removed.
-//! A HAProxy left running with the same configuration is taken up as it is; with another, it is
-//! replaced.
+//! A HAProxy killed is started again; one left running with the same configuration is taken up
+//! as it is; with another, it is replaced.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -136,6 +136,39 @@ async fn requests_reach_registered_instances_and_a_deregistered_one_drains() {
     };
     assert!(haproxy.register(&hostile).await.is_err());
     assert_eq!(haproxy.targets().await.unwrap().len(), 1);
+
+    // HAProxy killed: the next read of the targets starts it again, with none; the instance
+    // registered again, requests reach it again.
+    let pid = haproxy.pid().await.expect("running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    eventually("HAProxy started again", Duration::from_secs(10), || async {
+        haproxy.targets().await.is_ok_and(|t| t.is_empty())
+            && haproxy.pid().await.is_some_and(|again| again != pid)
+    })
+    .await;
+    haproxy
+        .register(&Target {
+            instance_id: "local-0001".into(),
+            address: one.to_string(),
+        })
+        .await
+        .unwrap();
+    eventually(
+        "local-0001 serving again",
+        Duration::from_secs(10),
+        || async {
+            target(&haproxy, "local-0001")
+                .await
+                .is_some_and(|t| t.state == TargetState::Healthy)
+        },
+    )
+    .await;
+    let (status, body) = get(listen, "/").await;
+    assert_eq!((status, body.contains("local-0001")), (200, true), "{body}");
 
     // A new start on the same directory with the same configuration (a standby taking over, a
     // restarted daemon) takes up the HAProxy left running: its servers keep serving.
