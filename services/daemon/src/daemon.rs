@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use autoscaler_controller::balancer::Balancer;
 use autoscaler_controller::cloud::Cloud;
-use autoscaler_controller::config::{ControllerConfig, HealthCheckType};
+use autoscaler_controller::config::ControllerConfig;
+pub use autoscaler_controller::config::HealthCheckType;
 use autoscaler_controller::ec2::Ec2Config;
 #[cfg(feature = "ec2")]
 use autoscaler_controller::ec2::{Ec2Cloud, TargetGroup};

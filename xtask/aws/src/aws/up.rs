@@ -88,6 +88,18 @@ pub fn monitor_config(
             controller.insert("max_instances".into(), toml::Value::Integer(room));
         }
     }
+    // Behind a load balancer, its health checks count too (EC2 Auto Scaling's ELB health check
+    // type, which AWS recommends with a load balancer), unless the file says otherwise.
+    if load_balancer {
+        let controller = table
+            .entry("controller")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(controller) = controller.as_table_mut()
+            && !controller.contains_key("health_check_type")
+        {
+            controller.insert("health_check_type".into(), "load-balancer".into());
+        }
+    }
     if load_balancer && !table.contains_key("load_balancer") {
         let mut elb = toml::Table::new();
         elb.insert("kind".into(), "elb".into());
@@ -139,7 +151,7 @@ impl Up {
             },
             config.controller.min_instances,
             if self.load_balancer {
-                ", behind an Application Load Balancer"
+                ", behind an Application Load Balancer (its health checks count too)"
             } else {
                 ""
             }
@@ -294,5 +306,28 @@ impl Up {
             aws.group
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use autoscaler_daemon::daemon::HealthCheckType;
+
+    fn config_with(text: &str, load_balancer: bool) -> HealthCheckType {
+        let dir = std::env::temp_dir().join(format!("xtask-up-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("aws-{load_balancer}-{}.toml", text.len()));
+        std::fs::write(&path, text).unwrap();
+        let (_, config) = super::monitor_config(&path, "g", load_balancer, 1).unwrap();
+        config.controller.health_check_type
+    }
+
+    #[test]
+    fn behind_a_load_balancer_its_health_checks_count_unless_the_file_says_otherwise() {
+        let plain = "[provider]\nkind = \"ec2\"\n";
+        assert_eq!(config_with(plain, true), HealthCheckType::LoadBalancer);
+        assert_eq!(config_with(plain, false), HealthCheckType::Monitor);
+        let chosen = "[controller]\nhealth_check_type = \"monitor\"\n[provider]\nkind = \"ec2\"\n";
+        assert_eq!(config_with(chosen, true), HealthCheckType::Monitor);
     }
 }
