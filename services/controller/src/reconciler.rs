@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::balancer::{Balancer, TargetState, TargetStatus};
 use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState};
-use crate::config::ControllerConfig;
+use crate::config::{ControllerConfig, HealthCheckType};
 use crate::fleet::FleetView;
 use crate::front::{Front, Removal};
 use crate::launches::{ControllerMemory, Journal, Launches};
@@ -378,6 +378,19 @@ pub struct Controller<C> {
     saved: Option<ControllerMemory>,
     /// The leader's lease, when the daemon has standbys.
     fence: Option<Arc<dyn Fence>>,
+    /// Whether the balancer's health checks are not acted on, as it finds every target
+    /// unhealthy.
+    failing_open: bool,
+}
+
+/// Whether the balancer finds every target it judges (healthy or unhealthy: not those starting,
+/// draining or unused) unhealthy, and judges at least one.
+fn every_target_unhealthy(targets: &[TargetStatus]) -> bool {
+    let mut judged = targets
+        .iter()
+        .filter(|t| matches!(t.state, TargetState::Healthy | TargetState::Unhealthy))
+        .peekable();
+    judged.peek().is_some() && judged.all(|t| t.state == TargetState::Unhealthy)
 }
 
 fn millis(since_epoch: Duration) -> i64 {
@@ -487,6 +500,7 @@ impl<C: Cloud> Controller<C> {
             journal: None,
             saved: None,
             fence: None,
+            failing_open: false,
         }
     }
 
@@ -663,10 +677,27 @@ impl<C: Cloud> Controller<C> {
             .chain(&unlisted)
             .cloned()
             .collect();
+        // With the balancer's health checks counting: when it finds every target unhealthy, the
+        // fault is more likely its own (a wrong health path, the network) than every
+        // instance's, and replacing them all would not help: its view is not acted on (ELB
+        // fails open likewise, sending requests to all). Said when it starts and ends.
+        let failing_open = self.config.health_check_type == HealthCheckType::LoadBalancer
+            && targets.as_deref().is_some_and(every_target_unhealthy);
+        if failing_open != self.failing_open {
+            self.failing_open = failing_open;
+            let note = if failing_open {
+                "the load balancer finds every target unhealthy: its health checks are not acted \
+                 on (failing open, as ELB does) until it finds one healthy"
+            } else {
+                "the load balancer finds a target healthy again: its health checks are acted on"
+            };
+            tracing::warn!("{note}");
+            notes.push(note.to_string());
+        }
         let observation = observe(
             &staying,
             &view,
-            targets.as_deref(),
+            targets.as_deref().filter(|_| !failing_open),
             SystemTime::now(),
             uptime,
         );

@@ -833,3 +833,55 @@ async fn with_the_load_balancer_health_check_type_an_instance_failing_its_checks
     assert_eq!(record.terminated, ["i-b"], "{record:#?}");
     assert!(!listed(&cloud).contains(&"i-b".to_string()));
 }
+
+#[tokio::test]
+async fn when_the_load_balancer_finds_every_target_unhealthy_its_health_checks_are_not_acted_on() {
+    use autoscaler_controller::config::HealthCheckType;
+    let config = ControllerConfig {
+        health_check_type: HealthCheckType::LoadBalancer,
+        ..ControllerConfig::default()
+    };
+    let (cloud, balancer, _views, mut controller) =
+        balanced_with(50.0, Duration::from_secs(30), config);
+    controller.evaluate_once().await;
+    let set = |state: TargetState, ids: &[&str]| {
+        for target in balancer.targets.lock().unwrap().iter_mut() {
+            if ids.contains(&target.instance_id.as_str()) {
+                target.state = state;
+                target.reason = Some("L4TOUT: timeout".to_string());
+            }
+        }
+    };
+    // Every target fails (a wrong health path, say): replacing them all would not help.
+    set(TargetState::Unhealthy, &["i-a", "i-b", "i-c"]);
+    let record = controller.evaluate_once().await;
+    assert!(record.decision.unwrap().replace.is_empty(), "none replaced");
+    assert!(
+        record
+            .outcome
+            .iter()
+            .any(|o| o.contains("every target unhealthy") && o.contains("failing open")),
+        "said: {:?}",
+        record.outcome
+    );
+    // Said once, not every evaluation.
+    let record = controller.evaluate_once().await;
+    assert!(record.outcome.is_empty(), "{:?}", record.outcome);
+    assert_eq!(listed(&cloud).len(), 3);
+    // One healthy again: the others' failures are the instances' own, and they are replaced.
+    set(TargetState::Healthy, &["i-b"]);
+    let record = controller.evaluate_once().await;
+    assert!(
+        record.outcome.iter().any(|o| o.contains("healthy again")),
+        "{:?}",
+        record.outcome
+    );
+    let replaced: Vec<String> = record
+        .decision
+        .unwrap()
+        .replace
+        .into_iter()
+        .map(|r| r.instance_id)
+        .collect();
+    assert_eq!(replaced, ["i-a", "i-c"]);
+}
