@@ -12,12 +12,9 @@ use autoscaler_testkit::daemon::*;
 use autoscaler_testkit::traffic::Traffic;
 use autoscaler_testkit::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_keep_being_served_while_real_load_scales_the_group_out_and_in() {
-    let state_dir = StateDir::new("traffic");
-    let (config, balancer) = traffic_daemon_config(&state_dir.0);
-    let daemon = RunningDaemon::start(config).await;
-    let mut client = status_client(daemon.address);
+/// Until the daemon at `address` has 2 instances behind the balancer: a client, and their ids.
+async fn two_behind_the_balancer(address: std::net::SocketAddr) -> (Status, Vec<String>) {
+    let mut client = status_client(address);
     let first = wait_status(
         &mut client,
         "2 instances behind the balancer",
@@ -26,7 +23,15 @@ async fn requests_keep_being_served_while_real_load_scales_the_group_out_and_in(
         |s| serving(s).len() == 2,
     )
     .await;
-    let first = serving(&first);
+    (client, serving(&first))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_keep_being_served_while_real_load_scales_the_group_out_and_in() {
+    let state_dir = StateDir::new("traffic");
+    let (config, balancer) = traffic_daemon_config(&state_dir.0);
+    let daemon = RunningDaemon::start(config).await;
+    let (mut client, first) = two_behind_the_balancer(daemon.address).await;
 
     // 150 requests a second on two instances of 100 each: 75 % of their slot time, above the
     // 50 % target. The group grows, and the new instances get requests.
@@ -250,16 +255,8 @@ async fn with_the_load_balancer_health_check_type_a_frozen_application_is_replac
     let (mut config, _) = traffic_daemon_config(&state_dir.0);
     config.controller.health_check_type = HealthCheckType::LoadBalancer;
     let daemon = RunningDaemon::start(config).await;
-    let mut client = status_client(daemon.address);
-    let first = wait_status(
-        &mut client,
-        "2 instances behind the balancer",
-        4,
-        Duration::from_secs(60),
-        |s| serving(s).len() == 2,
-    )
-    .await;
-    let frozen = serving(&first)[0].clone();
+    let (mut client, first) = two_behind_the_balancer(daemon.address).await;
+    let frozen = first[0].clone();
     let app = state_dir.app_pid_of(&frozen).expect("the app's pid");
     // Its application stops answering (frozen); its agent still answers the monitor.
     kill(Pid::from_raw(app), Signal::SIGSTOP).unwrap();
