@@ -161,13 +161,21 @@ impl App {
         if *self.stopping.borrow() {
             return None;
         }
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.config.max_queue {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        let permit = self.slots.acquire().await;
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        let _permit = permit.ok()?;
+        // A free slot is taken at once; only a request that must wait counts against the
+        // queue (two arriving together on a free slot: one serves, one waits).
+        let _permit = match self.slots.try_acquire() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return None,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                if self.queued.fetch_add(1, Ordering::Relaxed) >= self.config.max_queue {
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                    return None;
+                }
+                let permit = self.slots.acquire().await;
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                permit.ok()?
+            }
+        };
         let started = Instant::now();
         {
             let mut busy = self.busy();
