@@ -11,7 +11,9 @@ use autoscaler_daemon::daemon::{self, DaemonConfig};
 use autoscaler_proto::v1;
 
 use crate::group::{Status, TOKEN, agent_client, status_client, token, write_tls_dir};
-use crate::process::{agent_binary, app_binary, free_port, haproxy_binary, monitor_binary};
+use crate::process::{
+    agent_binary, app_binary, free_port, haproxy_binary, loopback, monitor_binary,
+};
 
 pub fn fast_daemon_config(state_dir: &Path) -> DaemonConfig {
     let text = format!(
@@ -181,9 +183,7 @@ pub fn traffic_config_file(state_dir: &Path) -> (std::path::PathBuf, SocketAddr)
 }
 
 fn traffic_config_text(state_dir: &Path) -> (String, SocketAddr) {
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port())
-        .parse()
-        .expect("an address");
+    let listen = loopback(free_port());
     let text = format!(
         r#"
 group = "traffic"

@@ -68,6 +68,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `127.0.0.1:port`.
+pub fn loopback(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// Whether `pid` runs (a zombie does not).
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

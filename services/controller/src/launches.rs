@@ -85,35 +85,35 @@ impl Launches {
             let by_token = listed
                 .iter()
                 .find(|i| i.launch_token.as_deref() == Some(launch.token.as_str()));
-            match &launch.instance_id {
-                Some(id) if listed.iter().any(|i| &i.instance_id == id) => false,
-                Some(id) if age(now_ms, launch.asked_at_ms) >= LISTED_WITHIN => {
+            let age = age(now_ms, launch.asked_at_ms);
+            match (&launch.instance_id, by_token) {
+                (Some(id), _) if listed.iter().any(|i| &i.instance_id == id) => false,
+                (Some(id), _) if age >= LISTED_WITHIN => {
                     notes.push(format!(
                         "{id}, launched {:.0} s ago, is still not listed by the provider: no \
                          longer counted",
-                        age(now_ms, launch.asked_at_ms).as_secs_f64()
+                        age.as_secs_f64()
                     ));
                     false
                 }
-                Some(_) => true,
-                None if by_token.is_some() => {
-                    let id = &by_token.expect("matched").instance_id;
+                (Some(_), _) => true,
+                (None, Some(found)) => {
                     notes.push(format!(
-                        "the launch whose answer was lost (token {}) had taken effect: {id}",
-                        launch.token
+                        "the launch whose answer was lost (token {}) had taken effect: {}",
+                        launch.token, found.instance_id
                     ));
                     false
                 }
-                None if age(now_ms, launch.asked_at_ms) >= IN_DOUBT_FOR => {
+                (None, None) if age >= IN_DOUBT_FOR => {
                     notes.push(format!(
                         "the launch whose answer was lost (token {}) is not listed after {:.0} s: \
                          its token is not reused",
                         launch.token,
-                        age(now_ms, launch.asked_at_ms).as_secs_f64()
+                        age.as_secs_f64()
                     ));
                     false
                 }
-                None => true,
+                (None, None) => true,
             }
         });
     }

@@ -28,7 +28,7 @@ fn now_ms() -> i64 {
 /// The defaults, but for the fleet's size and its steady simulated load.
 fn config_file(state_dir: &Path) -> std::path::PathBuf {
     let path = state_dir.join("config.toml");
-    std::fs::create_dir_all(state_dir).unwrap();
+    std::fs::create_dir_all(state_dir).expect("the benchmark's state dir can be made in /tmp");
     std::fs::write(
         &path,
         r#"
@@ -42,14 +42,14 @@ agent_args = ["--drift-amplitude", "0", "--initial-load", "40", "--target-load",
 terminate_grace_ms = 1000
 "#,
     )
-    .unwrap();
+    .expect("the benchmark's config can be written to its state dir");
     path
 }
 
 /// The first decision record of the daemon at `port` whose epoch is above `epoch`: (its epoch,
 /// its time); `None` while it does not lead.
 async fn first_decision_after(port: u16, epoch: u64) -> Option<(u64, i64)> {
-    let mut client = status_client(format!("127.0.0.1:{port}").parse().unwrap());
+    let mut client = status_client(loopback(port));
     let answer = tokio::time::timeout(
         Duration::from_millis(500),
         client.get_activity(v1::GetActivityRequest {
@@ -159,7 +159,7 @@ async fn main() {
 
     // The whole run, read from the store through the last leader.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut client = status_client(format!("127.0.0.1:{}", ports[leader]).parse().unwrap());
+    let mut client = status_client(loopback(ports[leader]));
     let records = client
         .get_activity(v1::GetActivityRequest {
             since_unix_ms: 0,
@@ -187,7 +187,10 @@ async fn main() {
         .and_then(|n| n.trim().parse::<usize>().ok())
         .map_or(0, |next| next - 1);
     for daemon in daemons.iter_mut().flatten() {
-        signal_pid(daemon.id().unwrap() as i32, Signal::SIGTERM);
+        // A daemon already reaped has no id: nothing to stop.
+        if let Some(pid) = daemon.id() {
+            signal_pid(pid as i32, Signal::SIGTERM);
+        }
         let _ = tokio::time::timeout(Duration::from_secs(20), daemon.wait()).await;
     }
 

@@ -590,11 +590,11 @@ pub async fn run(
             let answering = Answering {
                 listener: &listener,
                 http: http.as_ref(),
-                transport: options
-                    .tls
-                    .existing(&config.group, Some(&tls_dir), None)
-                    .await,
                 token: &token,
+                tls: &options.tls,
+                group: &config.group,
+                made_in: Some(&tls_dir),
+                sdk: None,
             };
             let Some(leadership) =
                 Leadership::stand_by(store, &config, &options.advertise, answering, &mut shutdown)
@@ -602,9 +602,10 @@ pub async fn run(
             else {
                 return Ok(());
             };
+            // Resolved again once leading: it is made here if the standby found none.
             let (transport, tls_dir) = options
                 .tls
-                .resolve(&config.group, Some(&state_dir.join("tls")), None)
+                .resolve(&config.group, Some(&tls_dir), None)
                 .await?;
             let credentials = Credentials::new(token.clone(), transport);
             let monitor = Monitor::start(monitor_config, credentials)?;
@@ -741,11 +742,11 @@ pub async fn run(
             let answering = Answering {
                 listener: &listener,
                 http: http.as_ref(),
-                transport: match &store {
-                    Some(_) => options.tls.existing(&config.group, None, Some(sdk)).await,
-                    None => None,
-                },
                 token: &token,
+                tls: &options.tls,
+                group: &config.group,
+                made_in: None,
+                sdk: Some(sdk),
             };
             let Some(leadership) =
                 Leadership::stand_by(store, &config, &options.advertise, answering, &mut shutdown)
@@ -771,6 +772,8 @@ pub async fn run(
             }
             let cloud = Arc::new(cloud);
             tracing::info!(ami = %cloud.config().ami_id, subnets = ?cloud.config().subnet_ids, "EC2 provider");
+            // Read again once leading, not taken from the standby's: it may have changed in SSM
+            // while this host stood by.
             let (transport, _) = options.tls.resolve(&config.group, None, Some(sdk)).await?;
             let credentials = Credentials::new(token, transport);
             let monitor = Monitor::start(config.monitor_config(), credentials)?;
@@ -1040,9 +1043,12 @@ pub struct Leadership {
 struct Answering<'a> {
     listener: &'a TcpListener,
     http: Option<&'a TcpListener>,
-    /// The TLS material already there (`TlsSource::existing`).
-    transport: Option<Transport>,
     token: &'a Token,
+    /// Where its TLS material is, if already there (`TlsSource::existing`).
+    tls: &'a TlsSource,
+    group: &'a str,
+    made_in: Option<&'a Path>,
+    sdk: Option<&'a aws_config::SdkConfig>,
 }
 
 impl Leadership {
@@ -1060,7 +1066,9 @@ impl Leadership {
             None => Some(None),
             Some(store) => {
                 let credentials = answering
-                    .transport
+                    .tls
+                    .existing(answering.group, answering.made_in, answering.sdk)
+                    .await
                     .map(|transport| Credentials::new(answering.token.clone(), transport));
                 crate::standby::while_standing_by(
                     crate::standby::Standby::new(store.clone()),

@@ -31,6 +31,10 @@ pub struct Dashboard {
     pub load_marks: Vec<(f64, &'static str)>,
 }
 
+/// The help of `autoscaler_leader`, which the leader reports as 1 and a standby as 0.
+pub const LEADER_HELP: &str =
+    "1 while this daemon leads its group (polls, decides, acts); 0 while it stands by";
+
 /// How many decisions the page lists.
 const DECISIONS_SHOWN: usize = 15;
 
@@ -221,11 +225,7 @@ pub fn render_metrics(dashboard: &Dashboard) -> String {
         "Lower bound of the fleet",
         gauge(report.min_instances.into()),
     );
-    metrics.register(
-        "autoscaler_leader",
-        "1 while this daemon leads its group (polls, decides, acts); 0 while it stands by",
-        gauge(1),
-    );
+    metrics.register("autoscaler_leader", LEADER_HELP, gauge(1));
     metrics.register(
         "autoscaler_max_instances",
         "Upper bound of the fleet",

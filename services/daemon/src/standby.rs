@@ -3,7 +3,7 @@
 //! metrics): nobody who asks it waits for a timeout. gRPC: health checking (the process
 //! SERVING, the monitor's services NOT_SERVING), the activity history from the shared store,
 //! and UNAVAILABLE naming the leader for everything else (an agent's registration, the status,
-//! the operator's calls). HTTP: `/healthz` (200, "standing by"), `/metrics`
+//! the operator's calls). HTTP: `/healthz` (200, "ok: this daemon stands by: ..."), `/metrics`
 //! (`autoscaler_leader 0`), and 503 naming the leader for the dashboard.
 
 use std::future::Future;
@@ -107,13 +107,12 @@ impl Standby {
     ) -> Result<(), String> {
         use axum::http::StatusCode;
         use axum::routing::get;
-        let standby = self.clone();
         let healthz = {
-            let standby = standby.clone();
+            let standby = self.clone();
             move || async move { format!("ok: {}\n", standby.says().await) }
         };
         let elsewhere = {
-            let standby = standby.clone();
+            let standby = self.clone();
             move || async move {
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -154,7 +153,7 @@ fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register(
         "autoscaler_leader",
-        "1 while this daemon leads its group (polls, decides, acts); 0 while it stands by",
+        crate::http::LEADER_HELP,
         ConstGauge::new(0i64),
     );
     let mut text = String::new();

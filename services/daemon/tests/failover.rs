@@ -7,7 +7,6 @@
 //! standby answers while it waits (health, the history, UNAVAILABLE naming the leader).
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use autoscaler_proto::v1;
@@ -30,13 +29,9 @@ fn reported(status: &v1::GetStatusResponse) -> BTreeSet<String> {
         .collect()
 }
 
-fn address(port: u16) -> SocketAddr {
-    format!("127.0.0.1:{port}").parse().unwrap()
-}
-
 /// Waits until the daemon at `port` leads a fleet of `size` instances, all reporting.
 async fn leads(port: u16, size: usize, what: &str) -> v1::GetStatusResponse {
-    let mut client = status_client(address(port));
+    let mut client = status_client(loopback(port));
     wait_status(&mut client, what, size, Duration::from_secs(60), |s| {
         reported(s).len() == size && listed(s).len() == size
     })
@@ -45,7 +40,7 @@ async fn leads(port: u16, size: usize, what: &str) -> v1::GetStatusResponse {
 
 /// The activity history as the leader at `port` serves it: (epoch, at, summary) in order.
 async fn history(port: u16) -> Vec<(u64, i64, String)> {
-    let mut client = status_client(address(port));
+    let mut client = status_client(loopback(port));
     let records = tokio::time::timeout(
         Duration::from_secs(10),
         client.get_activity(v1::GetActivityRequest {
@@ -71,7 +66,7 @@ async fn answers_as_a_standby(port: u16, http: u16, leader: u16) {
     use tonic_health::pb::health_client::HealthClient;
     let leader = format!("127.0.0.1:{leader}");
     let within = Duration::from_secs(5);
-    let mut client = status_client(address(port));
+    let mut client = status_client(loopback(port));
     let refused = tokio::time::timeout(within, client.get_status(v1::GetStatusRequest::default()))
         .await
         .expect("an answer, not a wait")
@@ -93,7 +88,7 @@ async fn answers_as_a_standby(port: u16, http: u16, leader: u16) {
     .expect("the history, from the shared store")
     .into_inner();
     assert!(!activity.records.is_empty(), "the leader's records");
-    let mut health = HealthClient::new(channel_as(address(port), Role::Operator, Role::Monitor));
+    let mut health = HealthClient::new(channel_as(loopback(port), Role::Operator, Role::Monitor));
     for (service, status) in [
         ("", ServingStatus::Serving),
         ("autoscaler.v1.Monitor", ServingStatus::NotServing),
@@ -108,16 +103,16 @@ async fn answers_as_a_standby(port: u16, http: u16, leader: u16) {
             .into_inner();
         assert_eq!(answer.status(), status, "{service:?}");
     }
-    let (code, body) = http_get(address(http), "/healthz").await;
+    let (code, body) = http_get(loopback(http), "/healthz").await;
     assert_eq!(code, 200);
     assert!(
         body.contains("stands by") && body.contains(&leader),
         "{body}"
     );
-    let (code, metrics) = http_get(address(http), "/metrics").await;
+    let (code, metrics) = http_get(loopback(http), "/metrics").await;
     assert_eq!(code, 200);
     assert!(metrics.contains("autoscaler_leader 0"), "{metrics}");
-    let (code, body) = http_get(address(http), "/api/status").await;
+    let (code, body) = http_get(loopback(http), "/api/status").await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains(&leader), "{body}");
 }
@@ -176,7 +171,7 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
         killed.elapsed().as_secs_f64()
     );
     assert_eq!(listed(&taken), fleet, "the fleet changed hands unchanged");
-    let (code, metrics) = http_get(address(http_b), "/metrics").await;
+    let (code, metrics) = http_get(loopback(http_b), "/metrics").await;
     assert_eq!(code, 200);
     assert!(metrics.contains("autoscaler_leader 1"), "{metrics}");
     assert_eq!(launched_ever(&state_dir.0), 2, "nothing launched twice");
@@ -242,7 +237,7 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
     assert_eq!(launched_ever(&state_dir.0), 2);
     // Quiet evaluations fold into one record ("no change" x N), and the history counts them:
     // the record is written again, in its place, as more fold into it.
-    let mut client = status_client(address(port_b));
+    let mut client = status_client(loopback(port_b));
     let quiet = wait_status(
         &mut client,
         "a quiet record",

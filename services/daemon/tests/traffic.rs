@@ -160,7 +160,7 @@ async fn exited(child: &mut tokio::process::Child, what: &str) -> Option<i32> {
 /// Until the daemon at `port` leads the 2 instances, both behind the balancer.
 async fn leads_both(port: u16, what: &str) {
     wait_status(
-        &mut status_client(format!("127.0.0.1:{port}").parse().expect("an address")),
+        &mut status_client(loopback(port)),
         what,
         4,
         Duration::from_secs(60),
@@ -184,10 +184,9 @@ async fn requests_keep_being_served_while_the_leader_is_killed_and_while_it_hand
     let state_dir = StateDir::new("traffic-failover");
     let (config, balancer) = traffic_config_file(&state_dir.0);
     let (port_a, port_b) = (free_port(), free_port());
-    let address = |port: u16| format!("127.0.0.1:{port}").parse().expect("an address");
     let mut a = spawn_daemon_process(&state_dir.0, port_a, &config);
     wait_status(
-        &mut status_client(address(port_a)),
+        &mut status_client(loopback(port_a)),
         "a leads 2 instances behind the balancer",
         4,
         Duration::from_secs(60),
