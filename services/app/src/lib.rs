@@ -162,7 +162,9 @@ impl App {
             return None;
         }
         // A free slot is taken at once; only a request that must wait counts against the
-        // queue (two arriving together on a free slot: one serves, one waits).
+        // queue (two arriving together on a free slot: one serves, one waits). Every count
+        // below is given back by a guard, whatever ends the request: hyper drops it when its
+        // client goes away, and a count lowered only after the awaits would stay up for ever.
         let _permit = match self.slots.try_acquire() {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return None,
@@ -171,9 +173,10 @@ impl App {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
                     return None;
                 }
-                let permit = self.slots.acquire().await;
-                self.queued.fetch_sub(1, Ordering::Relaxed);
-                permit.ok()?
+                let _waiting = Counted(|| {
+                    self.queued.fetch_sub(1, Ordering::Relaxed);
+                });
+                self.slots.acquire().await.ok()?
             }
         };
         let started = Instant::now();
@@ -182,16 +185,28 @@ impl App {
             busy.advance(started);
             busy.in_flight += 1;
         }
+        let _in_flight = Counted(|| {
+            let mut busy = self.busy();
+            busy.advance(Instant::now());
+            busy.in_flight -= 1;
+        });
         let cpu_time = self.config.cpu_time;
         if !cpu_time.is_zero() {
             // Computing blocks a thread: off the runtime's workers.
             let _ = tokio::task::spawn_blocking(move || compute_for(cpu_time)).await;
         }
         tokio::time::sleep_until((started + self.config.service_time).into()).await;
-        let mut busy = self.busy();
-        busy.advance(Instant::now());
-        busy.in_flight -= 1;
         Some(arrived.elapsed())
+    }
+}
+
+/// Runs its closure when dropped: a count given back however the future holding it ends
+/// (finished, or dropped at an await).
+struct Counted<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Counted<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }
 

@@ -171,3 +171,58 @@ fn bad_settings_are_refused_with_the_setting_named() {
     assert!(config.validate().unwrap_err().to_string().contains("slots"));
     assert!(AppConfig::new(" ").validate().is_err());
 }
+
+/// Outside test, finding 6: a client that goes away mid-request (a timeout, a balancer that
+/// died) gives its slot back and leaves no phantom load: in flight and queued fall to 0 and
+/// the slot time stops growing. Before, each cancelled request stayed "in flight" for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_client_went_away_leave_no_load_behind() {
+    let mut config = AppConfig::new("local-0009");
+    config.slots = 2;
+    config.service_time = Duration::from_millis(1_000);
+    config.max_queue = 8;
+    let app = start(config).await;
+
+    // Five clients that give up after 200 ms: two hold slots, three wait for one.
+    let clients: Vec<_> = (0..5)
+        .map(|_| {
+            tokio::spawn(tokio::time::timeout(
+                Duration::from_millis(200),
+                get(app.address, "/"),
+            ))
+        })
+        .collect();
+    for client in clients {
+        assert!(client.await.unwrap().is_err(), "the client gave up first");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let settled = loop {
+        let now = stats(app.address).await;
+        if (now.in_flight, now.queued) == (0, 0) {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cancelled requests still count: {} in flight, {} queued",
+            now.in_flight,
+            now.queued
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Nothing in flight: the slot time stands still.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = stats(app.address).await;
+    assert_eq!(later.busy_seconds_total, settled.busy_seconds_total);
+    // Both slots are free again: two requests are served at once.
+    let started = Instant::now();
+    let (a, b) = tokio::join!(get(app.address, "/"), get(app.address, "/"));
+    assert_eq!((a.0, b.0), (200, 200));
+    assert!(
+        started.elapsed() < Duration::from_millis(1_900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    app.stop.send(()).unwrap();
+    app.task.await.unwrap().unwrap();
+}
