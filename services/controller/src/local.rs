@@ -235,11 +235,34 @@ impl InstanceRecord {
             .app
             .map(|app| format!(" {} {}", app.pid, app.port))
             .unwrap_or_default();
-        std::fs::write(
+        write_whole(
             path,
-            format!("{} {}{app}\n", self.pid, unix_ms(self.launched_at)),
+            &format!("{} {}{app}\n", self.pid, unix_ms(self.launched_at)),
         )
     }
+}
+
+/// Writes `text` to `path` whole: into a temporary file beside it, synced, then renamed over it.
+/// A kill at any point leaves the old content or the new, never an empty or half-written file.
+fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".new");
+    let temporary = PathBuf::from(temporary);
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)
+}
+
+/// The instance number of a log file's name (`local-0007.log`, `local-0007.app.log`): an
+/// instance leaves its logs behind when its record goes, so they tell which ids were used.
+fn logged_number(file_name: &str) -> Option<u64> {
+    let id = file_name
+        .strip_suffix(".app.log")
+        .or_else(|| file_name.strip_suffix(".log"))?;
+    instance_number(id)
 }
 
 /// A pid a signal can safely go to: never 0, 1 or a negative number (a process group, or all).
@@ -576,6 +599,16 @@ impl LocalCloud {
             .map_err(|e| io_error(&format!("cannot read {}", state_dir.display()), e))?;
         for entry in entries.flatten() {
             let path = entry.path();
+            // Ids once used are never used again, whatever else was lost (a record removed,
+            // the counter emptied): the logs they left count too.
+            if let Some(number) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(logged_number)
+            {
+                next_id = next_id.max(number + 1);
+                continue;
+            }
             let Some(instance_id) = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -851,7 +884,7 @@ impl Cloud for LocalCloud {
             let next = number + 1;
             state.next_id = next;
             drop(state);
-            std::fs::write(self.config.state_dir.join("next-id"), next.to_string())
+            write_whole(&self.config.state_dir.join("next-id"), &next.to_string())
                 .map_err(|e| io_error("cannot record the next instance id", e))?;
             let app = match &self.config.app {
                 Some(app) => Some(self.spawn_app(app, &instance_id)?),

@@ -252,3 +252,31 @@ async fn an_agent_killed_by_a_signal_is_reported_without_its_log() {
     cloud.terminate(&ids).await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Outside test, finding 4: an id once launched is never launched again, whatever is lost. The
+/// fleet was {local-0001, local-0003} with the counter at 4; the daemon was killed, 0003's
+/// record removed and the counter emptied (a kill between the truncation and the write of an
+/// in-place write did exactly that). Before, the next launch was `local-0002` again.
+#[tokio::test]
+async fn an_id_once_launched_is_never_launched_again_whatever_is_lost() {
+    let dir = fresh_dir("reuse");
+    let cloud = LocalCloud::open(config(&dir)).unwrap();
+    let ids = cloud
+        .launch(&["a".to_string(), "b".to_string(), "c".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(ids, ["local-0001", "local-0002", "local-0003"]);
+    cloud.terminate(&["local-0002".to_string()]).await.unwrap();
+    // The counter is written whole: no temporary file is left, and it holds the next number.
+    assert_eq!(std::fs::read_to_string(dir.join("next-id")).unwrap(), "4");
+    assert!(!dir.join("next-id.new").exists());
+    drop(cloud);
+    let _ = std::fs::remove_file(dir.join("local-0003.instance"));
+    std::fs::write(dir.join("next-id"), "").unwrap();
+
+    let cloud = LocalCloud::open(config(&dir)).unwrap();
+    let again = cloud.launch(&["d".to_string()]).await.unwrap();
+    assert_eq!(again, ["local-0004"], "ids 0001-0003 were used");
+    cloud.terminate(&again).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
