@@ -60,6 +60,58 @@ fn sqlite(error: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Whether SQLite said another connection holds the file (worth waiting for).
+fn busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// What SQLite said when opening `path`, with the reason the system gives where SQLite gives
+/// none ("unable to open database file" names neither the cause nor which file): the file
+/// cannot be opened for writing, or the directory (where SQLite makes its `-wal` and `-shm`
+/// files beside the store) cannot be written.
+fn explained(path: &Path, error: rusqlite::Error) -> StoreError {
+    let store_error = sqlite(error);
+    let StoreError::Unavailable(said) = &store_error else {
+        return store_error;
+    };
+    let file = match path.exists() {
+        true => std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path),
+        false => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+    };
+    let reason = match file {
+        Err(error) if path.exists() => {
+            Some(format!("{} cannot be written: {error}", path.display()))
+        }
+        _ => {
+            let dir = path
+                .parent()
+                .filter(|dir| !dir.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let probe = dir.join(format!(".store-probe-{}", std::process::id()));
+            match std::fs::File::create(&probe) {
+                Err(error) => Some(format!(
+                    "cannot make files in {} (the store keeps its -wal and -shm files beside it): {error}",
+                    dir.display()
+                )),
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&probe);
+                    None
+                }
+            }
+        }
+    };
+    match reason {
+        Some(reason) => StoreError::Unavailable(format!("{said}: {reason}")),
+        None => store_error,
+    }
+}
+
 /// The group's store in one SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -69,25 +121,40 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (or makes) the store at `path`. A file that is not such a store is refused, and
-    /// left as it is.
+    /// left as it is. A store another daemon holds busy (two started at the same instant, both
+    /// making the schema) is waited for, up to the store's call timeout.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let connection = Connection::open(path).map_err(sqlite)?;
-        connection.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;
-        // Readers do not wait for the writer, and a crash loses no committed write.
-        let _: String = connection
-            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-            .map_err(sqlite)?;
-        connection.execute_batch(SCHEMA).map_err(sqlite)?;
-        let has_sequence = connection
-            .prepare("SELECT 1 FROM pragma_table_info('activity') WHERE name = 'sequence'")
-            .and_then(|mut statement| statement.exists([]))
-            .map_err(sqlite)?;
-        if !has_sequence {
-            connection
-                .execute_batch("ALTER TABLE activity ADD COLUMN sequence INTEGER;")
-                .map_err(sqlite)?;
+        let deadline = std::time::Instant::now() + CALL_TIMEOUT;
+        loop {
+            match SqliteStore::open_once(path) {
+                Err(error) if busy(&error) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(error) => return Err(explained(path, error)),
+                Ok(store) => return Ok(store),
+            }
         }
-        connection.execute_batch(RECORD_KEY).map_err(sqlite)?;
+    }
+
+    fn open_once(path: &Path) -> Result<SqliteStore, rusqlite::Error> {
+        let mut connection = Connection::open(path)?;
+        connection.busy_timeout(BUSY_TIMEOUT)?;
+        // Readers do not wait for the writer, and a crash loses no committed write. Changing
+        // the journal mode takes the file whole: SQLite answers "busy" at once, without its
+        // busy handler, while another connection makes the schema; `open` tries again.
+        let _: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        // The schema in one write transaction, taken at its start (a deferred one that must
+        // turn into a writer is refused at once when another writer went first).
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        transaction.execute_batch(SCHEMA)?;
+        let has_sequence = transaction
+            .prepare("SELECT 1 FROM pragma_table_info('activity') WHERE name = 'sequence'")
+            .and_then(|mut statement| statement.exists([]))?;
+        if !has_sequence {
+            transaction.execute_batch("ALTER TABLE activity ADD COLUMN sequence INTEGER;")?;
+        }
+        transaction.execute_batch(RECORD_KEY)?;
+        transaction.commit()?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             connection: Arc::new(Mutex::new(connection)),
