@@ -82,6 +82,8 @@ pub enum TlsError {
     },
     #[error("{what}: the certificate cannot be parsed: {reason}")]
     BadCertificate { what: String, reason: String },
+    #[error("{what}: the private key cannot be used: {reason}")]
+    BadKey { what: String, reason: String },
     #[error("the TLS client settings cannot be made: {0}")]
     ClientConfig(String),
     #[error("issuing a certificate: {0}")]
@@ -116,17 +118,47 @@ impl TlsMaterial {
         key_pem: &str,
         what: &str,
     ) -> Result<TlsMaterial, TlsError> {
-        first_certificate(ca_pem, &format!("{what} (CA)"))?;
-        let cert = first_certificate(cert_pem, what)?;
-        if PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).is_err() {
+        let names = Names {
+            ca: format!("{what} (CA)"),
+            cert: what.to_string(),
+            key: format!("{what} (key)"),
+        };
+        TlsMaterial::checked(role, ca_pem, cert_pem, key_pem, &names)
+    }
+
+    /// Checks the material as TLS will use it (the CA certificate parses as a root, the key
+    /// is one the crypto library can sign with, the certificate names `role`), each error
+    /// naming the one file (or parameter) at fault.
+    fn checked(
+        role: Role,
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        names: &Names,
+    ) -> Result<TlsMaterial, TlsError> {
+        let ca = first_certificate(ca_pem, &names.ca)?;
+        rustls::RootCertStore::empty()
+            .add(ca)
+            .map_err(|error| TlsError::BadCertificate {
+                what: names.ca.clone(),
+                reason: error.to_string(),
+            })?;
+        let cert = first_certificate(cert_pem, &names.cert)?;
+        let Ok(key) = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) else {
             return Err(TlsError::NoPem {
-                what: what.to_string(),
+                what: names.key.clone(),
                 kind: "private key",
             });
+        };
+        if let Err(error) = rustls::crypto::ring::sign::any_supported_type(&key) {
+            return Err(TlsError::BadKey {
+                what: names.key.clone(),
+                reason: error.to_string(),
+            });
         }
-        if !names(&cert, role.dns_name()) {
+        if !names_dns(&cert, role.dns_name()) {
             return Err(TlsError::WrongRole {
-                what: what.to_string(),
+                what: names.cert.clone(),
                 role,
                 name: role.dns_name(),
             });
@@ -140,17 +172,25 @@ impl TlsMaterial {
     }
 
     /// Reads `ca.pem`, `<role>.pem` and `<role>.key` from `dir` (as [`GroupCa::write_dir`]
-    /// leaves them).
+    /// leaves them); an error names the file at fault.
     pub fn load(dir: &Path, role: Role) -> Result<TlsMaterial, TlsError> {
-        let read = |name: String| {
+        let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|source| TlsError::Read { path, source })
         };
-        let ca = read("ca.pem".to_string())?;
-        let cert = read(format!("{}.pem", role.stem()))?;
-        let key = read(format!("{}.key", role.stem()))?;
-        let what = dir.join(format!("{}.pem", role.stem()));
-        TlsMaterial::from_pems(role, &ca, &cert, &key, &what.display().to_string())
+        let names = Names {
+            ca: "ca.pem".to_string(),
+            cert: format!("{}.pem", role.stem()),
+            key: format!("{}.key", role.stem()),
+        };
+        let (ca, cert, key) = (read(&names.ca)?, read(&names.cert)?, read(&names.key)?);
+        let path = |name: &str| dir.join(name).display().to_string();
+        let names = Names {
+            ca: path(&names.ca),
+            cert: path(&names.cert),
+            key: path(&names.key),
+        };
+        TlsMaterial::checked(role, &ca, &cert, &key, &names)
     }
 
     /// Reads a role's material from one text holding its certificate and key (as stored in
@@ -230,8 +270,15 @@ fn first_certificate(pem: &str, what: &str) -> Result<CertificateDer<'static>, T
         })
 }
 
+/// Where each part of a process's material came from, for the errors.
+struct Names {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
 /// True when the certificate is valid for the DNS name (its subject alternative names).
-fn names(cert: &CertificateDer<'_>, dns_name: &str) -> bool {
+fn names_dns(cert: &CertificateDer<'_>, dns_name: &str) -> bool {
     let Ok(name) = ServerName::try_from(dns_name) else {
         return false;
     };
@@ -318,7 +365,7 @@ pub fn require_caller<T>(request: &Request<T>, role: Role) -> Result<(), Status>
         return Ok(());
     };
     match chain.first() {
-        Some(cert) if names(cert, role.dns_name()) => Ok(()),
+        Some(cert) if names_dns(cert, role.dns_name()) => Ok(()),
         _ => Err(Status::permission_denied(format!(
             "only the {role} may make this call"
         ))),
@@ -530,6 +577,42 @@ mod tests {
         .unwrap();
         let shown = format!("{material:?} {monitor:?} {ca:?}");
         assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    }
+
+    /// Outside test, finding 9: damaged material is refused when it is read, naming the one
+    /// file at fault. Before, a garbage key surfaced later as "the TLS client settings cannot be
+    /// made: ... failed to parse private key as RSA" (no file), and a damaged CA was reported
+    /// as `monitor.pem (CA)`.
+    #[test]
+    fn damaged_material_names_the_file_at_fault() {
+        let dir = std::env::temp_dir().join(format!("autoscaler-tls-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(ensure_dir(&dir, "test").unwrap());
+        let good_key = std::fs::read_to_string(dir.join("monitor.key")).unwrap();
+        // A PEM block that holds no usable key.
+        std::fs::write(
+            dir.join("monitor.key"),
+            "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASCAT8wggE7AgEAAkEA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let said = TlsMaterial::load(&dir, Role::Monitor)
+            .unwrap_err()
+            .to_string();
+        assert!(said.contains("monitor.key"), "{said}");
+        assert!(said.contains("cannot be used"), "{said}");
+        std::fs::write(dir.join("monitor.key"), &good_key).unwrap();
+        // A CA certificate whose body is garbage.
+        std::fs::write(
+            dir.join("ca.pem"),
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let said = TlsMaterial::load(&dir, Role::Monitor)
+            .unwrap_err()
+            .to_string();
+        assert!(said.contains("ca.pem"), "{said}");
+        assert!(!said.contains("monitor.pem"), "{said}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
