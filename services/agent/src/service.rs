@@ -35,6 +35,8 @@ pub struct Attachment {
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
     pub load: f64,
+    /// No load to report yet: the application has not answered the agent once.
+    pub unknown: bool,
     pub cpu: Option<f64>,
     /// Requests the application served per second, when the load comes from it.
     pub requests_per_second: Option<f64>,
@@ -66,6 +68,8 @@ impl AgentState {
             LoadSource::Cpu(sampler) => sampler.sample().unwrap_or(0.0),
             LoadSource::App => 0.0,
         };
+        // The app's load is unknown until the app has answered once.
+        let unknown = matches!(source, LoadSource::App);
         let cpu = matches!(source, LoadSource::Cpu(_)).then_some(load);
         let now = Instant::now();
         Arc::new(AgentState {
@@ -76,6 +80,7 @@ impl AgentState {
                 source,
                 sample: Sample {
                     load,
+                    unknown,
                     cpu,
                     requests_per_second: None,
                     sampled_at: SystemTime::now(),
@@ -115,6 +120,7 @@ impl AgentState {
         };
         inner.sample = Sample {
             load,
+            unknown: false,
             cpu,
             requests_per_second: None,
             sampled_at: SystemTime::now(),
@@ -125,6 +131,7 @@ impl AgentState {
     pub fn record_app(&self, sample: crate::app_load::AppSample) {
         self.lock().sample = Sample {
             load: sample.load,
+            unknown: false,
             cpu: None,
             requests_per_second: Some(sample.requests_per_second),
             sampled_at: SystemTime::now(),
@@ -225,6 +232,7 @@ impl AgentService {
             cpu_percent: sample.cpu,
             memory_percent: None,
             requests_per_second: sample.requests_per_second,
+            load_unknown: sample.unknown,
         }
     }
 }
@@ -332,5 +340,25 @@ impl Agent for AgentService {
         tracing::info!(%reason, "this instance is being removed; no more registrations");
         self.state.lock().removal_reason = Some(reason);
         Ok(Response::new(v1::NotifyRemovalResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod unknown_load_tests {
+    use super::*;
+
+    /// Outside test, finding 7: an agent that reports its application's load reports none
+    /// until the application has answered it (before, 0 %: an idle instance, put in service).
+    #[test]
+    fn the_app_s_load_is_unknown_until_the_app_answered() {
+        let state = AgentState::new("local-0001".into(), LoadSource::App);
+        assert!(state.current().unknown);
+        state.record_app(crate::app_load::AppSample {
+            load: 12.0,
+            requests_per_second: 3.0,
+        });
+        let sample = state.current();
+        assert!(!sample.unknown);
+        assert_eq!(sample.load, 12.0);
     }
 }

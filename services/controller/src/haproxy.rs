@@ -165,11 +165,20 @@ pub fn parse_stat(csv: &str) -> Vec<TargetStatus> {
             let in_flight = number("scur") + number("qcur");
             // `MAINT`, `DRAIN`, `UP`, `DOWN`, `NOLB`, with details such as `UP 1/2` or
             // `MAINT (resolution)`.
+            // `DOWN 1/2`: down, and passing checks on its way up (a new server before its
+            // `rise`-th passed check): not yet in service, and not failing either.
+            let rising = status.starts_with("DOWN")
+                && status
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|progress| progress.split_once('/'))
+                    .and_then(|(passed, _)| passed.parse::<u32>().ok())
+                    .is_some_and(|passed| passed > 0);
             let state = match status.split_whitespace().next().unwrap_or("") {
                 "MAINT" => TargetState::Unused,
                 "DRAIN" => TargetState::Draining,
                 _ if status.contains("DRAIN") => TargetState::Draining,
-                _ if check.contains("INI") => TargetState::Initial,
+                _ if check.contains("INI") || rising => TargetState::Initial,
                 "UP" | "NOLB" => TargetState::Healthy,
                 _ => TargetState::Unhealthy,
             };
@@ -313,16 +322,54 @@ impl Haproxy {
 
     /// Runs `line`; an answer that is not one of `fine` (empty counts as fine) is an error.
     async fn expect(&self, line: &str, fine: &[&str]) -> Result<(), CloudError> {
+        self.answer(line, fine).await.map(drop)
+    }
+
+    /// Runs `line` and returns its answer; one that is not one of `fine` (empty counts as
+    /// fine) is an error.
+    async fn answer(&self, line: &str, fine: &[&str]) -> Result<String, CloudError> {
         let answer = self.command(line).await?;
         let answer = answer.trim();
         if answer.is_empty() || fine.iter().any(|f| answer.contains(f)) {
-            Ok(())
+            Ok(answer.to_string())
         } else {
             Err(CloudError::new(
                 CloudErrorKind::Unavailable,
                 format!("haproxy: `{line}`: {answer}"),
             ))
         }
+    }
+}
+
+/// Why HAProxy would not start, from what it logged: its first alert that names a cause (a
+/// socket it cannot bind, a line of its configuration), not the summary it ends with ("Some
+/// protocols failed to start their listeners! Exiting.").
+pub fn start_failure(log: &str) -> String {
+    let generic = [
+        "failed to start their listeners",
+        "Fatal errors found in configuration",
+        "Error(s) found in configuration file",
+    ];
+    let alerts: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.contains("[ALERT]") || line.contains("[WARNING]"))
+        .collect();
+    let cause = alerts
+        .iter()
+        .filter(|line| line.contains("[ALERT]"))
+        .chain(alerts.iter())
+        .find(|line| !generic.iter().any(|g| line.contains(g)))
+        .copied()
+        .or_else(|| log.lines().rev().map(str::trim).find(|l| !l.is_empty()));
+    match cause {
+        // `[ALERT]    (1234) : message`: the message.
+        Some(line) => line
+            .split_once(") : ")
+            .map_or(line, |(_, message)| message)
+            .trim()
+            .to_string(),
+        None => "no log".to_string(),
     }
 }
 
@@ -342,6 +389,8 @@ async fn spawn(config: &HaproxyConfig) -> Result<tokio::process::Child, CloudErr
         .open(&log_path)
         .map_err(|e| unavailable(&format!("cannot open {}", log_path.display()), e))?;
     let log_err = log.try_clone().map_err(|e| unavailable("log file", e))?;
+    // Where this start's lines begin in the log.
+    let logged_before = log.metadata().map_or(0, |m| m.len());
     let mut child = tokio::process::Command::new(&config.binary)
         .arg("-f")
         .arg(&file)
@@ -369,12 +418,16 @@ async fn spawn(config: &HaproxyConfig) -> Result<tokio::process::Child, CloudErr
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let log = std::fs::read(&log_path).unwrap_or_default();
+            let this_start = log
+                .get(usize::try_from(logged_before).unwrap_or(0)..)
+                .unwrap_or(&log);
             return Err(CloudError::new(
                 CloudErrorKind::Other,
                 format!(
-                    "haproxy exited at start ({status}): {}",
-                    log.lines().last().unwrap_or("no log")
+                    "haproxy exited at start ({status}): {} (its log: {})",
+                    start_failure(&String::from_utf8_lossy(this_start)),
+                    log_path.display()
                 ),
             ));
         }
@@ -418,7 +471,7 @@ impl Balancer for Haproxy {
                 )
             })?;
             let config = &self.config;
-            self.expect(
+            let added = self.answer(
                 &format!(
                     "add server {BACKEND}/{name} {address} check inter {inter} fall {fall} rise {rise}",
                     address = address,
@@ -431,6 +484,18 @@ impl Balancer for Haproxy {
             .await?;
             self.expect(&format!("enable health {BACKEND}/{name}"), &[])
                 .await?;
+            // A new server starts down, as a new ELB target starts "initial": it gets no
+            // request until it has passed `rise` health checks. (HAProxy 2.6 counts a server
+            // whose check has not run yet as up, and sends it requests at once; `init-state`
+            // came only in 3.1.) Its health can be forced down only out of maintenance: it
+            // passes through drain (no new request) on the way. One registered again keeps the
+            // health its checks gave it.
+            if added.contains("New server registered") {
+                self.expect(&format!("set server {BACKEND}/{name} state drain"), &[])
+                    .await?;
+                self.expect(&format!("set server {BACKEND}/{name} health down"), &[])
+                    .await?;
+            }
             self.expect(&format!("set server {BACKEND}/{name} state ready"), &[])
                 .await
         })
@@ -469,6 +534,20 @@ impl Balancer for Haproxy {
 mod tests {
     use super::*;
 
+    /// Outside test, finding 9: the cause, not HAProxy's closing summary.
+    #[test]
+    fn a_failed_start_is_told_by_its_cause() {
+        let log = "[NOTICE]   (7) : haproxy version is 2.6.12\n\
+                   [ALERT]    (7) : Starting frontend autoscaler: cannot bind socket (Address already in use) [127.0.0.1:8080]\n\
+                   [ALERT]    (7) : [/usr/sbin/haproxy.main()] Some protocols failed to start their listeners! Exiting.\n";
+        assert_eq!(
+            start_failure(log),
+            "Starting frontend autoscaler: cannot bind socket (Address already in use) [127.0.0.1:8080]"
+        );
+        assert_eq!(start_failure("just one line\n"), "just one line");
+        assert_eq!(start_failure(""), "no log");
+    }
+
     #[test]
     fn show_stat_gives_each_server_its_state_and_requests_in_flight() {
         let csv = "# pxname,svname,qcur,qmax,scur,smax,status,check_status,last_chk\n\
@@ -478,6 +557,7 @@ mod tests {
                    app,local-0003,0,0,0,0,DOWN,L4CON,Connection refused\n\
                    app,local-0004,0,0,0,0,DOWN,INI,\n\
                    app,local-0005,0,0,0,0,MAINT,,\n\
+                   app,local-0006,0,0,0,0,DOWN 1/2,L7OK,\n\
                    app,BACKEND,1,1,2,5,UP,,\n";
         let targets = parse_stat(csv);
         let states: Vec<(&str, TargetState, Option<u32>)> = targets
@@ -492,6 +572,7 @@ mod tests {
                 ("local-0003", TargetState::Unhealthy, Some(0)),
                 ("local-0004", TargetState::Initial, Some(0)),
                 ("local-0005", TargetState::Unused, Some(0)),
+                ("local-0006", TargetState::Initial, Some(0)),
             ]
         );
         assert!(

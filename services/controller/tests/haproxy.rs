@@ -208,3 +208,91 @@ async fn requests_reach_registered_instances_and_a_deregistered_one_drains() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Outside test, finding 7: a new server gets no request before it passes its health checks,
+/// as a new ELB target does. An application that accepts connections and never answers (frozen
+/// the moment it listened) is registered: it stays out of service, and a request finds no
+/// server (503 at once) instead of waiting on it. Before, HAProxy marked it UP with its check
+/// not yet run, and requests went to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_gets_no_request_before_it_passes_its_health_checks() {
+    let dir = std::env::temp_dir().join(format!(
+        "autoscaler-haproxy-first-check-{}",
+        std::process::id()
+    ));
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = HaproxyConfig {
+        binary: haproxy_binary(),
+        listen,
+        dir: dir.clone(),
+        health_path: "/healthz".into(),
+        check_interval: Duration::from_millis(1_000),
+        unhealthy_after: 2,
+        healthy_after: 2,
+    };
+    let haproxy = Haproxy::start(config).await.unwrap();
+    // Accepts, never answers.
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = Target {
+        instance_id: "local-0001".into(),
+        address: frozen.local_addr().unwrap().to_string(),
+    };
+    haproxy.register(&target).await.unwrap();
+    for _ in 0..5 {
+        let state = target_state(&haproxy, "local-0001").await;
+        assert_ne!(state, Some(TargetState::Healthy), "in service unchecked");
+        let answer = tokio::time::timeout(Duration::from_secs(2), get(listen, "/")).await;
+        assert_eq!(
+            answer.map(|(status, _)| status).ok(),
+            Some(503),
+            "a request was sent to a server never checked"
+        );
+    }
+    // A real application behind a new server comes into service once it passes its checks.
+    let (address, _stop) = app("local-0002", Duration::from_millis(10)).await;
+    haproxy
+        .register(&Target {
+            instance_id: "local-0002".into(),
+            address: address.to_string(),
+        })
+        .await
+        .unwrap();
+    eventually(
+        "the checked server healthy",
+        Duration::from_secs(15),
+        || async { target_state(&haproxy, "local-0002").await == Some(TargetState::Healthy) },
+    )
+    .await;
+    let (status, body) = get(listen, "/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("local-0002"), "{body}");
+    haproxy.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn target_state(haproxy: &Haproxy, instance_id: &str) -> Option<TargetState> {
+    target(haproxy, instance_id).await.map(|t| t.state)
+}
+
+/// Outside test, finding 9: a balancer port already in use is said as such, with the port.
+/// Before, the error was HAProxy's last log line, "Some protocols failed to start their
+/// listeners! Exiting.", which names neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_is_named_with_its_cause() {
+    let dir = std::env::temp_dir().join(format!("autoscaler-haproxy-busy-{}", std::process::id()));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap();
+    let config = HaproxyConfig {
+        binary: haproxy_binary(),
+        listen,
+        dir: dir.clone(),
+        health_path: "/healthz".into(),
+        check_interval: Duration::from_millis(500),
+        unhealthy_after: 2,
+        healthy_after: 1,
+    };
+    let error = Haproxy::start(config).await.unwrap_err().to_string();
+    assert!(error.contains("Address already in use"), "{error}");
+    assert!(error.contains(&listen.to_string()), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -146,9 +146,10 @@ pub(crate) async fn poll_once(
         },
     };
     let load = metrics.load_percent;
-    if !(0.0..=100.0).contains(&load) {
+    if !metrics.load_unknown && !(0.0..=100.0).contains(&load) {
         return missed(format!("load {load} is outside 0-100"));
     }
+    let load = (!metrics.load_unknown).then_some(load);
     let requests_per_second = metrics
         .requests_per_second
         .filter(|rate| rate.is_finite() && *rate >= 0.0);

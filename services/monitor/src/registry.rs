@@ -33,9 +33,10 @@ pub struct Registration {
 /// What one poll found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PollOutcome {
-    /// The agent answered with a valid load.
+    /// The agent answered with a valid load, or with none yet (`None`: its load source has not
+    /// answered it once).
     Answered {
-        load: f64,
+        load: Option<f64>,
         /// Requests per second of the instance's application, when its agent reports them.
         requests_per_second: Option<f64>,
     },
@@ -271,11 +272,13 @@ impl Registry {
                 view.consecutive_misses = 0;
                 view.last_seen = Some(Instant::now());
                 view.last_error = None;
-                view.load = Some(load);
-                if view.recent_loads.len() >= self.config.load_window {
-                    view.recent_loads.pop_front();
+                view.load = load;
+                if let Some(load) = load {
+                    if view.recent_loads.len() >= self.config.load_window {
+                        view.recent_loads.pop_front();
+                    }
+                    view.recent_loads.push_back(load);
                 }
-                view.recent_loads.push_back(load);
             }
             PollOutcome::Missed { reason } => {
                 view.consecutive_misses = view.consecutive_misses.saturating_add(1);

@@ -490,9 +490,14 @@ mod fake_agent {
                 agent_version: "fake".into(),
                 uptime_ms: 1,
                 sequence: request.into_inner().sequence,
-                metrics: (!self.old).then(|| v1::Metrics {
-                    load_percent: *self.load.lock().unwrap(),
-                    ..Default::default()
+                metrics: (!self.old).then(|| {
+                    // A negative load stands for "none yet".
+                    let load = *self.load.lock().unwrap();
+                    v1::Metrics {
+                        load_percent: load.max(0.0),
+                        load_unknown: load < 0.0,
+                        ..Default::default()
+                    }
                 }),
             }))
         }
@@ -633,6 +638,48 @@ async fn an_agent_older_than_pings_metrics_is_read_through_get_metrics() {
     let instance = view.get("old-1").unwrap();
     assert_eq!(instance.health, Health::Healthy, "{instance:?}");
     assert_eq!(instance.last_error, None, "{instance:?}");
+    monitor.stop().await;
+}
+
+/// Outside test, finding 7: an agent whose load source has not answered it yet (its
+/// application still starting) says so, and the monitor has it healthy with no load, not idle
+/// at 0 % (which counted as "its first load seen" and put it in service); its first real load
+/// is taken as it comes.
+#[tokio::test]
+async fn an_agent_without_a_load_yet_is_answering_with_no_load() {
+    let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(100))).await;
+    let load = std::sync::Arc::new(std::sync::Mutex::new(-1.0));
+    let address = fake_agent::serve(fake_agent::FakeAgent {
+        instance_id: "new-1".into(),
+        load: load.clone(),
+        old: false,
+        removals: std::sync::Arc::default(),
+    })
+    .await;
+    monitor
+        .monitor_client(Some(TOKEN))
+        .register(v1::RegisterRequest {
+            instance_id: "new-1".into(),
+            address: address.to_string(),
+            agent_version: "fake".into(),
+        })
+        .await
+        .unwrap();
+    let view = monitor
+        .wait_until("new-1 healthy", Duration::from_secs(10), |view| {
+            view.get("new-1")
+                .is_some_and(|i| i.health == Health::Healthy && i.last_seen.is_some())
+        })
+        .await;
+    let instance = view.get("new-1").unwrap();
+    assert_eq!(instance.load, None, "{instance:?}");
+    assert!(instance.recent_loads.is_empty(), "{instance:?}");
+    *load.lock().unwrap() = 35.0;
+    monitor
+        .wait_until("new-1 at 35 %", Duration::from_secs(10), |view| {
+            view.get("new-1").is_some_and(|i| i.load == Some(35.0))
+        })
+        .await;
     monitor.stop().await;
 }
 
