@@ -445,6 +445,15 @@ pub fn spawn_daemon_process(
 fn daemon_command(state_dir: &Path, port: u16, config_path: &Path) -> tokio::process::Command {
     // The daemon keeps the material it finds in `<state-dir>/tls`: the test group's.
     write_tls_dir(&state_dir.join("tls"));
+    bare_daemon_command(state_dir, port, config_path)
+}
+
+/// `daemon_command` without writing the TLS material first: the daemon finds what is there.
+pub fn bare_daemon_command(
+    state_dir: &Path,
+    port: u16,
+    config_path: &Path,
+) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(monitor_binary());
     command
         .arg("--config")
@@ -465,11 +474,16 @@ pub async fn spawn_standby_process(
     http: Option<u16>,
     config_path: &Path,
 ) -> tokio::process::Child {
-    use tokio::io::AsyncBufReadExt;
     let mut command = daemon_command(state_dir, port, config_path);
     if let Some(http) = http {
         command.args(["--http-listen", &format!("127.0.0.1:{http}")]);
     }
+    standing_by(command).await
+}
+
+/// Starts `command` (an `autoscaler-monitor`) and returns once it says it stands by.
+pub async fn standing_by(mut command: tokio::process::Command) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
     let mut child = command
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())

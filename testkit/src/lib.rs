@@ -26,7 +26,7 @@ pub use autoscaler_proto::tls::Role;
 #[cfg(feature = "fleet")]
 pub use fleet::*;
 pub use group::*;
-pub use http::http_get;
+pub use http::{http_get, try_http_get};
 pub use local::StateDir;
 pub use process::*;
 pub use wait::*;

@@ -540,6 +540,60 @@ impl TlsSource {
     }
 }
 
+/// Checks what the daemon tells its agents before it launches any: the address they reach the
+/// monitor at (`--advertise`), as an agent will read it, and a `--tls-dir` holding the material
+/// the monitor and (for the local provider, whose agents read it from there) the agents need.
+/// Each error names the flag or the file; nothing is launched on a setting that cannot work.
+pub fn check_flags(
+    config: &DaemonConfig,
+    advertise: &str,
+    tls: &TlsSource,
+) -> Result<(), DaemonError> {
+    let bad = |why: String| {
+        DaemonError::Config(DaemonConfigError::Parse(format!(
+            "--advertise {advertise:?}: {why}; it must be the HOST:PORT agents reach the monitor at"
+        )))
+    };
+    let uri: tonic::transport::Uri = format!("http://{}", advertise.trim())
+        .parse()
+        .map_err(|error| bad(format!("{error}")))?;
+    let authority = uri
+        .authority()
+        .filter(|_| uri.path() == "/" && uri.query().is_none())
+        .ok_or_else(|| bad("not a HOST:PORT".to_string()))?;
+    match authority.port_u16() {
+        None => return Err(bad("no port".to_string())),
+        Some(0) => return Err(bad("port 0 is no port an agent can reach".to_string())),
+        Some(_) => {}
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad("no host".to_string()));
+    }
+    if host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(bad(format!("{host} is no address an agent can reach")));
+    }
+    if let TlsSource::Dir(dir) = tls {
+        TlsMaterial::load(dir, Role::Monitor)
+            .map_err(|error| DaemonError::NoTls(format!("--tls-dir {}: {error}", dir.display())))?;
+        if matches!(config.provider, ProviderSection::Local(_)) {
+            TlsMaterial::load(dir, Role::Agent).map_err(|error| {
+                DaemonError::NoTls(format!(
+                    "--tls-dir {}: the local agents' material: {error}",
+                    dir.display()
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the monitor and the controller on `listener` until `shutdown` completes. Then the
 /// controller stops first (so nothing is replaced), the local instances are terminated (EC2
 /// instances stay: `cargo xtask down` removes them), and the monitor stops.
@@ -558,7 +612,6 @@ pub async fn run(
             let state_dir = local.state_dir.clone().unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("autoscaler-{}", config.group))
             });
-            let monitor_config = config.monitor_config();
             // With a store, a daemon leads only while it holds the lease: until then it stands
             // by, here.
             let store = match config.store.kind.unwrap_or(StoreKind::Sqlite) {
@@ -586,114 +639,133 @@ pub async fn run(
                     Some(Arc::new(store) as Arc<dyn Store>)
                 }
             };
-            let tls_dir = state_dir.join("tls");
-            let answering = Answering {
-                listener: &listener,
-                http: http.as_ref(),
-                token: &token,
-                tls: &options.tls,
-                group: &config.group,
-                made_in: Some(&tls_dir),
-                sdk: None,
-            };
-            let Some(leadership) =
-                Leadership::stand_by(store, &config, &options.advertise, answering, &mut shutdown)
-                    .await
-            else {
-                return Ok(());
-            };
-            // Resolved again once leading: it is made here if the standby found none.
-            let (transport, tls_dir) = options
-                .tls
-                .resolve(&config.group, Some(&tls_dir), None)
-                .await?;
-            let credentials = Credentials::new(token.clone(), transport);
-            let monitor = Monitor::start(monitor_config, credentials)?;
-            // Agents find the leader in a file the leader writes: they follow a standby that
-            // takes over (and carry no SQLite).
-            let monitor_file = match &leadership {
-                Some(_) => {
-                    let file = state_dir.join("leader");
-                    publish_file(&file, &options.advertise)?;
-                    Some(file)
-                }
-                None => None,
-            };
-            let beside = |name: &str| {
-                options
-                    .agent_binary
-                    .parent()
-                    .map_or_else(|| PathBuf::from(name), |dir| dir.join(name))
-            };
-            let app = local.app.then(|| LocalApp {
-                binary: local
-                    .app_binary
-                    .clone()
-                    .unwrap_or_else(|| beside("autoscaler-app")),
-                args: local.app_args.clone(),
-            });
-            let balancer = match &config.load_balancer {
-                Some(LoadBalancerSection::Haproxy(haproxy)) => {
-                    if app.is_none() {
+            loop {
+                let tls_dir = state_dir.join("tls");
+                let answering = Answering {
+                    listener: &listener,
+                    http: http.as_ref(),
+                    token: &token,
+                    tls: &options.tls,
+                    group: &config.group,
+                    made_in: Some(&tls_dir),
+                    sdk: None,
+                };
+                let Some(leadership) = Leadership::stand_by(
+                    store.clone(),
+                    &config,
+                    &options.advertise,
+                    answering,
+                    &mut shutdown,
+                )
+                .await
+                else {
+                    return Ok(());
+                };
+                // Resolved again once leading: it is made here if the standby found none.
+                let (transport, tls_dir) = options
+                    .tls
+                    .resolve(&config.group, Some(&tls_dir), None)
+                    .await?;
+                let credentials = Credentials::new(token.clone(), transport);
+                let monitor = Monitor::start(config.monitor_config(), credentials)?;
+                // Agents find the leader in a file the leader writes: they follow a standby that
+                // takes over (and carry no SQLite).
+                let monitor_file = match &leadership {
+                    Some(_) => {
+                        let file = state_dir.join("leader");
+                        publish_file(&file, &options.advertise)?;
+                        Some(file)
+                    }
+                    None => None,
+                };
+                let beside = |name: &str| {
+                    options
+                        .agent_binary
+                        .parent()
+                        .map_or_else(|| PathBuf::from(name), |dir| dir.join(name))
+                };
+                let app = local.app.then(|| LocalApp {
+                    binary: local
+                        .app_binary
+                        .clone()
+                        .unwrap_or_else(|| beside("autoscaler-app")),
+                    args: local.app_args.clone(),
+                });
+                let balancer = match &config.load_balancer {
+                    Some(LoadBalancerSection::Haproxy(haproxy)) => {
+                        if app.is_none() {
+                            return Err(DaemonError::Provider(
+                                "a load balancer needs an application to send requests to: set \
+                                 `provider.app = true`"
+                                    .to_string(),
+                            ));
+                        }
+                        Some(Arc::new(
+                            Haproxy::start(haproxy_config(haproxy, &state_dir)?)
+                                .await
+                                .map_err(|error| DaemonError::Provider(error.to_string()))?,
+                        ))
+                    }
+                    Some(LoadBalancerSection::Elb(_)) => {
                         return Err(DaemonError::Provider(
-                            "a load balancer needs an application to send requests to: set \
-                             `provider.app = true`"
+                            "`load_balancer.kind = \"elb\"` is the EC2 provider's balancer; locally, use \"haproxy\""
                                 .to_string(),
                         ));
                     }
-                    Some(Arc::new(
-                        Haproxy::start(haproxy_config(haproxy, &state_dir)?)
-                            .await
-                            .map_err(|error| DaemonError::Provider(error.to_string()))?,
-                    ))
+                    None => None,
+                };
+                let cloud = Arc::new(
+                    LocalCloud::open(LocalConfig {
+                        state_dir: state_dir.clone(),
+                        agent_binary: local
+                            .agent_binary
+                            .clone()
+                            .unwrap_or_else(|| options.agent_binary.clone()),
+                        monitor_address: options.advertise.clone(),
+                        monitor_file,
+                        agent_env: AgentEnv(vec![(
+                            "AUTOSCALER_TOKEN".to_string(),
+                            token.expose().to_string(),
+                        )]),
+                        tls_dir,
+                        agent_args: local.agent_args.clone(),
+                        terminate_grace: Duration::from_millis(local.terminate_grace_ms),
+                        app,
+                    })
+                    .map_err(|error| DaemonError::Provider(error.to_string()))?,
+                );
+                tracing::info!(state_dir = %cloud.state_dir().display(), "local provider");
+                let leaving = cloud.clone();
+                let leaving_balancer = balancer.clone();
+                // A successor keeps the instances (and runs its own HAProxy): they are left to it.
+                let leaving = move |handed_over: bool| async move {
+                    if handed_over {
+                        tracing::info!("another daemon leads now: its instances are left to it");
+                        return;
+                    }
+                    leaving.terminate_all().await;
+                    if let Some(haproxy) = leaving_balancer {
+                        haproxy.stop().await;
+                    }
+                };
+                let balancer = balancer.map(|haproxy| haproxy as Arc<dyn Balancer>);
+                let ended = serve(
+                    &config,
+                    monitor,
+                    cloud,
+                    balancer,
+                    leadership,
+                    Listeners::dup(&listener, http.as_ref())?,
+                    shutdown.as_mut(),
+                    leaving,
+                )
+                .await;
+                match ended {
+                    // The term ended, not the daemon: it stands by, and leads again when it can.
+                    Err(DaemonError::LostLease(_)) => continue,
+                    other => return other,
                 }
-                Some(LoadBalancerSection::Elb(_)) => {
-                    return Err(DaemonError::Provider(
-                        "`load_balancer.kind = \"elb\"` is the EC2 provider's balancer; locally, use \"haproxy\""
-                            .to_string(),
-                    ));
-                }
-                None => None,
-            };
-            let cloud = Arc::new(
-                LocalCloud::open(LocalConfig {
-                    state_dir,
-                    agent_binary: local
-                        .agent_binary
-                        .clone()
-                        .unwrap_or_else(|| options.agent_binary.clone()),
-                    monitor_address: options.advertise.clone(),
-                    monitor_file,
-                    agent_env: AgentEnv(vec![(
-                        "AUTOSCALER_TOKEN".to_string(),
-                        token.expose().to_string(),
-                    )]),
-                    tls_dir,
-                    agent_args: local.agent_args.clone(),
-                    terminate_grace: Duration::from_millis(local.terminate_grace_ms),
-                    app,
-                })
-                .map_err(|error| DaemonError::Provider(error.to_string()))?,
-            );
-            tracing::info!(state_dir = %cloud.state_dir().display(), "local provider");
-            let leaving = cloud.clone();
-            let leaving_balancer = balancer.clone();
-            // A successor keeps the instances (and runs its own HAProxy): they are left to it.
-            let leaving = move |handed_over: bool| async move {
-                if handed_over {
-                    tracing::info!("another daemon leads now: its instances are left to it");
-                    return;
-                }
-                leaving.terminate_all().await;
-                if let Some(haproxy) = leaving_balancer {
-                    haproxy.stop().await;
-                }
-            };
-            let balancer = balancer.map(|haproxy| haproxy as Arc<dyn Balancer>);
-            serve(
-                &config, monitor, cloud, balancer, leadership, listener, http, shutdown, leaving,
-            )
-            .await
+            }
         }
         #[cfg(not(feature = "ec2"))]
         ProviderSection::Ec2(_) => Err(DaemonError::Provider(
@@ -739,58 +811,69 @@ pub async fn run(
                     })?))
                 }
             };
-            let answering = Answering {
-                listener: &listener,
-                http: http.as_ref(),
-                token: &token,
-                tls: &options.tls,
-                group: &config.group,
-                made_in: None,
-                sdk: Some(sdk),
-            };
-            let Some(leadership) =
-                Leadership::stand_by(store, &config, &options.advertise, answering, &mut shutdown)
-                    .await
-            else {
-                return Ok(());
-            };
-            let mut cloud = Ec2Cloud::open(sdk, &config.group, ec2)
+            loop {
+                let answering = Answering {
+                    listener: &listener,
+                    http: http.as_ref(),
+                    token: &token,
+                    tls: &options.tls,
+                    group: &config.group,
+                    made_in: None,
+                    sdk: Some(sdk),
+                };
+                let Some(leadership) = Leadership::stand_by(
+                    store.clone(),
+                    &config,
+                    &options.advertise,
+                    answering,
+                    &mut shutdown,
+                )
                 .await
-                .map_err(|error| DaemonError::Provider(error.to_string()))?;
-            if let Some(leadership) = &leadership {
-                cloud = cloud.with_epoch(leadership.lease.epoch);
+                else {
+                    return Ok(());
+                };
+                let mut cloud = Ec2Cloud::open(sdk, &config.group, ec2.clone())
+                    .await
+                    .map_err(|error| DaemonError::Provider(error.to_string()))?;
+                if let Some(leadership) = &leadership {
+                    cloud = cloud.with_epoch(leadership.lease.epoch);
+                }
+                let mut balancer: Option<Arc<dyn Balancer>> = None;
+                if let Some(LoadBalancerSection::Elb(elb)) = &config.load_balancer {
+                    let group =
+                        TargetGroup::open(sdk, &config.group, &elb.target_group_arn, elb.app_port)
+                            .await
+                            .map_err(|error| DaemonError::Provider(error.to_string()))?;
+                    tracing::info!(target_group = %group.arn(), port = elb.app_port, "load balancer");
+                    cloud = cloud.with_app(elb.app_port, AGENT_APP_USER_DATA);
+                    balancer = Some(Arc::new(group));
+                }
+                let cloud = Arc::new(cloud);
+                tracing::info!(ami = %cloud.config().ami_id, subnets = ?cloud.config().subnet_ids, "EC2 provider");
+                // Read again once leading, not taken from the standby's: it may have changed in SSM
+                // while this host stood by.
+                let (transport, _) = options.tls.resolve(&config.group, None, Some(sdk)).await?;
+                let credentials = Credentials::new(token.clone(), transport);
+                let monitor = Monitor::start(config.monitor_config(), credentials)?;
+                // The leader publishes its address; agents read it again at every registration.
+                publish_address(sdk, &config.group, &options.advertise).await?;
+                let ended = serve(
+                    &config,
+                    monitor,
+                    cloud,
+                    balancer,
+                    leadership,
+                    Listeners::dup(&listener, http.as_ref())?,
+                    shutdown.as_mut(),
+                    |_| async {},
+                )
+                .await;
+                match ended {
+                    // The term ended, not the daemon: it stands by, and leads again when it can.
+                    Err(DaemonError::LostLease(_)) => continue,
+                    other => return other,
+                }
             }
-            let mut balancer: Option<Arc<dyn Balancer>> = None;
-            if let Some(LoadBalancerSection::Elb(elb)) = &config.load_balancer {
-                let group =
-                    TargetGroup::open(sdk, &config.group, &elb.target_group_arn, elb.app_port)
-                        .await
-                        .map_err(|error| DaemonError::Provider(error.to_string()))?;
-                tracing::info!(target_group = %group.arn(), port = elb.app_port, "load balancer");
-                cloud = cloud.with_app(elb.app_port, AGENT_APP_USER_DATA);
-                balancer = Some(Arc::new(group));
-            }
-            let cloud = Arc::new(cloud);
-            tracing::info!(ami = %cloud.config().ami_id, subnets = ?cloud.config().subnet_ids, "EC2 provider");
-            // Read again once leading, not taken from the standby's: it may have changed in SSM
-            // while this host stood by.
-            let (transport, _) = options.tls.resolve(&config.group, None, Some(sdk)).await?;
-            let credentials = Credentials::new(token, transport);
-            let monitor = Monitor::start(config.monitor_config(), credentials)?;
-            // The leader publishes its address; agents read it again at every registration.
-            publish_address(sdk, &config.group, &options.advertise).await?;
-            serve(
-                &config,
-                monitor,
-                cloud,
-                balancer,
-                leadership,
-                listener,
-                http,
-                shutdown,
-                |_| async {},
-            )
-            .await
         }
     }
 }
@@ -882,11 +965,14 @@ async fn serve<C: Cloud, L: Future<Output = ()>>(
     cloud: Arc<C>,
     balancer: Option<Arc<dyn Balancer>>,
     leadership: Option<Leadership>,
-    listener: TcpListener,
-    http: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
     leaving: impl FnOnce(bool) -> L,
 ) -> Result<(), DaemonError> {
+    let Listeners {
+        grpc: listener,
+        http,
+    } = listeners;
     let registry = monitor.registry().clone();
     let mut controller = Controller::new(
         cloud,
@@ -939,6 +1025,7 @@ async fn serve<C: Cloud, L: Future<Output = ()>>(
             status: status.clone(),
             history,
             load_marks: config.controller.policy.load_marks(),
+            fence: leadership.as_ref().map(|l| l.fence.clone()),
         });
         dashboard = Supervised::spawn("the dashboard", async {
             crate::http::serve(http, page, async {
@@ -994,7 +1081,7 @@ async fn serve<C: Cloud, L: Future<Output = ()>>(
     let lost = leadership.is_some() && lease.handle.is_none();
     match &failure {
         None => tracing::info!("stopping: the controller first, then the monitor"),
-        Some(why) if lost => tracing::error!("{why}"),
+        Some(why) if lost => tracing::warn!("the term ended: {why}"),
         Some(why) => tracing::error!("{why}; stopping the daemon rather than run half alive"),
     }
     let _ = stop_controller.send(());
@@ -1026,6 +1113,25 @@ async fn serve<C: Cloud, L: Future<Output = ()>>(
     match errors.is_empty() {
         true => Ok(()),
         false => Err(DaemonError::Task(errors.join("; "))),
+    }
+}
+
+/// The sockets one term serves on: handles on the daemon's own listeners, which stay bound
+/// (and queue their clients) while it stands by between terms.
+struct Listeners {
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+}
+
+impl Listeners {
+    fn dup(grpc: &TcpListener, http: Option<&TcpListener>) -> Result<Listeners, DaemonError> {
+        Ok(Listeners {
+            grpc: crate::standby::shared(grpc).map_err(DaemonError::Listener)?,
+            http: http
+                .map(crate::standby::shared)
+                .transpose()
+                .map_err(DaemonError::Listener)?,
+        })
     }
 }
 
@@ -1065,16 +1171,29 @@ impl Leadership {
         match store {
             None => Some(None),
             Some(store) => {
-                let credentials = answering
-                    .tls
-                    .existing(answering.group, answering.made_in, answering.sdk)
-                    .await
-                    .map(|transport| Credentials::new(answering.token.clone(), transport));
+                // The material as it is, or once the leader has made it (locally) or put it in
+                // SSM (on AWS, read less often).
+                let credentials = async {
+                    let every = match answering.sdk {
+                        Some(_) => Duration::from_secs(2),
+                        None => Duration::from_millis(100),
+                    };
+                    loop {
+                        if let Some(transport) = answering
+                            .tls
+                            .existing(answering.group, answering.made_in, answering.sdk)
+                            .await
+                        {
+                            return Credentials::new(answering.token.clone(), transport);
+                        }
+                        tokio::time::sleep(every).await;
+                    }
+                };
                 crate::standby::while_standing_by(
                     crate::standby::Standby::new(store.clone()),
                     answering.listener,
                     answering.http,
-                    credentials.as_ref(),
+                    credentials,
                     Leadership::wait(store, config, &holder_of(advertise), advertise, shutdown),
                 )
                 .await
@@ -1124,7 +1243,7 @@ impl Leadership {
             self.fence.clone(),
             self.timing,
         );
-        async move { Err(renewal.await) }
+        async move { Err(renewal.await.to_string()) }
     }
 
     /// Gives the lease up and waits a moment for a standby to take it: whether one did (then
@@ -1151,14 +1270,19 @@ impl Leadership {
     }
 }
 
-/// Who holds the lease: the address the daemon serves at, on this host. The same daemon started
-/// again (only one process can listen there) takes its lease back at once, without waiting
-/// for it to run out; any other daemon is another holder.
+/// Who holds the lease: this process, named by the address it serves at, its host and an
+/// incarnation of its own (its pid and the moment it first asked). A daemon started again is
+/// another holder: it never renews its predecessor's lease (it waits for it to run out, or
+/// takes it at once after a clean stop released it), so every term has an epoch of its own and
+/// no record of an earlier term is replaced. The same process keeps its name from term to term.
 fn holder_of(advertise: &str) -> String {
+    static INCARNATION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let incarnation = INCARNATION
+        .get_or_init(|| format!("{}.{:x}", std::process::id(), autoscaler_store::now_ms()));
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_string())
         .unwrap_or_default();
-    format!("{advertise}@{host}")
+    format!("{advertise}@{host}#{incarnation}")
 }
 
 /// Writes `text` to `path` whole (a reader never sees half of it).

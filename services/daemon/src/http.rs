@@ -29,6 +29,9 @@ pub struct Dashboard {
     pub history: Arc<History>,
     /// The loads at which the live policy acts (its target, or its thresholds), percent.
     pub load_marks: Vec<(f64, &'static str)>,
+    /// The lease this daemon leads by, when it has a store: `autoscaler_leader` is 0 the moment
+    /// its term ends (not once the daemon has stopped serving it).
+    pub fence: Option<Arc<crate::leader::LeaseFence>>,
 }
 
 /// The help of `autoscaler_leader`, which the leader reports as 1 and a standby as 0.
@@ -225,7 +228,8 @@ pub fn render_metrics(dashboard: &Dashboard) -> String {
         "Lower bound of the fleet",
         gauge(report.min_instances.into()),
     );
-    metrics.register("autoscaler_leader", LEADER_HELP, gauge(1));
+    let leads = dashboard.fence.as_ref().is_none_or(|fence| !fence.ended());
+    metrics.register("autoscaler_leader", LEADER_HELP, gauge(u64::from(leads)));
     metrics.register(
         "autoscaler_max_instances",
         "Upper bound of the fleet",

@@ -3,7 +3,13 @@
 //! and take over when it runs out. The leader renews it every third of its duration; its
 //! controller checks before every provider call that the lease is certainly still held (renewed
 //! less than two thirds of a lease ago, by the monotonic clock), so a leader that was frozen or
-//! cut off acts no more once its successor may act; and a leader that cannot renew steps down.
+//! cut off acts no more once its successor may act.
+//!
+//! A term is one holding of the lease by one process: its holder names the process (its
+//! address, host and an incarnation of its own), so a daemon started again never renews its
+//! predecessor's lease, and every term has an epoch of its own. A term ends when the lease is
+//! lost; the process then stands by, and a new term begins when it takes the lease again (at
+//! once when the lease ran out and nobody else took it).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +50,8 @@ pub struct LeaseFence {
     epoch: AtomicU64,
     /// When the last successful renewal began.
     renewed: Mutex<Instant>,
+    /// Set when the term ended (the lease lost): nothing more is done in it.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl LeaseFence {
@@ -52,7 +60,18 @@ impl LeaseFence {
             timing,
             epoch: AtomicU64::new(lease.epoch),
             renewed: Mutex::new(asked_at),
+            ended: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The term ended: the controller acts no more in it, and the daemon no longer says it
+    /// leads, from this moment on.
+    pub fn end(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+    }
+
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
     }
 
     fn renewed(&self, asked_at: Instant) {
@@ -70,7 +89,7 @@ impl LeaseFence {
 
 impl Fence for LeaseFence {
     fn holds(&self) -> bool {
-        self.since_renewal() < self.timing.trusted_for()
+        !self.ended() && self.since_renewal() < self.timing.trusted_for()
     }
 
     fn epoch(&self) -> u64 {
@@ -111,15 +130,48 @@ pub async fn wait_to_lead(
     }
 }
 
-/// Renews the lease every heartbeat until it cannot: returns why the leader must step down
-/// (another daemon took the lease, or the store was out of reach for too long to be sure).
+/// How a term ended, and why (one line, for the log and the decision record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lost {
+    /// The lease ran out and this daemon took it again: a new term begins at once.
+    RanOut(String),
+    /// Another daemon took the lease: this one stands by.
+    Taken(String),
+    /// The store was out of reach for too long to be sure: this one stands by, trying for the
+    /// lease, and leads again when it can take it.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lost::RanOut(why) | Lost::Taken(why) | Lost::Unreachable(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Renews the lease every heartbeat until it cannot: returns how the term ended (the lease
+/// ran out and was taken again, another daemon took it, or the store was out of reach for too
+/// long to be sure).
 pub async fn keep(
     store: Arc<dyn Store>,
     holder: String,
     address: String,
     fence: Arc<LeaseFence>,
     timing: LeaseTiming,
-) -> String {
+) -> Lost {
+    let lost = renew(store, holder, address, fence.clone(), timing).await;
+    fence.end();
+    lost
+}
+
+async fn renew(
+    store: Arc<dyn Store>,
+    holder: String,
+    address: String,
+    fence: Arc<LeaseFence>,
+    timing: LeaseTiming,
+) -> Lost {
     let mut ticker = tokio::time::interval(timing.heartbeat());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -138,22 +190,31 @@ pub async fn keep(
         });
         match renewal {
             Ok(Some(lease)) if lease.epoch == fence.epoch() => fence.renewed(asked_at),
+            // The holder names this process alone: the lease ran out while it was held up (a
+            // freeze, a suspend), nobody else took it, and this renewal took it again, at a new
+            // epoch. That is a new term: it begins as any leader's does, from the store.
             Ok(Some(lease)) => {
-                return format!(
-                    "the lease ran out and was taken again at epoch {} (this term was {}): stepping down",
+                return Lost::RanOut(format!(
+                    "the lease ran out while this daemon was held up ({:.1} s since its last \
+                     renewal) and nobody else took it: leading again, as a new term (epoch {}; \
+                     this term was {})",
+                    fence.since_renewal().as_secs_f64(),
                     lease.epoch,
                     fence.epoch()
-                );
+                ));
             }
-            Ok(None) => return "another daemon holds the lease: stepping down".to_string(),
+            Ok(None) => {
+                return Lost::Taken("another daemon took the lease: standing by".to_string());
+            }
             Err(error) if fence.holds() => {
                 tracing::warn!(%error, "cannot renew the lease; trying again");
             }
             Err(error) => {
-                return format!(
-                    "could not renew the lease for {:.1} s ({error}): stepping down rather than act blind",
+                return Lost::Unreachable(format!(
+                    "could not renew the lease for {:.1} s ({error}): standing by rather than act \
+                     blind",
                     fence.since_renewal().as_secs_f64()
-                );
+                ));
             }
         }
     }

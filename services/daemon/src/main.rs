@@ -208,6 +208,9 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             (Some(dir), false) => daemon::TlsSource::Dir(dir.clone()),
             (None, false) => daemon::TlsSource::Auto,
         };
+        // What can be checked before anything is launched is checked (exit 64, naming the flag
+        // or the file).
+        daemon::check_flags(&config, &advertise, &tls)?;
         if flags.no_controller {
             // The Status service, the dashboard and /metrics report the controller's view:
             // alone, the monitor serves registration, health and reflection, and says so.

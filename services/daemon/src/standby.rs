@@ -139,7 +139,7 @@ impl Standby {
 
 /// A second handle on `listener`'s socket, which the standby accepts on and drops when it
 /// leads, leaving the socket to the leader's servers.
-fn shared(listener: &TcpListener) -> std::io::Result<TcpListener> {
+pub(crate) fn shared(listener: &TcpListener) -> std::io::Result<TcpListener> {
     use std::os::fd::AsFd;
     let socket = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
     socket.set_nonblocking(true)?;
@@ -172,13 +172,14 @@ const HAND_OVER: Duration = Duration::from_secs(5);
 
 /// Runs `wait` (standing by until this daemon leads) while answering on `listener` and `http`
 /// as a standby; returns what `wait` returns, once the standby's servers have sent their
-/// clients away. Without TLS material yet (`credentials` `None`), gRPC is answered once the
-/// daemon leads.
+/// clients away. gRPC is answered from the moment `credentials` gives the TLS material (at
+/// once when it is already there; a standby started before the leader made it waits for it,
+/// and its clients' connections wait in the listener's queue, then get the leader's name).
 pub async fn while_standing_by<T>(
     standby: Standby,
     listener: &TcpListener,
     http: Option<&TcpListener>,
-    credentials: Option<&Credentials>,
+    credentials: impl Future<Output = Credentials>,
     wait: impl Future<Output = T>,
 ) -> T {
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -186,10 +187,13 @@ pub async fn while_standing_by<T>(
         let _ = stopped.wait_for(|stop| *stop).await;
     };
     let grpc = async {
-        if let Some(credentials) = credentials
-            && let Err(error) = standby
-                .serve_grpc(listener, credentials, until(stopped.clone()))
-                .await
+        let credentials = tokio::select! {
+            credentials = credentials => credentials,
+            () = until(stopped.clone()) => return,
+        };
+        if let Err(error) = standby
+            .serve_grpc(listener, &credentials, until(stopped.clone()))
+            .await
         {
             tracing::warn!(%error, "the standby's gRPC answers stopped");
         }
@@ -205,8 +209,8 @@ pub async fn while_standing_by<T>(
     let mut wait = std::pin::pin!(wait);
     let (led, ended) = tokio::select! {
         led = &mut wait => (led, false),
-        // They end only when stopped, or when they cannot serve (nothing to serve, or a
-        // failure): the daemon still waits to lead.
+        // They end only when stopped, or when they cannot serve (a failure): the daemon still
+        // waits to lead.
         _ = &mut servers => (wait.await, true),
     };
     let _ = stop.send(true);

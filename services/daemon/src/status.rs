@@ -247,8 +247,39 @@ impl StatusService {
         let Some(term) = &self.term else {
             return Err("this daemon keeps no activity history (it has no store)".to_string());
         };
-        read_activity(&*term.store, since_ms, limit).await
+        let stored = read_activity(&*term.store, since_ms, limit).await?;
+        let live = self.report(0).decisions;
+        Ok(newest(stored, &live, term.epoch, since_ms, limit))
     }
+}
+
+/// One history, the newest: the records as the store has them, with this term's records as the
+/// controller keeps them now in their place (the store has a folded record as it was last
+/// written, up to ten seconds ago) and those not yet written after them. Every view of the
+/// history (GetActivity, the dashboard, `/api/status`) reads this, and agrees with GetStatus.
+pub fn newest(
+    mut stored: Vec<v1::DecisionRecord>,
+    live: &[v1::DecisionRecord],
+    epoch: u64,
+    since_ms: i64,
+    limit: usize,
+) -> Vec<v1::DecisionRecord> {
+    for record in live.iter().filter(|r| r.epoch == epoch) {
+        let kept = stored
+            .iter()
+            .position(|s| s.epoch == epoch && s.sequence == record.sequence);
+        let after_all = stored
+            .last()
+            .is_none_or(|last| (last.epoch, last.sequence) < (epoch, record.sequence));
+        match kept {
+            Some(at) => stored[at] = record.clone(),
+            None if after_all && record.at_unix_ms >= since_ms => stored.push(record.clone()),
+            None => {}
+        }
+    }
+    let extra = stored.len().saturating_sub(limit);
+    stored.drain(..extra);
+    stored
 }
 
 /// The activity history `store` keeps since `since_ms`, oldest first, at most the newest
@@ -382,6 +413,51 @@ mod tests {
         assert_eq!(
             samples[2].observed, 0,
             "a fleet at 0 after its start is drawn as it is"
+        );
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    fn record(epoch: u64, sequence: u64, at: i64, repeated: u32) -> v1::DecisionRecord {
+        v1::DecisionRecord {
+            epoch,
+            sequence,
+            at_unix_ms: at,
+            repeated,
+            ..v1::DecisionRecord::default()
+        }
+    }
+
+    /// Outside test, finding 10: the store holds a folded record as it was last written (up
+    /// to 10 s ago); the history every view serves has it as the controller keeps it now, and
+    /// the records not written yet after it. Before, `/api/status` and GetStatus disagreed.
+    #[test]
+    fn the_history_served_is_the_newest() {
+        let stored = vec![
+            record(1, 7, 1_000, 0),
+            record(2, 1, 2_000, 0),
+            record(2, 2, 3_000, 3),
+        ];
+        let live = [record(2, 2, 12_000, 9), record(2, 3, 13_000, 0)];
+        let served = newest(stored.clone(), &live, 2, 0, 100);
+        let key = |r: &v1::DecisionRecord| (r.epoch, r.sequence, r.at_unix_ms, r.repeated);
+        assert_eq!(
+            served.iter().map(key).collect::<Vec<_>>(),
+            [
+                (1, 7, 1_000, 0),
+                (2, 1, 2_000, 0),
+                (2, 2, 12_000, 9),
+                (2, 3, 13_000, 0)
+            ]
+        );
+        // The newest `limit`, and a record of another term is never replaced.
+        let served = newest(stored, &[record(1, 7, 9_000, 5)], 2, 0, 2);
+        assert_eq!(
+            served.iter().map(key).collect::<Vec<_>>(),
+            [(2, 1, 2_000, 0), (2, 2, 3_000, 3)]
         );
     }
 }

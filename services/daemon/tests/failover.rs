@@ -1,8 +1,9 @@
 //! Leader and standby on one machine, as processes sharing a state dir (and its SQLite store):
 //! a standby takes over a leader killed with SIGKILL, frozen with SIGSTOP past its lease, or
 //! stopped cleanly (at once, keeping the instances); a deposed leader that comes back acts no
-//! more and steps down; with the store out of reach the leader steps down rather than act blind,
-//! and the fleet stays as it is. No instance is ever launched twice, and the activity history
+//! more and stands by in the same process; with the store out of reach the leader stands by
+//! rather than act blind, the fleet stays as it is, and it leads again when the store is back; a
+//! lone leader frozen past its lease, or restarted within it, leads on in a new term. No instance is ever launched twice, and the activity history
 //! outlives every change of leader (counting the quiet evaluations folded into a record). A
 //! standby answers while it waits (health, the history, UNAVAILABLE naming the leader).
 
@@ -132,6 +133,111 @@ async fn stored(state_dir: &std::path::Path, epoch: u64, sequence: u64) -> Vec<v
         .collect()
 }
 
+/// Waits until the daemon whose dashboard is at `http` stands by, naming the leader at
+/// `leader`, and reports `autoscaler_leader 0`.
+async fn stands_by(http: u16, leader: u16) {
+    let leader = format!("127.0.0.1:{leader}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = try_http_get(loopback(http), "/healthz")
+            .await
+            .unwrap_or_default();
+        let (_, metrics) = try_http_get(loopback(http), "/metrics")
+            .await
+            .unwrap_or_default();
+        if body.contains("stands by")
+            && body.contains(&leader)
+            && metrics.contains("autoscaler_leader 0")
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not standing by within 20 s: {body} / {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every record the store of `state_dir` holds, as (epoch, sequence, first written at).
+async fn stored_keys(state_dir: &std::path::Path) -> BTreeSet<(u64, u64, i64)> {
+    use autoscaler_store::Store as _;
+    let store = autoscaler_store::SqliteStore::open(&state_dir.join("store.sqlite")).unwrap();
+    store
+        .activity(0, 100_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| (a.epoch, a.sequence, a.at_ms))
+        .collect()
+}
+
+/// Outside test, findings 1 and 2 (what a term is), with one daemon: frozen past its lease
+/// with nobody else to take it, it takes the lease again at a new epoch and goes on leading
+/// the same fleet (before, it deposed itself and exited 75, leaving its agents unmanaged);
+/// killed and started again at once, inside its lease, the new process is a new term and no
+/// record of the earlier terms is replaced (before, it renewed its predecessor's lease, numbered
+/// its records from 1 again in the same epoch and overwrote them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_leader_frozen_or_restarted_within_its_lease_leads_on_in_a_new_term() {
+    let state_dir = StateDir::new("lone-term");
+    let config = process_config_file(&state_dir.0, 4, 30.0);
+    let port = free_port();
+    let mut daemon = spawn_daemon_process(&state_dir.0, port, &config);
+    let fleet = listed(&leads(port, 2, "2 instances").await);
+
+    // 1. Frozen for 5 s, past its 3 s lease, with no other daemon.
+    signal(&daemon, Signal::SIGSTOP);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    signal(&daemon, Signal::SIGCONT);
+    let resumed = Instant::now();
+    let mut client = status_client(loopback(port));
+    let again = wait_status(&mut client, "led again", 2, Duration::from_secs(60), |s| {
+        reported(s).len() == 2 && s.decisions.iter().any(|d| d.epoch == 2)
+    })
+    .await;
+    eprintln!(
+        "figure: a lone leader frozen past its lease leads again {:.1} s after it resumed",
+        resumed.elapsed().as_secs_f64()
+    );
+    assert!(daemon.try_wait().unwrap().is_none(), "it did not exit");
+    assert_eq!(listed(&again), fleet, "the same fleet");
+    assert_eq!(launched_ever(&state_dir.0), 2, "nothing launched twice");
+
+    // 2. Killed and started again at once, inside its lease.
+    let before = stored_keys(&state_dir.0).await;
+    assert!(before.iter().any(|(epoch, _, _)| *epoch == 1), "{before:?}");
+    signal(&daemon, Signal::SIGKILL);
+    let _ = daemon.wait().await;
+    let mut daemon = spawn_daemon_process(&state_dir.0, port, &config);
+    let mut client = status_client(loopback(port));
+    let third = wait_status(&mut client, "a new term", 2, Duration::from_secs(60), |s| {
+        reported(s).len() == 2 && !s.decisions.is_empty()
+    })
+    .await;
+    let epoch = third.decisions.last().unwrap().epoch;
+    assert_eq!(epoch, 3, "the restarted daemon's own term");
+    // Its records are written; every record of the earlier terms is still there, as written.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let after = stored_keys(&state_dir.0).await;
+        if after.iter().any(|(e, _, _)| *e == 3) {
+            let lost: Vec<_> = before.difference(&after).collect();
+            assert!(
+                lost.is_empty(),
+                "records of earlier terms replaced: {lost:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new term wrote no record");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed(&third), fleet, "the same fleet");
+    assert_eq!(launched_ever(&state_dir.0), 2, "nothing launched twice");
+    signal(&daemon, Signal::SIGTERM);
+    assert_eq!(exit_code(&mut daemon, "the daemon").await, Some(0));
+}
+
 /// How many instances the local provider has ever launched (its next id, less one).
 fn launched_ever(state_dir: &std::path::Path) -> u64 {
     std::fs::read_to_string(state_dir.join("next-id"))
@@ -194,10 +300,12 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
         frozen.elapsed().as_secs_f64()
     );
     signal(&b, Signal::SIGCONT);
-    assert_eq!(
-        exit_code(&mut b, "the deposed leader").await,
-        Some(75),
-        "a deposed leader steps down (exit 75)"
+    // The deposed leader stands by in the same process (it does not exit): it says so, and
+    // names the leader that took the lease.
+    stands_by(http_b, port_a).await;
+    assert!(
+        b.try_wait().unwrap().is_none(),
+        "the deposed leader is still running"
     );
     let records = history(port_a).await;
     let third_began = records
@@ -219,8 +327,8 @@ async fn a_standby_takes_over_a_killed_a_frozen_and_a_stopped_leader() {
         fleet
     );
 
-    // 3. A clean stop hands the lease over at once, and the instances with it.
-    let mut b = spawn_standby_process(&state_dir.0, port_b, None, &config).await;
+    // 3. A clean stop hands the lease over at once, and the instances with it: to b, which
+    // has stood by since it was deposed.
     let stopped = Instant::now();
     signal(&a, Signal::SIGTERM);
     assert_eq!(exit_code(&mut a, "the stopped leader").await, Some(0));
@@ -313,18 +421,35 @@ async fn with_the_store_out_of_reach_the_leader_steps_down_and_the_fleet_stays()
         connection.execute_batch("ROLLBACK").unwrap();
     });
     is_locked.recv().unwrap();
-    assert_eq!(
-        exit_code(&mut daemon, "the leader without its store").await,
-        Some(75),
-        "it steps down"
-    );
+    // It steps down, and stands by in the same process: asked, it says so.
+    let mut client = status_client(loopback(port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get_status(v1::GetStatusRequest::default()),
+        )
+        .await;
+        if let Ok(Err(status)) = &answer
+            && status.code() == tonic::Code::Unavailable
+            && status.message().contains("stands by")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still leading without its store: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(daemon.try_wait().unwrap().is_none(), "it did not exit");
     // It left its instances running: whoever leads next adopts them.
     for pid in &pids {
         assert!(alive(*pid), "agent {pid} was stopped");
     }
     release.send(()).unwrap();
     holder.join().unwrap();
-    let mut daemon = spawn_daemon_process(&state_dir.0, port, &config);
+    // The store back, the same process leads again.
     assert_eq!(listed(&leads(port, 2, "led again").await), fleet);
     assert_eq!(launched_ever(&state_dir.0), 2, "nothing launched twice");
     signal(&daemon, Signal::SIGTERM);
@@ -361,4 +486,45 @@ async fn a_store_that_is_not_one_stops_the_daemon_naming_it_and_is_left_alone() 
     );
     assert_eq!(std::fs::read(&store).unwrap(), garbage, "left as it was");
     assert!(state_dir.pids().is_empty(), "nothing launched");
+}
+
+/// Outside test, finding 5: a standby started before the group's TLS material exists (the
+/// leader makes it when its term begins) answers once it is there, naming the leader. Before,
+/// it accepted connections and never completed a handshake: its clients got transport errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_started_before_the_tls_material_answers_once_it_is_there() {
+    use autoscaler_store::Store as _;
+    let state_dir = StateDir::new("standby-no-tls");
+    let config = process_config_file(&state_dir.0, 4, 30.0);
+    // Another daemon holds the lease, and has not made the material yet.
+    let store = autoscaler_store::SqliteStore::open(&state_dir.0.join("store.sqlite")).unwrap();
+    store
+        .acquire("elsewhere@host#1", "127.0.0.1:9", Duration::from_secs(120))
+        .await
+        .unwrap()
+        .expect("a free lease");
+    assert!(!state_dir.0.join("tls").exists());
+    let port = free_port();
+    let mut command = bare_daemon_command(&state_dir.0, port, &config);
+    command
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped());
+    let mut standby = standing_by(command).await;
+    // The leader makes the material.
+    write_tls_dir(&state_dir.0.join("tls"));
+    let mut client = status_client(loopback(port));
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get_status(v1::GetStatusRequest::default()),
+    )
+    .await
+    .expect("an answer within 10 s, not a wait")
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("stands by") && refused.message().contains("elsewhere@host#1"),
+        "names the leader: {refused:?}"
+    );
+    signal(&standby, Signal::SIGTERM);
+    assert_eq!(exit_code(&mut standby, "the standby").await, Some(0));
 }
