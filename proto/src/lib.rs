@@ -73,6 +73,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 pub mod auth;
+pub mod limit;
 pub mod standard;
 pub mod tls;
 

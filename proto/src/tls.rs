@@ -287,6 +287,10 @@ fn names_dns(cert: &CertificateDer<'_>, dns_name: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A server as [`Transport::server`] makes it.
+pub type LimitedServer =
+    Server<tower_layer::Stack<crate::limit::MessageLimit, tower_layer::Identity>>;
+
 /// How a process talks to its peers: mutual TLS (the default everywhere), or plaintext when a
 /// local run explicitly asks for it.
 #[derive(Clone, Debug)]
@@ -330,17 +334,22 @@ impl Transport {
 
     /// A server builder that, under TLS, presents this process's certificate and refuses any
     /// caller without a certificate from the group's CA.
-    pub fn server(&self) -> Result<Server, tonic::transport::Error> {
-        match self {
-            Transport::Plaintext => Ok(Server::builder()),
+    /// A server of this transport, with the message limit answered alike by every service
+    /// (`crate::limit`).
+    pub fn server(&self) -> Result<LimitedServer, tonic::transport::Error> {
+        let server = match self {
+            Transport::Plaintext => Server::builder(),
             Transport::Tls(material) => Server::builder().tls_config(
                 ServerTlsConfig::new()
                     .identity(material.identity())
                     .client_ca_root(material.ca())
                     .client_auth_optional(false)
                     .timeout(Duration::from_secs(5)),
-            ),
-        }
+            )?,
+        };
+        Ok(server.layer(crate::limit::MessageLimit {
+            limit: crate::MAX_MESSAGE_BYTES,
+        }))
     }
 
     pub fn is_tls(&self) -> bool {
