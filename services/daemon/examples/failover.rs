@@ -3,7 +3,7 @@
 //! store, with the default timings (a 3 s lease, 1 s polls and evaluations), a fleet of 2. The
 //! leader is killed (SIGKILL) and frozen (SIGSTOP) in turn, `--kills` times each; each time:
 //! how long until the standby acts (its first decision), then the old leader is started again
-//! (a frozen one is let go first, and must step down). Over the whole run: instances launched
+//! (a frozen one is let go instead, and must stand by in the same process). Over the whole run: instances launched
 //! twice, decisions recorded by a deposed leader after its successor began, launches missing
 //! from the activity history.
 
@@ -140,20 +140,17 @@ async fn main() {
         epoch = new_epoch;
         let mut old = daemons[leader].take().expect("the old leader");
         if freeze {
-            // Let go: it must find its lease gone and step down (exit 75).
+            // Let go: it must find the lease taken and stand by, in the same process; it stays
+            // as the next standby.
             signal_pid(pid, Signal::SIGCONT);
-            let code = tokio::time::timeout(Duration::from_secs(20), old.wait())
-                .await
-                .expect("the deposed leader exits")
-                .expect("its status")
-                .code();
-            if code == Some(75) {
+            if stands_by(ports[leader], &mut old).await {
                 stepped_down += 1;
             }
+            daemons[leader] = Some(old);
         } else {
             let _ = old.wait().await;
+            daemons[leader] = Some(spawn_daemon_process(&state_dir.0, ports[leader], &config));
         }
-        daemons[leader] = Some(spawn_daemon_process(&state_dir.0, ports[leader], &config));
         leader = standby;
     }
 
@@ -229,7 +226,7 @@ async fn main() {
         "failover-stepped-down",
         stepped_down as f64,
         "",
-        "frozen leaders that stepped down (exit 75) once let go",
+        "frozen leaders that stood by (in the same process) once let go",
     );
     figure(
         "failover-duplicate-launches",
@@ -249,4 +246,28 @@ async fn main() {
         "",
         "launches missing from the activity history",
     );
+}
+
+/// Whether the deposed daemon at `port` answers as a standby within 20 s, still running.
+async fn stands_by(port: u16, daemon: &mut tokio::process::Child) -> bool {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    let mut client = status_client(loopback(port));
+    while Instant::now() < give_up {
+        if let Ok(Some(_)) = daemon.try_wait() {
+            return false;
+        }
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_status(v1::GetStatusRequest::default()),
+        )
+        .await;
+        if let Ok(Err(status)) = answer
+            && status.code() == tonic::Code::Unavailable
+            && status.message().contains("stands by")
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }

@@ -510,7 +510,8 @@ fn write_failover(report: &mut String, failover: &[Figure]) {
          default timings (a 3 s lease renewed every second, a standby trying every half second; \
          1 s polls and evaluations), a fleet of 2. The leader was killed (SIGKILL) {:.0} times \
          and frozen (SIGSTOP) {:.0} times, in turn; after each, the old leader was started \
-         again (a frozen one let go first: {:.0} of {:.0} stepped down, exit 75). \"Acts\": the \
+         again (a frozen one was let go and stood by in the same process: {:.0} of {:.0} did). \
+         \"Acts\": the \
          standby's first decision record.\n",
         value("failover-rounds"),
         value("failover-rounds"),
