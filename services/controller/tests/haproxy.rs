@@ -29,6 +29,25 @@ async fn app(
     (address, stop)
 }
 
+/// HAProxy's settings for a test: files in `dir`, listening on `listen`, health checks every
+/// `check`, unhealthy after 2 failures, healthy after `rise` passes.
+fn balancer(
+    dir: &std::path::Path,
+    listen: SocketAddr,
+    check: Duration,
+    rise: u32,
+) -> HaproxyConfig {
+    HaproxyConfig {
+        binary: haproxy_binary(),
+        listen,
+        dir: dir.to_path_buf(),
+        health_path: "/healthz".into(),
+        check_interval: check,
+        unhealthy_after: 2,
+        healthy_after: rise,
+    }
+}
+
 async fn target(haproxy: &Haproxy, instance_id: &str) -> Option<TargetStatus> {
     haproxy
         .targets()
@@ -42,15 +61,7 @@ async fn target(haproxy: &Haproxy, instance_id: &str) -> Option<TargetStatus> {
 async fn requests_reach_registered_instances_and_a_deregistered_one_drains() {
     let dir = std::env::temp_dir().join(format!("autoscaler-haproxy-{}", std::process::id()));
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = HaproxyConfig {
-        binary: haproxy_binary(),
-        listen,
-        dir: dir.clone(),
-        health_path: "/healthz".into(),
-        check_interval: Duration::from_millis(200),
-        unhealthy_after: 2,
-        healthy_after: 1,
-    };
+    let config = balancer(&dir, listen, Duration::from_millis(200), 1);
     let haproxy = Haproxy::start(config.clone()).await.unwrap();
     assert!(haproxy.targets().await.unwrap().is_empty());
     // Nothing registered: the balancer has nowhere to send a request.
@@ -221,15 +232,7 @@ async fn a_new_server_gets_no_request_before_it_passes_its_health_checks() {
         std::process::id()
     ));
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = HaproxyConfig {
-        binary: haproxy_binary(),
-        listen,
-        dir: dir.clone(),
-        health_path: "/healthz".into(),
-        check_interval: Duration::from_millis(1_000),
-        unhealthy_after: 2,
-        healthy_after: 2,
-    };
+    let config = balancer(&dir, listen, Duration::from_millis(1_000), 2);
     let haproxy = Haproxy::start(config).await.unwrap();
     // Accepts, never answers.
     let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -282,15 +285,7 @@ async fn a_port_in_use_is_named_with_its_cause() {
     let dir = std::env::temp_dir().join(format!("autoscaler-haproxy-busy-{}", std::process::id()));
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let listen = taken.local_addr().unwrap();
-    let config = HaproxyConfig {
-        binary: haproxy_binary(),
-        listen,
-        dir: dir.clone(),
-        health_path: "/healthz".into(),
-        check_interval: Duration::from_millis(500),
-        unhealthy_after: 2,
-        healthy_after: 1,
-    };
+    let config = balancer(&dir, listen, Duration::from_millis(500), 1);
     let error = Haproxy::start(config).await.unwrap_err().to_string();
     assert!(error.contains("Address already in use"), "{error}");
     assert!(error.contains(&listen.to_string()), "{error}");
