@@ -5,8 +5,10 @@
 //! on both.
 
 pub mod activity;
+pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod leader;
 pub mod standby;
 pub mod status;
+pub mod tls_source;
