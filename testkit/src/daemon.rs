@@ -98,6 +98,8 @@ impl RunningDaemon {
                 aws: None,
                 http: Some(http_listener),
                 tls,
+                temp_dir: std::env::temp_dir(),
+                path: std::env::var_os("PATH").unwrap_or_default(),
             };
             daemon::run(config, token(), listener, options, async {
                 stopped.await.ok();

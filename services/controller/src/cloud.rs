@@ -114,3 +114,53 @@ pub trait Cloud: Send + Sync + 'static {
         instance_ids: &[String],
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
 }
+
+/// A provider's answer, boxed: what [`DynCloud`] returns.
+pub type CloudFuture<'a, T> =
+    std::pin::Pin<Box<dyn Future<Output = Result<T, CloudError>> + Send + 'a>>;
+
+/// [`Cloud`] as an object, for a caller that picks its provider at run time (the daemon's
+/// platforms): every `Cloud` is one.
+pub trait DynCloud: Send + Sync + 'static {
+    fn list_boxed(&self) -> CloudFuture<'_, Vec<CloudInstance>>;
+    fn launch_boxed<'a>(&'a self, tokens: &'a [String]) -> CloudFuture<'a, Vec<String>>;
+    fn terminate_boxed<'a>(&'a self, instance_ids: &'a [String]) -> CloudFuture<'a, ()>;
+}
+
+impl<C: Cloud> DynCloud for C {
+    fn list_boxed(&self) -> CloudFuture<'_, Vec<CloudInstance>> {
+        Box::pin(self.list())
+    }
+
+    fn launch_boxed<'a>(&'a self, tokens: &'a [String]) -> CloudFuture<'a, Vec<String>> {
+        Box::pin(self.launch(tokens))
+    }
+
+    fn terminate_boxed<'a>(&'a self, instance_ids: &'a [String]) -> CloudFuture<'a, ()> {
+        Box::pin(self.terminate(instance_ids))
+    }
+}
+
+/// Any provider, behind one type: the controller of a platform chosen at run time.
+#[derive(Clone)]
+pub struct AnyCloud(pub std::sync::Arc<dyn DynCloud>);
+
+impl std::fmt::Debug for AnyCloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnyCloud").finish_non_exhaustive()
+    }
+}
+
+impl Cloud for AnyCloud {
+    async fn list(&self) -> Result<Vec<CloudInstance>, CloudError> {
+        self.0.list_boxed().await
+    }
+
+    async fn launch(&self, tokens: &[String]) -> Result<Vec<String>, CloudError> {
+        self.0.launch_boxed(tokens).await
+    }
+
+    async fn terminate(&self, instance_ids: &[String]) -> Result<(), CloudError> {
+        self.0.terminate_boxed(instance_ids).await
+    }
+}

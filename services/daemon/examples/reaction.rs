@@ -148,6 +148,8 @@ terminate_grace_ms = 1000
         aws: None,
         http: None,
         tls: daemon::TlsSource::Dir(tls_dir.clone()),
+        temp_dir: std::env::temp_dir(),
+        path: std::env::var_os("PATH").unwrap_or_default(),
     };
     let daemon = tokio::spawn(async move {
         daemon::run(config, token(), listener, options, async {

@@ -10,16 +10,10 @@ use std::time::Duration;
 
 use autoscaler_controller::balancer::Balancer;
 use autoscaler_controller::cloud::Cloud;
-#[cfg(feature = "ec2")]
-use autoscaler_controller::ec2::{Ec2Cloud, TargetGroup};
-use autoscaler_controller::haproxy::{Haproxy, HaproxyConfig};
-use autoscaler_controller::local::{AgentEnv, LocalApp, LocalCloud, LocalConfig};
 use autoscaler_controller::reconciler::{Agents, Controller, ControllerStatus};
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls;
-#[cfg(feature = "ec2")]
-use autoscaler_store::DynamoStore;
-use autoscaler_store::{Lease, SqliteStore, Store};
+use autoscaler_store::{Lease, Store};
 use tokio::net::TcpListener;
 
 pub use crate::config::*;
@@ -46,11 +40,19 @@ pub struct RunOptions {
     pub http: Option<TcpListener>,
     /// Where the TLS material comes from.
     pub tls: TlsSource,
+    /// Where the local state dir goes when the config names none (the system's temporary
+    /// directory; `main` reads it, as it reads every part of the environment).
+    pub temp_dir: PathBuf,
+    /// The `PATH` programs named without a directory are looked for in (HAProxy).
+    pub path: std::ffi::OsString,
 }
 
-/// Runs the monitor and the controller on `listener` until `shutdown` completes. Then the
-/// controller stops first (so nothing is replaced), the local instances are terminated (EC2
-/// instances stay: `cargo xtask down` removes them), and the monitor stops.
+/// Runs the monitor and the controller on `listener` until `shutdown` completes, on the
+/// platform the config names, as one sequence of terms: stand by on the platform's store (at
+/// once leading without one), begin a term (`Platform::begin`), serve, and when the term ends
+/// (the lease lost) stand by again. At the shutdown the controller stops first (so nothing is
+/// replaced), the platform's `leaving` runs (local instances are terminated; EC2 instances
+/// stay: `cargo xtask down` removes them), and the monitor stops.
 pub async fn run(
     config: DaemonConfig,
     token: Token,
@@ -61,353 +63,51 @@ pub async fn run(
     let http = options.http.take();
     config.validate()?;
     let mut shutdown = std::pin::pin!(shutdown);
-    match config.provider.clone() {
-        ProviderSection::Local(local) => {
-            let state_dir = local.state_dir.clone().unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("autoscaler-{}", config.group))
-            });
-            // With a store, a daemon leads only while it holds the lease: until then it stands
-            // by, here.
-            let store = match config.store.kind.unwrap_or(StoreKind::Sqlite) {
-                StoreKind::None => None,
-                StoreKind::Dynamodb => {
-                    return Err(DaemonError::Store(
-                        "`store.kind = \"dynamodb\"` is the EC2 provider's store; locally, use \"sqlite\"".to_string(),
-                    ));
-                }
-                StoreKind::Sqlite => {
-                    std::fs::create_dir_all(&state_dir).map_err(|error| {
-                        DaemonError::Store(format!(
-                            "cannot create {}: {error}",
-                            state_dir.display()
-                        ))
-                    })?;
-                    let path = config
-                        .store
-                        .path
-                        .clone()
-                        .unwrap_or_else(|| state_dir.join("store.sqlite"));
-                    let store = SqliteStore::open(&path).map_err(|error| {
-                        DaemonError::Store(format!("{}: {error}", path.display()))
-                    })?;
-                    Some(Arc::new(store) as Arc<dyn Store>)
-                }
-            };
-            loop {
-                let tls_dir = state_dir.join("tls");
-                let answering = Answering {
-                    listener: &listener,
-                    http: http.as_ref(),
-                    token: &token,
-                    tls: &options.tls,
-                    group: &config.group,
-                    made_in: Some(&tls_dir),
-                    sdk: None,
-                };
-                let Some(leadership) = Leadership::stand_by(
-                    store.clone(),
-                    &config,
-                    &options.advertise,
-                    answering,
-                    &mut shutdown,
-                )
-                .await
-                else {
-                    return Ok(());
-                };
-                // Resolved again once leading: it is made here if the standby found none.
-                let (transport, tls_dir) = options
-                    .tls
-                    .resolve(&config.group, Some(&tls_dir), None)
-                    .await?;
-                let credentials = Credentials::new(token.clone(), transport);
-                let monitor = Monitor::start(config.monitor_config(), credentials)?;
-                // Agents find the leader in a file the leader writes: they follow a standby that
-                // takes over (and carry no SQLite).
-                let monitor_file = match &leadership {
-                    Some(_) => {
-                        let file = state_dir.join("leader");
-                        publish_file(&file, &options.advertise)?;
-                        Some(file)
-                    }
-                    None => None,
-                };
-                let beside = |name: &str| {
-                    options
-                        .agent_binary
-                        .parent()
-                        .map_or_else(|| PathBuf::from(name), |dir| dir.join(name))
-                };
-                let app = local.app.then(|| LocalApp {
-                    binary: local
-                        .app_binary
-                        .clone()
-                        .unwrap_or_else(|| beside("autoscaler-app")),
-                    args: local.app_args.clone(),
-                });
-                let balancer = match &config.load_balancer {
-                    Some(LoadBalancerSection::Haproxy(haproxy)) => {
-                        if app.is_none() {
-                            return Err(DaemonError::Provider(
-                                "a load balancer needs an application to send requests to: set \
-                                 `provider.app = true`"
-                                    .to_string(),
-                            ));
-                        }
-                        Some(Arc::new(
-                            Haproxy::start(haproxy_config(haproxy, &state_dir)?)
-                                .await
-                                .map_err(|error| DaemonError::Provider(error.to_string()))?,
-                        ))
-                    }
-                    Some(LoadBalancerSection::Elb(_)) => {
-                        return Err(DaemonError::Provider(
-                            "`load_balancer.kind = \"elb\"` is the EC2 provider's balancer; locally, use \"haproxy\""
-                                .to_string(),
-                        ));
-                    }
-                    None => None,
-                };
-                let cloud = Arc::new(
-                    LocalCloud::open(LocalConfig {
-                        state_dir: state_dir.clone(),
-                        agent_binary: local
-                            .agent_binary
-                            .clone()
-                            .unwrap_or_else(|| options.agent_binary.clone()),
-                        monitor_address: options.advertise.clone(),
-                        monitor_file,
-                        agent_env: AgentEnv(vec![(
-                            "AUTOSCALER_TOKEN".to_string(),
-                            token.expose().to_string(),
-                        )]),
-                        tls_dir,
-                        agent_args: local.agent_args.clone(),
-                        terminate_grace: Duration::from_millis(local.terminate_grace_ms),
-                        app,
-                    })
-                    .map_err(|error| DaemonError::Provider(error.to_string()))?,
-                );
-                tracing::info!(state_dir = %cloud.state_dir().display(), "local provider");
-                let leaving = cloud.clone();
-                let leaving_balancer = balancer.clone();
-                // A successor keeps the instances (and runs its own HAProxy): they are left to it.
-                let leaving = move |handed_over: bool| async move {
-                    if handed_over {
-                        tracing::info!("another daemon leads now: its instances are left to it");
-                        return;
-                    }
-                    leaving.terminate_all().await;
-                    if let Some(haproxy) = leaving_balancer {
-                        haproxy.stop().await;
-                    }
-                };
-                let balancer = balancer.map(|haproxy| haproxy as Arc<dyn Balancer>);
-                let ended = serve(
-                    &config,
-                    monitor,
-                    cloud,
-                    balancer,
-                    leadership,
-                    Listeners::dup(&listener, http.as_ref())?,
-                    shutdown.as_mut(),
-                    leaving,
-                )
-                .await;
-                match ended {
-                    // The term ended, not the daemon: it stands by, and leads again when it can.
-                    Err(DaemonError::LostLease(_)) => continue,
-                    other => return other,
-                }
-            }
-        }
-        #[cfg(not(feature = "ec2"))]
-        ProviderSection::Ec2(_) => Err(DaemonError::Provider(
-            "this monitor was built without the EC2 provider (the `ec2` feature, on by default)"
-                .to_string(),
-        )),
-        #[cfg(feature = "ec2")]
-        ProviderSection::Ec2(ec2) => {
-            // Refused before anything is opened.
-            if matches!(options.tls, TlsSource::Plaintext) {
-                return Err(plaintext_refused());
-            }
-            let sdk = options.aws.as_ref().ok_or_else(|| {
-                DaemonError::Provider("the EC2 provider needs AWS settings".to_string())
-            })?;
-            if let Some(LoadBalancerSection::Haproxy(_)) = &config.load_balancer {
-                return Err(DaemonError::Provider(
-                    "`load_balancer.kind = \"haproxy\"` is the local provider's balancer"
-                        .to_string(),
-                ));
-            }
-            // With a store, a monitor host leads only while it holds the lease: until then it
-            // stands by, here (`up --standby` starts a second host).
-            let store: Option<Arc<dyn Store>> = match config.store.kind.unwrap_or(StoreKind::None) {
-                StoreKind::None => None,
-                StoreKind::Dynamodb => Some(Arc::new(DynamoStore::new(
-                    sdk,
-                    &config
-                        .store
-                        .table
-                        .clone()
-                        .unwrap_or_else(|| DynamoStore::table_name(&config.group)),
-                ))),
-                StoreKind::Sqlite => {
-                    let path = config.store.path.clone().ok_or_else(|| {
-                        DaemonError::Store(
-                            "`store.path` is needed for a SQLite store with the EC2 provider"
-                                .to_string(),
-                        )
-                    })?;
-                    Some(Arc::new(SqliteStore::open(&path).map_err(|error| {
-                        DaemonError::Store(format!("{}: {error}", path.display()))
-                    })?))
-                }
-            };
-            loop {
-                let answering = Answering {
-                    listener: &listener,
-                    http: http.as_ref(),
-                    token: &token,
-                    tls: &options.tls,
-                    group: &config.group,
-                    made_in: None,
-                    sdk: Some(sdk),
-                };
-                let Some(leadership) = Leadership::stand_by(
-                    store.clone(),
-                    &config,
-                    &options.advertise,
-                    answering,
-                    &mut shutdown,
-                )
-                .await
-                else {
-                    return Ok(());
-                };
-                let mut cloud = Ec2Cloud::open(sdk, &config.group, ec2.clone())
-                    .await
-                    .map_err(|error| DaemonError::Provider(error.to_string()))?;
-                if let Some(leadership) = &leadership {
-                    cloud = cloud.with_epoch(leadership.lease.epoch);
-                }
-                let mut balancer: Option<Arc<dyn Balancer>> = None;
-                if let Some(LoadBalancerSection::Elb(elb)) = &config.load_balancer {
-                    let group =
-                        TargetGroup::open(sdk, &config.group, &elb.target_group_arn, elb.app_port)
-                            .await
-                            .map_err(|error| DaemonError::Provider(error.to_string()))?;
-                    tracing::info!(target_group = %group.arn(), port = elb.app_port, "load balancer");
-                    cloud = cloud.with_app(elb.app_port, AGENT_APP_USER_DATA);
-                    balancer = Some(Arc::new(group));
-                }
-                let cloud = Arc::new(cloud);
-                tracing::info!(ami = %cloud.config().ami_id, subnets = ?cloud.config().subnet_ids, "EC2 provider");
-                // Read again once leading, not taken from the standby's: it may have changed in SSM
-                // while this host stood by.
-                let (transport, _) = options.tls.resolve(&config.group, None, Some(sdk)).await?;
-                let credentials = Credentials::new(token.clone(), transport);
-                let monitor = Monitor::start(config.monitor_config(), credentials)?;
-                // The leader publishes its address; agents read it again at every registration.
-                publish_address(sdk, &config.group, &options.advertise).await?;
-                let ended = serve(
-                    &config,
-                    monitor,
-                    cloud,
-                    balancer,
-                    leadership,
-                    Listeners::dup(&listener, http.as_ref())?,
-                    shutdown.as_mut(),
-                    |_| async {},
-                )
-                .await;
-                match ended {
-                    // The term ended, not the daemon: it stands by, and leads again when it can.
-                    Err(DaemonError::LostLease(_)) => continue,
-                    other => return other,
-                }
-            }
+    let platform = crate::platform::open(&config, &options).await?;
+    let store = platform.store();
+    loop {
+        let place = platform.tls_place();
+        let answering = Answering {
+            listener: &listener,
+            http: http.as_ref(),
+            token: &token,
+            tls: &options.tls,
+            group: &config.group,
+            made_in: place.made_in,
+            sdk: place.sdk,
+        };
+        let Some(leadership) = Leadership::stand_by(
+            store.clone(),
+            &config,
+            &options.advertise,
+            answering,
+            &mut shutdown,
+        )
+        .await
+        else {
+            return Ok(());
+        };
+        let term = platform
+            .begin(&config, &options, &token, leadership.as_ref())
+            .await?;
+        let monitor = Monitor::start(config.monitor_config(), term.credentials)?;
+        let ended = serve(
+            &config,
+            monitor,
+            Arc::new(term.cloud),
+            term.balancer,
+            leadership,
+            Listeners::dup(&listener, http.as_ref())?,
+            shutdown.as_mut(),
+            term.leaving,
+        )
+        .await;
+        match ended {
+            // The term ended, not the daemon: it stands by, and leads again when it can.
+            Err(DaemonError::LostLease(_)) => continue,
+            other => return other,
         }
     }
-}
-
-/// `program` as given when it names a path; a bare name is looked up in `PATH`, then in the
-/// sbin directories, where Debian installs haproxy but which an ordinary user's `PATH` lacks.
-fn find_program(program: &Path) -> PathBuf {
-    if program.components().count() > 1 {
-        return program.to_path_buf();
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| program.to_path_buf())
-}
-
-/// The local balancer's settings: its files in `<state-dir>/haproxy`.
-fn haproxy_config(
-    section: &HaproxySection,
-    state_dir: &Path,
-) -> Result<HaproxyConfig, DaemonError> {
-    let listen = section.listen.parse().map_err(|_| {
-        DaemonError::Config(DaemonConfigError::Parse(format!(
-            "`load_balancer.listen` is {:?}; it must be an ip:port",
-            section.listen
-        )))
-    })?;
-    Ok(HaproxyConfig {
-        binary: find_program(&section.binary),
-        listen,
-        dir: state_dir.join("haproxy"),
-        health_path: section.health_path.clone(),
-        check_interval: Duration::from_millis(section.check_interval_ms),
-        unhealthy_after: section.unhealthy_after,
-        healthy_after: section.healthy_after,
-    })
-}
-
-/// What every instance launched for a group with a load balancer runs at boot: its application,
-/// and its agent reporting that application's load.
-#[cfg(feature = "ec2")]
-const AGENT_APP_USER_DATA: &str = include_str!("../../../provisioning/agent-app-user-data.sh");
-
-#[cfg(feature = "ec2")]
-fn plaintext_refused() -> DaemonError {
-    DaemonError::Provider(
-        "plaintext is for local runs only: the EC2 provider always uses TLS".to_string(),
-    )
-}
-
-/// Writes the monitor's address to `/autoscaler/<group>/monitor`, where agents look for it.
-#[cfg(feature = "ec2")]
-async fn publish_address(
-    sdk: &aws_config::SdkConfig,
-    group: &str,
-    advertise: &str,
-) -> Result<(), DaemonError> {
-    let name = autoscaler_aws::GroupParameters::new(group).monitor();
-    let parameters = autoscaler_aws::Parameters::new(sdk);
-    let mut backoff = autoscaler_policy::backoff::Backoff::new(
-        Duration::from_millis(500),
-        Duration::from_secs(8),
-    );
-    for attempt in 1..=5 {
-        match parameters.put(&name, advertise, false).await {
-            Ok(()) => {
-                tracing::info!(parameter = %name, address = %advertise, "monitor address published");
-                return Ok(());
-            }
-            Err(error) if attempt < 5 => {
-                let pause = backoff.failed();
-                tracing::warn!(%error, retry_in = ?pause, "cannot publish the monitor's address");
-                tokio::time::sleep(pause).await;
-            }
-            Err(error) => return Err(DaemonError::Provider(error.to_string())),
-        }
-    }
-    unreachable!("the last attempt returns")
 }
 
 /// Runs the controller and serves (gRPC, and the dashboard when given a listener) until
@@ -612,6 +312,11 @@ struct Answering<'a> {
 }
 
 impl Leadership {
+    /// The epoch of the term this leadership is.
+    pub fn epoch(&self) -> u64 {
+        self.lease.epoch
+    }
+
     /// With a store, stands by until this daemon leads (`Some(Some(..))`), answering as a
     /// standby meanwhile (`standby`); without one, leads at once (`Some(None)`); `None` if the
     /// shutdown comes first.
@@ -737,14 +442,6 @@ fn holder_of(advertise: &str) -> String {
         .map(|name| name.trim().to_string())
         .unwrap_or_default();
     format!("{advertise}@{host}#{incarnation}")
-}
-
-/// Writes `text` to `path` whole (a reader never sees half of it).
-fn publish_file(path: &Path, text: &str) -> Result<(), DaemonError> {
-    let temporary = path.with_extension("new");
-    std::fs::write(&temporary, format!("{text}\n"))
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .map_err(|error| DaemonError::Store(format!("cannot write {}: {error}", path.display())))
 }
 
 /// The controller reaches the agents through the monitor's registry.

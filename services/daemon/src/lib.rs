@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod leader;
+pub mod platform;
 pub mod standby;
 pub mod status;
 pub mod tls_source;

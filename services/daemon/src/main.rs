@@ -241,6 +241,8 @@ fn run(flags: Flags) -> anyhow::Result<()> {
                 aws,
                 http,
                 tls,
+                temp_dir: std::env::temp_dir(),
+                path: std::env::var_os("PATH").unwrap_or_default(),
             };
             daemon::run(
                 config,
