@@ -129,11 +129,8 @@ impl Term {
     /// Writes the controller's new records as they come until `stop` (then once more), or until
     /// the store says another daemon leads. A record is written when it first appears, and again
     /// (in its place) when quiet evaluations fold into it, so that the history counts them.
-    pub async fn keep(
-        self,
-        status: ControllerStatus,
-        mut stop: tokio::sync::oneshot::Receiver<()>,
-    ) {
+    pub async fn keep(self, status: ControllerStatus, stop: impl std::future::Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
         let mut written = Written::default();
         let mut wrote = tokio::time::Instant::now();
         let mut records = status.new_records();

@@ -8,8 +8,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use autoscaler_controller::balancer::Balancer;
-use autoscaler_controller::cloud::Cloud;
 use autoscaler_controller::reconciler::{Agents, Controller, ControllerStatus};
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls;
@@ -19,9 +17,12 @@ use tokio::net::TcpListener;
 pub use crate::config::*;
 pub use crate::tls_source::{TlsSource, check_flags};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::activity;
 use crate::http::Dashboard;
 use crate::leader::{self, LeaseFence, LeaseTiming};
+use crate::platform::TermParts;
 use crate::status::{History, StatusService};
 use autoscaler_monitor::service::Admission;
 use autoscaler_monitor::{Monitor, MonitorError};
@@ -90,16 +91,12 @@ pub async fn run(
         let term = platform
             .begin(&config, &options, &token, leadership.as_ref())
             .await?;
-        let monitor = Monitor::start(config.monitor_config(), term.credentials)?;
         let ended = serve(
             &config,
-            monitor,
-            Arc::new(term.cloud),
-            term.balancer,
+            term,
             leadership,
             Listeners::dup(&listener, http.as_ref())?,
             shutdown.as_mut(),
-            term.leaving,
         )
         .await;
         match ended {
@@ -110,23 +107,29 @@ pub async fn run(
     }
 }
 
-/// Runs the controller and serves (gRPC, and the dashboard when given a listener) until
-/// `shutdown`; then stops the controller, runs `leaving`, and stops the monitor.
-#[allow(clippy::too_many_arguments)]
-async fn serve<C: Cloud, L: Future<Output = ()>>(
+/// Leads one term: starts the monitor with the term's credentials and the controller on its cloud
+/// and balancer, and serves (gRPC, and the dashboard when given a listener) until `shutdown`
+/// or the term ends; then stops the controller, runs the platform's `leaving`, and stops the
+/// monitor.
+async fn serve(
     config: &DaemonConfig,
-    monitor: Monitor,
-    cloud: Arc<C>,
-    balancer: Option<Arc<dyn Balancer>>,
+    term: TermParts,
     leadership: Option<Leadership>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-    leaving: impl FnOnce(bool) -> L,
 ) -> Result<(), DaemonError> {
     let Listeners {
         grpc: listener,
         http,
     } = listeners;
+    let TermParts {
+        credentials,
+        cloud,
+        balancer,
+        leaving,
+    } = term;
+    let monitor = Monitor::start(config.monitor_config(), credentials)?;
+    let cloud = Arc::new(cloud);
     let registry = monitor.registry().clone();
     let mut controller = Controller::new(
         cloud,
@@ -171,7 +174,9 @@ async fn serve<C: Cloud, L: Future<Output = ()>>(
 
     let history = Arc::new(History::new(900));
     let sampling = tokio::spawn(record_history(status.clone(), history.clone()));
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    // The shutdown, in order: the controller (nothing more is replaced), the history's
+    // writer, the platform's `leaving`, the dashboard, the monitor's server.
+    let stop = Stops::default();
     let mut dashboard = Supervised::none("the dashboard");
     if let Some(http) = http {
         tracing::info!(address = %http.local_addr().map_err(DaemonError::Listener)?, "dashboard serving");
@@ -181,24 +186,19 @@ async fn serve<C: Cloud, L: Future<Output = ()>>(
             load_marks: config.controller.policy.load_marks(),
             fence: leadership.as_ref().map(|l| l.fence.clone()),
         });
+        let stopped = stop.dashboard.clone().cancelled_owned();
         dashboard = Supervised::spawn("the dashboard", async {
-            crate::http::serve(http, page, async {
-                http_stopped.await.ok();
-            })
-            .await
-            .map_err(|error| error.to_string())
+            crate::http::serve(http, page, stopped)
+                .await
+                .map_err(|error| error.to_string())
         });
     }
-    let (stop_controller, controller_stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = stop.controller.clone().cancelled_owned();
     let mut controlling = Supervised::spawn("the controller", async {
-        controller
-            .run(async {
-                controller_stopped.await.ok();
-            })
-            .await;
+        controller.run(stopped).await;
         Ok(())
     });
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = stop.server.clone().cancelled_owned();
     let mut serving = Supervised::spawn("the gRPC server", async {
         // The Status service shares the monitor's server, behind the same token check.
         let add_status = |routes: &mut tonic::service::RoutesBuilder,
@@ -210,21 +210,19 @@ async fn serve<C: Cloud, L: Future<Output = ()>>(
             ));
         };
         monitor
-            .serve_with(listener, add_status, Some(admission), async {
-                server_stopped.await.ok();
-            })
+            .serve_with(listener, add_status, Some(admission), stopped)
             .await
             .map_err(|error| error.to_string())
     });
 
     let mut lease = Supervised::none("the lease");
-    let (stop_keeper, keeper_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut keeper = None;
     if let (Some(leadership), Some(term)) = (&leadership, term) {
         lease = Supervised::spawn("the lease", leadership.keep());
-        keeper = Some(tokio::spawn(
-            term.keep(controller_status.clone(), keeper_stopped),
-        ));
+        keeper = Some(tokio::spawn(term.keep(
+            controller_status.clone(),
+            stop.keeper.clone().cancelled_owned(),
+        )));
     }
     let failure = first_failure(
         shutdown,
@@ -238,10 +236,10 @@ async fn serve<C: Cloud, L: Future<Output = ()>>(
         Some(why) if lost => tracing::warn!("the term ended: {why}"),
         Some(why) => tracing::error!("{why}; stopping the daemon rather than run half alive"),
     }
-    let _ = stop_controller.send(());
+    stop.controller.cancel();
     let mut errors: Vec<String> = failure.clone().into_iter().collect();
     errors.extend(controlling.stop().await);
-    let _ = stop_keeper.send(());
+    stop.keeper.cancel();
     if let Some(keeper) = keeper {
         let _ = keeper.await;
     }
@@ -255,9 +253,9 @@ async fn serve<C: Cloud, L: Future<Output = ()>>(
     };
     leaving(handed_over).await;
     sampling.abort();
-    let _ = stop_http.send(());
+    stop.dashboard.cancel();
     errors.extend(dashboard.stop().await);
-    let _ = stop_server.send(());
+    stop.server.cancel();
     errors.extend(serving.stop().await);
     if lost {
         return Err(DaemonError::LostLease(
@@ -268,6 +266,15 @@ async fn serve<C: Cloud, L: Future<Output = ()>>(
         true => Ok(()),
         false => Err(DaemonError::Task(errors.join("; "))),
     }
+}
+
+/// The stages of a term's shutdown, each told in its turn.
+#[derive(Default)]
+struct Stops {
+    controller: CancellationToken,
+    keeper: CancellationToken,
+    dashboard: CancellationToken,
+    server: CancellationToken,
 }
 
 /// The sockets one term serves on: handles on the daemon's own listeners, which stay bound
