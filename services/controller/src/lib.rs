@@ -10,4 +10,4 @@ pub mod launches;
 pub mod local;
 pub mod reconciler;
 
-pub use autoscaler_policy::{config, fleet, policy, simulate};
+pub use autoscaler_policy::{config, fleet, policy};

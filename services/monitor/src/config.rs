@@ -90,10 +90,7 @@ impl MonitorConfig {
 
 /// A fresh monitor id: the process id and the start time, unique enough to tell restarts apart.
 pub fn new_monitor_id() -> String {
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|since| since.as_millis())
-        .unwrap_or(0);
+    let started = autoscaler_policy::time::unix_ms(std::time::SystemTime::now());
     format!("monitor-{}-{started}", std::process::id())
 }
 

@@ -220,9 +220,7 @@ impl Ec2Cloud {
     /// twice.
     pub fn fresh_token(&self) -> String {
         let launch = self.launches.fetch_add(1, Ordering::Relaxed);
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let stamp = autoscaler_policy::time::unix_ms(SystemTime::now());
         format!("e{}-{stamp}-{launch}", self.epoch)
     }
 
