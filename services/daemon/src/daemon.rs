@@ -590,8 +590,8 @@ pub enum DaemonError {
     Task(String),
     #[error("store: {0}")]
     Store(String),
-    /// Another daemon leads now: this one stepped down (its supervisor starts it again, as a
-    /// standby).
+    /// A term ended (the lease lost): `serve` says so to `run`, which stands by again. It never
+    /// leaves `run`.
     #[error("{0}")]
     LostLease(String),
 }
@@ -602,7 +602,7 @@ impl DaemonError {
     pub fn exit_code(&self) -> u8 {
         match self {
             DaemonError::Task(_) => 70,
-            // EX_TEMPFAIL: not a fault; started again, it stands by.
+            // EX_TEMPFAIL, were a lost term ever to end the process: started again, it stands by.
             DaemonError::LostLease(_) => 75,
             _ => 64,
         }
