@@ -160,22 +160,10 @@ pub async fn keep(
     fence: Arc<LeaseFence>,
     timing: LeaseTiming,
 ) -> Lost {
-    let lost = renew(store, holder, address, fence.clone(), timing).await;
-    fence.end();
-    lost
-}
-
-async fn renew(
-    store: Arc<dyn Store>,
-    holder: String,
-    address: String,
-    fence: Arc<LeaseFence>,
-    timing: LeaseTiming,
-) -> Lost {
     let mut ticker = tokio::time::interval(timing.heartbeat());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
-    loop {
+    let lost = loop {
         ticker.tick().await;
         let asked_at = Instant::now();
         let renewal = tokio::time::timeout(
@@ -194,7 +182,7 @@ async fn renew(
             // freeze, a suspend), nobody else took it, and this renewal took it again, at a new
             // epoch. That is a new term: it begins as any leader's does, from the store.
             Ok(Some(lease)) => {
-                return Lost::RanOut(format!(
+                break Lost::RanOut(format!(
                     "the lease ran out while this daemon was held up ({:.1} s since its last \
                      renewal) and nobody else took it: leading again, as a new term (epoch {}; \
                      this term was {})",
@@ -204,18 +192,21 @@ async fn renew(
                 ));
             }
             Ok(None) => {
-                return Lost::Taken("another daemon took the lease: standing by".to_string());
+                break Lost::Taken("another daemon took the lease: standing by".to_string());
             }
             Err(error) if fence.holds() => {
                 tracing::warn!(%error, "cannot renew the lease; trying again");
             }
             Err(error) => {
-                return Lost::Unreachable(format!(
+                break Lost::Unreachable(format!(
                     "could not renew the lease for {:.1} s ({error}): standing by rather than act \
                      blind",
                     fence.since_renewal().as_secs_f64()
                 ));
             }
         }
-    }
+    };
+    // Nothing more is done in this term, from this moment.
+    fence.end();
+    lost
 }

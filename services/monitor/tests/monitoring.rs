@@ -641,17 +641,17 @@ async fn an_agent_older_than_pings_metrics_is_read_through_get_metrics() {
     monitor.stop().await;
 }
 
-/// Outside test, finding 7: an agent whose load source has not answered it yet (its
-/// application still starting) says so, and the monitor has it healthy with no load, not idle
-/// at 0 % (which counted as "its first load seen" and put it in service); its first real load
-/// is taken as it comes.
-#[tokio::test]
-async fn an_agent_without_a_load_yet_is_answering_with_no_load() {
-    let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(100))).await;
-    let load = std::sync::Arc::new(std::sync::Mutex::new(-1.0));
+/// Serves a fake agent answering as `answers_as` with `load` (negative: none yet), and
+/// registers it with `monitor` as `instance_id`.
+async fn serve_and_register(
+    monitor: &mut RunningMonitor,
+    answers_as: &str,
+    instance_id: &str,
+    load: std::sync::Arc<std::sync::Mutex<f64>>,
+) {
     let address = fake_agent::serve(fake_agent::FakeAgent {
-        instance_id: "new-1".into(),
-        load: load.clone(),
+        instance_id: answers_as.into(),
+        load,
         old: false,
         removals: std::sync::Arc::default(),
     })
@@ -659,12 +659,23 @@ async fn an_agent_without_a_load_yet_is_answering_with_no_load() {
     monitor
         .monitor_client(Some(TOKEN))
         .register(v1::RegisterRequest {
-            instance_id: "new-1".into(),
+            instance_id: instance_id.into(),
             address: address.to_string(),
             agent_version: "fake".into(),
         })
         .await
         .unwrap();
+}
+
+/// Outside test, issue 25 finding 7: an agent whose load source has not answered it yet (its
+/// application still starting) says so, and the monitor has it healthy with no load, not idle
+/// at 0 % (which counted as "its first load seen" and put it in service); its first real load
+/// is taken as it comes.
+#[tokio::test]
+async fn an_agent_without_a_load_yet_is_answering_with_no_load() {
+    let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(100))).await;
+    let load = std::sync::Arc::new(std::sync::Mutex::new(-1.0));
+    serve_and_register(&mut monitor, "new-1", "new-1", load.clone()).await;
     let view = monitor
         .wait_until("new-1 healthy", Duration::from_secs(10), |view| {
             view.get("new-1")
@@ -687,22 +698,8 @@ async fn an_agent_without_a_load_yet_is_answering_with_no_load() {
 async fn an_oversized_answer_is_a_miss_and_is_not_kept() {
     let mut monitor = RunningMonitor::start(fast_config(Duration::from_millis(100))).await;
     // An agent whose every answer is 100 KB (its instance id), over the 64 KiB the monitor takes.
-    let address = fake_agent::serve(fake_agent::FakeAgent {
-        instance_id: "x".repeat(100_000),
-        load: std::sync::Arc::new(std::sync::Mutex::new(10.0)),
-        old: false,
-        removals: std::sync::Arc::default(),
-    })
-    .await;
-    monitor
-        .monitor_client(Some(TOKEN))
-        .register(v1::RegisterRequest {
-            instance_id: "big-1".into(),
-            address: address.to_string(),
-            agent_version: "fake".into(),
-        })
-        .await
-        .unwrap();
+    let load = std::sync::Arc::new(std::sync::Mutex::new(10.0));
+    serve_and_register(&mut monitor, &"x".repeat(100_000), "big-1", load).await;
     let view = monitor
         .wait_until("big-1 unhealthy", Duration::from_secs(10), |view| {
             view.get("big-1")
