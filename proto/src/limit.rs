@@ -55,7 +55,8 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
-    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    // Unpin, as tonic's own body is: the answer is wrapped without another allocation.
+    ResBody: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     ResBody::Error: Into<tonic::codegen::StdError>,
 {
     type Response = http::Response<Body>;
@@ -87,7 +88,7 @@ where
             }
             Ok(response.map(|body| {
                 Body::new(Rewritten {
-                    inner: Box::pin(body),
+                    inner: body,
                     seen,
                     limit,
                 })
@@ -187,14 +188,14 @@ impl HttpBody for Watched {
 /// The response's body, whose closing status says RESOURCE_EXHAUSTED once a message above
 /// the limit was seen in the request (a stream answered before it came).
 struct Rewritten<B> {
-    inner: Pin<Box<B>>,
+    inner: B,
     seen: Seen,
     limit: usize,
 }
 
 impl<B> HttpBody for Rewritten<B>
 where
-    B: HttpBody<Data = Bytes>,
+    B: HttpBody<Data = Bytes> + Unpin,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -204,7 +205,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let (seen, limit) = (self.seen.load(Ordering::Relaxed), self.limit);
-        match self.inner.as_mut().poll_frame(cx) {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) if seen > 0 && frame.is_trailers() => {
                 let mut trailers = frame.into_trailers().unwrap_or_default();
                 // The refusal's message is plain ASCII: its headers are always written.

@@ -3,7 +3,7 @@
 //! monitor's fleet view in-process; nothing goes over the network between them.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::activity;
 use crate::http::Dashboard;
 use crate::leader::{self, LeaseFence, LeaseTiming};
-use crate::platform::TermParts;
+use crate::platform::{TermParts, TlsPlace};
 use crate::status::{History, StatusService};
 use autoscaler_monitor::service::Admission;
 use autoscaler_monitor::{Monitor, MonitorError};
@@ -64,18 +64,16 @@ pub async fn run(
     let http = options.http.take();
     config.validate()?;
     let mut shutdown = std::pin::pin!(shutdown);
-    let platform = crate::platform::open(&config, &options).await?;
+    let platform = crate::platform::open(&config, &options)?;
     let store = platform.store();
     loop {
-        let place = platform.tls_place();
         let answering = Answering {
             listener: &listener,
             http: http.as_ref(),
             token: &token,
             tls: &options.tls,
             group: &config.group,
-            made_in: place.made_in,
-            sdk: place.sdk,
+            place: platform.tls_place(),
         };
         let Some(leadership) = Leadership::stand_by(
             store.clone(),
@@ -314,8 +312,7 @@ struct Answering<'a> {
     /// Where its TLS material is, if already there (`TlsSource::existing`).
     tls: &'a TlsSource,
     group: &'a str,
-    made_in: Option<&'a Path>,
-    sdk: Option<&'a aws_config::SdkConfig>,
+    place: TlsPlace<'a>,
 }
 
 impl Leadership {
@@ -340,15 +337,14 @@ impl Leadership {
                 // The material as it is, or once the leader has made it (locally) or put it in
                 // SSM (on AWS, read less often).
                 let credentials = async {
-                    let every = match answering.sdk {
+                    let TlsPlace { made_in, sdk } = answering.place;
+                    let every = match sdk {
                         Some(_) => Duration::from_secs(2),
                         None => Duration::from_millis(100),
                     };
                     loop {
-                        if let Some(transport) = answering
-                            .tls
-                            .existing(answering.group, answering.made_in, answering.sdk)
-                            .await
+                        if let Some(transport) =
+                            answering.tls.existing(answering.group, made_in, sdk).await
                         {
                             return Credentials::new(answering.token.clone(), transport);
                         }
@@ -409,7 +405,7 @@ impl Leadership {
             self.fence.clone(),
             self.timing,
         );
-        async move { Err(renewal.await.to_string()) }
+        async move { Err(renewal.await) }
     }
 
     /// Gives the lease up and waits a moment for a standby to take it: whether one did (then

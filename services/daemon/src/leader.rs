@@ -130,36 +130,17 @@ pub async fn wait_to_lead(
     }
 }
 
-/// How a term ended, and why (one line, for the log and the decision record).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Lost {
-    /// The lease ran out and this daemon took it again: a new term begins at once.
-    RanOut(String),
-    /// Another daemon took the lease: this one stands by.
-    Taken(String),
-    /// The store was out of reach for too long to be sure: this one stands by, trying for the
-    /// lease, and leads again when it can take it.
-    Unreachable(String),
-}
-
-impl std::fmt::Display for Lost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Lost::RanOut(why) | Lost::Taken(why) | Lost::Unreachable(why) => f.write_str(why),
-        }
-    }
-}
-
-/// Renews the lease every heartbeat until it cannot: returns how the term ended (the lease
-/// ran out and was taken again, another daemon took it, or the store was out of reach for too
-/// long to be sure).
+/// Renews the lease every heartbeat until it cannot: returns how the term ended, in one line
+/// (the lease ran out and this daemon took it again, another daemon took it, or the store was
+/// out of reach for too long to be sure). The daemon stands by after each alike: at once
+/// leading again when the lease is free.
 pub async fn keep(
     store: Arc<dyn Store>,
     holder: String,
     address: String,
     fence: Arc<LeaseFence>,
     timing: LeaseTiming,
-) -> Lost {
+) -> String {
     let mut ticker = tokio::time::interval(timing.heartbeat());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -182,27 +163,27 @@ pub async fn keep(
             // freeze, a suspend), nobody else took it, and this renewal took it again, at a new
             // epoch. That is a new term: it begins as any leader's does, from the store.
             Ok(Some(lease)) => {
-                break Lost::RanOut(format!(
+                break format!(
                     "the lease ran out while this daemon was held up ({:.1} s since its last \
                      renewal) and nobody else took it: leading again, as a new term (epoch {}; \
                      this term was {})",
                     fence.since_renewal().as_secs_f64(),
                     lease.epoch,
                     fence.epoch()
-                ));
+                );
             }
             Ok(None) => {
-                break Lost::Taken("another daemon took the lease: standing by".to_string());
+                break "another daemon took the lease: standing by".to_string();
             }
             Err(error) if fence.holds() => {
                 tracing::warn!(%error, "cannot renew the lease; trying again");
             }
             Err(error) => {
-                break Lost::Unreachable(format!(
+                break format!(
                     "could not renew the lease for {:.1} s ({error}): standing by rather than act \
                      blind",
                     fence.since_renewal().as_secs_f64()
-                ));
+                );
             }
         }
     };

@@ -114,11 +114,7 @@ impl StatusService {
             .as_ref()
             .map(ControllerStatus::instances)
             .unwrap_or_default();
-        let decisions = self
-            .controller
-            .as_ref()
-            .map(|c| c.decisions_after(decisions_after))
-            .unwrap_or_default();
+
         let now = SystemTime::now();
         let mut instances: Vec<v1::InstanceStatus> = listed
             .iter()
@@ -188,16 +184,7 @@ impl StatusService {
                 .and_then(ControllerStatus::desired)
                 .unwrap_or(0),
             instances,
-            decisions: decisions
-                .iter()
-                .map(|r| {
-                    let (epoch, leader) = self
-                        .term
-                        .as_ref()
-                        .map_or((0, ""), |t| (t.epoch, t.leader.as_str()));
-                    record_of(r, epoch, leader)
-                })
-                .collect(),
+            decisions: self.decisions(decisions_after),
             launch_failures: self
                 .controller
                 .as_ref()
@@ -248,8 +235,28 @@ impl StatusService {
             return Err("this daemon keeps no activity history (it has no store)".to_string());
         };
         let stored = read_activity(&*term.store, since_ms, limit).await?;
-        let live = self.report(0).decisions;
-        Ok(newest(stored, &live, term.epoch, since_ms, limit))
+        Ok(newest(
+            stored,
+            &self.decisions(0),
+            term.epoch,
+            since_ms,
+            limit,
+        ))
+    }
+
+    /// The controller's decisions with a sequence above `after`, on the wire, naming this term.
+    fn decisions(&self, after: u64) -> Vec<v1::DecisionRecord> {
+        let (epoch, leader) = self
+            .term
+            .as_ref()
+            .map_or((0, ""), |t| (t.epoch, t.leader.as_str()));
+        self.controller
+            .as_ref()
+            .map(|c| c.decisions_after(after))
+            .unwrap_or_default()
+            .iter()
+            .map(|r| record_of(r, epoch, leader))
+            .collect()
     }
 }
 

@@ -77,38 +77,39 @@ fn explained(path: &Path, error: rusqlite::Error) -> StoreError {
     let StoreError::Unavailable(said) = &store_error else {
         return store_error;
     };
-    let file = match path.exists() {
+    let reason = match path.exists() {
         true => std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(path),
-        false => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
-    };
-    let reason = match file {
-        Err(error) if path.exists() => {
-            Some(format!("{} cannot be written: {error}", path.display()))
-        }
-        _ => {
-            let dir = path
-                .parent()
-                .filter(|dir| !dir.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let probe = dir.join(format!(".store-probe-{}", std::process::id()));
-            match std::fs::File::create(&probe) {
-                Err(error) => Some(format!(
-                    "cannot make files in {} (the store keeps its -wal and -shm files beside it): {error}",
-                    dir.display()
-                )),
-                Ok(_) => {
-                    let _ = std::fs::remove_file(&probe);
-                    None
-                }
-            }
-        }
+            .open(path)
+            .err()
+            .map(|error| format!("{} cannot be written: {error}", path.display()))
+            .or_else(|| unwritable_dir(path)),
+        false => unwritable_dir(path),
     };
     match reason {
         Some(reason) => StoreError::Unavailable(format!("{said}: {reason}")),
         None => store_error,
+    }
+}
+
+/// Why no file can be made beside `path` (where SQLite keeps the store's `-wal` and `-shm`),
+/// if none can: a probe file is made and removed.
+fn unwritable_dir(path: &Path) -> Option<String> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".store-probe-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Err(error) => Some(format!(
+            "cannot make files in {} (the store keeps its -wal and -shm files beside it): {error}",
+            dir.display()
+        )),
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
     }
 }
 

@@ -212,3 +212,76 @@ pub(super) fn last_log_line(path: &Path) -> Option<String> {
         None => clean.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Stopped, stop_child, stop_pid};
+
+    fn shell(script: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new("sh");
+        command.args(["-c", script]).kill_on_drop(true);
+        command
+    }
+
+    /// Until the shell has installed its trap: it says so on stdout.
+    async fn started(child: &mut tokio::process::Child) {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        let stdout = child.stdout.as_mut().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), stdout.read_exact(&mut byte))
+            .await
+            .expect("the shell starts within 10 s")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_child_that_obeys_sigterm_exits_and_one_that_ignores_it_is_killed_at_the_deadline() {
+        let mut obeys = shell("echo; sleep 30")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        started(&mut obeys).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let Stopped::Exited(Some(status)) = stop_child(&mut obeys, deadline).await.unwrap() else {
+            panic!("sh exits on SIGTERM");
+        };
+        assert!(!status.success());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "it did not wait for the deadline"
+        );
+
+        let mut ignores = shell("trap '' TERM; echo; while :; do sleep 0.1; done")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        started(&mut ignores).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        assert_eq!(
+            stop_child(&mut ignores, deadline).await.unwrap(),
+            Stopped::Killed
+        );
+        assert!(tokio::time::Instant::now() >= deadline);
+        assert_eq!(
+            stop_child(&mut ignores, deadline).await.unwrap(),
+            Stopped::Gone,
+            "a reaped child is gone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_process_that_is_not_our_child_is_stopped_by_its_pid() {
+        let mut other = shell("trap '' TERM; echo; while :; do sleep 0.1; done")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        started(&mut other).await;
+        let pid = other.id().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        assert_eq!(stop_pid(pid, deadline).await.unwrap(), Stopped::Killed);
+        other.wait().await.unwrap();
+        assert_eq!(stop_pid(0, deadline).await.unwrap(), Stopped::Gone);
+    }
+}

@@ -73,10 +73,7 @@ pub trait Platform: Send + Sync {
 }
 
 /// The platform the config's `[provider]` section names, its store opened.
-pub async fn open(
-    config: &DaemonConfig,
-    options: &RunOptions,
-) -> Result<Box<dyn Platform>, DaemonError> {
+pub fn open(config: &DaemonConfig, options: &RunOptions) -> Result<Box<dyn Platform>, DaemonError> {
     match &config.provider {
         ProviderSection::Local(section) => Ok(Box::new(local::LocalPlatform::open(
             config, section, options,
