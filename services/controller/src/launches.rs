@@ -12,10 +12,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::cloud::{CloudErrorKind, CloudInstance, InstanceState};
 use crate::policy::PolicyMemory;
 
-/// How long an instance the provider said it launched counts as pending while the provider does
-/// not list it yet (EC2's DescribeInstances may lag RunInstances by seconds); after that it is
-/// no longer counted, and the policy may launch in its place.
-pub const LISTED_WITHIN: Duration = Duration::from_secs(120);
+use crate::policy::LISTED_WITHIN;
 
 /// How long the token of a launch whose answer never came (a timeout, a lost connection, a
 /// leader gone during the call) is kept for the next launch to reuse. Within it, a provider

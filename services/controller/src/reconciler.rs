@@ -381,6 +381,8 @@ pub struct Controller<C> {
     /// Whether the balancer's health checks are not acted on, as it finds every target
     /// unhealthy.
     failing_open: bool,
+    /// The last observation the policy decided on, and the policy's clock then.
+    last: Option<(Observation, Duration)>,
 }
 
 /// Whether the balancer finds every target it judges (healthy or unhealthy: not those starting,
@@ -397,44 +399,49 @@ fn millis(since_epoch: Duration) -> i64 {
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Joins the provider's instances with the monitor's view (and the load balancer's, when there
-/// is one and its targets could be read).
+/// Joins the provider's instances (`listed`, and the launches it does not list yet) with the
+/// monitor's view (and the load balancer's, when there is one and its targets could be read).
 pub fn observe(
-    instances: &[CloudInstance],
+    listed: &[CloudInstance],
+    unlisted: &[CloudInstance],
     view: &FleetView,
     targets: Option<&[TargetStatus]>,
     now: SystemTime,
     uptime: Duration,
 ) -> Observation {
+    let seen = |instance: &CloudInstance, listed: bool| {
+        let seen = view.get(&instance.instance_id);
+        ObservedInstance {
+            instance_id: instance.instance_id.clone(),
+            cloud_state: instance.state,
+            age: now.duration_since(instance.launched_at).unwrap_or_default(),
+            health: seen.map(|i| i.health),
+            load: seen.and_then(|i| i.load),
+            has_reported: seen.is_some_and(|i| !i.recent_loads.is_empty()),
+            state_reason: instance.state_reason.clone(),
+            target_unhealthy: targets
+                .and_then(|targets| {
+                    targets
+                        .iter()
+                        .find(|t| t.instance_id == instance.instance_id)
+                })
+                .filter(|t| t.state == TargetState::Unhealthy)
+                .map(|t| {
+                    t.reason
+                        .clone()
+                        .unwrap_or_else(|| "its health checks fail".to_string())
+                }),
+            listed,
+        }
+    };
     Observation {
-        instances: instances
+        instances: listed
             .iter()
-            .map(|instance| {
-                let seen = view.get(&instance.instance_id);
-                ObservedInstance {
-                    instance_id: instance.instance_id.clone(),
-                    cloud_state: instance.state,
-                    age: now.duration_since(instance.launched_at).unwrap_or_default(),
-                    health: seen.map(|i| i.health),
-                    load: seen.and_then(|i| i.load),
-                    has_reported: seen.is_some_and(|i| !i.recent_loads.is_empty()),
-                    state_reason: instance.state_reason.clone(),
-                    target_unhealthy: targets
-                        .and_then(|targets| {
-                            targets
-                                .iter()
-                                .find(|t| t.instance_id == instance.instance_id)
-                        })
-                        .filter(|t| t.state == TargetState::Unhealthy)
-                        .map(|t| {
-                            t.reason
-                                .clone()
-                                .unwrap_or_else(|| "its health checks fail".to_string())
-                        }),
-                }
-            })
+            .map(|i| seen(i, true))
+            .chain(unlisted.iter().map(|i| seen(i, false)))
             .collect(),
         controller_uptime: uptime,
+        ..Observation::default()
     }
 }
 
@@ -501,6 +508,7 @@ impl<C: Cloud> Controller<C> {
             saved: None,
             fence: None,
             failing_open: false,
+            last: None,
         }
     }
 
@@ -570,6 +578,12 @@ impl<C: Cloud> Controller<C> {
         Ok(())
     }
 
+    /// The observation the last decision was made on, and the policy's clock then: with the
+    /// same config and memory, `policy::evaluate` of it is the decision the controller acted on.
+    pub fn last_observation(&self) -> Option<&(Observation, Duration)> {
+        self.last.as_ref()
+    }
+
     /// The launches asked and not yet listed (the status view shows them).
     pub fn pending_launches(&self) -> &[crate::launches::PendingLaunch] {
         self.launches.pending()
@@ -637,10 +651,10 @@ impl<C: Cloud> Controller<C> {
         // launches, and nothing is launched twice for one need.
         self.launches.settle(&instances, millis(now), &mut notes);
         let unlisted = self.launches.unlisted();
-        // The balancer's side: its targets, and the draining instances now done.
-        let mut drained_outcome = Vec::new();
-        let mut drained_ids = Vec::new();
+        // The balancer's side: its targets, and the draining instances now done, which are
+        // terminated first: they left the fleet at an earlier evaluation.
         let mut targets: Option<Vec<TargetStatus>> = None;
+        let mut drained_ids = Vec::new();
         if let Some(front) = self.front.as_mut() {
             match front.targets().await {
                 Ok(found) => targets = Some(found),
@@ -650,7 +664,7 @@ impl<C: Cloud> Controller<C> {
                 }
             }
             for drained in front.finished(&instances, targets.as_deref()) {
-                drained_outcome.push(if drained.timed_out {
+                notes.push(if drained.timed_out {
                     format!(
                         "{} still had requests in flight after {:.1} s (the drain timeout)",
                         drained.instance_id,
@@ -666,17 +680,29 @@ impl<C: Cloud> Controller<C> {
                 drained_ids.push((drained.instance_id, drained.why));
             }
         }
+        let mut record = DecisionRecord::noted(notes, None);
+        for (instance_id, why) in &drained_ids {
+            if !self.may_act(&mut record.outcome, &format!("terminating {instance_id}")) {
+                continue;
+            }
+            if *why == Removal::ScaleIn && view.get(instance_id).is_some() {
+                self.agents.notify_removal(instance_id, "scale-in").await;
+            }
+            self.terminate(std::slice::from_ref(instance_id), why.as_str(), &mut record)
+                .await;
+        }
+        // Instances leaving (draining, or drained and not terminated yet) are not part of the
+        // fleet the policy sizes, but they still run.
         let draining: Vec<String> = self.front.as_ref().map_or_else(Vec::new, Front::draining);
-        // Instances leaving (draining, or drained and about to be terminated) are not part of
-        // the fleet the policy sizes.
-        let leaving =
-            |id: &str| draining.iter().any(|d| d == id) || drained_ids.iter().any(|(d, _)| d == id);
-        let staying: Vec<CloudInstance> = instances
+        let leaving = |id: &str| {
+            (draining.iter().any(|d| d == id) || drained_ids.iter().any(|(d, _)| d == id))
+                && !record.terminated.iter().any(|t| t == id)
+        };
+        let (gone, staying): (Vec<CloudInstance>, Vec<CloudInstance>) = instances
             .iter()
-            .filter(|i| !leaving(&i.instance_id))
-            .chain(&unlisted)
+            .filter(|i| !record.terminated.contains(&i.instance_id))
             .cloned()
-            .collect();
+            .partition(|i| leaving(&i.instance_id));
         // With the balancer's health checks counting: when it finds every target unhealthy, the
         // fault is more likely its own (a wrong health path, the network) than every
         // instance's, and replacing them all would not help: its view is not acted on (ELB
@@ -692,17 +718,21 @@ impl<C: Cloud> Controller<C> {
                 "the load balancer finds a target healthy again: its health checks are acted on"
             };
             tracing::warn!("{note}");
-            notes.push(note.to_string());
+            record.outcome.push(note.to_string());
         }
-        let observation = observe(
+        let mut observation = observe(
             &staying,
+            &unlisted,
             &view,
             targets.as_deref().filter(|_| !failing_open),
             SystemTime::now(),
             uptime,
         );
+        observation.leaving = gone.len() as u32;
+        observation.removals_drain = self.front.is_some();
+        // The whole decision is the policy's: the controller acts on it as it is.
         let mut decision = policy::evaluate(&observation, &self.config, &mut self.state, now);
-        let shadow = self.shadow.as_mut().map(|(config, state)| {
+        record.shadow = self.shadow.as_mut().map(|(config, state)| {
             let verdict = policy::evaluate(&observation, config, state, now);
             ShadowVerdict {
                 desired: verdict.desired,
@@ -710,7 +740,7 @@ impl<C: Cloud> Controller<C> {
                 summary: verdict.summary(),
             }
         });
-        if let Some(verdict) = shadow.as_ref().filter(|v| v.differs) {
+        if let Some(verdict) = record.shadow.as_ref().filter(|v| v.differs) {
             tracing::info!(
                 current = decision.current,
                 desired = decision.desired,
@@ -719,66 +749,20 @@ impl<C: Cloud> Controller<C> {
                 verdict.summary
             );
         }
+        self.last = Some((observation.clone(), now));
         self.status
             .set_instances(instances.iter().chain(&unlisted).cloned().collect());
-
-        let mut record = DecisionRecord::noted(notes, shadow);
-        // An instance the provider does not list yet cannot be terminated.
-        let unlisted_ids: Vec<&str> = unlisted.iter().map(|i| i.instance_id.as_str()).collect();
-        let kept: Vec<String> = decision
-            .scale_in
-            .iter()
-            .chain(decision.replace.iter().map(|r| &r.instance_id))
-            .filter(|id| unlisted_ids.contains(&id.as_str()))
-            .cloned()
-            .collect();
-        if !kept.is_empty() {
-            record.outcome.push(format!(
-                "not terminated: {} not yet listed by the provider",
-                kept.join(", ")
-            ));
-            decision.scale_in.retain(|id| !kept.contains(id));
-            decision.replace.retain(|r| !kept.contains(&r.instance_id));
-        }
-        record.outcome.extend(drained_outcome);
-        for (instance_id, why) in drained_ids {
-            if !self.may_act(&mut record.outcome, &format!("terminating {instance_id}")) {
-                continue;
-            }
-            if why == Removal::ScaleIn && view.get(&instance_id).is_some() {
-                self.agents.notify_removal(&instance_id, "scale-in").await;
-            }
-            self.terminate(
-                std::slice::from_ref(&instance_id),
-                why.as_str(),
-                &mut record,
-            )
-            .await;
-        }
         // Replaced instances whose processes are gone have nothing to drain: terminated at once.
         let stopped: Vec<String> = decision
             .replace
             .iter()
             .filter(|r| {
-                instances
-                    .iter()
-                    .any(|i| i.instance_id == r.instance_id && i.state == InstanceState::Stopped)
+                observation.instances.iter().any(|i| {
+                    i.instance_id == r.instance_id && i.cloud_state == InstanceState::Stopped
+                })
             })
             .map(|r| r.instance_id.clone())
             .collect();
-        // With a balancer, instances drain for a while beside the fleet: a launch must not take
-        // the group past the account's instance limit meanwhile.
-        let listed = (instances.len() + unlisted.len())
-            .saturating_sub(record.terminated.len() + stopped.len()) as u32;
-        let room = self.config.instance_limit.saturating_sub(listed);
-        if self.front.is_some() && decision.launch > room {
-            record.outcome.push(format!(
-                "launch of {} held to {room}: {listed} instances are listed, draining ones \
-                 included, and the account allows {}",
-                decision.launch, self.config.instance_limit
-            ));
-            decision.launch = room;
-        }
         if decision.acts()
             && self.may_act(&mut record.outcome, "acting on the decision")
             && let Some(refused) = self
@@ -788,11 +772,10 @@ impl<C: Cloud> Controller<C> {
             // The provider refused the launch after its retries: back off as for an instance
             // that died at start.
             self.status.count_launch_refused();
-            self.state.launch_failed(&self.config, now, &refused);
+            policy::launch_refused(&mut decision, &self.config, &mut self.state, now, &refused);
             if let Some((config, state)) = self.shadow.as_mut() {
                 state.launch_failed(config, now, &refused);
             }
-            decision.launch_backoff = self.state.launch_backoff(now);
         }
         self.status
             .set_launch_backoff(decision.launch_backoff.clone());

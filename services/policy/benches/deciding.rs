@@ -23,9 +23,11 @@ fn fleet(size: usize) -> Observation {
                 has_reported: true,
                 state_reason: None,
                 target_unhealthy: None,
+                listed: true,
             })
             .collect(),
         controller_uptime: Duration::from_secs(86_400),
+        ..Default::default()
     }
 }
 

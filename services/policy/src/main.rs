@@ -54,9 +54,17 @@ struct Args {
     /// Seconds a terminated instance is still paid for.
     #[arg(long, default_value_t = 30)]
     termination_delay: u64,
-    /// Probability that a launch fails, 0-1.
+    /// Probability that the provider refuses a launch, 0-1.
     #[arg(long, default_value_t = 0.0)]
     launch_failure_rate: f64,
+    /// Seconds from a launch until the provider lists the instance (at most 120: the live
+    /// controller stops counting a launch it does not see listed after that).
+    #[arg(long, default_value_t = 0)]
+    listing_lag: u64,
+    /// Seconds a removed instance with requests in flight drains from a load balancer before
+    /// its termination; 0: no load balancer.
+    #[arg(long, default_value_t = 0)]
+    drain: u64,
     /// Per-instance load SLO, percent.
     #[arg(long, default_value_t = 80.0)]
     slo: f64,
@@ -128,9 +136,18 @@ fn check(args: &Args) -> Result<(), String> {
             args.launch_failure_rate
         ));
     }
+    let listed_within = autoscaler_policy::policy::LISTED_WITHIN.as_secs();
+    if args.listing_lag > listed_within {
+        return Err(format!(
+            "--listing-lag {} must be at most {listed_within}: the controller stops counting a \
+             launch it does not see listed after that",
+            args.listing_lag
+        ));
+    }
     for (flag, secs) in [
         ("--boot-delay", args.boot_delay),
         ("--termination-delay", args.termination_delay),
+        ("--drain", args.drain),
     ] {
         if secs > 86_400 {
             return Err(format!("{flag} {secs} must be at most 86400"));
@@ -213,6 +230,8 @@ fn run(args: Args) -> Result<(), String> {
             boot_delay_secs: args.boot_delay,
             termination_delay_secs: args.termination_delay,
             launch_failure_rate: args.launch_failure_rate,
+            listing_lag_secs: args.listing_lag,
+            drain_secs: args.drain,
             seed: args.seed,
         },
         slo: args.slo,
@@ -226,13 +245,15 @@ fn run(args: Args) -> Result<(), String> {
         .collect();
     let elapsed = started.elapsed();
     println!(
-        "trace {}: {} s ({:.1} h), demand {:.2}-{:.2} instance capacities; boot {} s, termination {} s, launch failures {:.0} %, SLO {} %",
+        "trace {}: {} s ({:.1} h), demand {:.2}-{:.2} instance capacities; boot {} s, listing lag {} s, drain {} s, termination {} s, launch failures {:.0} %, SLO {} %",
         trace.name,
         trace.demand.len(),
         trace.demand.len() as f64 / 3_600.0,
         trace.demand.iter().copied().fold(f64::INFINITY, f64::min),
         trace.demand.iter().copied().fold(0.0, f64::max),
         args.boot_delay,
+        args.listing_lag,
+        args.drain,
         args.termination_delay,
         args.launch_failure_rate * 100.0,
         args.slo

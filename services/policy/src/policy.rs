@@ -7,6 +7,11 @@ use std::time::Duration;
 use crate::config::{ControllerConfig, HealthCheckType, PolicyConfig, TerminationPolicy};
 use crate::instance::{Health, InstanceState};
 
+/// How long an instance the provider said it launched counts as pending while the provider does
+/// not list it yet (EC2's DescribeInstances may lag RunInstances by seconds); after that it is
+/// no longer counted, and the policy may launch in its place.
+pub const LISTED_WITHIN: Duration = Duration::from_secs(120);
+
 /// One instance as the controller sees it: the provider's facts joined with the monitor's.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ObservedInstance {
@@ -27,6 +32,10 @@ pub struct ObservedInstance {
     /// with `health_check_type = "load-balancer"`, a second reason to replace it once past the
     /// grace, as EC2 Auto Scaling's ELB health check type.
     pub target_unhealthy: Option<String>,
+    /// False for an instance this controller launched that the provider does not list yet (EC2's
+    /// listing lags its launches): it counts towards the fleet, but it cannot be terminated, so
+    /// it is never chosen for a scale-in nor replaced.
+    pub listed: bool,
 }
 
 /// Everything the policy looks at.
@@ -36,6 +45,14 @@ pub struct Observation {
     /// Time since the controller started: the registration grace never ends before it does, so
     /// a restarted controller does not replace instances that have yet to register again.
     pub controller_uptime: Duration,
+    /// Instances leaving the group (draining from the load balancer before their termination):
+    /// not part of the fleet the policy sizes, but running, so they count against the account's
+    /// instance limit (`ControllerConfig::instance_limit`).
+    pub leaving: u32,
+    /// True when a removal drains first (a load balancer is in front): an instance scaled in or
+    /// replaced now keeps its place under the instance limit until a later evaluation terminates
+    /// it, unless it has stopped (nothing to drain). False: removals are terminated at once.
+    pub removals_drain: bool,
 }
 
 /// The policy's memory between evaluations. Times are the evaluation clock's.
@@ -180,11 +197,16 @@ pub enum Rule {
     Bounds,
     Health,
     LaunchBackoff,
+    /// Launches held so the running instances, leaving ones included, stay within the
+    /// account's instance limit.
+    InstanceLimit,
+    /// A scale-in short of its size: the instances it would take are not listed yet.
+    NotListed,
 }
 
 impl Rule {
     /// Every rule, for counters that list each one, at zero too.
-    pub const ALL: [Rule; 8] = [
+    pub const ALL: [Rule; 10] = [
         Rule::MissingMetrics,
         Rule::Tolerance,
         Rule::Sustain,
@@ -193,6 +215,8 @@ impl Rule {
         Rule::Bounds,
         Rule::Health,
         Rule::LaunchBackoff,
+        Rule::InstanceLimit,
+        Rule::NotListed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -205,6 +229,8 @@ impl Rule {
             Rule::Bounds => "bounds",
             Rule::Health => "health",
             Rule::LaunchBackoff => "launch-backoff",
+            Rule::InstanceLimit => "instance-limit",
+            Rule::NotListed => "not-listed",
         }
     }
 }
@@ -247,6 +273,8 @@ pub enum MissingReason {
     Suspect,
     /// Answered, but has reported no load yet.
     NoLoad,
+    /// Would be replaced, but the provider does not list it yet, so it cannot be terminated.
+    NotListed,
 }
 
 impl MissingReason {
@@ -256,6 +284,7 @@ impl MissingReason {
             MissingReason::NotPolled => "not polled yet",
             MissingReason::Suspect => "missed its last poll",
             MissingReason::NoLoad => "no load reported",
+            MissingReason::NotListed => "to replace, but not yet listed by the provider",
         }
     }
 }
@@ -450,11 +479,18 @@ pub fn evaluate(
         Vec::with_capacity(observation.instances.len());
     let mut sum = 0.0;
     for instance in &observation.instances {
-        match role(instance, config, uptime) {
+        let role = match role(instance, config, uptime) {
+            // What the provider does not list cannot be terminated: it waits to be listed.
+            Role::Replace(_) if !instance.listed => Role::WithoutMetric(MissingReason::NotListed),
+            role => role,
+        };
+        match role {
             Role::InService(load) => {
                 observed.in_service += 1;
                 sum += load;
-                candidates.push((instance, Some(load)));
+                if instance.listed {
+                    candidates.push((instance, Some(load)));
+                }
             }
             Role::Warming => observed.warming += 1,
             Role::WithoutMetric(reason) => {
@@ -464,7 +500,9 @@ pub fn evaluate(
                     reason,
                     counted_as: None,
                 });
-                candidates.push((instance, None));
+                if instance.listed {
+                    candidates.push((instance, None));
+                }
             }
             Role::Replace(replacement) => {
                 observed.to_replace += 1;
@@ -730,7 +768,22 @@ pub fn evaluate(
     }
     let remaining = current - replace.len() as u32;
     let wanted = desired.saturating_sub(remaining);
-    let launch = hold_launches(observation, wanted, state, now, &mut rules);
+    let mut launch = hold_launches(observation, wanted, state, now, &mut rules);
+    let room = room_under_limit(observation, &replace, config);
+    if launch > room {
+        rules.push(RuleApplied {
+            rule: Rule::InstanceLimit,
+            from: launch,
+            to: room,
+            detail: format!(
+                "{} instance(s) running, {} of them leaving, and the account allows {}",
+                config.instance_limit - room,
+                observation.leaving,
+                config.instance_limit
+            ),
+        });
+        launch = room;
+    }
     // Rule-driven scaling starts a cooldown; filling up to the minimum or trimming down to the
     // maximum alone does not, nor does a scale-out the launch backoff holds back.
     if desired > current && rule_driven > current && launch == wanted {
@@ -748,6 +801,14 @@ pub fn evaluate(
             .take((remaining - desired) as usize)
             .map(|(instance, _)| instance.instance_id.clone())
             .collect();
+        let short = (remaining - desired) as usize - scale_in.len();
+        if short > 0 {
+            let to = desired + short as u32;
+            let unlisted = observation.instances.iter().filter(|i| !i.listed).count();
+            desired = apply(&mut rules, Rule::NotListed, desired, to, || {
+                format!("{unlisted} instance(s) not yet listed by the provider cannot be scaled in")
+            });
+        }
     }
     Decision {
         observed,
@@ -761,6 +822,44 @@ pub fn evaluate(
         scale_in,
         launch_backoff: state.launch_backoff(now),
     }
+}
+
+/// How many instances may be launched now under the account's instance limit: the limit less
+/// the instances that keep running through this evaluation (the fleet, the leaving ones, and
+/// those removed now that drain first).
+fn room_under_limit(
+    observation: &Observation,
+    replace: &[Replacement],
+    config: &ControllerConfig,
+) -> u32 {
+    let at_once = if observation.removals_drain {
+        let stopped = |r: &&Replacement| {
+            observation
+                .instances
+                .iter()
+                .any(|i| i.instance_id == r.instance_id && i.cloud_state == InstanceState::Stopped)
+        };
+        replace.iter().filter(stopped).count()
+    } else {
+        replace.len()
+    } as u32;
+    let running =
+        (observation.instances.len() as u32 + observation.leaving).saturating_sub(at_once);
+    config.instance_limit.saturating_sub(running)
+}
+
+/// The provider refused the launches `decision` asked for (after its own retries), at `now`:
+/// the launch backoff counts it as a failed launch, as for an instance that died at start, and
+/// the decision shows the backoff. The live controller and the simulator both call this.
+pub fn launch_refused(
+    decision: &mut Decision,
+    config: &ControllerConfig,
+    state: &mut PolicyState,
+    now: Duration,
+    reason: &str,
+) {
+    state.launch_failed(config, now, reason);
+    decision.launch_backoff = state.launch_backoff(now);
 }
 
 /// Counts the failed launches this observation shows, and forgets them once a launch made

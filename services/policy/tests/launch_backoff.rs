@@ -22,6 +22,7 @@ fn launched(id: &str, age: Duration) -> ObservedInstance {
         has_reported: false,
         state_reason: None,
         target_unhealthy: None,
+        listed: true,
     }
 }
 
@@ -30,6 +31,7 @@ fn died(id: &str, age: Duration) -> ObservedInstance {
         cloud_state: InstanceState::Stopped,
         state_reason: Some("exit status: 64: autoscaler-agent: cannot read tls/agent.pem".into()),
         target_unhealthy: None,
+        listed: true,
         ..launched(id, age)
     }
 }
@@ -47,6 +49,7 @@ fn at(instances: Vec<ObservedInstance>, now: Duration) -> Observation {
     Observation {
         instances,
         controller_uptime: now,
+        ..Default::default()
     }
 }
 

@@ -28,6 +28,7 @@ fn instance(
         has_reported: reported,
         state_reason: None,
         target_unhealthy: None,
+        listed: true,
     }
 }
 
@@ -55,6 +56,7 @@ fn a_restarted_controller_does_not_scale_in_adopted_instances_that_have_yet_to_r
             instance("local-0004", Some(Health::Unknown), None, false),
         ],
         controller_uptime: Duration::from_secs(2),
+        ..Default::default()
     };
     let decision = evaluate(
         &observation,
@@ -110,6 +112,7 @@ fn a_frozen_agent_does_not_make_room_for_a_scale_in() {
     let observation = Observation {
         instances,
         controller_uptime: 60 * MINUTE,
+        ..Default::default()
     };
     let decision = evaluate(
         &observation,
@@ -138,6 +141,7 @@ fn counting_the_missing_ones_can_reverse_the_direction_and_then_nothing_changes(
             instance("d", Some(Health::Healthy), None, true),
         ],
         controller_uptime: 60 * MINUTE,
+        ..Default::default()
     };
     let decision = evaluate(
         &observation,
@@ -167,6 +171,7 @@ fn on_the_way_up_missing_ones_count_at_zero() {
             instance("c", None, None, false),
         ],
         controller_uptime: 60 * MINUTE,
+        ..Default::default()
     };
     let decision = evaluate(
         &observation,
@@ -301,6 +306,7 @@ proptest! {
             let observation = Observation {
                 instances: earlier.iter().enumerate().map(|(i, k)| observed(i, *k)).collect(),
                 controller_uptime: now,
+                ..Default::default()
             };
             evaluate(&observation, &config, &mut state, now);
             now += Duration::from_secs(5);
@@ -308,6 +314,7 @@ proptest! {
         let observation = Observation {
             instances: kinds.iter().enumerate().map(|(i, k)| observed(i, *k)).collect(),
             controller_uptime: now,
+            ..Default::default()
         };
         let decision = evaluate(&observation, &config, &mut state, now);
         let remaining = decision.current - decision.replace.len() as u32;
@@ -355,6 +362,7 @@ fn a_replaced_instance_keeps_its_place_in_the_fleet() {
     let observation = Observation {
         instances,
         controller_uptime: 10 * MINUTE,
+        ..Default::default()
     };
     let decision = evaluate(
         &observation,

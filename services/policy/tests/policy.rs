@@ -26,6 +26,7 @@ fn serving(id: &str, load: f64) -> ObservedInstance {
         has_reported: true,
         state_reason: None,
         target_unhealthy: None,
+        listed: true,
     }
 }
 
@@ -37,6 +38,7 @@ fn fleet(loads: &[f64]) -> Observation {
             .map(|(i, load)| serving(&format!("i-{i}"), *load))
             .collect(),
         controller_uptime: 60 * MINUTE,
+        ..Default::default()
     }
 }
 
@@ -236,6 +238,7 @@ fn warming_instances_are_excluded_from_averages_and_never_scaled_in() {
         has_reported: false,
         state_reason: None,
         target_unhealthy: None,
+        listed: true,
         ..serving("i-new", 100.0)
     });
     let decision = once(&observation, &config);
@@ -263,6 +266,7 @@ fn warming_instances_are_excluded_from_averages_and_never_scaled_in() {
         has_reported: false,
         state_reason: None,
         target_unhealthy: None,
+        listed: true,
         ..serving("i-late", 0.0)
     });
     let decision = once(&late, &config);
@@ -313,6 +317,7 @@ fn unhealthy_stopped_and_unregistered_instances_are_replaced_despite_cooldowns()
         has_reported: false,
         state_reason: None,
         target_unhealthy: None,
+        listed: true,
         // Launched before this controller started (adopted), and never heard of since: lost,
         // not a failed launch, so its replacement does not wait for a backoff.
         age: 2 * 60 * MINUTE,

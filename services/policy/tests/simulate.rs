@@ -195,6 +195,7 @@ fn observation(ready: &[f64], booting: usize) -> Observation {
             has_reported: true,
             state_reason: None,
             target_unhealthy: None,
+            listed: true,
         })
         .collect();
     instances.extend((0..booting).map(|i| ObservedInstance {
@@ -206,10 +207,12 @@ fn observation(ready: &[f64], booting: usize) -> Observation {
         has_reported: false,
         state_reason: None,
         target_unhealthy: None,
+        listed: true,
     }));
     Observation {
         instances,
         controller_uptime: Duration::from_secs(3_600),
+        ..Default::default()
     }
 }
 
@@ -353,4 +356,68 @@ fn a_boot_slower_than_the_grace_is_warned_of_and_its_launches_back_off() {
         s.scale_outs,
         715
     );
+}
+
+#[test]
+fn a_listing_lag_neither_launches_twice_nor_scales_in_what_is_not_listed() {
+    // As `scale_in_waits_for_warm_up...`, with the provider listing launches 90 s late: the
+    // instance launched at t=61 is serving at t=121 but listed only at t=151, so the scale-in
+    // at t=121 takes 3 of the 4 listed ones and keeps it. Nothing is launched twice meanwhile.
+    let trace = flat_then(3.0, 100, 0.2, 200);
+    let mut policy = Policy::ours_target(2, 5);
+    if let Policy::Project { config, .. } = &mut policy {
+        config.scale_out_cooldown_secs = 0;
+        config.scale_in_cooldown_secs = 0;
+    }
+    let lagging = Options {
+        cloud: CloudModel {
+            listing_lag_secs: 90,
+            ..CloudModel::default()
+        },
+        ..Options::default()
+    };
+    let run = simulate(&trace, &policy, &lagging);
+    let mut supply = vec![2; 61];
+    supply.extend([4; 60]);
+    supply.extend([2; 79]);
+    assert_eq!(run.supply, supply);
+    let s = &run.scores;
+    assert_eq!((s.scale_outs, s.scale_ins), (2, 1));
+}
+
+#[test]
+fn draining_instances_count_against_the_instance_limit() {
+    // Demand 4.5 (5 instances at 90 %), a dip to 0.2 that scales in to 2, and back to 4.5
+    // while the removed ones still drain for 120 s: the group never runs more than the
+    // account's limit of 5, draining included, and reaches 5 serving once the drains end.
+    let demand: Vec<f64> = (0..900)
+        .map(|t| if (300..330).contains(&t) { 0.2 } else { 4.5 })
+        .collect();
+    let trace = Trace {
+        name: "dip".to_string(),
+        demand,
+    };
+    let mut policy = Policy::ours_target(2, 5);
+    if let Policy::Project { config, .. } = &mut policy {
+        config.scale_out_cooldown_secs = 0;
+        config.scale_in_cooldown_secs = 0;
+        config.instance_limit = 5;
+    }
+    let options = Options {
+        cloud: CloudModel {
+            drain_secs: 120,
+            termination_delay_secs: 0,
+            ..CloudModel::default()
+        },
+        ..Options::default()
+    };
+    let run = simulate(&trace, &policy, &options);
+    assert!(
+        run.supply[..300].contains(&5) && run.supply[300..340].contains(&2),
+        "it scales out, then in on the dip: {:?}",
+        &run.supply[..400]
+    );
+    let most = run.billed.iter().max().copied().unwrap();
+    assert_eq!(most, 5, "instances running, draining ones included");
+    assert_eq!(run.supply.last(), Some(&5), "{:?}", &run.supply[300..]);
 }

@@ -1,7 +1,9 @@
 //! The policy simulator: replays a demand trace through the very `policy::evaluate` the live
 //! controller runs (or a reference policy) on a virtual clock, against a model of the cloud
-//! (boot delay, termination delay, launch failures), and scores the run. No sleeping: a month at
-//! one-second resolution replays in well under a second.
+//! (boot delay, listing lag, drain time behind a load balancer, termination delay, refused
+//! launches), and scores the run. The live controller acts on the decision as it is, so what is
+//! replayed is what would act. No sleeping: a month at one-second resolution replays in well
+//! under a second.
 
 pub mod chart;
 pub mod reference;
@@ -25,8 +27,17 @@ pub struct CloudModel {
     pub boot_delay_secs: u64,
     /// Seconds a terminated instance is still paid for. It stops serving at once.
     pub termination_delay_secs: u64,
-    /// Probability that one launch fails (insufficient capacity); the policy sees no instance.
+    /// Probability that the provider refuses one launch (insufficient capacity): no instance,
+    /// and the launch backoff counts it (`policy::launch_refused`), as live.
     pub launch_failure_rate: f64,
+    /// Seconds from a launch until the provider lists the instance (EC2's listing lags its
+    /// launches): until then it counts towards the fleet and cannot be terminated, as live.
+    pub listing_lag_secs: u64,
+    /// Seconds a removed instance with requests in flight takes to drain from the load balancer
+    /// before its termination (the longest request); 0: no load balancer, removals terminate at
+    /// once. A draining instance serves no new request, is paid for, and counts against the
+    /// account's instance limit; an idle one is done by the next evaluation.
+    pub drain_secs: u64,
     pub seed: u64,
 }
 
@@ -36,6 +47,8 @@ impl Default for CloudModel {
             boot_delay_secs: 60,
             termination_delay_secs: 30,
             launch_failure_rate: 0.0,
+            listing_lag_secs: 0,
+            drain_secs: 0,
             seed: 1,
         }
     }
@@ -241,24 +254,28 @@ pub fn warnings(policy: &Policy, cloud: &CloudModel) -> Vec<String> {
 struct Instance {
     launched_at: u64,
     ready_at: u64,
+    listed_at: u64,
 }
 
-/// The simulated cloud: instances listed (parallel to the observation), and instances that are
-/// terminating and still paid for.
+/// The simulated cloud: the group's instances (parallel to the observation), instances draining
+/// from the load balancer (when they are done), and instances that are terminating and still
+/// paid for (when they are gone).
 struct World {
     listed: Vec<Instance>,
     observation: Observation,
+    draining: Vec<u64>,
     terminating: Vec<u64>,
     next_id: u64,
     random: SplitMix64,
 }
 
 impl World {
-    fn launch(&mut self, now: u64, ready_at: u64) {
+    fn launch(&mut self, now: u64, ready_at: u64, listed_at: u64) {
         self.next_id += 1;
         self.listed.push(Instance {
             launched_at: now,
             ready_at,
+            listed_at,
         });
         self.observation.instances.push(ObservedInstance {
             instance_id: format!("sim-{:06}", self.next_id),
@@ -269,6 +286,43 @@ impl World {
             has_reported: false,
             state_reason: None,
             target_unhealthy: None,
+            listed: listed_at <= now,
+        });
+    }
+
+    /// Removes `instance_id` from the group at `now`: behind a load balancer it drains first
+    /// (for `drain_secs` when it had requests in flight), else it terminates at once.
+    fn remove(&mut self, instance_id: &str, now: u64, cloud: &CloudModel) -> bool {
+        let Some(at) = self
+            .observation
+            .instances
+            .iter()
+            .position(|i| i.instance_id == instance_id)
+        else {
+            return false;
+        };
+        if cloud.drain_secs == 0 {
+            return self.terminate(instance_id, now + cloud.termination_delay_secs);
+        }
+        let busy = self.observation.instances[at]
+            .load
+            .is_some_and(|load| load > 0.0);
+        self.observation.instances.swap_remove(at);
+        self.listed.swap_remove(at);
+        self.draining
+            .push(now + if busy { cloud.drain_secs } else { 0 });
+        true
+    }
+
+    /// Terminates the instances whose drain is done by `now`.
+    fn drained(&mut self, now: u64, cloud: &CloudModel) {
+        let terminating = &mut self.terminating;
+        self.draining.retain(|&done_at| {
+            if done_at > now {
+                return true;
+            }
+            terminating.push(now + cloud.termination_delay_secs);
+            false
         });
     }
 
@@ -294,8 +348,10 @@ impl World {
     /// Brings the observation up to second `now` with every serving instance at `load`.
     fn observe(&mut self, now: u64, load: f64) {
         self.observation.controller_uptime = Duration::from_secs(now);
+        self.observation.leaving = self.draining.len() as u32;
         for (instance, seen) in self.listed.iter().zip(&mut self.observation.instances) {
             seen.age = Duration::from_secs(now - instance.launched_at);
+            seen.listed = instance.listed_at <= now;
             if instance.ready_at <= now {
                 seen.cloud_state = InstanceState::Running;
                 seen.health = Some(Health::Healthy);
@@ -330,13 +386,17 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
     let cloud = &options.cloud;
     let mut world = World {
         listed: Vec::new(),
-        observation: Observation::default(),
+        observation: Observation {
+            removals_drain: cloud.drain_secs > 0,
+            ..Observation::default()
+        },
+        draining: Vec::new(),
         terminating: Vec::new(),
         next_id: 0,
         random: SplitMix64(cloud.seed),
     };
     for _ in 0..policy.min_instances() {
-        world.launch(0, 0);
+        world.launch(0, 0, 0);
     }
     let period = policy.period_secs();
     let mut scorer = Scorer::new(options.slo, options.reversal_window_secs);
@@ -356,6 +416,9 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
         };
         let evaluating = now.is_multiple_of(period);
         let sampling = matches!(policy, Policy::AwsStep { .. });
+        if evaluating && !world.draining.is_empty() {
+            world.drained(now, cloud);
+        }
         if evaluating || sampling {
             world.observe(now, load);
         }
@@ -363,17 +426,20 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
             model.sample(&world.observation);
         }
         if evaluating && now > 0 {
+            let mut decision = None;
             let (launch, terminate) = match &mut policy {
                 Policy::Project { config, .. } => {
-                    let decision = policy::evaluate(
+                    let decided = policy::evaluate(
                         &world.observation,
                         config,
                         &mut state,
                         Duration::from_secs(now),
                     );
-                    let mut terminate = decision.scale_in;
-                    terminate.extend(decision.replace.into_iter().map(|r| r.instance_id));
-                    (decision.launch, terminate)
+                    let mut terminate = decided.scale_in.clone();
+                    terminate.extend(decided.replace.iter().map(|r| r.instance_id.clone()));
+                    let launch = decided.launch;
+                    decision = Some(decided);
+                    (launch, terminate)
                 }
                 Policy::Hpa { model, .. } => {
                     plan(&world, model.desired(&world.observation, now), now)
@@ -384,7 +450,7 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
             };
             if !terminate.is_empty() {
                 for instance_id in &terminate {
-                    world.terminate(instance_id, now + cloud.termination_delay_secs);
+                    world.remove(instance_id, now, cloud);
                 }
                 scorer.scale_in(now);
             }
@@ -398,15 +464,22 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
                         scorer.launch_failed();
                         refused += 1;
                     } else {
-                        world.launch(now, now + cloud.boot_delay_secs);
+                        world.launch(
+                            now,
+                            now + cloud.boot_delay_secs,
+                            now + cloud.listing_lag_secs,
+                        );
                     }
                 }
                 // The live controller backs off after a refused launch; so does the replay.
                 if refused > 0
-                    && let Policy::Project { config, .. } = &policy
+                    && let (Policy::Project { config, .. }, Some(decision)) =
+                        (&policy, decision.as_mut())
                 {
-                    state.launch_failed(
+                    policy::launch_refused(
+                        decision,
                         config,
+                        &mut state,
                         Duration::from_secs(now),
                         "insufficient capacity (simulated)",
                     );
@@ -414,7 +487,9 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
             }
         }
         let serving = world.serving(now);
-        let billed = (world.listed.len() + world.terminating.len()) as u32;
+        // Paid for: the group, the draining, and the terminating not yet gone by this second.
+        let terminating = world.terminating.iter().filter(|&&gone| gone > now).count();
+        let billed = (world.listed.len() + world.draining.len() + terminating) as u32;
         scorer.second(demand, serving, billed);
         if keep {
             supply_series.push(serving);
