@@ -9,5 +9,6 @@ pub mod haproxy;
 pub mod launches;
 pub mod local;
 pub mod reconciler;
+pub mod status;
 
-pub use autoscaler_policy::{config, fleet, policy};
+pub use autoscaler_policy::{config, fleet, kinds, policy};

@@ -440,6 +440,7 @@ async fn a_launch_that_cannot_be_written_down_first_is_not_asked() {
 async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
     use autoscaler_controller::config::{PolicyConfig, ShadowConfig};
     use autoscaler_controller::fleet::{Health, InstanceView};
+    use autoscaler_controller::kinds::TargetTracking;
 
     let cloud = Arc::new(ScriptedCloud::default());
     let launched_at = SystemTime::now() - Duration::from_secs(600);
@@ -479,10 +480,10 @@ async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
     // Live: target 50 % -> 52 % is within the tolerance, hold. Shadow: target 30 % -> 4.
     let config = ControllerConfig {
         shadow: Some(ShadowConfig {
-            policy: PolicyConfig::TargetTracking {
+            policy: PolicyConfig::TargetTracking(TargetTracking {
                 target: 30.0,
                 tolerance: 0.1,
-            },
+            }),
             warmup_secs: None,
             scale_out_cooldown_secs: None,
             scale_in_cooldown_secs: None,

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use autoscaler_controller::launches::{ControllerMemory, Journal};
-use autoscaler_controller::reconciler::ControllerStatus;
+use autoscaler_controller::status::ControllerStatus;
 use autoscaler_store::{Activity, Store, StoreError, now_ms};
 use prost::Message;
 

@@ -8,7 +8,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use autoscaler_controller::reconciler::{Agents, Controller, ControllerStatus};
+use autoscaler_controller::reconciler::{Agents, Controller};
+use autoscaler_controller::status::ControllerStatus;
 use autoscaler_proto::auth::{Credentials, Token};
 use autoscaler_proto::tls;
 use autoscaler_store::{Lease, Store};

@@ -8,7 +8,7 @@ use autoscaler_policy::time::unix_ms;
 
 use autoscaler_controller::balancer::TargetState;
 use autoscaler_controller::cloud::InstanceState;
-use autoscaler_controller::reconciler::{ControllerStatus, DecisionRecord};
+use autoscaler_controller::status::{ControllerStatus, DecisionRecord};
 use autoscaler_policy::Health;
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::status_server::Status;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::kinds::{Kind, Step, StepRule, TargetTracking};
+
 /// The AWS Academy cap on running instances, the default account limit.
 pub const DEFAULT_INSTANCE_LIMIT: u32 = 5;
 
@@ -118,34 +120,23 @@ pub enum TerminationPolicy {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(try_from = "RawPolicy")]
 pub enum PolicyConfig {
-    /// Threshold/step: an average above `scale_out.above` for `scale_out.for_secs` adds
-    /// `scale_out.step` instances; below `scale_in.below` for `scale_in.for_secs` removes
-    /// `scale_in.step`.
-    Step {
-        scale_out: StepRule,
-        scale_in: StepRule,
-    },
-    /// Target tracking: desired = ceil(sum of loads / target), unless the average is within
-    /// `tolerance` (a fraction) of the target.
-    TargetTracking { target: f64, tolerance: f64 },
+    Step(Step),
+    TargetTracking(TargetTracking),
 }
 
 impl PolicyConfig {
+    /// What the kind decides by itself; `policy::evaluate` applies the rest.
+    pub fn kind(&self) -> &dyn Kind {
+        match self {
+            PolicyConfig::Step(kind) => kind,
+            PolicyConfig::TargetTracking(kind) => kind,
+        }
+    }
+
     /// The loads, percent, at which the policy acts, with a name for each: what the dashboard
     /// marks on its load chart.
     pub fn load_marks(&self) -> Vec<(f64, &'static str)> {
-        match self {
-            PolicyConfig::TargetTracking { target, .. } => vec![(*target, "target")],
-            PolicyConfig::Step {
-                scale_out,
-                scale_in,
-            } => scale_out
-                .above
-                .map(|above| (above, "scale out"))
-                .into_iter()
-                .chain(scale_in.below.map(|below| (below, "scale in")))
-                .collect(),
-        }
+        self.kind().load_marks()
     }
 }
 
@@ -189,26 +180,26 @@ impl TryFrom<RawPolicy> for PolicyConfig {
             PolicyKind::TargetTracking => {
                 stray(raw.scale_out.is_some(), "scale_out", "target-tracking")?;
                 stray(raw.scale_in.is_some(), "scale_in", "target-tracking")?;
-                Ok(PolicyConfig::TargetTracking {
+                Ok(PolicyConfig::TargetTracking(TargetTracking {
                     target: raw
                         .target
                         .ok_or("`policy.target` is missing: kind = \"target-tracking\" needs it")?,
                     tolerance: raw.tolerance.ok_or(
                         "`policy.tolerance` is missing: kind = \"target-tracking\" needs it",
                     )?,
-                })
+                }))
             }
             PolicyKind::Step => {
                 stray(raw.target.is_some(), "target", "step")?;
                 stray(raw.tolerance.is_some(), "tolerance", "step")?;
-                Ok(PolicyConfig::Step {
+                Ok(PolicyConfig::Step(Step {
                     scale_out: raw
                         .scale_out
                         .ok_or("`policy.scale_out` is missing: kind = \"step\" needs it")?,
                     scale_in: raw
                         .scale_in
                         .ok_or("`policy.scale_in` is missing: kind = \"step\" needs it")?,
-                })
+                }))
             }
         }
     }
@@ -216,27 +207,11 @@ impl TryFrom<RawPolicy> for PolicyConfig {
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        PolicyConfig::TargetTracking {
+        PolicyConfig::TargetTracking(TargetTracking {
             target: 50.0,
             tolerance: 0.1,
-        }
+        })
     }
-}
-
-/// One side of the step policy.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StepRule {
-    /// Threshold for scaling out (used by `scale_out`), percent.
-    #[serde(default)]
-    pub above: Option<f64>,
-    /// Threshold for scaling in (used by `scale_in`), percent.
-    #[serde(default)]
-    pub below: Option<f64>,
-    /// How long the average must stay past the threshold, in seconds.
-    pub for_secs: u64,
-    /// Instances added or removed at once.
-    pub step: u32,
 }
 
 /// A setting out of range, naming its field.
@@ -245,6 +220,15 @@ pub struct StepRule {
 pub struct ConfigError {
     pub field: &'static str,
     pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(field: &'static str, problem: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field,
+            problem: problem.into(),
+        }
+    }
 }
 
 fn fail<T>(field: &'static str, problem: impl Into<String>) -> Result<T, ConfigError> {
@@ -354,65 +338,7 @@ impl ControllerConfig {
                 ),
             );
         }
-        match &self.policy {
-            PolicyConfig::TargetTracking { target, tolerance } => {
-                if !(*target > 0.0 && *target <= 100.0) {
-                    return fail(
-                        "policy.target",
-                        format!("is {target}; it must be within 0-100, above 0"),
-                    );
-                }
-                if !(0.0..1.0).contains(tolerance) {
-                    return fail(
-                        "policy.tolerance",
-                        format!("is {tolerance}; it must be a fraction within 0-1 (0.1 is 10 %)"),
-                    );
-                }
-            }
-            PolicyConfig::Step {
-                scale_out,
-                scale_in,
-            } => {
-                let Some(high) = scale_out.above.filter(|_| scale_out.below.is_none()) else {
-                    return fail("policy.scale_out", "needs `above` (and no `below`)");
-                };
-                let Some(low) = scale_in.below.filter(|_| scale_in.above.is_none()) else {
-                    return fail("policy.scale_in", "needs `below` (and no `above`)");
-                };
-                if !(0.0..=100.0).contains(&high) {
-                    return fail(
-                        "policy.scale_out.above",
-                        format!("is {high}; it must be within 0-100"),
-                    );
-                }
-                if !(0.0..=100.0).contains(&low) {
-                    return fail(
-                        "policy.scale_in.below",
-                        format!("is {low}; it must be within 0-100"),
-                    );
-                }
-                if low >= high {
-                    return fail(
-                        "policy.scale_in.below",
-                        format!("is {low}; it must be below policy.scale_out.above = {high}"),
-                    );
-                }
-                for (field, rule) in [
-                    ("policy.scale_out.step", scale_out),
-                    ("policy.scale_in.step", scale_in),
-                ] {
-                    if rule.step == 0 || rule.step > self.max_instances {
-                        return fail(
-                            field,
-                            format!("is {}; it must be within 1-max_instances", rule.step),
-                        );
-                    }
-                    if rule.for_secs > 86_400 {
-                        return fail(field, "for_secs must be at most 86400");
-                    }
-                }
-            }
-        }
+        self.policy.kind().validate(self.max_instances)?;
         Ok(())
     }
 
@@ -482,17 +408,17 @@ mod tests {
         );
         assert_eq!(
             field_of(ControllerConfig {
-                policy: PolicyConfig::TargetTracking {
+                policy: PolicyConfig::TargetTracking(TargetTracking {
                     target: 0.0,
                     tolerance: 0.1
-                },
+                }),
                 ..base.clone()
             }),
             "policy.target"
         );
         assert_eq!(
             field_of(ControllerConfig {
-                policy: PolicyConfig::Step {
+                policy: PolicyConfig::Step(Step {
                     scale_out: StepRule {
                         above: Some(30.0),
                         below: None,
@@ -505,7 +431,7 @@ mod tests {
                         for_secs: 1,
                         step: 1
                     },
-                },
+                }),
                 ..base.clone()
             }),
             "policy.scale_in.below"
@@ -546,10 +472,10 @@ mod tests {
         assert_eq!(shadow.scale_in_cooldown_secs, 600, "its own");
         assert_eq!(
             shadow.policy,
-            PolicyConfig::TargetTracking {
+            PolicyConfig::TargetTracking(TargetTracking {
                 target: 70.0,
                 tolerance: 0.05
-            }
+            })
         );
         assert_eq!(shadow.shadow, None);
 

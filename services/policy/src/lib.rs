@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod config;
 pub mod fleet;
 pub mod instance;
+pub mod kinds;
 pub mod policy;
 pub mod random;
 pub mod simulate;

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use autoscaler_policy::config::{ControllerConfig, PolicyConfig, StepRule};
+use autoscaler_policy::config::{ControllerConfig, PolicyConfig};
+use autoscaler_policy::kinds::{Step, StepRule, TargetTracking};
 use autoscaler_policy::policy::{
     MissingReason, Observation, ObservedInstance, PolicyState, Rule, evaluate,
 };
@@ -36,10 +37,10 @@ fn tracking() -> ControllerConfig {
     ControllerConfig {
         min_instances: 2,
         max_instances: 4,
-        policy: PolicyConfig::TargetTracking {
+        policy: PolicyConfig::TargetTracking(TargetTracking {
             target: 50.0,
             tolerance: 0.1,
-        },
+        }),
         ..ControllerConfig::default()
     }
 }
@@ -262,12 +263,12 @@ fn any_config() -> impl Strategy<Value = ControllerConfig> {
             scale_out_cooldown_secs: cooldown,
             scale_in_cooldown_secs: cooldown,
             policy: if tracking {
-                PolicyConfig::TargetTracking {
+                PolicyConfig::TargetTracking(TargetTracking {
                     target: level,
                     tolerance: 0.1,
-                }
+                })
             } else {
-                PolicyConfig::Step {
+                PolicyConfig::Step(Step {
                     scale_out: StepRule {
                         above: Some(level.max(1.0)),
                         below: None,
@@ -280,7 +281,7 @@ fn any_config() -> impl Strategy<Value = ControllerConfig> {
                         for_secs: 0,
                         step: 1,
                     },
-                }
+                })
             },
             ..ControllerConfig::default()
         },
@@ -330,8 +331,8 @@ proptest! {
         let named: Vec<String> = decision.missing.iter().map(|m| m.instance_id.clone()).collect();
         prop_assert_eq!(named, expected);
         let level = match &config.policy {
-            PolicyConfig::TargetTracking { target, .. } => *target,
-            PolicyConfig::Step { scale_in, .. } => scale_in.below.unwrap_or(0.0),
+            PolicyConfig::TargetTracking(TargetTracking { target, .. }) => *target,
+            PolicyConfig::Step(Step { scale_in, .. }) => scale_in.below.unwrap_or(0.0),
         };
         for metric in &decision.missing {
             prop_assert!(matches!(metric.counted_as, None | Some(0.0)) || metric.counted_as == Some(level),

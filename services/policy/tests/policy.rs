@@ -7,8 +7,9 @@ use std::time::Duration;
 use autoscaler_policy::Health;
 use autoscaler_policy::InstanceState;
 use autoscaler_policy::config::{
-    ControllerConfig, HealthCheckType, PolicyConfig, StepRule, TerminationPolicy,
+    ControllerConfig, HealthCheckType, PolicyConfig, TerminationPolicy,
 };
+use autoscaler_policy::kinds::{Step, StepRule, TargetTracking};
 use autoscaler_policy::policy::{
     Decision, Observation, ObservedInstance, PolicyState, Rule, evaluate,
 };
@@ -44,14 +45,14 @@ fn fleet(loads: &[f64]) -> Observation {
 
 fn target_tracking(target: f64, tolerance: f64) -> ControllerConfig {
     ControllerConfig {
-        policy: PolicyConfig::TargetTracking { target, tolerance },
+        policy: PolicyConfig::TargetTracking(TargetTracking { target, tolerance }),
         ..ControllerConfig::default()
     }
 }
 
 fn step(high: f64, low: f64, for_secs: u64) -> ControllerConfig {
     ControllerConfig {
-        policy: PolicyConfig::Step {
+        policy: PolicyConfig::Step(Step {
             scale_out: StepRule {
                 above: Some(high),
                 below: None,
@@ -64,7 +65,7 @@ fn step(high: f64, low: f64, for_secs: u64) -> ControllerConfig {
                 for_secs,
                 step: 1,
             },
-        },
+        }),
         ..ControllerConfig::default()
     }
 }
@@ -457,12 +458,12 @@ fn any_config() -> impl Strategy<Value = ControllerConfig> {
                 scale_out_cooldown_secs: out_cd,
                 scale_in_cooldown_secs: in_cd,
                 policy: if tracking {
-                    PolicyConfig::TargetTracking {
+                    PolicyConfig::TargetTracking(TargetTracking {
                         target: level,
                         tolerance: 0.1,
-                    }
+                    })
                 } else {
-                    PolicyConfig::Step {
+                    PolicyConfig::Step(Step {
                         scale_out: StepRule {
                             above: Some(level.max(1.0)),
                             below: None,
@@ -475,7 +476,7 @@ fn any_config() -> impl Strategy<Value = ControllerConfig> {
                             for_secs: 5,
                             step: 1,
                         },
-                    }
+                    })
                 },
                 ..ControllerConfig::default()
             },

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::config::{ControllerConfig, PolicyConfig};
 use crate::instance::{Health, InstanceState};
+use crate::kinds::{Step, StepRule};
 use crate::policy::{self, Observation, ObservedInstance, PolicyState};
 use crate::random::SplitMix64;
 use reference::{AwsStep, Hpa, Reference};
@@ -103,20 +104,20 @@ impl Policy {
     /// The project's step policy: above 70 % for 60 s adds one, below 30 % for 120 s removes one.
     pub fn ours_step(min: u32, max: u32) -> Policy {
         let config = ControllerConfig {
-            policy: PolicyConfig::Step {
-                scale_out: crate::config::StepRule {
+            policy: PolicyConfig::Step(Step {
+                scale_out: StepRule {
                     above: Some(70.0),
                     below: None,
                     for_secs: 60,
                     step: 1,
                 },
-                scale_in: crate::config::StepRule {
+                scale_in: StepRule {
                     above: None,
                     below: Some(30.0),
                     for_secs: 120,
                     step: 1,
                 },
-            },
+            }),
             ..ControllerConfig::default()
         };
         Policy::Project {
@@ -151,23 +152,7 @@ impl Policy {
     pub fn describe(&self) -> String {
         match self {
             Policy::Project { config, .. } => {
-                let rule = match &config.policy {
-                    PolicyConfig::TargetTracking { target, tolerance } => {
-                        format!("target tracking {target}% +/-{:.0}%", tolerance * 100.0)
-                    }
-                    PolicyConfig::Step {
-                        scale_out,
-                        scale_in,
-                    } => format!(
-                        "step +{} above {}% for {}s, -{} below {}% for {}s",
-                        scale_out.step,
-                        scale_out.above.unwrap_or(100.0),
-                        scale_out.for_secs,
-                        scale_in.step,
-                        scale_in.below.unwrap_or(0.0),
-                        scale_in.for_secs
-                    ),
-                };
+                let rule = config.policy.kind().describe();
                 format!(
                     "{rule}; cooldowns out {}s, in {}s; every {}ms; [{}, {}]",
                     config.scale_out_cooldown_secs,

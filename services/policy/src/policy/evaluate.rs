@@ -1,0 +1,364 @@
+//! `evaluate`: the decision, whole. Each instance's role (in service, warming, without a fresh
+//! metric, to replace), the loads counted as the Kubernetes HPA counts them, the kind's
+//! recommendation (`crate::kinds`), then the guards every kind shares: warm-up, missing
+//! metrics, cooldowns, bounds, health, the launch backoff and the account's instance limit.
+
+use std::time::Duration;
+
+use super::memory::{PolicyState, hold_launches, track_launches};
+use super::{
+    Decision, MissingMetric, MissingReason, Observation, Observed, ObservedInstance, Replacement,
+    Rule, RuleApplied,
+};
+use crate::config::{ControllerConfig, HealthCheckType, TerminationPolicy};
+use crate::instance::{Health, InstanceState};
+use crate::kinds::{Counted, Direction, Rules};
+
+fn ids(missing: &[MissingMetric]) -> String {
+    let listed: Vec<String> = missing.iter().map(MissingMetric::describe).collect();
+    listed.join(", ")
+}
+
+enum Role {
+    InService(f64),
+    Warming,
+    WithoutMetric(MissingReason),
+    Replace(Replacement),
+}
+
+fn role(instance: &ObservedInstance, config: &ControllerConfig, uptime: Duration) -> Role {
+    // An instance launched since this controller started that is replaced before it ever
+    // reported is a failed launch; an adopted one that is lost is not.
+    let failed_launch = !instance.has_reported && instance.age < uptime;
+    let replace = |reason: String| {
+        Role::Replace(Replacement {
+            instance_id: instance.instance_id.clone(),
+            reason,
+            failed_launch,
+        })
+    };
+    if instance.cloud_state == InstanceState::Stopped {
+        return replace(match &instance.state_reason {
+            Some(why) => format!("not running: {why}"),
+            None => "not running".to_string(),
+        });
+    }
+    if config.health_check_type == HealthCheckType::LoadBalancer
+        && let Some(why) = &instance.target_unhealthy
+        // From the launch only: the balancer's view outlives a change of controller.
+        && instance.age > config.registration_grace()
+    {
+        return replace(format!("unhealthy per the load balancer: {why}"));
+    }
+    match instance.health {
+        Some(Health::Unhealthy) => return replace("unhealthy per the monitor".to_string()),
+        None if instance.age.min(uptime) > config.registration_grace() => {
+            return replace(format!(
+                "never registered within {}s",
+                config.registration_grace_secs
+            ));
+        }
+        _ => {}
+    }
+    if !instance.has_reported && instance.age < config.warmup() {
+        return Role::Warming;
+    }
+    match (instance.health, instance.load) {
+        (Some(Health::Healthy), Some(load)) => Role::InService(load),
+        (None, _) => Role::WithoutMetric(MissingReason::NotRegistered),
+        (Some(Health::Unknown), _) => Role::WithoutMetric(MissingReason::NotPolled),
+        (Some(Health::Suspect), _) => Role::WithoutMetric(MissingReason::Suspect),
+        (Some(_), _) => Role::WithoutMetric(MissingReason::NoLoad),
+    }
+}
+
+/// Evaluates the policy at time `now` (of the same clock as earlier calls with `state`).
+///
+/// Instances without a fresh metric are counted as the Kubernetes HPA counts pods without
+/// metrics: at the target when the others point to a scale-in, at 0 % when they point to a
+/// scale-out, and no scaling when counting them reverses the direction. On top of that, no
+/// instance is scaled in while any listed instance lacks a fresh metric (unless the fleet is
+/// above its maximum): the controller decides only on what it sees.
+pub fn evaluate(
+    observation: &Observation,
+    config: &ControllerConfig,
+    state: &mut PolicyState,
+    now: Duration,
+) -> Decision {
+    let uptime = observation.controller_uptime;
+    let mut observed = Observed {
+        total: observation.instances.len() as u32,
+        ..Observed::default()
+    };
+    let mut replace = Vec::new();
+    let mut missing: Vec<MissingMetric> = Vec::new();
+    let mut candidates: Vec<(&ObservedInstance, Option<f64>)> =
+        Vec::with_capacity(observation.instances.len());
+    let mut sum = 0.0;
+    for instance in &observation.instances {
+        let role = match role(instance, config, uptime) {
+            // What the provider does not list cannot be terminated: it waits to be listed.
+            Role::Replace(_) if !instance.listed => Role::WithoutMetric(MissingReason::NotListed),
+            role => role,
+        };
+        match role {
+            Role::InService(load) => {
+                observed.in_service += 1;
+                sum += load;
+                if instance.listed {
+                    candidates.push((instance, Some(load)));
+                }
+            }
+            Role::Warming => observed.warming += 1,
+            Role::WithoutMetric(reason) => {
+                observed.without_metrics += 1;
+                missing.push(MissingMetric {
+                    instance_id: instance.instance_id.clone(),
+                    reason,
+                    counted_as: None,
+                });
+                if instance.listed {
+                    candidates.push((instance, None));
+                }
+            }
+            Role::Replace(replacement) => {
+                observed.to_replace += 1;
+                observed.unhealthy += u32::from(instance.health == Some(Health::Unhealthy));
+                replace.push(replacement);
+            }
+        }
+    }
+    let reported = observed.in_service;
+    observed.average_load = (reported > 0).then(|| sum / f64::from(reported));
+    track_launches(observation, &replace, config, state, now);
+
+    let current = observed.total;
+    let mut rules = Rules::default();
+    let kind = config.policy.kind();
+
+    // Where the reported loads point, and the level at which a missing instance is counted.
+    let unseen = missing.len() as u32;
+    let direction = observed
+        .average_load
+        .map_or(Direction::Hold, |average| kind.direction(average));
+    let fill = match direction {
+        Direction::Out => Some(0.0),
+        Direction::In => kind.scale_in_level(),
+        Direction::Hold => None,
+    };
+    for metric in &mut missing {
+        metric.counted_as = fill;
+    }
+    // An instance being replaced keeps its place in the sizing, as EC2 Auto Scaling keeps the
+    // desired capacity through a replacement: it counts as one without a metric does, and at
+    // the kind's resting level (the target) when the loads point nowhere.
+    let replaced = observed.to_replace;
+    let replaced_fill = fill.unwrap_or_else(|| kind.resting_level());
+    let absent_sum = f64::from(unseen) * fill.unwrap_or(0.0) + f64::from(replaced) * replaced_fill;
+    // The loads with the missing and replaced instances counted as above.
+    let counted = observed.average_load.map(|_| Counted {
+        current,
+        sum: sum + absent_sum,
+        average: (sum + absent_sum) / f64::from(reported + unseen + replaced),
+        direction,
+        missing: &missing,
+    });
+
+    // The kind's creation / destruction rule.
+    let recommendation = match &counted {
+        // An empty fleet has nothing to miss: only the bounds act on it.
+        None if current == 0 => {
+            state.sustain.reset();
+            current
+        }
+        None => {
+            state.sustain.reset();
+            rules.apply(Rule::MissingMetrics, current, current, || {
+                if unseen == 0 {
+                    "no in-service instance reported a load; holding".to_string()
+                } else {
+                    format!(
+                        "no in-service instance reported a load ({} without a fresh metric: {}); holding",
+                        unseen,
+                        ids(&missing)
+                    )
+                }
+            })
+        }
+        Some(counted) => kind.recommend(counted, &mut state.sustain, now, &mut rules),
+    };
+
+    let mut desired = match &counted {
+        Some(counted) => kind.settle(recommendation, counted, &mut rules),
+        None => recommendation,
+    };
+    if desired < current && observed.warming > 0 {
+        desired = rules.apply(Rule::WarmUp, desired, current, || {
+            format!(
+                "{} instance(s) still warming up: no scale-in",
+                observed.warming
+            )
+        });
+    }
+    if desired < current && unseen > 0 {
+        desired = rules.apply(Rule::MissingMetrics, desired, current, || {
+            format!(
+                "{unseen} instance(s) without a fresh metric ({}): no scale-in",
+                ids(&missing)
+            )
+        });
+    }
+    if desired > current
+        && let Some(last) = state.last_scale_out
+    {
+        let until = last + config.scale_out_cooldown();
+        if now < until {
+            desired = rules.apply(Rule::Cooldown, desired, current, || {
+                format!(
+                    "scale-out cooldown, {}s left",
+                    (until - now).as_secs_f64().ceil()
+                )
+            });
+        }
+    }
+    if desired < current {
+        let last = state.last_scale_out.max(state.last_scale_in);
+        if let Some(last) = last {
+            let until = last + config.scale_in_cooldown();
+            if now < until {
+                desired = rules.apply(Rule::Cooldown, desired, current, || {
+                    format!(
+                        "scale-in cooldown, {}s left",
+                        (until - now).as_secs_f64().ceil()
+                    )
+                });
+            }
+        }
+    }
+    let rule_driven = desired;
+    let bounded = desired.clamp(config.min_instances, config.max_instances);
+    desired = rules.apply(Rule::Bounds, desired, bounded, || {
+        format!(
+            "kept within [{}, {}]",
+            config.min_instances, config.max_instances
+        )
+    });
+
+    if !replace.is_empty() {
+        rules.0.push(RuleApplied {
+            rule: Rule::Health,
+            from: desired,
+            to: desired,
+            detail: format!("{} instance(s) replaced", replace.len()),
+        });
+    }
+    let remaining = current - replace.len() as u32;
+    let wanted = desired.saturating_sub(remaining);
+    let mut launch = hold_launches(observation, wanted, state, now, &mut rules.0);
+    let room = room_under_limit(observation, &replace, config);
+    if launch > room {
+        rules.0.push(RuleApplied {
+            rule: Rule::InstanceLimit,
+            from: launch,
+            to: room,
+            detail: format!(
+                "{} instance(s) running, {} of them leaving, and the account allows {}",
+                config.instance_limit - room,
+                observation.leaving,
+                config.instance_limit
+            ),
+        });
+        launch = room;
+    }
+    // Rule-driven scaling starts a cooldown; filling up to the minimum or trimming down to the
+    // maximum alone does not, nor does a scale-out the launch backoff holds back.
+    if desired > current && rule_driven > current && launch == wanted {
+        state.last_scale_out = Some(now);
+        state.sustain.above_since = None;
+    } else if desired < current && rule_driven < current {
+        state.last_scale_in = Some(now);
+        state.sustain.below_since = None;
+    }
+    let mut scale_in = Vec::new();
+    if desired < remaining {
+        order_for_termination(&mut candidates, config.termination_policy);
+        scale_in = candidates
+            .iter()
+            .take((remaining - desired) as usize)
+            .map(|(instance, _)| instance.instance_id.clone())
+            .collect();
+        let short = (remaining - desired) as usize - scale_in.len();
+        if short > 0 {
+            let to = desired + short as u32;
+            let unlisted = observation.instances.iter().filter(|i| !i.listed).count();
+            desired = rules.apply(Rule::NotListed, desired, to, || {
+                format!("{unlisted} instance(s) not yet listed by the provider cannot be scaled in")
+            });
+        }
+    }
+    Decision {
+        observed,
+        current,
+        recommendation,
+        desired,
+        rules: rules.0,
+        replace,
+        missing,
+        launch,
+        scale_in,
+        launch_backoff: state.launch_backoff(now),
+    }
+}
+
+/// How many instances may be launched now under the account's instance limit: the limit less
+/// the instances that keep running through this evaluation (the fleet, the leaving ones, and
+/// those removed now that drain first).
+fn room_under_limit(
+    observation: &Observation,
+    replace: &[Replacement],
+    config: &ControllerConfig,
+) -> u32 {
+    let at_once = if observation.removals_drain {
+        let stopped = |r: &&Replacement| {
+            observation
+                .instances
+                .iter()
+                .any(|i| i.instance_id == r.instance_id && i.cloud_state == InstanceState::Stopped)
+        };
+        replace.iter().filter(stopped).count()
+    } else {
+        replace.len()
+    } as u32;
+    let running =
+        (observation.instances.len() as u32 + observation.leaving).saturating_sub(at_once);
+    config.instance_limit.saturating_sub(running)
+}
+
+/// The provider refused the launches `decision` asked for (after its own retries), at `now`:
+/// the launch backoff counts it as a failed launch, as for an instance that died at start, and
+/// the decision shows the backoff. The live controller and the simulator both call this.
+pub fn launch_refused(
+    decision: &mut Decision,
+    config: &ControllerConfig,
+    state: &mut PolicyState,
+    now: Duration,
+    reason: &str,
+) {
+    state.launch_failed(config, now, reason);
+    decision.launch_backoff = state.launch_backoff(now);
+}
+
+/// Puts the instances a scale-in should remove first at the front.
+fn order_for_termination(
+    candidates: &mut [(&ObservedInstance, Option<f64>)],
+    policy: TerminationPolicy,
+) {
+    match policy {
+        TerminationPolicy::Newest => candidates.sort_by_key(|c| c.0.age),
+        TerminationPolicy::Oldest => candidates.sort_by_key(|c| std::cmp::Reverse(c.0.age)),
+        TerminationPolicy::LeastLoaded => candidates.sort_by(|a, b| {
+            let load = |c: &(&ObservedInstance, Option<f64>)| c.1.unwrap_or(-1.0);
+            load(a).total_cmp(&load(b)).then(b.0.age.cmp(&a.0.age))
+        }),
+    }
+}
