@@ -1,5 +1,6 @@
 //! Project rules checked as ordinary tests: every Rust file says what it is for in its first line,
-//! and the crate graph follows the data as ARCHITECTURE.md says.
+//! no source file outside `tests/` is over 700 lines (one idea a file), and the crate graph
+//! follows the data as ARCHITECTURE.md says.
 
 #[cfg(test)]
 mod tests {
@@ -31,6 +32,31 @@ mod tests {
         assert!(
             missing.is_empty(),
             "files without a leading `//!` line: {missing:?}"
+        );
+    }
+
+    /// A source file over this many lines wants to be several (ARCHITECTURE.md, "Rooms").
+    const MOST_LINES: usize = 700;
+
+    #[test]
+    fn no_source_file_outside_tests_is_over_700_lines() {
+        let root = crate::util::root();
+        let mut files = Vec::new();
+        rust_files(&root, &mut files);
+        let long: Vec<String> = files
+            .iter()
+            .filter(|path| {
+                let relative = path.strip_prefix(&root).unwrap_or(path);
+                !relative.components().any(|c| c.as_os_str() == "tests")
+            })
+            .filter_map(|path| {
+                let lines = std::fs::read_to_string(path).unwrap().lines().count();
+                (lines > MOST_LINES).then(|| format!("{} ({lines} lines)", path.display()))
+            })
+            .collect();
+        assert!(
+            long.is_empty(),
+            "source files over {MOST_LINES} lines; split each by idea: {long:?}"
         );
     }
 
