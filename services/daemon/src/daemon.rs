@@ -11,11 +11,11 @@ use std::time::Duration;
 use autoscaler_controller::reconciler::{Agents, Controller};
 use autoscaler_controller::status::ControllerStatus;
 use autoscaler_proto::auth::{Credentials, Token};
-use autoscaler_proto::tls;
 use autoscaler_store::{Lease, Store};
 use tokio::net::TcpListener;
 
 pub use crate::config::*;
+pub use crate::error::{DaemonError, TaskEnd};
 pub use crate::tls_source::{TlsSource, check_flags};
 
 use tokio_util::sync::CancellationToken;
@@ -25,8 +25,8 @@ use crate::http::Dashboard;
 use crate::leader::{self, LeaseFence, LeaseTiming};
 use crate::platform::{TermParts, TlsPlace};
 use crate::status::{History, StatusService};
+use autoscaler_monitor::Monitor;
 use autoscaler_monitor::service::Admission;
-use autoscaler_monitor::{Monitor, MonitorError};
 
 /// What the daemon needs besides its config, resolved by `main`.
 #[derive(Debug)]
@@ -100,7 +100,7 @@ pub async fn run(
         .await;
         match ended {
             // The term ended, not the daemon: it stands by, and leads again when it can.
-            Err(DaemonError::LostLease(_)) => continue,
+            Err(DaemonError::LostLease { .. }) => continue,
             other => return other,
         }
     }
@@ -236,7 +236,7 @@ async fn serve(
         Some(why) => tracing::error!("{why}; stopping the daemon rather than run half alive"),
     }
     stop.controller.cancel();
-    let mut errors: Vec<String> = failure.clone().into_iter().collect();
+    let mut errors: Vec<TaskEnd> = failure.clone().into_iter().collect();
     errors.extend(controlling.stop().await);
     stop.keeper.cancel();
     if let Some(keeper) = keeper {
@@ -257,13 +257,13 @@ async fn serve(
     stop.server.cancel();
     errors.extend(serving.stop().await);
     if lost {
-        return Err(DaemonError::LostLease(
-            failure.unwrap_or_else(|| "the lease was lost".to_string()),
-        ));
+        return Err(DaemonError::LostLease {
+            reason: failure.map_or_else(|| "the lease was lost".to_string(), |end| end.to_string()),
+        });
     }
     match errors.is_empty() {
         true => Ok(()),
-        false => Err(DaemonError::Task(errors.join("; "))),
+        false => Err(DaemonError::Task(errors)),
     }
 }
 
@@ -502,21 +502,21 @@ impl Supervised {
     fn describe(
         &self,
         ended: Result<Result<(), String>, tokio::task::JoinError>,
-    ) -> Option<String> {
+    ) -> Option<TaskEnd> {
+        let task = self.name;
         match ended {
             Ok(Ok(())) => None,
-            Ok(Err(error)) => Some(format!("{} failed: {error}", self.name)),
-            Err(join) if join.is_panic() => Some(format!(
-                "{} panicked: {}",
-                self.name,
-                panic_message(join.into_panic())
-            )),
-            Err(join) => Some(format!("{} was cancelled: {join}", self.name)),
+            Ok(Err(error)) => Some(TaskEnd::Failed { task, error }),
+            Err(join) if join.is_panic() => Some(TaskEnd::Panicked {
+                task,
+                message: panic_message(join.into_panic()),
+            }),
+            Err(_) => Some(TaskEnd::Cancelled { task }),
         }
     }
 
     /// Waits for the task to end (it has been told to); what went wrong, if anything.
-    async fn stop(&mut self) -> Option<String> {
+    async fn stop(&mut self) -> Option<TaskEnd> {
         let handle = self.handle.take()?;
         let ended = handle.await;
         self.describe(ended)
@@ -537,7 +537,7 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 async fn first_failure(
     shutdown: impl Future<Output = ()>,
     tasks: &mut [&mut Supervised],
-) -> Option<String> {
+) -> Option<TaskEnd> {
     let ended = std::future::poll_fn(|cx| {
         for task in tasks.iter_mut() {
             if let Some(handle) = task.handle.as_mut()
@@ -546,7 +546,7 @@ async fn first_failure(
                 task.handle = None;
                 let why = task
                     .describe(ended)
-                    .unwrap_or_else(|| format!("{} ended before the shutdown", task.name));
+                    .unwrap_or(TaskEnd::Returned { task: task.name });
                 return std::task::Poll::Ready(why);
             }
         }
@@ -564,45 +564,6 @@ async fn record_history(status: StatusService, history: Arc<History>) {
     loop {
         ticker.tick().await;
         history.record(&status.report(u64::MAX));
-    }
-}
-
-/// Why the daemon could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum DaemonError {
-    #[error(transparent)]
-    Config(#[from] DaemonConfigError),
-    #[error(transparent)]
-    Monitor(#[from] MonitorError),
-    #[error("the listener's address: {0}")]
-    Listener(#[source] std::io::Error),
-    #[error("provider: {0}")]
-    Provider(String),
-    #[error("TLS: {0}")]
-    Tls(#[from] tls::TlsError),
-    #[error("TLS: {0}")]
-    NoTls(String),
-    /// A task the daemon needs ended, failed or panicked while it ran.
-    #[error("{0}")]
-    Task(String),
-    #[error("store: {0}")]
-    Store(String),
-    /// A term ended (the lease lost): `serve` says so to `run`, which stands by again. It never
-    /// leaves `run`.
-    #[error("{0}")]
-    LostLease(String),
-}
-
-impl DaemonError {
-    /// The exit status for this error: 70 (EX_SOFTWARE) when the daemon failed while running,
-    /// 64 when it could not start (a bad config, flag or file).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            DaemonError::Task(_) => 70,
-            // EX_TEMPFAIL, were a lost term ever to end the process: started again, it stands by.
-            DaemonError::LostLease(_) => 75,
-            _ => 64,
-        }
     }
 }
 
@@ -627,7 +588,7 @@ mod tests {
         .await
         .expect("the panic ends the wait");
         assert_eq!(
-            why.as_deref(),
+            why.map(|end| end.to_string()).as_deref(),
             Some("the controller panicked: attempt to add with overflow")
         );
         assert!(failing.stop().await.is_none(), "already reported");
@@ -639,13 +600,14 @@ mod tests {
         let mut quiet = Supervised::spawn("the gRPC server", async { Ok(()) });
         let why = first_failure(std::future::pending(), &mut [&mut quiet]).await;
         assert_eq!(
-            why.as_deref(),
+            why.map(|end| end.to_string()).as_deref(),
             Some("the gRPC server ended before the shutdown")
         );
         let mut failing = Supervised::spawn("the dashboard", async { Err("bind".to_string()) });
         let why = first_failure(std::future::pending(), &mut [&mut failing]).await;
-        assert_eq!(why.as_deref(), Some("the dashboard failed: bind"));
-        assert_eq!(DaemonError::Task(why.unwrap()).exit_code(), 70);
+        let why = why.expect("it failed");
+        assert_eq!(why.to_string(), "the dashboard failed: bind");
+        assert_eq!(DaemonError::Task(vec![why]).exit_code(), 70);
     }
 
     #[tokio::test]

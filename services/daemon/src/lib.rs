@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod config;
 pub mod daemon;
+pub mod error;
 pub mod http;
 pub mod leader;
 pub mod platform;

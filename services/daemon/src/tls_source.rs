@@ -89,16 +89,15 @@ impl TlsSource {
                     Role::Monitor,
                 )
                 .await
-                .map_err(|error| {
-                    DaemonError::NoTls(format!(
-                        "the group's material in SSM (run `cargo xtask up`, which makes it): {error}"
-                    ))
+                .map_err(|error| DaemonError::TlsAt {
+                    place: "the group's material in SSM (run `cargo xtask up`, which makes it)"
+                        .to_string(),
+                    source: Box::new(error),
                 })?;
                 Ok((Transport::tls(material), None))
             }
             (TlsSource::Auto, None, None) => Err(DaemonError::NoTls(
-                "no TLS material, and no provider to make it or AWS to read it from: pass --tls-dir DIR or --plaintext"
-                    .to_string(),
+                "no TLS material, and no provider to make it or AWS to read it from: pass --tls-dir DIR or --plaintext",
             )),
         }
     }
@@ -144,14 +143,14 @@ pub fn check_flags(
         return Err(bad(format!("{host} is no address an agent can reach")));
     }
     if let TlsSource::Dir(dir) = tls {
-        TlsMaterial::load(dir, Role::Monitor)
-            .map_err(|error| DaemonError::NoTls(format!("--tls-dir {}: {error}", dir.display())))?;
+        TlsMaterial::load(dir, Role::Monitor).map_err(|error| DaemonError::TlsAt {
+            place: format!("--tls-dir {}", dir.display()),
+            source: Box::new(error),
+        })?;
         if matches!(config.provider, ProviderSection::Local(_)) {
-            TlsMaterial::load(dir, Role::Agent).map_err(|error| {
-                DaemonError::NoTls(format!(
-                    "--tls-dir {}: the local agents' material: {error}",
-                    dir.display()
-                ))
+            TlsMaterial::load(dir, Role::Agent).map_err(|error| DaemonError::TlsAt {
+                place: format!("--tls-dir {}: the local agents' material", dir.display()),
+                source: Box::new(error),
             })?;
         }
     }

@@ -37,16 +37,16 @@ impl AwsPlatform {
         options: &RunOptions,
     ) -> Result<AwsPlatform, DaemonError> {
         if matches!(options.tls, TlsSource::Plaintext) {
-            return Err(DaemonError::Provider(
-                "plaintext is for local runs only: the EC2 provider always uses TLS".to_string(),
+            return Err(DaemonError::Unsupported(
+                "plaintext is for local runs only: the EC2 provider always uses TLS",
             ));
         }
-        let sdk = options.aws.clone().ok_or_else(|| {
-            DaemonError::Provider("the EC2 provider needs AWS settings".to_string())
-        })?;
+        let sdk = options.aws.clone().ok_or(DaemonError::Unsupported(
+            "the EC2 provider needs AWS settings",
+        ))?;
         if let Some(LoadBalancerSection::Haproxy(_)) = &config.load_balancer {
-            return Err(DaemonError::Provider(
-                "`load_balancer.kind = \"haproxy\"` is the local provider's balancer".to_string(),
+            return Err(DaemonError::Unsupported(
+                "`load_balancer.kind = \"haproxy\"` is the local provider's balancer",
             ));
         }
         // With a store, a monitor host leads only while it holds the lease (`up --standby`
@@ -62,14 +62,14 @@ impl AwsPlatform {
                     .unwrap_or_else(|| DynamoStore::table_name(&config.group)),
             ))),
             StoreKind::Sqlite => {
-                let path = config.store.path.clone().ok_or_else(|| {
-                    DaemonError::Store(
-                        "`store.path` is needed for a SQLite store with the EC2 provider"
-                            .to_string(),
-                    )
-                })?;
-                Some(Arc::new(SqliteStore::open(&path).map_err(|error| {
-                    DaemonError::Store(format!("{}: {error}", path.display()))
+                let path = config.store.path.clone().ok_or(DaemonError::StoreSetting(
+                    "`store.path` is needed for a SQLite store with the EC2 provider",
+                ))?;
+                Some(Arc::new(SqliteStore::open(&path).map_err(|source| {
+                    DaemonError::Store {
+                        path: path.clone(),
+                        source,
+                    }
                 })?))
             }
         };
@@ -102,9 +102,7 @@ impl Platform for AwsPlatform {
     ) -> Pending<'a, TermParts> {
         Box::pin(async move {
             let sdk = &self.sdk;
-            let mut cloud = Ec2Cloud::open(sdk, &config.group, self.section.clone())
-                .await
-                .map_err(|error| DaemonError::Provider(error.to_string()))?;
+            let mut cloud = Ec2Cloud::open(sdk, &config.group, self.section.clone()).await?;
             if let Some(leadership) = leadership {
                 cloud = cloud.with_epoch(leadership.epoch());
             }
@@ -112,8 +110,7 @@ impl Platform for AwsPlatform {
             if let Some(LoadBalancerSection::Elb(elb)) = &config.load_balancer {
                 let group =
                     TargetGroup::open(sdk, &config.group, &elb.target_group_arn, elb.app_port)
-                        .await
-                        .map_err(|error| DaemonError::Provider(error.to_string()))?;
+                        .await?;
                 tracing::info!(target_group = %group.arn(), port = elb.app_port, "load balancer");
                 cloud = cloud.with_app(elb.app_port, AGENT_APP_USER_DATA);
                 balancer = Some(Arc::new(group));
@@ -160,7 +157,7 @@ async fn publish_address(
                 tokio::time::sleep(pause).await;
                 attempt += 1;
             }
-            Err(error) => return Err(DaemonError::Provider(error.to_string())),
+            Err(error) => return Err(DaemonError::Publish(error)),
         }
     }
 }

@@ -42,16 +42,14 @@ impl LocalPlatform {
         });
         match &config.load_balancer {
             Some(LoadBalancerSection::Elb(_)) => {
-                return Err(DaemonError::Provider(
-                    "`load_balancer.kind = \"elb\"` is the EC2 provider's balancer; locally, use \"haproxy\""
-                        .to_string(),
+                return Err(DaemonError::Unsupported(
+                    "`load_balancer.kind = \"elb\"` is the EC2 provider's balancer; locally, use \"haproxy\"",
                 ));
             }
             Some(LoadBalancerSection::Haproxy(_)) if !section.app => {
-                return Err(DaemonError::Provider(
+                return Err(DaemonError::Unsupported(
                     "a load balancer needs an application to send requests to: set \
-                     `provider.app = true`"
-                        .to_string(),
+                     `provider.app = true`",
                 ));
             }
             _ => {}
@@ -60,22 +58,24 @@ impl LocalPlatform {
         let store = match config.store.kind.unwrap_or(StoreKind::Sqlite) {
             StoreKind::None => None,
             StoreKind::Dynamodb => {
-                return Err(DaemonError::Store(
-                    "`store.kind = \"dynamodb\"` is the EC2 provider's store; locally, use \"sqlite\""
-                        .to_string(),
+                return Err(DaemonError::Unsupported(
+                    "`store.kind = \"dynamodb\"` is the EC2 provider's store; locally, use \"sqlite\"",
                 ));
             }
             StoreKind::Sqlite => {
-                std::fs::create_dir_all(&state_dir).map_err(|error| {
-                    DaemonError::Store(format!("cannot create {}: {error}", state_dir.display()))
+                std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::Write {
+                    path: state_dir.clone(),
+                    source,
                 })?;
                 let path = config
                     .store
                     .path
                     .clone()
                     .unwrap_or_else(|| state_dir.join("store.sqlite"));
-                let store = SqliteStore::open(&path)
-                    .map_err(|error| DaemonError::Store(format!("{}: {error}", path.display())))?;
+                let store = SqliteStore::open(&path).map_err(|source| DaemonError::Store {
+                    path: path.clone(),
+                    source,
+                })?;
                 Some(Arc::new(store) as Arc<dyn Store>)
             }
         };
@@ -141,31 +141,27 @@ impl Platform for LocalPlatform {
             let haproxy = match &config.load_balancer {
                 Some(LoadBalancerSection::Haproxy(section)) => Some(Arc::new(
                     Haproxy::start(haproxy_config(section, &self.state_dir, &options.path)?)
-                        .await
-                        .map_err(|error| DaemonError::Provider(error.to_string()))?,
+                        .await?,
                 )),
                 _ => None,
             };
-            let cloud = Arc::new(
-                LocalCloud::open(LocalConfig {
-                    state_dir: self.state_dir.clone(),
-                    agent_binary: local
-                        .agent_binary
-                        .clone()
-                        .unwrap_or_else(|| options.agent_binary.clone()),
-                    monitor_address: options.advertise.clone(),
-                    monitor_file,
-                    agent_env: AgentEnv(vec![(
-                        "AUTOSCALER_TOKEN".to_string(),
-                        token.expose().to_string(),
-                    )]),
-                    tls_dir,
-                    agent_args: local.agent_args.clone(),
-                    terminate_grace: Duration::from_millis(local.terminate_grace_ms),
-                    app,
-                })
-                .map_err(|error| DaemonError::Provider(error.to_string()))?,
-            );
+            let cloud = Arc::new(LocalCloud::open(LocalConfig {
+                state_dir: self.state_dir.clone(),
+                agent_binary: local
+                    .agent_binary
+                    .clone()
+                    .unwrap_or_else(|| options.agent_binary.clone()),
+                monitor_address: options.advertise.clone(),
+                monitor_file,
+                agent_env: AgentEnv(vec![(
+                    "AUTOSCALER_TOKEN".to_string(),
+                    token.expose().to_string(),
+                )]),
+                tls_dir,
+                agent_args: local.agent_args.clone(),
+                terminate_grace: Duration::from_millis(local.terminate_grace_ms),
+                app,
+            })?);
             tracing::info!(state_dir = %cloud.state_dir().display(), "local provider");
             let (leaving_cloud, leaving_haproxy) = (cloud.clone(), haproxy.clone());
             // A successor keeps the instances (and runs its own HAProxy): they are left to it.
@@ -233,5 +229,8 @@ fn publish_file(path: &Path, text: &str) -> Result<(), DaemonError> {
     let temporary = path.with_extension("new");
     std::fs::write(&temporary, format!("{text}\n"))
         .and_then(|()| std::fs::rename(&temporary, path))
-        .map_err(|error| DaemonError::Store(format!("cannot write {}: {error}", path.display())))
+        .map_err(|source| DaemonError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }

@@ -79,9 +79,8 @@ pub fn open(config: &DaemonConfig, options: &RunOptions) -> Result<Box<dyn Platf
             config, section, options,
         )?)),
         #[cfg(not(feature = "ec2"))]
-        ProviderSection::Ec2(_) => Err(DaemonError::Provider(
-            "this monitor was built without the EC2 provider (the `ec2` feature, on by default)"
-                .to_string(),
+        ProviderSection::Ec2(_) => Err(DaemonError::Unsupported(
+            "this monitor was built without the EC2 provider (the `ec2` feature, on by default)",
         )),
         #[cfg(feature = "ec2")]
         ProviderSection::Ec2(section) => Ok(Box::new(aws::AwsPlatform::open(
