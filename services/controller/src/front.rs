@@ -185,9 +185,9 @@ impl Front {
                 continue;
             };
             let in_service = instance.state == InstanceState::Running
-                && view
-                    .get(&instance.instance_id)
-                    .is_some_and(|seen| seen.health == Health::Healthy && seen.load.is_some());
+                && view.get(&instance.instance_id).is_some_and(|seen| {
+                    seen.health == Health::Healthy && seen.metrics.load.is_some()
+                });
             let serving = targets.iter().any(|t| {
                 t.instance_id == instance.instance_id
                     && !matches!(t.state, TargetState::Draining | TargetState::Unused)

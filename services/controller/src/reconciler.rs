@@ -120,7 +120,7 @@ pub fn observe(
             cloud_state: instance.state,
             age: now.duration_since(instance.launched_at).unwrap_or_default(),
             health: seen.map(|i| i.health),
-            load: seen.and_then(|i| i.load),
+            load: seen.and_then(|i| i.metrics.load),
             has_reported: seen.is_some_and(|i| !i.recent_loads.is_empty()),
             state_reason: instance.state_reason.clone(),
             target_unhealthy: targets

@@ -236,13 +236,15 @@ fn view(
                     Health::Unhealthy
                 },
                 consecutive_misses: 0,
-                load: healthy.then_some(load),
+                metrics: autoscaler_controller::fleet::Metrics {
+                    load: healthy.then_some(load),
+                    requests_per_second: None,
+                },
                 recent_loads: if healthy {
                     VecDeque::from([load])
                 } else {
                     VecDeque::new()
                 },
-                requests_per_second: None,
                 registered_at: now,
                 last_seen: Some(now),
                 last_error: None,

@@ -197,9 +197,11 @@ fn answering(instances: &[autoscaler_controller::cloud::CloudInstance], load: f6
                 agent_version: "test".into(),
                 health: Health::Healthy,
                 consecutive_misses: 0,
-                load: Some(load),
+                metrics: autoscaler_controller::fleet::Metrics {
+                    load: Some(load),
+                    requests_per_second: None,
+                },
                 recent_loads: [load].into(),
-                requests_per_second: None,
                 registered_at: std::time::Instant::now(),
                 last_seen: Some(std::time::Instant::now()),
                 last_error: None,

@@ -10,6 +10,7 @@ use autoscaler_controller::balancer::TargetState;
 use autoscaler_controller::cloud::InstanceState;
 use autoscaler_controller::status::{ControllerStatus, DecisionRecord};
 use autoscaler_policy::Health;
+use autoscaler_policy::fleet::{InstanceView, Metrics};
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::status_server::Status;
 use tonic::{Request, Response};
@@ -77,6 +78,35 @@ pub fn record_of(record: &DecisionRecord, epoch: u64, leader: &str) -> v1::Decis
     }
 }
 
+/// What the monitor knows of an instance, on the wire: the one place its view (health, the
+/// agent's metrics, their recent loads) becomes an `InstanceStatus`; the provider's side is
+/// laid over it.
+fn as_seen(seen: &InstanceView) -> v1::InstanceStatus {
+    let Metrics {
+        load,
+        requests_per_second,
+    } = seen.metrics;
+    v1::InstanceStatus {
+        instance_id: seen.instance_id.clone(),
+        health: wire_health(seen.health).into(),
+        load_percent: load,
+        requests_per_second,
+        recent_loads: seen.recent_loads.iter().copied().collect(),
+        address: seen.address.clone(),
+        consecutive_misses: seen.consecutive_misses,
+        last_error: seen.last_error.clone().unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// An instance the monitor has not registered.
+fn unregistered() -> v1::InstanceStatus {
+    v1::InstanceStatus {
+        health: v1::InstanceHealth::Unregistered.into(),
+        ..Default::default()
+    }
+}
+
 fn wire_state(state: InstanceState) -> v1::InstanceState {
     match state {
         InstanceState::Pending => v1::InstanceState::Pending,
@@ -127,19 +157,9 @@ impl StatusService {
                 v1::InstanceStatus {
                     instance_id: cloud.instance_id.clone(),
                     state: wire_state(cloud.state).into(),
-                    health: seen
-                        .map_or(v1::InstanceHealth::Unregistered, |i| wire_health(i.health))
-                        .into(),
-                    load_percent: seen.and_then(|i| i.load),
-                    recent_loads: seen
-                        .map(|i| i.recent_loads.iter().copied().collect())
-                        .unwrap_or_default(),
-                    address: seen.map(|i| i.address.clone()).unwrap_or_default(),
                     age_ms: now
                         .duration_since(cloud.launched_at)
                         .map_or(0, |d| d.as_millis() as u64),
-                    consecutive_misses: seen.map_or(0, |i| i.consecutive_misses),
-                    last_error: seen.and_then(|i| i.last_error.clone()).unwrap_or_default(),
                     zone: cloud.zone.clone(),
                     state_reason: cloud.state_reason.clone().unwrap_or_default(),
                     target_state: target
@@ -152,7 +172,7 @@ impl StatusService {
                         .and_then(|t| t.reason.clone())
                         .unwrap_or_default(),
                     app_address: cloud.app_address.clone().unwrap_or_default(),
-                    requests_per_second: seen.and_then(|i| i.requests_per_second),
+                    ..seen.map_or_else(unregistered, as_seen)
                 }
             })
             .collect();
@@ -161,15 +181,7 @@ impl StatusService {
                 instances.push(v1::InstanceStatus {
                     instance_id: seen.instance_id.clone(),
                     state: v1::InstanceState::Unlisted.into(),
-                    health: wire_health(seen.health).into(),
-                    load_percent: seen.load,
-                    recent_loads: seen.recent_loads.iter().copied().collect(),
-                    address: seen.address.clone(),
-                    age_ms: 0,
-                    consecutive_misses: seen.consecutive_misses,
-                    last_error: seen.last_error.clone().unwrap_or_default(),
-                    requests_per_second: seen.requests_per_second,
-                    ..Default::default()
+                    ..as_seen(seen)
                 });
             }
         }

@@ -179,7 +179,7 @@ async fn the_monitor_polls_only_agents_that_prove_they_are_the_groups() {
     for id in ["local-0311", "local-0312", "local-0313"] {
         let instance = view.get(id).unwrap();
         // Never answered: no load was taken from any of them.
-        assert_eq!(instance.load, None, "{instance:?}");
+        assert_eq!(instance.metrics.load, None, "{instance:?}");
         assert_eq!(instance.last_seen, None, "{instance:?}");
         let error = instance.last_error.as_deref().unwrap_or_default();
         assert!(error.contains("TLS handshake"), "{id}: {error}");
@@ -210,7 +210,7 @@ async fn a_plaintext_monitor_polls_plaintext_agents_when_a_local_run_asks_for_it
             Duration::from_secs(10),
             |view| {
                 view.get("local-0321")
-                    .is_some_and(|i| i.health == Health::Healthy && i.load == Some(42.0))
+                    .is_some_and(|i| i.health == Health::Healthy && i.metrics.load == Some(42.0))
             },
         )
         .await;

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use autoscaler_policy::fleet::Metrics;
 use autoscaler_proto::v1;
 
 use crate::registry::{PollOutcome, Registry};
@@ -153,10 +154,10 @@ pub(crate) async fn poll_once(
     let requests_per_second = metrics
         .requests_per_second
         .filter(|rate| rate.is_finite() && *rate >= 0.0);
-    PollOutcome::Answered {
+    PollOutcome::Answered(Metrics {
         load,
         requests_per_second,
-    }
+    })
 }
 
 /// Tells the agent of `instance_id` that its instance is being removed (it then registers no

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use std::time::Instant;
 
-use autoscaler_policy::fleet::{FleetView, Health, InstanceView};
+use autoscaler_policy::fleet::{FleetView, Health, InstanceView, Metrics};
 use autoscaler_proto::auth::Credentials;
 use autoscaler_proto::tls::{Role, TlsError};
 use prometheus_client::metrics::family::Family;
@@ -33,13 +33,9 @@ pub struct Registration {
 /// What one poll found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PollOutcome {
-    /// The agent answered with a valid load, or with none yet (`None`: its load source has not
+    /// The agent answered with valid metrics (a load of `None`: its load source has not
     /// answered it once).
-    Answered {
-        load: Option<f64>,
-        /// Requests per second of the instance's application, when its agent reports them.
-        requests_per_second: Option<f64>,
-    },
+    Answered(Metrics),
     /// No answer in time, a transport error, or an answer that made no sense.
     Missed { reason: String },
 }
@@ -151,7 +147,7 @@ impl Registry {
         );
         let loads = Family::<[(&'static str, String); 1], Gauge<f64, AtomicU64>>::default();
         for instance in &view.instances {
-            if let Some(load) = instance.load {
+            if let Some(load) = instance.metrics.load {
                 loads
                     .get_or_create(&[("instance_id", instance.instance_id.clone())])
                     .set(load / 100.0);
@@ -211,9 +207,8 @@ impl Registry {
                     agent_version: registration.agent_version,
                     health: Health::Unknown,
                     consecutive_misses: 0,
-                    load: None,
+                    metrics: Metrics::default(),
                     recent_loads: VecDeque::with_capacity(self.config.load_window),
-                    requests_per_second: None,
                     registered_at: Instant::now(),
                     last_seen: None,
                     last_error: None,
@@ -263,17 +258,13 @@ impl Registry {
         let before = view.health;
         let was_missing = view.consecutive_misses > 0;
         match outcome {
-            PollOutcome::Answered {
-                load,
-                requests_per_second,
-            } => {
-                view.requests_per_second = requests_per_second;
+            PollOutcome::Answered(metrics) => {
+                view.metrics = metrics;
                 view.health = Health::Healthy;
                 view.consecutive_misses = 0;
                 view.last_seen = Some(Instant::now());
                 view.last_error = None;
-                view.load = load;
-                if let Some(load) = load {
+                if let Some(load) = metrics.load {
                     if view.recent_loads.len() >= self.config.load_window {
                         view.recent_loads.pop_front();
                     }

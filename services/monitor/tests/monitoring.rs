@@ -25,14 +25,17 @@ async fn registration_heartbeat_and_metrics_round_trip() {
             Duration::from_secs(10),
             |view| {
                 view.get("local-0001")
-                    .is_some_and(|i| i.health == Health::Healthy && i.load.is_some())
+                    .is_some_and(|i| i.health == Health::Healthy && i.metrics.load.is_some())
             },
         )
         .await;
     let instance = view.get("local-0001").unwrap();
     assert_eq!(instance.address, agent.address.to_string());
     assert_eq!(instance.agent_version, autoscaler_proto::VERSION);
-    assert!((instance.load.unwrap() - 42.0).abs() < 1e-9, "{instance:?}");
+    assert!(
+        (instance.metrics.load.unwrap() - 42.0).abs() < 1e-9,
+        "{instance:?}"
+    );
     assert_eq!(instance.consecutive_misses, 0);
 
     // The agent's own API, as any client sees it.
@@ -99,7 +102,7 @@ async fn registration_heartbeat_and_metrics_round_trip() {
     monitor
         .wait_until("the load rises", Duration::from_secs(10), |view| {
             view.get("local-0001")
-                .and_then(|i| i.load)
+                .and_then(|i| i.metrics.load)
                 .is_some_and(|load| load > 43.0)
         })
         .await;
@@ -393,7 +396,7 @@ async fn calls_without_the_group_token_are_unauthenticated_and_change_nothing() 
         .await;
     let error = view.get("local-0006").unwrap().last_error.clone().unwrap();
     assert!(error.contains("Unauthenticated"), "{error}");
-    assert_eq!(view.get("local-0006").unwrap().load, None);
+    assert_eq!(view.get("local-0006").unwrap().metrics.load, None);
     stranger.stop().await;
     // Our own monitor still polls it.
     assert_eq!(
@@ -571,8 +574,9 @@ mod fake_agent {
             .unwrap();
         monitor
             .wait_until("the fake agent healthy", Duration::from_secs(10), |view| {
-                view.get(instance_id)
-                    .is_some_and(|i| i.health == super::Health::Healthy && i.load == Some(load))
+                view.get(instance_id).is_some_and(|i| {
+                    i.health == super::Health::Healthy && i.metrics.load == Some(load)
+                })
             })
             .await;
         shared
@@ -605,7 +609,7 @@ async fn a_load_outside_0_to_100_is_a_miss_and_keeps_the_last_good_load() {
         })
         .await;
     let instance = view.get("fake-1").unwrap();
-    assert_eq!(instance.load, Some(55.0));
+    assert_eq!(instance.metrics.load, Some(55.0));
     assert!(instance.recent_loads.iter().all(|l| *l == 55.0));
     assert!(
         instance
@@ -619,7 +623,7 @@ async fn a_load_outside_0_to_100_is_a_miss_and_keeps_the_last_good_load() {
     monitor
         .wait_until("fake-1 healthy again", Duration::from_secs(10), |view| {
             view.get("fake-1")
-                .is_some_and(|i| i.health == Health::Healthy && i.load == Some(60.0))
+                .is_some_and(|i| i.health == Health::Healthy && i.metrics.load == Some(60.0))
         })
         .await;
     monitor.stop().await;
@@ -632,7 +636,8 @@ async fn an_agent_older_than_pings_metrics_is_read_through_get_metrics() {
     *load.lock().unwrap() = 72.5;
     let view = monitor
         .wait_until("old-1 at 72.5", Duration::from_secs(10), |view| {
-            view.get("old-1").is_some_and(|i| i.load == Some(72.5))
+            view.get("old-1")
+                .is_some_and(|i| i.metrics.load == Some(72.5))
         })
         .await;
     let instance = view.get("old-1").unwrap();
@@ -683,12 +688,13 @@ async fn an_agent_without_a_load_yet_is_answering_with_no_load() {
         })
         .await;
     let instance = view.get("new-1").unwrap();
-    assert_eq!(instance.load, None, "{instance:?}");
+    assert_eq!(instance.metrics.load, None, "{instance:?}");
     assert!(instance.recent_loads.is_empty(), "{instance:?}");
     *load.lock().unwrap() = 35.0;
     monitor
         .wait_until("new-1 at 35 %", Duration::from_secs(10), |view| {
-            view.get("new-1").is_some_and(|i| i.load == Some(35.0))
+            view.get("new-1")
+                .is_some_and(|i| i.metrics.load == Some(35.0))
         })
         .await;
     monitor.stop().await;
@@ -707,7 +713,7 @@ async fn an_oversized_answer_is_a_miss_and_is_not_kept() {
         })
         .await;
     let instance = view.get("big-1").unwrap();
-    assert_eq!(instance.load, None, "{instance:?}");
+    assert_eq!(instance.metrics.load, None, "{instance:?}");
     let error = instance.last_error.as_deref().unwrap_or_default();
     assert!(error.contains("larger than 65536 bytes"), "{error}");
     monitor.stop().await;

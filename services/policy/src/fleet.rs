@@ -9,6 +9,17 @@ use std::time::{Duration, Instant};
 
 pub use crate::Health;
 
+/// What an agent reports in one answer, carried whole from the monitor's poller to every view
+/// (the fleet view, the Status API, the dashboard): a new agent metric is a field here, its
+/// decoding in the poller and its place on the wire and the page, nothing between.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Metrics {
+    /// Load, 0 to 100 percent; `None` while its load source has not answered once.
+    pub load: Option<f64>,
+    /// Requests its application served per second, when its agent reports them.
+    pub requests_per_second: Option<f64>,
+}
+
 /// One registered instance.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InstanceView {
@@ -18,12 +29,10 @@ pub struct InstanceView {
     pub agent_version: String,
     pub health: Health,
     pub consecutive_misses: u32,
-    /// The last load reported, 0 to 100 percent; `None` before the first good poll.
-    pub load: Option<f64>,
+    /// What its agent reported at the last good poll (nothing before the first).
+    pub metrics: Metrics,
     /// The most recent loads, oldest first (at most the monitor's window).
     pub recent_loads: VecDeque<f64>,
-    /// Requests its application served per second, when its agent reports them.
-    pub requests_per_second: Option<f64>,
     pub registered_at: Instant,
     /// When a poll last succeeded.
     pub last_seen: Option<Instant>,
