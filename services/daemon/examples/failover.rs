@@ -7,8 +7,9 @@
 //! twice, decisions recorded by a deposed leader after its successor began, launches missing
 //! from the activity history.
 
+use autoscaler_policy::time::now_ms;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use autoscaler_proto::v1;
 use autoscaler_testkit::daemon::spawn_daemon_process;
@@ -17,12 +18,6 @@ use nix::sys::signal::Signal;
 
 fn figure(name: &str, value: f64, unit: &str, note: &str) {
     println!("{name}|{value:.2}|{unit}|{note}");
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The defaults, but for the fleet's size and its steady simulated load.

@@ -9,10 +9,11 @@
 //! - Reacting: every agent's load raised at once; the time from the first evaluation that sees
 //!   the average above the target's tolerance band to the launch.
 
+use autoscaler_policy::time::now_ms;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use autoscaler_controller::local::InstanceRecord;
 use autoscaler_daemon::daemon::{self, DaemonConfig, RunOptions};
@@ -75,12 +76,6 @@ fn healthy(status: &v1::GetStatusResponse) -> usize {
         .iter()
         .filter(|i| i.is_healthy() && i.state() == v1::InstanceState::Running)
         .count()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {

@@ -9,8 +9,9 @@
 //! - `kill -9` of an instance's agent and app, several times: the requests that failed, for how
 //!   long, and the time until the replacement serves.
 
+use autoscaler_policy::time::now_ms;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use autoscaler_controller::local::InstanceRecord;
 use autoscaler_daemon::daemon::DaemonConfig;
@@ -24,12 +25,6 @@ const CAPACITY_RPS: f64 = 80.0;
 
 fn figure(name: &str, value: f64, unit: &str, note: &str) {
     println!("{name}|{value:.2}|{unit}|{note}");
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The demo's traffic config, with this run's state dir, balancer port and binaries.
@@ -104,14 +99,14 @@ async fn main() {
 
     // The traffic's clock in wall-clock time, to place the decision records on it.
     let traffic = Traffic::start(balancer, 0.8 * CAPACITY_RPS);
-    let started_ms = unix_ms() - traffic.elapsed().as_millis() as i64;
+    let started_ms = now_ms() - traffic.elapsed().as_millis() as i64;
     let on_clock = |at_unix_ms: i64| Duration::from_millis((at_unix_ms - started_ms).max(0) as u64);
     tokio::time::sleep(Duration::from_secs(10)).await;
 
     // A step: 0.8 -> 2.4 instances' worth of requests on 2 instances.
     let before = traffic.tally(Duration::ZERO, traffic.elapsed());
     let step = traffic.elapsed();
-    let step_ms = unix_ms();
+    let step_ms = now_ms();
     traffic.set_rate(2.4 * CAPACITY_RPS);
     let mut new: Option<String> = None;
     let mut healthy_at = None;

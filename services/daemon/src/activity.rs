@@ -12,7 +12,8 @@ use std::pin::Pin;
 
 use autoscaler_controller::launches::{ControllerMemory, Journal};
 use autoscaler_controller::status::ControllerStatus;
-use autoscaler_store::{Activity, Store, StoreError, now_ms};
+use autoscaler_policy::time::now_ms;
+use autoscaler_store::{Activity, Store, StoreError};
 use prost::Message;
 
 /// The leader's term, as its records name it.

@@ -421,7 +421,7 @@ impl Leadership {
             match self.store.lease().await {
                 Ok(Some(lease))
                     if lease.holder != self.holder
-                        && lease.expires_at_ms > autoscaler_store::now_ms() =>
+                        && lease.expires_at_ms > autoscaler_policy::time::now_ms() =>
                 {
                     tracing::info!(successor = %lease.holder, epoch = lease.epoch, "a standby took the lease");
                     return true;
@@ -440,8 +440,13 @@ impl Leadership {
 /// no record of an earlier term is replaced. The same process keeps its name from term to term.
 fn holder_of(advertise: &str) -> String {
     static INCARNATION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let incarnation = INCARNATION
-        .get_or_init(|| format!("{}.{:x}", std::process::id(), autoscaler_store::now_ms()));
+    let incarnation = INCARNATION.get_or_init(|| {
+        format!(
+            "{}.{:x}",
+            std::process::id(),
+            autoscaler_policy::time::now_ms()
+        )
+    });
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_string())
         .unwrap_or_default();

@@ -44,10 +44,12 @@ impl Standby {
     /// "standing by: the leader is HOLDER at ADDRESS", as the store has the lease now.
     pub async fn says(&self) -> String {
         match tokio::time::timeout(LEADER_TIMEOUT, self.store.lease()).await {
-            Ok(Ok(Some(lease))) if lease.expires_at_ms > autoscaler_store::now_ms() => format!(
-                "this daemon stands by: the leader is {} at {} (epoch {})",
-                lease.holder, lease.address, lease.epoch
-            ),
+            Ok(Ok(Some(lease))) if lease.expires_at_ms > autoscaler_policy::time::now_ms() => {
+                format!(
+                    "this daemon stands by: the leader is {} at {} (epoch {})",
+                    lease.holder, lease.address, lease.epoch
+                )
+            }
             Ok(Ok(_)) => "this daemon stands by: no daemon leads now".to_string(),
             Ok(Err(error)) => format!("this daemon stands by: the leader is unknown ({error})"),
             Err(_) => "this daemon stands by: the leader is unknown (the store did not answer)"

@@ -5,8 +5,9 @@
 //! daemon panic or leaves an agent behind. Each test prints its figures (`figure:` lines) for
 //! docs/RELIABILITY.md.
 
+use autoscaler_policy::time::now_ms;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use autoscaler_daemon::daemon::{DaemonConfig, TlsSource};
 use autoscaler_proto::v1;
@@ -14,12 +15,6 @@ use autoscaler_testkit::daemon::*;
 use autoscaler_testkit::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Instances the provider lists as running that the monitor polls successfully and that
 /// reported a load to this daemon.

@@ -21,7 +21,9 @@ use aws_sdk_dynamodb::types::{
     Put, ScalarAttributeType, TransactWriteItem,
 };
 
-use crate::{Activity, Lease, Pending, Store, StoreError, now_ms};
+use autoscaler_policy::time::now_ms;
+
+use crate::{Activity, Lease, Pending, Store, StoreError};
 
 /// The sort key of the items that are one of a kind.
 const ONLY: &str = "-";

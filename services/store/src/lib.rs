@@ -101,10 +101,3 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the records older than `before_ms`; how many went.
     fn prune(&self, before_ms: i64) -> Pending<'_, u64>;
 }
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::{Activity, Lease, Pending, Store, StoreError, now_ms};
+use autoscaler_policy::time::now_ms;
+
+use crate::{Activity, Lease, Pending, Store, StoreError};
 
 /// How long one call may take, waiting for another daemon's transaction included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,6 +1,7 @@
 //! `cargo xtask status`: the group's instances as EC2 lists them, and the fleet as its monitor
 //! reports it.
 
+use autoscaler_policy::time::now_ms;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -104,12 +105,6 @@ impl Status {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The fleet as one monitor reports it.
