@@ -96,6 +96,11 @@ fn bad_input_is_refused_with_a_clear_message() {
             "--min is 4, above max_instances = 3",
         ),
         (&["--duration", "100d"], "must be within 1s-90d"),
+        (
+            &["--listing-lag", "121"],
+            "--listing-lag 121 must be at most 120",
+        ),
+        (&["--drain", "90000"], "--drain 90000 must be at most 86400"),
     ];
     for (args, words) in cases {
         let mut all = args.to_vec();
