@@ -76,7 +76,7 @@ fn bad_input_is_refused_with_a_clear_message() {
     std::fs::write(&bad_first_row, "0,1x\n600,2\n").unwrap();
     let bad_config = dir.join("bad.toml");
     std::fs::write(&bad_config, "[controller]\nmin_instances = 1\n").unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         // A first row with a number in it is data, not a header to skip.
         (
             &["--csv", bad_first_row.to_str().unwrap()],
