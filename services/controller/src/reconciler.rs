@@ -476,7 +476,8 @@ impl<C: Cloud> Controller<C> {
             // The provider refused the launch after its retries: back off as for an instance
             // that died at start.
             self.status.count_launch_refused();
-            policy::launch_refused(&mut decision, &self.config, &mut self.state, now, &refused);
+            decision.launch_backoff =
+                policy::launch_refused(&self.config, &mut self.state, now, &refused);
             if let Some((config, state)) = self.shadow.as_mut() {
                 state.launch_failed(config, now, &refused);
             }

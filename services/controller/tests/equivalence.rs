@@ -333,7 +333,7 @@ async fn replay(steps: Vec<Step>, termination_policy: TerminationPolicy, instanc
         let refused = replayed.launch > 0 && step.refuse;
         if refused {
             let reason = CloudError::new(CloudErrorKind::Other, REFUSAL).to_string();
-            policy::launch_refused(&mut replayed, &config, &mut state, now, &reason);
+            replayed.launch_backoff = policy::launch_refused(&config, &mut state, now, &reason);
         }
         assert_eq!(
             live,

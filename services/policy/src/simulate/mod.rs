@@ -411,7 +411,6 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
             model.sample(&world.observation);
         }
         if evaluating && now > 0 {
-            let mut decision = None;
             let (launch, terminate) = match &mut policy {
                 Policy::Project { config, .. } => {
                     let decided = policy::evaluate(
@@ -420,11 +419,9 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
                         &mut state,
                         Duration::from_secs(now),
                     );
-                    let mut terminate = decided.scale_in.clone();
-                    terminate.extend(decided.replace.iter().map(|r| r.instance_id.clone()));
-                    let launch = decided.launch;
-                    decision = Some(decided);
-                    (launch, terminate)
+                    let mut terminate = decided.scale_in;
+                    terminate.extend(decided.replace.into_iter().map(|r| r.instance_id));
+                    (decided.launch, terminate)
                 }
                 Policy::Hpa { model, .. } => {
                     plan(&world, model.desired(&world.observation, now), now)
@@ -458,11 +455,9 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
                 }
                 // The live controller backs off after a refused launch; so does the replay.
                 if refused > 0
-                    && let (Policy::Project { config, .. }, Some(decision)) =
-                        (&policy, decision.as_mut())
+                    && let Policy::Project { config, .. } = &policy
                 {
                     policy::launch_refused(
-                        decision,
                         config,
                         &mut state,
                         Duration::from_secs(now),
