@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::kinds::{Kind, Step, StepRule, TargetTracking};
+use crate::schedule::{BoundsChange, Schedules, WindowConfig};
 
 /// The AWS Academy cap on running instances, the default account limit.
 pub const DEFAULT_INSTANCE_LIMIT: u32 = 5;
@@ -52,6 +53,11 @@ pub struct ControllerConfig {
     /// A second policy evaluated on the same observations, logged where it would decide
     /// differently, never acted on.
     pub shadow: Option<ShadowConfig>,
+    /// `[[controller.schedule]]`: windows that raise the floor at times given by a cron
+    /// expression in a time zone (`crate::schedule`).
+    pub schedule: Vec<WindowConfig>,
+    /// `[[controller.scheduled_change]]`: one-off changes of the bounds from a time on.
+    pub scheduled_change: Vec<BoundsChange>,
 }
 
 /// The shadow policy: its rules, and the settings where it differs from the live policy (the
@@ -88,6 +94,8 @@ impl Default for ControllerConfig {
             decision_history: 200,
             policy: PolicyConfig::default(),
             shadow: None,
+            schedule: Vec::new(),
+            scheduled_change: Vec::new(),
         }
     }
 }
@@ -339,6 +347,7 @@ impl ControllerConfig {
             );
         }
         self.policy.kind().validate(self.max_instances)?;
+        Schedules::new(&self.schedule, &self.scheduled_change, self.instance_limit)?;
         Ok(())
     }
 

@@ -65,6 +65,10 @@ struct Args {
     /// its termination; 0: no load balancer.
     #[arg(long, default_value_t = 0)]
     drain: u64,
+    /// The wall-clock time of the trace's first second (RFC 3339): the clock scheduled windows
+    /// hold at.
+    #[arg(long, default_value = "2026-01-05T00:00:00Z")]
+    start: String,
     /// Per-instance load SLO, percent.
     #[arg(long, default_value_t = 80.0)]
     slo: f64,
@@ -237,6 +241,7 @@ fn run(args: Args) -> Result<(), String> {
         slo: args.slo,
         reversal_window_secs: args.reversal_window,
         keep_series: true,
+        start_secs: start_secs(&args.start)?,
     };
     let started = std::time::Instant::now();
     let runs: Vec<Run> = policies
@@ -279,6 +284,16 @@ fn run(args: Args) -> Result<(), String> {
         elapsed.as_secs_f64() * 1_000.0
     );
     Ok(())
+}
+
+/// `--start` in seconds since the Unix epoch.
+fn start_secs(start: &str) -> Result<u64, String> {
+    chrono::DateTime::parse_from_rfc3339(start)
+        .ok()
+        .and_then(|at| u64::try_from(at.timestamp()).ok())
+        .ok_or_else(|| {
+            format!("--start {start:?} must be an RFC 3339 time after 1970, with its offset")
+        })
 }
 
 fn main() -> ExitCode {

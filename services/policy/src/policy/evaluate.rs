@@ -248,13 +248,27 @@ fn decide(
         }
     }
     let rule_driven = desired;
-    let bounded = desired.clamp(config.min_instances, config.max_instances);
-    desired = rules.apply(Rule::Bounds, desired, bounded, || {
-        format!(
-            "kept within [{}, {}]",
-            config.min_instances, config.max_instances
-        )
-    });
+    // The bounds: the config's, or those the schedules set now (the policy's clock is
+    // wall-clock time live, and the trace's clock in the simulator).
+    let now_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+    let scheduled = state.schedule.at(config, now_ms);
+    let plain = desired.clamp(config.min_instances, config.max_instances);
+    let bounded = scheduled
+        .as_ref()
+        .map_or(plain, |s| desired.clamp(s.min_instances, s.max_instances));
+    desired = match &scheduled {
+        Some(scheduled) if bounded != plain => {
+            rules.apply(Rule::Schedule, desired, bounded, || scheduled.describe())
+        }
+        _ => rules.apply(Rule::Bounds, desired, bounded, || {
+            let (min, max) = scheduled
+                .as_ref()
+                .map_or((config.min_instances, config.max_instances), |s| {
+                    (s.min_instances, s.max_instances)
+                });
+            format!("kept within [{min}, {max}]")
+        }),
+    };
 
     if !replace.is_empty() {
         rules.0.push(RuleApplied {
@@ -319,6 +333,7 @@ fn decide(
         launch,
         scale_in,
         launch_backoff: state.launch_backoff(now),
+        scheduled,
     }
 }
 

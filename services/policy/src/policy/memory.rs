@@ -9,6 +9,7 @@ use super::{Observation, Replacement, Rule, RuleApplied};
 use crate::config::ControllerConfig;
 use crate::instance::{Health, InstanceState};
 use crate::kinds::Sustain;
+use crate::schedule::ScheduleCache;
 
 /// The policy's memory between evaluations. Times are the evaluation clock's.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -18,6 +19,8 @@ pub struct PolicyState {
     pub(crate) last_scale_out: Option<Duration>,
     pub(crate) last_scale_in: Option<Duration>,
     pub(crate) launches: LaunchFailures,
+    /// The schedules' bounds until they change (a cache, not memory).
+    pub(crate) schedule: ScheduleCache,
 }
 
 /// The policy's memory as it outlives a controller (a restart, a failover to another daemon):
@@ -90,6 +93,7 @@ impl PolicyState {
             last_scale_out: memory.last_scale_out_ms.map(clock),
             last_scale_in: memory.last_scale_in_ms.map(clock),
             launches,
+            schedule: ScheduleCache::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub use evaluate::{evaluate, launch_refused};
 pub use memory::{LaunchBackoff, PolicyMemory, PolicyState};
 
 use crate::instance::{Health, InstanceState};
+use crate::schedule::Scheduled;
 
 /// How long an instance the provider said it launched counts as pending while the provider does
 /// not list it yet (EC2's DescribeInstances may lag RunInstances by seconds); after that it is
@@ -76,11 +77,13 @@ pub enum Rule {
     InstanceLimit,
     /// A scale-in short of its size: the instances it would take are not listed yet.
     NotListed,
+    /// Bounds a scheduled window or change sets, where they differ from the config's.
+    Schedule,
 }
 
 impl Rule {
     /// Every rule, for counters that list each one, at zero too.
-    pub const ALL: [Rule; 10] = [
+    pub const ALL: [Rule; 11] = [
         Rule::MissingMetrics,
         Rule::Tolerance,
         Rule::Sustain,
@@ -91,6 +94,7 @@ impl Rule {
         Rule::LaunchBackoff,
         Rule::InstanceLimit,
         Rule::NotListed,
+        Rule::Schedule,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -105,6 +109,7 @@ impl Rule {
             Rule::LaunchBackoff => "launch-backoff",
             Rule::InstanceLimit => "instance-limit",
             Rule::NotListed => "not-listed",
+            Rule::Schedule => "schedule",
         }
     }
 }
@@ -216,6 +221,9 @@ pub struct Decision {
     pub scale_in: Vec<String>,
     /// Set while launches are failing.
     pub launch_backoff: Option<LaunchBackoff>,
+    /// The bounds the schedules set now, and the windows holding and next, when there are
+    /// schedules.
+    pub scheduled: Option<Scheduled>,
 }
 
 impl Decision {

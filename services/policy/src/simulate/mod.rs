@@ -65,7 +65,13 @@ pub struct Options {
     pub reversal_window_secs: u64,
     /// Keep the per-second supply for a chart.
     pub keep_series: bool,
+    /// The wall-clock time of the trace's first second, in seconds since the Unix epoch: the
+    /// policy's clock, at which scheduled windows hold.
+    pub start_secs: u64,
 }
+
+/// 2026-01-05T00:00:00Z, a Monday: where a trace starts unless told.
+pub const DEFAULT_START_SECS: u64 = 1_767_571_200;
 
 impl Default for Options {
     fn default() -> Self {
@@ -74,6 +80,7 @@ impl Default for Options {
             slo: 80.0,
             reversal_window_secs: 300,
             keep_series: true,
+            start_secs: DEFAULT_START_SECS,
         }
     }
 }
@@ -153,13 +160,24 @@ impl Policy {
         match self {
             Policy::Project { config, .. } => {
                 let rule = config.policy.kind().describe();
+                let windows: Vec<String> = config
+                    .schedule
+                    .iter()
+                    .map(|w| {
+                        format!(
+                            "; window {} \"{}\" {} for {}s: min {}",
+                            w.name, w.cron, w.time_zone, w.duration_secs, w.min_instances
+                        )
+                    })
+                    .collect();
                 format!(
-                    "{rule}; cooldowns out {}s, in {}s; every {}ms; [{}, {}]",
+                    "{rule}; cooldowns out {}s, in {}s; every {}ms; [{}, {}]{}",
                     config.scale_out_cooldown_secs,
                     config.scale_in_cooldown_secs,
                     config.evaluation_interval_ms,
                     config.min_instances,
-                    config.max_instances
+                    config.max_instances,
+                    windows.concat()
                 )
             }
             Policy::Hpa { model, .. } => format!(
@@ -417,7 +435,7 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
                         &world.observation,
                         config,
                         &mut state,
-                        Duration::from_secs(now),
+                        Duration::from_secs(options.start_secs + now),
                     );
                     let mut terminate = decided.scale_in;
                     terminate.extend(decided.replace.into_iter().map(|r| r.instance_id));
@@ -460,7 +478,7 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
                     policy::launch_refused(
                         config,
                         &mut state,
-                        Duration::from_secs(now),
+                        Duration::from_secs(options.start_secs + now),
                         "insufficient capacity (simulated)",
                     );
                 }
