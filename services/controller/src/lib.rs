@@ -11,4 +11,4 @@ pub mod local;
 pub mod reconciler;
 pub mod status;
 
-pub use autoscaler_policy::{config, fleet, kinds, policy};
+pub use autoscaler_policy::{config, fleet, kinds, policy, schedule};

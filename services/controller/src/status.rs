@@ -175,6 +175,16 @@ impl ControllerStatus {
             .find_map(|r| r.decision.as_ref().map(|d| d.desired))
     }
 
+    /// What the schedules set at the latest decision, when the group has any.
+    pub fn scheduled(&self) -> Option<crate::schedule::Scheduled> {
+        self.lock()
+            .decisions
+            .iter()
+            .rev()
+            .find_map(|r| r.decision.as_ref())
+            .and_then(|d| d.scheduled.clone())
+    }
+
     /// Changes whenever a new decision record is kept (its sequence).
     pub fn new_records(&self) -> watch::Receiver<u64> {
         self.records.subscribe()

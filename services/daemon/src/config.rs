@@ -462,8 +462,12 @@ mod tests {
         let mut table = String::new();
         for line in text.lines() {
             let line = line.trim_start_matches('#').trim();
+            // `[table]`, or `[[array.of.tables]]`.
             if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                table = name.to_string();
+                table = name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string();
                 continue;
             }
             let Some((key, value)) = line.split_once(" = ") else {
@@ -496,6 +500,11 @@ mod tests {
             ),
             ("[controller.policy]\nkind = \"step\"", "controller.policy"),
             ("[controller.shadow]", "controller.shadow"),
+            ("[[controller.schedule]]", "controller.schedule"),
+            (
+                "[[controller.scheduled_change]]",
+                "controller.scheduled_change",
+            ),
             ("[provider]\nkind = \"local\"", "provider"),
             ("[provider]\nkind = \"ec2\"", "provider"),
             ("[load_balancer]\nkind = \"haproxy\"", "load_balancer"),

@@ -72,6 +72,39 @@ struct StatusJson<'a> {
     instances: Vec<InstanceJson<'a>>,
     decisions: Vec<DecisionJson<'a>>,
     launch_failures: Option<LaunchFailuresJson<'a>>,
+    /// What the schedules set now, when the group has any.
+    schedule: Option<ScheduleJson<'a>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ScheduleJson<'a> {
+    min_instances: u32,
+    max_instances: u32,
+    active: Vec<WindowJson<'a>>,
+    next: Option<WindowJson<'a>>,
+    change: &'a str,
+}
+
+/// A scheduled window: one holding (until `ends_at_ms`) or the next (from `starts_at_ms`).
+#[derive(Debug, serde::Serialize)]
+struct WindowJson<'a> {
+    name: &'a str,
+    min_instances: u32,
+    max_instances: Option<u32>,
+    starts_at_ms: i64,
+    ends_at_ms: i64,
+}
+
+impl<'a> From<&'a v1::ScheduledWindow> for WindowJson<'a> {
+    fn from(w: &'a v1::ScheduledWindow) -> WindowJson<'a> {
+        WindowJson {
+            name: &w.name,
+            min_instances: w.min_instances,
+            max_instances: w.max_instances,
+            starts_at_ms: w.starts_at_ms,
+            ends_at_ms: w.ends_at_ms,
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -182,6 +215,13 @@ impl<'a> From<&'a v1::GetStatusResponse> for StatusJson<'a> {
                 consecutive: l.consecutive,
                 next_attempt_in_ms: l.next_attempt_in_ms,
                 last_reason: &l.last_reason,
+            }),
+            schedule: report.schedule.as_ref().map(|s| ScheduleJson {
+                min_instances: s.min_instances,
+                max_instances: s.max_instances,
+                active: s.active.iter().map(WindowJson::from).collect(),
+                next: s.next.as_ref().map(WindowJson::from),
+                change: &s.change,
             }),
         }
     }

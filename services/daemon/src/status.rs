@@ -11,6 +11,7 @@ use autoscaler_controller::cloud::InstanceState;
 use autoscaler_controller::status::{ControllerStatus, DecisionRecord};
 use autoscaler_policy::Health;
 use autoscaler_policy::fleet::{InstanceView, Metrics};
+use autoscaler_policy::schedule::Scheduled;
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::status_server::Status;
 use tonic::{Request, Response};
@@ -96,6 +97,33 @@ fn as_seen(seen: &InstanceView) -> v1::InstanceStatus {
         consecutive_misses: seen.consecutive_misses,
         last_error: seen.last_error.clone().unwrap_or_default(),
         ..Default::default()
+    }
+}
+
+/// What the schedules set, on the wire.
+fn wire_schedule(scheduled: Scheduled) -> v1::Schedule {
+    v1::Schedule {
+        min_instances: scheduled.min_instances,
+        max_instances: scheduled.max_instances,
+        active: scheduled
+            .active
+            .into_iter()
+            .map(|w| v1::ScheduledWindow {
+                name: w.name,
+                min_instances: w.min_instances,
+                max_instances: w.max_instances,
+                starts_at_ms: 0,
+                ends_at_ms: w.ends_at_ms,
+            })
+            .collect(),
+        next: scheduled.next.map(|w| v1::ScheduledWindow {
+            name: w.name,
+            min_instances: w.min_instances,
+            max_instances: None,
+            starts_at_ms: w.starts_at_ms,
+            ends_at_ms: 0,
+        }),
+        change: scheduled.change.unwrap_or_default(),
     }
 }
 
@@ -206,6 +234,11 @@ impl StatusService {
                     next_attempt_in_ms: backoff.retry_in.as_millis() as u64,
                     last_reason: backoff.last_reason,
                 }),
+            schedule: self
+                .controller
+                .as_ref()
+                .and_then(ControllerStatus::scheduled)
+                .map(wire_schedule),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! End-to-end tests of the controller on the local provider: scale out under high load, scale in
 //! under low load, a killed agent replaced, a restarted daemon (monitor and controller) adopting
 //! its running instances without duplicates or replacements, an invalid config refused, JSON
-//! logs. The fleet stays within its bounds throughout (a background watcher, `FleetInvariant`).
+//! logs, a scheduled window raising the floor. The fleet stays within its bounds throughout (a
+//! background watcher, `FleetInvariant`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -309,4 +310,66 @@ async fn logs_are_json_on_request_with_one_event_per_decision() {
     assert_eq!(refusal["fields"]["instance_id"], "i-stranger", "{refusal}");
     assert_eq!(refusal["level"], "WARN");
     assert!(!logs.contains(TOKEN), "the token leaked into the logs");
+}
+
+#[tokio::test]
+async fn a_scheduled_window_raises_the_floor_and_the_status_says_which() {
+    let state_dir = StateDir::new("schedule");
+    let mut config = fast_daemon_config(&state_dir.0);
+    // A window that starts every minute and lasts an hour holds now, whatever the time.
+    config.controller.schedule = vec![autoscaler_policy::schedule::WindowConfig {
+        name: "always".to_string(),
+        cron: "* * * * *".to_string(),
+        time_zone: "Europe/Paris".to_string(),
+        duration_secs: 3_600,
+        min_instances: 3,
+        max_instances: None,
+    }];
+    config.validate().expect("a valid schedule");
+    let daemon = RunningDaemon::start(config).await;
+    let invariant = FleetInvariant::watch(daemon.address, 2, 4);
+    let mut client = status_client(daemon.address);
+    let status = wait_status(
+        &mut client,
+        "3 healthy: the window's floor",
+        4,
+        Duration::from_secs(30),
+        |s| healthy(s) == 3,
+    )
+    .await;
+    let schedule = status
+        .schedule
+        .clone()
+        .expect("the status shows the schedule");
+    assert_eq!((schedule.min_instances, schedule.max_instances), (3, 4));
+    assert_eq!(schedule.active.len(), 1, "{schedule:?}");
+    assert_eq!(schedule.active[0].name, "always");
+    assert!(
+        schedule.next.is_some(),
+        "the next start is shown: {schedule:?}"
+    );
+    assert!(
+        status
+            .decisions
+            .iter()
+            .any(|d| d.rules.iter().any(|r| r == "schedule")),
+        "a decision names the schedule rule: {:#?}",
+        status.decisions
+    );
+    let (code, body) = http_get(daemon.http, "/api/status").await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("\"schedule\":{\"active\":[{") && body.contains("\"name\":\"always\""),
+        "{body}"
+    );
+    // A window that starts again every minute holds until an hour after its latest start.
+    let holding = &schedule.active[0];
+    let latest_start = holding.ends_at_ms - 3_600_000;
+    let now = autoscaler_policy::time::now_ms();
+    assert!(
+        latest_start <= now && now - latest_start <= 60_000,
+        "ends an hour after its latest start: {holding:?} at {now}"
+    );
+    invariant.check();
+    daemon.stop().await;
 }

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 use autoscaler_policy::config::ControllerConfig;
 use autoscaler_policy::simulate::trace::{Shape, ShapeParams, Trace, parse_duration};
-use autoscaler_policy::simulate::{CloudModel, Options, Policy, Run, chart, simulate};
+use autoscaler_policy::simulate::{
+    self as simulation, CloudModel, Options, Policy, Run, chart, simulate,
+};
 use clap::Parser;
 
 /// Replay a demand trace through scaling policies and score them.
@@ -160,11 +162,13 @@ fn check(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn table(runs: &[Run]) -> String {
+fn table(runs: &[Run], oracle: &Run) -> String {
+    let least = oracle.scores.instance_hours;
     let mut out = format!(
-        "{:<14} {:>10} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>5} {:>5} {:>5}\n",
+        "{:<14} {:>10} {:>7} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>5} {:>5} {:>5}\n",
         "POLICY",
         "INST-H",
+        "xORACLE",
         "ACC_U",
         "ACC_O",
         "TS_U%",
@@ -175,12 +179,13 @@ fn table(runs: &[Run]) -> String {
         "IN",
         "REV"
     );
-    for run in runs {
+    for run in runs.iter().chain([oracle]) {
         let s = &run.scores;
         out.push_str(&format!(
-            "{:<14} {:>10.1} {:>8.3} {:>8.3} {:>7.1} {:>7.1} {:>8.3} {:>8.1} {:>5} {:>5} {:>5}\n",
+            "{:<14} {:>10.1} {:>7.2} {:>8.3} {:>8.3} {:>7.1} {:>7.1} {:>8.3} {:>8.1} {:>5} {:>5} {:>5}\n",
             run.policy,
             s.instance_hours,
+            s.instance_hours / least.max(f64::MIN_POSITIVE),
             s.accuracy_u,
             s.accuracy_o,
             s.timeshare_u,
@@ -269,8 +274,10 @@ fn run(args: Args) -> Result<(), String> {
     for warning in runs.iter().flat_map(|run| &run.warnings) {
         eprintln!("warning: {warning}");
     }
+    let oracle = simulation::oracle(&trace, args.min, args.max, &options);
+    println!("  {:<14} {}", oracle.policy, oracle.description);
     println!();
-    print!("{}", table(&runs));
+    print!("{}", table(&runs, &oracle));
     if let Some(parent) = args.chart.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;

@@ -97,6 +97,10 @@ pub struct Schedules {
     changes: Vec<(i64, BoundsChange)>,
 }
 
+/// The most starts of one window looked through within its duration (a start every minute for
+/// the longest duration, a week).
+const MAX_STARTS_IN_A_WINDOW: usize = 7 * 24 * 60;
+
 /// How far ahead the next window is looked for.
 const HORIZON_MS: i64 = 366 * 24 * 3_600_000;
 
@@ -231,15 +235,23 @@ impl Schedules {
         for window in &self.windows {
             let duration_ms = i64::try_from(window.config.duration_secs).unwrap_or(0) * 1_000;
             // The window holds when one of its starts lies in (now - duration, now].
-            if let Some(start) = start_after(window, now_ms - duration_ms)
-                && start <= now_ms
+            if let Some(first) = start_after(window, now_ms - duration_ms)
+                && first <= now_ms
             {
-                until = until.min(start + duration_ms);
+                // It may start again while it holds: it ends a duration after its latest start.
+                let mut latest = first;
+                for _ in 0..MAX_STARTS_IN_A_WINDOW {
+                    match start_after(window, latest) {
+                        Some(start) if start <= now_ms => latest = start,
+                        _ => break,
+                    }
+                }
+                until = until.min(latest + duration_ms);
                 active.push(ActiveWindow {
                     name: window.config.name.clone(),
                     min_instances: window.config.min_instances,
                     max_instances: window.config.max_instances,
-                    ends_at_ms: start + duration_ms,
+                    ends_at_ms: latest + duration_ms,
                 });
             }
             if let Some(start) = start_after(window, now_ms) {

@@ -54,14 +54,27 @@ fn compares_policies_on_a_csv_trace_and_draws_them() {
     for name in ["ours-target", "aws-step", "k8s-hpa", "mine"] {
         let row = stdout
             .lines()
-            .find(|l| l.starts_with(name) && l.split_whitespace().count() == 11)
+            .find(|l| l.starts_with(name) && l.split_whitespace().count() == 12)
             .unwrap_or_else(|| panic!("no score row for {name}:\n{stdout}"));
         let hours: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(
             (2.0..=5.0).contains(&hours),
             "{name}: {hours} instance-hours in one hour with 2-5 instances"
         );
+        // Its cost as a ratio to the oracle's, which pays the least that meets the SLO.
+        let ratio: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!(ratio >= 1.0, "{name}: {ratio} times the oracle:\n{stdout}");
     }
+    let oracle = stdout
+        .lines()
+        .find(|l| l.starts_with("oracle") && l.split_whitespace().count() == 12)
+        .unwrap_or_else(|| panic!("no oracle row:\n{stdout}"));
+    assert_eq!(oracle.split_whitespace().nth(2), Some("1.00"), "{stdout}");
+    assert_eq!(
+        oracle.split_whitespace().nth(8),
+        Some("0.0"),
+        "no second above the SLO: {stdout}"
+    );
     let svg = std::fs::read_to_string(&chart).expect("the chart is written");
     assert!(svg.contains(">mine</text>"));
 }
@@ -139,10 +152,10 @@ fn jitter_on_a_multi_instance_step_is_bungee_s() {
         .expect("a jitter column");
     let row = stdout
         .lines()
-        .find(|l| l.starts_with("k8s-hpa") && l.split_whitespace().count() == 11)
+        .find(|l| l.starts_with("k8s-hpa") && l.split_whitespace().count() == 12)
         .unwrap_or_else(|| panic!("no k8s-hpa row:\n{stdout}"));
     let jitter = row.split_whitespace().nth(column).unwrap();
     assert_eq!(jitter, "0.000", "{stdout}");
-    let scale_outs = row.split_whitespace().nth(8).unwrap();
+    let scale_outs = row.split_whitespace().nth(9).unwrap();
     assert_eq!(scale_outs, "2", "the supply moved in two steps: {stdout}");
 }

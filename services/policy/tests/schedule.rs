@@ -102,6 +102,19 @@ fn overlapping_windows_take_the_largest_floor_and_a_window_may_set_the_ceiling()
 }
 
 #[test]
+fn a_window_that_starts_again_while_it_holds_ends_a_duration_after_its_latest_start() {
+    let schedules =
+        Schedules::new(&[window("busy", "*/10 * * * *", "UTC", 3_600, 3)], &[], 5).unwrap();
+    let (scheduled, until) = schedules.at(2, 5, ms(2026, 2, 2, 12, 5));
+    assert_eq!(scheduled.active[0].ends_at_ms, ms(2026, 2, 2, 13, 0));
+    assert_eq!(
+        until,
+        ms(2026, 2, 2, 12, 10),
+        "the next start changes what holds"
+    );
+}
+
+#[test]
 fn a_one_off_change_holds_from_its_time_on() {
     let change = BoundsChange {
         name: "holidays".to_string(),

@@ -421,3 +421,20 @@ fn draining_instances_count_against_the_instance_limit() {
     assert_eq!(most, 5, "instances running, draining ones included");
     assert_eq!(run.supply.last(), Some(&5), "{:?}", &run.supply[300..]);
 }
+
+#[test]
+fn the_oracle_pays_the_least_that_keeps_every_second_under_the_slo() {
+    // Demand 1.0 then 2.0 capacities at an 80 % SLO: ceil(1 / 0.8) = 2, ceil(2 / 0.8) = 3.
+    let trace = flat_then(1.0, 100, 2.0, 200);
+    let oracle = autoscaler_policy::simulate::oracle(&trace, 1, 5, &Options::default());
+    assert_eq!(oracle.supply[..100], [2; 100]);
+    assert_eq!(oracle.supply[100..], [3; 100]);
+    close(oracle.scores.instance_hours, (200.0 + 300.0) / 3_600.0);
+    assert_eq!(oracle.scores.slo_violation_secs, 0);
+    // Held to at most 2, it cannot keep the second half under the SLO either.
+    let capped = autoscaler_policy::simulate::oracle(&trace, 1, 2, &Options::default());
+    assert_eq!(capped.scores.slo_violation_secs, 100);
+    // Every reactive policy pays at least as much for the same SLO.
+    let ours = simulate(&trace, &Policy::ours_target(1, 5), &Options::default());
+    assert!(ours.scores.instance_hours >= oracle.scores.instance_hours);
+}

@@ -504,6 +504,35 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
     }
 }
 
+/// The oracle: what a policy that knows the future and launches in no time would pay to keep
+/// every second under the SLO: supply = ceil(demand / SLO) at every second, within `[min, max]`.
+/// Its instance-hours are the least any policy can pay for the SLO: the others are read as a
+/// ratio to it.
+pub fn oracle(trace: &Trace, min: u32, max: u32, options: &Options) -> Run {
+    let mut scorer = Scorer::new(options.slo, options.reversal_window_secs);
+    let keep = options.keep_series;
+    let mut supply = Vec::with_capacity(if keep { trace.demand.len() } else { 0 });
+    for &demand in &trace.demand {
+        let needed = (demand * 100.0 / options.slo - 1e-9).ceil().max(0.0) as u32;
+        let serving = needed.clamp(min, max);
+        scorer.second(demand, serving, serving);
+        if keep {
+            supply.push(serving);
+        }
+    }
+    Run {
+        policy: "oracle".to_string(),
+        description: format!(
+            "knows the future, boots in no time: supply = ceil(demand / {}%) every second; [{min}, {max}]",
+            options.slo
+        ),
+        scores: scorer.finish(),
+        billed: supply.clone(),
+        supply,
+        warnings: Vec::new(),
+    }
+}
+
 /// Launches or victims that take the listed fleet to `desired`.
 fn plan(world: &World, desired: u32, now: u64) -> (u32, Vec<String>) {
     let current = world.listed.len() as u32;

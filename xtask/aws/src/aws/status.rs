@@ -107,6 +107,40 @@ impl Status {
     }
 }
 
+/// The bounds the schedules set, the windows holding (until when) and the next.
+fn schedule_text(schedule: &autoscaler_proto::v1::Schedule) -> String {
+    use autoscaler_policy::schedule::rfc3339;
+    let mut parts: Vec<String> = schedule
+        .active
+        .iter()
+        .map(|w| {
+            format!(
+                "window {} (floor {}) until {}",
+                w.name,
+                w.min_instances,
+                rfc3339(w.ends_at_ms)
+            )
+        })
+        .collect();
+    if !schedule.change.is_empty() {
+        parts.push(format!("change {}", schedule.change));
+    }
+    if let Some(next) = &schedule.next {
+        parts.push(format!(
+            "next: {} (floor {}) at {}",
+            next.name,
+            next.min_instances,
+            rfc3339(next.starts_at_ms)
+        ));
+    }
+    format!(
+        "bounds [{}, {}]; {}",
+        schedule.min_instances,
+        schedule.max_instances,
+        parts.join("; ")
+    )
+}
+
 /// The fleet as one monitor reports it.
 pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
     println!(
@@ -153,6 +187,9 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
             (failing.next_attempt_in_ms as f64 / 1000.0).ceil(),
             failing.last_reason
         );
+    }
+    if let Some(schedule) = &report.schedule {
+        println!("schedule: {}", schedule_text(schedule));
     }
     if let Some(last) = report.decisions.last() {
         println!("last decision: {}", last.summary);
