@@ -304,16 +304,15 @@ impl World {
         else {
             return false;
         };
-        if cloud.drain_secs == 0 {
-            return self.terminate(instance_id, now + cloud.termination_delay_secs);
-        }
-        let busy = self.observation.instances[at]
-            .load
-            .is_some_and(|load| load > 0.0);
-        self.observation.instances.swap_remove(at);
         self.listed.swap_remove(at);
-        self.draining
-            .push(now + if busy { cloud.drain_secs } else { 0 });
+        let seen = self.observation.instances.swap_remove(at);
+        if cloud.drain_secs == 0 {
+            self.terminating.push(now + cloud.termination_delay_secs);
+        } else {
+            let busy = seen.load.is_some_and(|load| load > 0.0);
+            self.draining
+                .push(now + if busy { cloud.drain_secs } else { 0 });
+        }
         true
     }
 
@@ -327,21 +326,6 @@ impl World {
             terminating.push(now + cloud.termination_delay_secs);
             false
         });
-    }
-
-    fn terminate(&mut self, instance_id: &str, gone_at: u64) -> bool {
-        let Some(at) = self
-            .observation
-            .instances
-            .iter()
-            .position(|i| i.instance_id == instance_id)
-        else {
-            return false;
-        };
-        self.observation.instances.swap_remove(at);
-        self.listed.swap_remove(at);
-        self.terminating.push(gone_at);
-        true
     }
 
     fn serving(&self, now: u64) -> u32 {
