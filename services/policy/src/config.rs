@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::forecast::PredictiveConfig;
 use crate::kinds::{Kind, Step, StepRule, TargetTracking};
 use crate::schedule::{BoundsChange, Schedules, WindowConfig};
 
@@ -58,6 +59,8 @@ pub struct ControllerConfig {
     pub schedule: Vec<WindowConfig>,
     /// `[[controller.scheduled_change]]`: one-off changes of the bounds from a time on.
     pub scheduled_change: Vec<BoundsChange>,
+    /// `[controller.predictive]`: the forecaster (`crate::forecast`), off when absent.
+    pub predictive: Option<PredictiveConfig>,
 }
 
 /// The shadow policy: its rules, and the settings where it differs from the live policy (the
@@ -96,6 +99,7 @@ impl Default for ControllerConfig {
             shadow: None,
             schedule: Vec::new(),
             scheduled_change: Vec::new(),
+            predictive: None,
         }
     }
 }
@@ -348,6 +352,9 @@ impl ControllerConfig {
         }
         self.policy.kind().validate(self.max_instances)?;
         Schedules::new(&self.schedule, &self.scheduled_change, self.instance_limit)?;
+        if let Some(predictive) = &self.predictive {
+            predictive.validate()?;
+        }
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 pub mod backoff;
 pub mod config;
 pub mod fleet;
+pub mod forecast;
 pub mod instance;
 pub mod kinds;
 pub mod policy;

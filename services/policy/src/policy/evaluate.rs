@@ -248,9 +248,32 @@ fn decide(
         }
     }
     let rule_driven = desired;
+    let now_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+    // The forecast: it records the demand, and raises the floor to what the demand of the next
+    // lead time needs (never lowers it), when it acts. No cooldown: it is a floor, as a
+    // schedule's is.
+    let forecast = config.predictive.as_ref().map(|predictive| {
+        let demand = (reported > 0).then(|| sum / 100.0);
+        state
+            .predictive
+            .observe(predictive, now_ms, demand, &observation.instances);
+        state
+            .predictive
+            .view(predictive, predictive.target_for(&config.policy), now_ms)
+    });
+    if let Some(view) = &forecast
+        && view.acting
+        && view.floor > desired
+    {
+        desired = rules.apply(Rule::Forecast, desired, view.floor, || {
+            format!(
+                "forecast demand {:.2} capacities within the lead time {}s: floor {}",
+                view.demand, view.lead_secs, view.floor
+            )
+        });
+    }
     // The bounds: the config's, or those the schedules set now (the policy's clock is
     // wall-clock time live, and the trace's clock in the simulator).
-    let now_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
     let scheduled = state.schedule.at(config, now_ms);
     let plain = desired.clamp(config.min_instances, config.max_instances);
     let bounded = scheduled
@@ -334,6 +357,7 @@ fn decide(
         scale_in,
         launch_backoff: state.launch_backoff(now),
         scheduled,
+        forecast,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::{Observation, Replacement, Rule, RuleApplied};
 use crate::config::ControllerConfig;
+use crate::forecast::Predictive;
 use crate::instance::{Health, InstanceState};
 use crate::kinds::Sustain;
 use crate::schedule::ScheduleCache;
@@ -21,6 +22,8 @@ pub struct PolicyState {
     pub(crate) launches: LaunchFailures,
     /// The schedules' bounds until they change (a cache, not memory).
     pub(crate) schedule: ScheduleCache,
+    /// The forecaster: the demand it recorded, the launches it timed, its forecast.
+    pub(crate) predictive: Predictive,
 }
 
 /// The policy's memory as it outlives a controller (a restart, a failover to another daemon):
@@ -39,9 +42,16 @@ pub struct PolicyMemory {
     pub next_launch_ms: Option<i64>,
     pub launch_failure_reason: String,
     pub counted_failures: Vec<String>,
+    /// The recent launches' times to service, ms (the forecaster's lead time).
+    pub lead_times_ms: Vec<u64>,
 }
 
 impl PolicyState {
+    /// The forecaster: the reconciler saves what it recorded and gives it what the store kept.
+    pub fn forecaster(&mut self) -> &mut Predictive {
+        &mut self.predictive
+    }
+
     /// The memory in wall-clock time: `now` on the evaluation clock is `now_ms` on the wall.
     pub fn remember(&self, now: Duration, now_ms: i64) -> PolicyMemory {
         let wall = |at: Duration| {
@@ -63,6 +73,7 @@ impl PolicyState {
             }),
             launch_failure_reason: launches.reason.clone(),
             counted_failures: launches.counted.clone(),
+            lead_times_ms: self.predictive.leads(),
         }
     }
 
@@ -85,7 +96,10 @@ impl PolicyState {
             launches.reason = memory.launch_failure_reason.clone();
             launches.counted = memory.counted_failures.clone();
         }
+        let mut predictive = Predictive::default();
+        predictive.recall_leads(&memory.lead_times_ms);
         PolicyState {
+            predictive,
             sustain: Sustain {
                 above_since: memory.above_since_ms.map(clock),
                 below_since: memory.below_since_ms.map(clock),

@@ -10,6 +10,7 @@ mod memory;
 pub use evaluate::{evaluate, launch_refused};
 pub use memory::{LaunchBackoff, PolicyMemory, PolicyState};
 
+use crate::forecast::ForecastView;
 use crate::instance::{Health, InstanceState};
 use crate::schedule::Scheduled;
 
@@ -79,11 +80,14 @@ pub enum Rule {
     NotListed,
     /// Bounds a scheduled window or change sets, where they differ from the config's.
     Schedule,
+    /// The floor the forecast demand of the next lead time needs (`[controller.predictive]`,
+    /// `forecast-and-scale`).
+    Forecast,
 }
 
 impl Rule {
     /// Every rule, for counters that list each one, at zero too.
-    pub const ALL: [Rule; 11] = [
+    pub const ALL: [Rule; 12] = [
         Rule::MissingMetrics,
         Rule::Tolerance,
         Rule::Sustain,
@@ -95,6 +99,7 @@ impl Rule {
         Rule::InstanceLimit,
         Rule::NotListed,
         Rule::Schedule,
+        Rule::Forecast,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +115,7 @@ impl Rule {
             Rule::InstanceLimit => "instance-limit",
             Rule::NotListed => "not-listed",
             Rule::Schedule => "schedule",
+            Rule::Forecast => "forecast",
         }
     }
 }
@@ -224,6 +230,8 @@ pub struct Decision {
     /// The bounds the schedules set now, and the windows holding and next, when there are
     /// schedules.
     pub scheduled: Option<Scheduled>,
+    /// What the forecaster says, when `[controller.predictive]` is set.
+    pub forecast: Option<ForecastView>,
 }
 
 impl Decision {
