@@ -2,6 +2,7 @@
 //! module with a `run` function.
 
 mod bench;
+mod dataset;
 mod demo;
 mod simulate;
 mod test;
@@ -49,6 +50,9 @@ enum Command {
     /// Replays a demand trace through the project's policies and the AWS and Kubernetes
     /// references, and scores them (a table and an SVG chart).
     Simulate(simulate::Simulate),
+    /// Fetches a public demand series (`taylor`) from a package registry as a simulator trace
+    /// and prints its path.
+    Dataset(dataset::Dataset),
     /// Runs the benchmarks and writes docs/BENCHMARKS.md.
     Bench(bench::Bench),
 }
@@ -92,6 +96,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => return forward("status", args),
         Command::Rehearse(args) => return forward("rehearse", args),
         Command::Simulate(command) => command.run(),
+        Command::Dataset(command) => command.run(),
         Command::Bench(command) => command.run(),
     };
     match result {

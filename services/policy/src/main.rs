@@ -37,8 +37,9 @@ struct Args {
     /// Seed of the noise and of launch failures.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Policies to compare: ours-target, ours-step, aws-step, k8s-hpa, or a TOML file (a daemon
-    /// config with a [controller] table, or the table's fields alone). Default: all four.
+    /// Policies to compare: ours-target, ours-step, ours-predictive, aws-step, aws-target,
+    /// aws-predictive, k8s-hpa, or a TOML file (a daemon config with a [controller] table, or
+    /// the table's fields alone). Default: all seven.
     #[arg(long = "policy")]
     policies: Vec<String>,
     /// Smallest fleet for the built-in and reference policies.
@@ -50,6 +51,13 @@ struct Args {
     /// Target load of the Kubernetes HPA reference, percent.
     #[arg(long, default_value_t = 50.0)]
     hpa_target: f64,
+    /// Target load of the EC2 target tracking and predictive scaling references, percent.
+    #[arg(long, default_value_t = 50.0)]
+    aws_target: f64,
+    /// The trace's first part, not replayed nor scored: its demand is the history the
+    /// forecasters start with (ours-predictive, aws-predictive): 14d, 36h.
+    #[arg(long, value_parser = parse_duration)]
+    warm_up: Option<usize>,
     /// Seconds from launch to serving.
     #[arg(long, default_value_t = 60)]
     boot_delay: u64,
@@ -82,16 +90,33 @@ struct Args {
     chart: PathBuf,
 }
 
+/// The built-in policies, in the table's order.
+const BUILT_IN: [&str; 7] = [
+    "ours-target",
+    "ours-step",
+    "ours-predictive",
+    "aws-step",
+    "aws-target",
+    "aws-predictive",
+    "k8s-hpa",
+];
+
 fn policy(name: &str, args: &Args) -> Result<Policy, String> {
     let (min, max) = (args.min, args.max);
     Ok(match name {
         "ours-target" => Policy::ours_target(min, max),
         "ours-step" => Policy::ours_step(min, max),
+        "ours-predictive" => Policy::ours_predictive(min, max),
         "aws-step" => Policy::aws_step(min, max),
+        "aws-target" => Policy::aws_target(args.aws_target, min, max),
+        "aws-predictive" => Policy::aws_predictive(args.aws_target, min, max),
         "k8s-hpa" => Policy::hpa(args.hpa_target, min, max),
         path => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                format!("policy `{path}` is neither ours-target, ours-step, aws-step, k8s-hpa nor a readable file: {e}")
+                format!(
+                    "policy `{path}` is none of {} nor a readable file: {e}",
+                    BUILT_IN.join(", ")
+                )
             })?;
             let mut table: toml::Table =
                 toml::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
@@ -127,11 +152,13 @@ fn check(args: &Args) -> Result<(), String> {
             .replace("`controller.min_instances`", "--min")
             .replace("`controller.max_instances`", "--max")
     })?;
-    if !(args.hpa_target > 0.0 && args.hpa_target <= 100.0) {
-        return Err(format!(
-            "--hpa-target {} must be within 0-100",
-            args.hpa_target
-        ));
+    for (flag, target) in [
+        ("--hpa-target", args.hpa_target),
+        ("--aws-target", args.aws_target),
+    ] {
+        if !(target > 0.0 && target <= 100.0) {
+            return Err(format!("{flag} {target} must be within 0-100"));
+        }
     }
     if !(args.slo > 0.0 && args.slo <= 100.0) {
         return Err(format!("--slo {} must be within 0-100", args.slo));
@@ -165,7 +192,7 @@ fn check(args: &Args) -> Result<(), String> {
 fn table(runs: &[Run], oracle: &Run) -> String {
     let least = oracle.scores.instance_hours;
     let mut out = format!(
-        "{:<14} {:>10} {:>7} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>5} {:>5} {:>5}\n",
+        "{:<16} {:>10} {:>7} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8} {:>7} {:>5} {:>5} {:>5}\n",
         "POLICY",
         "INST-H",
         "xORACLE",
@@ -175,6 +202,7 @@ fn table(runs: &[Run], oracle: &Run) -> String {
         "TS_O%",
         "JITTER",
         "SLO%",
+        "SLO-S",
         "OUT",
         "IN",
         "REV"
@@ -182,7 +210,7 @@ fn table(runs: &[Run], oracle: &Run) -> String {
     for run in runs.iter().chain([oracle]) {
         let s = &run.scores;
         out.push_str(&format!(
-            "{:<14} {:>10.1} {:>7.2} {:>8.3} {:>8.3} {:>7.1} {:>7.1} {:>8.3} {:>8.1} {:>5} {:>5} {:>5}\n",
+            "{:<16} {:>10.1} {:>7.3} {:>8.3} {:>8.3} {:>7.1} {:>7.1} {:>8.3} {:>8.3} {:>7} {:>5} {:>5} {:>5}\n",
             run.policy,
             s.instance_hours,
             s.instance_hours / least.max(f64::MIN_POSITIVE),
@@ -192,6 +220,7 @@ fn table(runs: &[Run], oracle: &Run) -> String {
             s.timeshare_o,
             s.jitter,
             s.slo_violation_share,
+            s.slo_violation_secs,
             s.scale_outs,
             s.scale_ins,
             s.reversals
@@ -224,9 +253,7 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?,
     };
     let names: Vec<String> = if args.policies.is_empty() {
-        ["ours-target", "ours-step", "aws-step", "k8s-hpa"]
-            .map(String::from)
-            .to_vec()
+        BUILT_IN.map(String::from).to_vec()
     } else {
         args.policies.clone()
     };
@@ -234,6 +261,7 @@ fn run(args: Args) -> Result<(), String> {
         .iter()
         .map(|name| policy(name, &args))
         .collect::<Result<Vec<_>, _>>()?;
+    let warm_up = args.warm_up.unwrap_or(0);
     let options = Options {
         cloud: CloudModel {
             boot_delay_secs: args.boot_delay,
@@ -247,7 +275,15 @@ fn run(args: Args) -> Result<(), String> {
         reversal_window_secs: args.reversal_window,
         keep_series: true,
         start_secs: start_secs(&args.start)?,
+        warm_up_secs: warm_up,
     };
+    if warm_up >= trace.demand.len() {
+        return Err(format!(
+            "--warm-up {} s leaves nothing of the {} s trace to replay",
+            warm_up,
+            trace.demand.len()
+        ));
+    }
     let started = std::time::Instant::now();
     let runs: Vec<Run> = policies
         .iter()
@@ -268,21 +304,37 @@ fn run(args: Args) -> Result<(), String> {
         args.launch_failure_rate * 100.0,
         args.slo
     );
+    if warm_up > 0 {
+        println!(
+            "  the first {:.1} h are the forecasters' history, not replayed nor scored",
+            warm_up as f64 / 3_600.0
+        );
+    }
     for run in &runs {
-        println!("  {:<14} {}", run.policy, run.description);
+        println!("  {:<16} {}", run.policy, run.description);
     }
     for warning in runs.iter().flat_map(|run| &run.warnings) {
         eprintln!("warning: {warning}");
     }
     let oracle = simulation::oracle(&trace, args.min, args.max, &options);
-    println!("  {:<14} {}", oracle.policy, oracle.description);
+    println!("  {:<16} {}", oracle.policy, oracle.description);
     println!();
     print!("{}", table(&runs, &oracle));
+    if let Some((ours, naive)) = simulation::forecast_error(&trace, &options) {
+        println!(
+            "\nforecaster (hourly forecasts of the replayed demand, 5-minute slots): error {:.1} % (WAPE), under-forecast {:.0} % of the time; seasonal-naive baseline {:.1} %, {:.0} %",
+            ours.error_percent, ours.under_percent, naive.error_percent, naive.under_percent
+        );
+    }
     if let Some(parent) = args.chart.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
-    std::fs::write(&args.chart, chart::svg(&trace, &runs))
+    let replayed = Trace {
+        name: trace.name.clone(),
+        demand: trace.after(warm_up).to_vec(),
+    };
+    std::fs::write(&args.chart, chart::svg(&replayed, &runs))
         .map_err(|e| format!("cannot write {}: {e}", args.chart.display()))?;
     println!(
         "\nchart: {} ({} policies replayed in {:.0} ms)",

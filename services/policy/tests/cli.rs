@@ -54,7 +54,7 @@ fn compares_policies_on_a_csv_trace_and_draws_them() {
     for name in ["ours-target", "aws-step", "k8s-hpa", "mine"] {
         let row = stdout
             .lines()
-            .find(|l| l.starts_with(name) && l.split_whitespace().count() == 12)
+            .find(|l| l.starts_with(name) && l.split_whitespace().count() == 13)
             .unwrap_or_else(|| panic!("no score row for {name}:\n{stdout}"));
         let hours: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert!(
@@ -67,12 +67,12 @@ fn compares_policies_on_a_csv_trace_and_draws_them() {
     }
     let oracle = stdout
         .lines()
-        .find(|l| l.starts_with("oracle") && l.split_whitespace().count() == 12)
+        .find(|l| l.starts_with("oracle") && l.split_whitespace().count() == 13)
         .unwrap_or_else(|| panic!("no oracle row:\n{stdout}"));
-    assert_eq!(oracle.split_whitespace().nth(2), Some("1.00"), "{stdout}");
+    assert_eq!(oracle.split_whitespace().nth(2), Some("1.000"), "{stdout}");
     assert_eq!(
         oracle.split_whitespace().nth(8),
-        Some("0.0"),
+        Some("0.000"),
         "no second above the SLO: {stdout}"
     );
     let svg = std::fs::read_to_string(&chart).expect("the chart is written");
@@ -89,7 +89,7 @@ fn bad_input_is_refused_with_a_clear_message() {
     std::fs::write(&bad_first_row, "0,1x\n600,2\n").unwrap();
     let bad_config = dir.join("bad.toml");
     std::fs::write(&bad_config, "[controller]\nmin_instances = 1\n").unwrap();
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         // A first row with a number in it is data, not a header to skip.
         (
             &["--csv", bad_first_row.to_str().unwrap()],
@@ -103,7 +103,14 @@ fn bad_input_is_refused_with_a_clear_message() {
             &["--policy", bad_config.to_str().unwrap()],
             "`controller.min_instances` is 1",
         ),
-        (&["--policy", "no-such-policy"], "is neither ours-target"),
+        (
+            &["--policy", "no-such-policy"],
+            "is none of ours-target, ours-step, ours-predictive",
+        ),
+        (
+            &["--warm-up", "6h"],
+            "--warm-up 21600 s leaves nothing of the 21600 s trace",
+        ),
         (
             &["--min", "4", "--max", "3"],
             "--min is 4, above max_instances = 3",
@@ -152,10 +159,10 @@ fn jitter_on_a_multi_instance_step_is_bungee_s() {
         .expect("a jitter column");
     let row = stdout
         .lines()
-        .find(|l| l.starts_with("k8s-hpa") && l.split_whitespace().count() == 12)
+        .find(|l| l.starts_with("k8s-hpa") && l.split_whitespace().count() == 13)
         .unwrap_or_else(|| panic!("no k8s-hpa row:\n{stdout}"));
     let jitter = row.split_whitespace().nth(column).unwrap();
     assert_eq!(jitter, "0.000", "{stdout}");
-    let scale_outs = row.split_whitespace().nth(9).unwrap();
+    let scale_outs = row.split_whitespace().nth(10).unwrap();
     assert_eq!(scale_outs, "2", "the supply moved in two steps: {stdout}");
 }

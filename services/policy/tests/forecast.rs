@@ -142,7 +142,10 @@ fn it_waits_for_24_hours_of_history_then_acts_in_forecast_and_scale_only() {
     predictive.observe(&predictive_config, now, Some(1.0), &[]);
     let view = predictive.view(&predictive_config, 50.0, now);
     assert!(view.acting, "{view:?}");
-    assert_eq!(view.lead_secs, 60, "no launch timed yet: the floor");
+    assert_eq!(
+        view.lead_secs, 300,
+        "no launch timed yet: EC2's scheduling buffer"
+    );
     assert_eq!(view.next.len(), 24);
 
     let only = config(PredictiveMode::ForecastOnly);
@@ -227,7 +230,7 @@ fn past_its_error_bound_it_falls_back_to_forecast_only_by_itself_and_comes_back(
     assert!(view.error_percent.unwrap() > 30.0);
     assert!(view.under_percent.is_some() && view.baseline_error_percent.is_some());
 
-    // The next day the cycle is back: at the next hourly refresh after it, it acts again.
+    // The next day the cycle is back: at its next check (hourly), it acts again.
     let later = now + DAY;
     predictive.load_history(samples(now, later, 0.05, 4));
     predictive.observe(&predictive_config, later, Some(1.0), &[]);

@@ -1,6 +1,6 @@
 //! Predictive scaling, the pure part: the group's demand as the leader records it (once a
 //! minute, the sum of the in-service loads in instance capacities), the forecast of the next 48
-//! hours made from it (`model`), refreshed hourly, the capacity it needs over the next lead time
+//! hours made from it (`model`), refreshed every five minutes, the capacity it needs over the next lead time
 //! (the 95th percentile of this group's own recent launch-to-in-service times, with a floor), and
 //! the forecaster's check of itself: its last 24 hours scored against what came, falling back to
 //! forecast-only while the error is past a bound. The live controller and the simulator run it
@@ -77,8 +77,9 @@ impl PredictiveMode {
 
 /// The history the forecaster waits for before it is used, as AWS's predictive scaling does.
 pub const MIN_HISTORY_MS: i64 = 24 * 3_600_000;
-/// How often the forecast is made again.
-pub const REFRESH_MS: i64 = 3_600_000;
+/// How often the forecast is made again: every 5-minute slot (its level correction then
+/// follows the last hour as it goes; the check of itself runs hourly).
+pub const REFRESH_MS: i64 = model::SLOT_MS;
 
 impl PredictiveConfig {
     /// The load per instance the forecast capacity is sized for, percent.

@@ -15,9 +15,13 @@ const CHECK_HOURS: i64 = 24;
 /// Fewer scorable hours than this and the check says nothing (the forecaster is trusted, as it
 /// is when its 24 hours of history first come).
 const CHECK_MIN_HOURS: i64 = 6;
+/// How often it scores itself.
+const CHECK_EVERY_MS: i64 = 3_600_000;
 /// An instance first seen older than this is not timed (a controller that started after it
 /// launched cannot tell when it did).
 const SEEN_LAUNCHED_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+/// The lead time while no launch of this group was timed.
+const UNMEASURED_LEAD_MS: u64 = 300_000;
 /// How far ahead the status shows the forecast.
 const SHOWN_SLOTS: usize = 24;
 
@@ -44,6 +48,8 @@ struct Made {
     /// The first slot forecast (the slot of `at_ms`).
     from_slot: i64,
     values: Vec<f64>,
+    /// When the forecaster last scored itself.
+    checked_at_ms: i64,
     score: Option<Score>,
     baseline: Option<Score>,
     /// Past the error bound at the last check: acting is off until it recovers.
@@ -143,7 +149,7 @@ impl Predictive {
             Some(made) => now_ms - made.at_ms >= REFRESH_MS || now_ms < made.at_ms,
         };
         if due && self.history_ms(now_ms) >= MIN_HISTORY_MS {
-            self.made = Some(self.make(config, now_ms));
+            self.made = Some(self.make(config, now_ms, self.made.as_ref()));
         }
     }
 
@@ -157,10 +163,21 @@ impl Predictive {
         self.history.front().map_or(0, |first| now_ms - first.at_ms)
     }
 
-    fn make(&self, config: &PredictiveConfig, now_ms: i64) -> Made {
+    /// The forecast from now; the check made again when the last is an hour old.
+    fn make(&self, config: &PredictiveConfig, now_ms: i64, last: Option<&Made>) -> Made {
         let series = Series::from_samples(&self.history, now_ms);
         let from_slot = now_ms.div_euclid(SLOT_MS);
         let values = model::forecast(&series, from_slot, model::HORIZON, Model::Seasonal);
+        if let Some(last) = last
+            && (last.checked_at_ms..last.checked_at_ms + CHECK_EVERY_MS).contains(&now_ms)
+        {
+            return Made {
+                at_ms: now_ms,
+                from_slot,
+                values,
+                ..last.clone()
+            };
+        }
         // Scored only on hours that had 24 hours of history before them.
         let scorable = ((from_slot - series.first_slot() - model::DAY) / 12).clamp(0, CHECK_HOURS);
         let (score, baseline) = if scorable >= CHECK_MIN_HOURS {
@@ -186,6 +203,7 @@ impl Predictive {
             at_ms: now_ms,
             from_slot,
             values,
+            checked_at_ms: now_ms,
             score,
             baseline,
             fallen_back,
@@ -193,11 +211,12 @@ impl Predictive {
     }
 
     /// The lead time, milliseconds: the 95th percentile of the recent launches' times to
-    /// service, at least `min_lead_secs`.
+    /// service, at least `min_lead_secs`; before any launch was timed, EC2's scheduling buffer
+    /// (300 s) at least.
     pub fn lead_ms(&self, config: &PredictiveConfig) -> u64 {
         let floor = config.min_lead_secs * 1_000;
         if self.leads.is_empty() {
-            return floor;
+            return floor.max(UNMEASURED_LEAD_MS);
         }
         let mut sorted: Vec<u64> = self.leads.iter().copied().collect();
         sorted.sort_unstable();
@@ -219,8 +238,10 @@ impl Predictive {
             let index = usize::try_from(slot - made.from_slot).ok()?;
             made.values.get(index).copied()
         };
+        // The slots the lead time reaches, and the one after: a slot's value is its mean, and
+        // on a rise the demand at the lead time's end is above the mean of its slot.
         let first = now_ms.div_euclid(SLOT_MS);
-        let last = (now_ms + lead_ms as i64).div_euclid(SLOT_MS);
+        let last = (now_ms + lead_ms as i64).div_euclid(SLOT_MS) + 1;
         let demand = (first..=last).filter_map(value_at).fold(0.0_f64, f64::max);
         let floor = (demand / (target_percent / 100.0) - 1e-9).ceil().max(0.0) as u32;
         let ready = made.is_some() && self.history_ms(now_ms) >= MIN_HISTORY_MS;

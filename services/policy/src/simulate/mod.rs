@@ -5,6 +5,7 @@
 //! replayed is what would act. No sleeping: a month at one-second resolution replays in well
 //! under a second.
 
+pub mod aws_predictive;
 pub mod chart;
 pub mod reference;
 pub mod score;
@@ -13,11 +14,14 @@ pub mod trace;
 use std::time::Duration;
 
 use crate::config::{ControllerConfig, PolicyConfig};
+use crate::forecast::model::{self, Model, Score, Series};
+use crate::forecast::{DemandSample, PredictiveConfig, PredictiveMode};
 use crate::instance::{Health, InstanceState};
 use crate::kinds::{Step, StepRule};
 use crate::policy::{self, Observation, ObservedInstance, PolicyState};
 use crate::random::SplitMix64;
-use reference::{AwsStep, Hpa, Reference};
+use aws_predictive::AwsPredictive;
+use reference::{AwsStep, AwsTarget, Hpa, Reference};
 use score::{Scorer, Scores};
 use trace::Trace;
 
@@ -68,6 +72,9 @@ pub struct Options {
     /// The wall-clock time of the trace's first second, in seconds since the Unix epoch: the
     /// policy's clock, at which scheduled windows hold.
     pub start_secs: u64,
+    /// The trace's first seconds that are not replayed nor scored: their demand is the history
+    /// the forecasters start with (a group that has been recording it).
+    pub warm_up_secs: usize,
 }
 
 /// 2026-01-05T00:00:00Z, a Monday: where a trace starts unless told.
@@ -81,6 +88,7 @@ impl Default for Options {
             reversal_window_secs: 300,
             keep_series: true,
             start_secs: DEFAULT_START_SECS,
+            warm_up_secs: 0,
         }
     }
 }
@@ -97,6 +105,13 @@ pub enum Policy {
     Hpa { name: String, model: Hpa },
     /// The AWS step scaling reference.
     AwsStep { name: String, model: AwsStep },
+    /// The EC2 target tracking reference.
+    AwsTarget { name: String, model: AwsTarget },
+    /// The EC2 predictive scaling reference (with its target tracking).
+    AwsPredictive {
+        name: String,
+        model: Box<AwsPredictive>,
+    },
 }
 
 impl Policy {
@@ -140,6 +155,43 @@ impl Policy {
         }
     }
 
+    /// The project's target tracking at 70 % with its forecaster acting (`forecast-and-scale`,
+    /// the floor sized at 78 %: the reactive policy keeps the margin, the forecast covers the
+    /// ramps a boot-long lag cannot follow). Chosen on the planning benchmark's traces
+    /// (docs/BENCHMARKS.md).
+    pub fn ours_predictive(min: u32, max: u32) -> Policy {
+        let config = ControllerConfig {
+            policy: PolicyConfig::TargetTracking(crate::kinds::TargetTracking {
+                target: 70.0,
+                tolerance: 0.1,
+            }),
+            predictive: Some(PredictiveConfig {
+                mode: PredictiveMode::ForecastAndScale,
+                target_percent: Some(78.0),
+                ..PredictiveConfig::default()
+            }),
+            ..ControllerConfig::default()
+        };
+        Policy::Project {
+            name: "ours-predictive".to_string(),
+            config: Box::new(bounded(config, min, max)),
+        }
+    }
+
+    pub fn aws_target(target: f64, min: u32, max: u32) -> Policy {
+        Policy::AwsTarget {
+            name: "aws-target".to_string(),
+            model: AwsTarget::new(target, min, max),
+        }
+    }
+
+    pub fn aws_predictive(target: f64, min: u32, max: u32) -> Policy {
+        Policy::AwsPredictive {
+            name: "aws-predictive".to_string(),
+            model: Box::new(AwsPredictive::new(target, min, max)),
+        }
+    }
+
     pub fn aws_step(min: u32, max: u32) -> Policy {
         Policy::AwsStep {
             name: "aws-step".to_string(),
@@ -151,7 +203,9 @@ impl Policy {
         match self {
             Policy::Project { name, .. }
             | Policy::Hpa { name, .. }
-            | Policy::AwsStep { name, .. } => name,
+            | Policy::AwsStep { name, .. }
+            | Policy::AwsTarget { name, .. }
+            | Policy::AwsPredictive { name, .. } => name,
         }
     }
 
@@ -170,8 +224,16 @@ impl Policy {
                         )
                     })
                     .collect();
+                let forecast = config.predictive.as_ref().map_or(String::new(), |p| {
+                    format!(
+                        "; forecast {} at {}%, lead time p95 of its launches (at least {}s)",
+                        p.mode.as_str(),
+                        p.target_for(&config.policy),
+                        p.min_lead_secs
+                    )
+                });
                 format!(
-                    "{rule}; cooldowns out {}s, in {}s; every {}ms; [{}, {}]{}",
+                    "{rule}; cooldowns out {}s, in {}s; every {}ms; [{}, {}]{}{forecast}",
                     config.scale_out_cooldown_secs,
                     config.scale_in_cooldown_secs,
                     config.evaluation_interval_ms,
@@ -198,6 +260,12 @@ impl Policy {
                 model.min,
                 model.max
             ),
+            Policy::AwsTarget { model, .. } => aws_target_text(model),
+            Policy::AwsPredictive { model, .. } => format!(
+                "EC2 predictive scaling: hourly forecast for 48 h from up to 14 days (after 24 h), buffer {}s, desired = max(forecast, target tracking); {}",
+                model.buffer_secs,
+                aws_target_text(&model.target_tracking)
+            ),
         }
     }
 
@@ -206,6 +274,18 @@ impl Policy {
             Policy::Project { config, .. } => config.min_instances,
             Policy::Hpa { model, .. } => model.min,
             Policy::AwsStep { model, .. } => model.min,
+            Policy::AwsTarget { model, .. } => model.min,
+            Policy::AwsPredictive { model, .. } => model.target_tracking.min,
+        }
+    }
+
+    fn max_instances(&self) -> u32 {
+        match self {
+            Policy::Project { config, .. } => config.max_instances,
+            Policy::Hpa { model, .. } => model.max,
+            Policy::AwsStep { model, .. } => model.max,
+            Policy::AwsTarget { model, .. } => model.max,
+            Policy::AwsPredictive { model, .. } => model.target_tracking.max,
         }
     }
 
@@ -214,8 +294,17 @@ impl Policy {
             Policy::Project { config, .. } => config.evaluation_interval_ms.div_ceil(1_000).max(1),
             Policy::Hpa { model, .. } => model.period(),
             Policy::AwsStep { model, .. } => model.period(),
+            Policy::AwsTarget { model, .. } => model.period(),
+            Policy::AwsPredictive { model, .. } => model.period(),
         }
     }
+}
+
+fn aws_target_text(model: &AwsTarget) -> String {
+    format!(
+        "EC2 target tracking: {}%, 1-min metrics, out after {} periods above, in after {} below 90 % of it, warm-up {}s; [{}, {}]",
+        model.target, model.out_periods, model.in_periods, model.warmup_secs, model.min, model.max
+    )
 }
 
 fn bounded(mut config: ControllerConfig, min: u32, max: u32) -> ControllerConfig {
@@ -332,9 +421,10 @@ impl World {
         self.listed.iter().filter(|i| i.ready_at <= now).count() as u32
     }
 
-    /// Brings the observation up to second `now` with every serving instance at `load`.
-    fn observe(&mut self, now: u64, load: f64) {
-        self.observation.controller_uptime = Duration::from_secs(now);
+    /// Brings the observation up to second `now` (the replay began at `first`) with every
+    /// serving instance at `load`.
+    fn observe(&mut self, now: u64, first: u64, load: f64) {
+        self.observation.controller_uptime = Duration::from_secs(now - first);
         self.observation.leaving = self.draining.len() as u32;
         for (instance, seen) in self.listed.iter().zip(&mut self.observation.instances) {
             seen.age = Duration::from_secs(now - instance.launched_at);
@@ -366,7 +456,8 @@ impl World {
     }
 }
 
-/// Replays `trace` through `policy`. The fleet starts with the policy's minimum, serving.
+/// Replays `trace` through `policy`. The fleet starts serving, with the policy's minimum (after
+/// a warm-up: with what the first replayed second needs under the SLO, within the bounds).
 pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
     let mut policy = policy.clone();
     let mut state = PolicyState::default();
@@ -382,15 +473,37 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
         next_id: 0,
         random: SplitMix64(cloud.seed),
     };
-    for _ in 0..policy.min_instances() {
-        world.launch(0, 0, 0);
+    // The warm-up: history for the forecasters, neither replayed nor scored.
+    let first = options.warm_up_secs.min(trace.demand.len());
+    match &mut policy {
+        Policy::Project { config, .. } if config.predictive.is_some() => {
+            state
+                .forecaster()
+                .load_history(minutes(&trace.demand[..first], options.start_secs));
+        }
+        Policy::AwsPredictive { model, .. } => model.preload(&trace.demand[..first]),
+        _ => {}
+    }
+    // A new group starts with its minimum; after a warm-up the group has been running, and
+    // starts with what the first second needs under the SLO (the policy's minimum at least),
+    // so that a replay that starts mid-day does not begin with a breach.
+    let needed = match trace.demand.get(first) {
+        Some(&demand) if first > 0 => (demand * 100.0 / options.slo - 1e-9).ceil().max(0.0) as u32,
+        _ => 0,
+    };
+    let first = first as u64;
+    for _ in 0..policy
+        .min_instances()
+        .max(needed.min(policy.max_instances()))
+    {
+        world.launch(first, first, first);
     }
     let period = policy.period_secs();
     let mut scorer = Scorer::new(options.slo, options.reversal_window_secs);
     let keep = options.keep_series;
     let mut supply_series = Vec::with_capacity(if keep { trace.demand.len() } else { 0 });
     let mut billed_series = Vec::with_capacity(supply_series.capacity());
-    for (second, &demand) in trace.demand.iter().enumerate() {
+    for (second, &demand) in trace.demand.iter().enumerate().skip(first as usize) {
         let now = second as u64;
         if !world.terminating.is_empty() {
             world.terminating.retain(|&gone_at| gone_at > now);
@@ -402,17 +515,23 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
             (demand / f64::from(serving) * 100.0).min(100.0)
         };
         let evaluating = now.is_multiple_of(period);
-        let sampling = matches!(policy, Policy::AwsStep { .. });
+        let sampling = matches!(
+            policy,
+            Policy::AwsStep { .. } | Policy::AwsTarget { .. } | Policy::AwsPredictive { .. }
+        );
         if evaluating && !world.draining.is_empty() {
             world.drained(now, cloud);
         }
         if evaluating || sampling {
-            world.observe(now, load);
+            world.observe(now, first, load);
         }
-        if let Policy::AwsStep { model, .. } = &mut policy {
-            model.sample(&world.observation);
+        match &mut policy {
+            Policy::AwsStep { model, .. } => model.sample(&world.observation),
+            Policy::AwsTarget { model, .. } => model.sample(&world.observation),
+            Policy::AwsPredictive { model, .. } => model.sample(&world.observation, now),
+            _ => {}
         }
-        if evaluating && now > 0 {
+        if evaluating && now > first {
             let (launch, terminate) = match &mut policy {
                 Policy::Project { config, .. } => {
                     let decided = policy::evaluate(
@@ -429,6 +548,12 @@ pub fn simulate(trace: &Trace, policy: &Policy, options: &Options) -> Run {
                     plan(&world, model.desired(&world.observation, now), now)
                 }
                 Policy::AwsStep { model, .. } => {
+                    plan(&world, model.desired(&world.observation, now), now)
+                }
+                Policy::AwsTarget { model, .. } => {
+                    plan(&world, model.desired(&world.observation, now), now)
+                }
+                Policy::AwsPredictive { model, .. } => {
                     plan(&world, model.desired(&world.observation, now), now)
                 }
             };
@@ -496,7 +621,7 @@ pub fn oracle(trace: &Trace, min: u32, max: u32, options: &Options) -> Run {
     let mut scorer = Scorer::new(options.slo, options.reversal_window_secs);
     let keep = options.keep_series;
     let mut supply = Vec::with_capacity(if keep { trace.demand.len() } else { 0 });
-    for &demand in &trace.demand {
+    for &demand in trace.after(options.warm_up_secs) {
         let needed = (demand * 100.0 / options.slo - 1e-9).ceil().max(0.0) as u32;
         let serving = needed.clamp(min, max);
         scorer.second(demand, serving, serving);
@@ -515,6 +640,36 @@ pub fn oracle(trace: &Trace, min: u32, max: u32, options: &Options) -> Run {
         supply,
         warnings: Vec::new(),
     }
+}
+
+/// How the forecaster did on the replayed part of `trace`: each hour forecast from its start on
+/// what came before it (the warm-up included), scored against the trace's demand; beside it the
+/// seasonal-naive baseline. `None` when less than a day of it could be scored.
+pub fn forecast_error(trace: &Trace, options: &Options) -> Option<(Score, Score)> {
+    let samples = minutes(&trace.demand, options.start_secs);
+    let series = Series::from_samples(&samples, i64::MAX);
+    let end = series.end_slot();
+    let first = series.first_slot() + model::DAY.max((options.warm_up_secs as i64) / 300);
+    let hours = (end - first) / 12;
+    (hours >= 24).then(|| {
+        (
+            model::backtest(&series, end, hours, Model::Seasonal),
+            model::backtest(&series, end, hours, Model::SeasonalNaive),
+        )
+    })
+}
+
+/// The demand of each whole minute of `demand` (one value a second from `start_secs`), as the
+/// leader records it.
+fn minutes(demand: &[f64], start_secs: u64) -> Vec<DemandSample> {
+    demand
+        .chunks_exact(60)
+        .enumerate()
+        .map(|(minute, values)| DemandSample {
+            at_ms: (start_secs as i64 + minute as i64 * 60) * 1_000,
+            capacities: values.iter().sum::<f64>() / 60.0,
+        })
+        .collect()
 }
 
 /// Launches or victims that take the listed fleet to `desired`.

@@ -202,3 +202,107 @@ impl Reference for AwsStep {
         desired
     }
 }
+
+/// EC2 Auto Scaling target tracking as documented: the group's average over 1-minute periods,
+/// instances in their warm-up (300 s) left out of it; out after 3 periods above the target, to
+/// ceil(instances counted x average / target) (what the warming instances will carry counted in
+/// the current capacity); in after 15 periods below 90 % of it, never while an instance warms.
+#[derive(Clone, Debug)]
+pub struct AwsTarget {
+    pub target: f64,
+    pub min: u32,
+    pub max: u32,
+    pub warmup_secs: u64,
+    pub out_periods: u32,
+    pub in_periods: u32,
+    period_sum: f64,
+    period_counted: f64,
+    period_samples: u32,
+    warming: bool,
+    high_streak: u32,
+    low_streak: u32,
+}
+
+impl AwsTarget {
+    pub fn new(target: f64, min: u32, max: u32) -> AwsTarget {
+        AwsTarget {
+            target,
+            min,
+            max,
+            warmup_secs: 300,
+            out_periods: 3,
+            in_periods: 15,
+            period_sum: 0.0,
+            period_counted: 0.0,
+            period_samples: 0,
+            warming: false,
+            high_streak: 0,
+            low_streak: 0,
+        }
+    }
+
+    /// Adds one second to the current period: the loads of the instances past their warm-up
+    /// (or there from the start).
+    pub fn sample(&mut self, observation: &Observation) {
+        let (mut sum, mut counted) = (0.0, 0u32);
+        self.warming = false;
+        for instance in &observation.instances {
+            let warm = instance.age.as_secs() >= self.warmup_secs
+                || instance.age >= observation.controller_uptime;
+            match (instance.health, instance.load, warm) {
+                (Some(Health::Healthy), Some(load), true) => {
+                    sum += load;
+                    counted += 1;
+                }
+                _ => self.warming = true,
+            }
+        }
+        if counted > 0 {
+            self.period_sum += sum / f64::from(counted);
+            self.period_counted += f64::from(counted);
+            self.period_samples += 1;
+        }
+    }
+}
+
+impl Reference for AwsTarget {
+    fn period(&self) -> u64 {
+        60
+    }
+
+    fn desired(&mut self, observation: &Observation, _now: u64) -> u32 {
+        let current = observation.instances.len() as u32;
+        let samples = f64::from(self.period_samples);
+        let datapoint = (self.period_samples > 0).then(|| {
+            (
+                self.period_sum / samples,
+                (self.period_counted / samples).round(),
+            )
+        });
+        self.period_sum = 0.0;
+        self.period_counted = 0.0;
+        self.period_samples = 0;
+        let Some((average, counted)) = datapoint else {
+            return current.clamp(self.min, self.max);
+        };
+        self.high_streak = if average > self.target {
+            self.high_streak + 1
+        } else {
+            0
+        };
+        self.low_streak = if average < 0.9 * self.target {
+            self.low_streak + 1
+        } else {
+            0
+        };
+        let needed = (counted * average / self.target - 1e-9).ceil().max(0.0) as u32;
+        let desired = if self.high_streak >= self.out_periods {
+            needed.max(current)
+        } else if self.low_streak >= self.in_periods && !self.warming {
+            needed.min(current)
+        } else {
+            current
+        };
+        desired.clamp(self.min, self.max)
+    }
+}

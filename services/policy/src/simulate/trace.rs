@@ -42,6 +42,14 @@ pub enum Shape {
     /// Base until 30 % of the duration, peak two minutes later, then an exponential decay back
     /// to base (time constant 30 minutes).
     FlashCrowd,
+    /// Office hours, week after week from a Monday 00:00: on weekdays base at night, a steep
+    /// ramp from 07:00 to peak at 09:00, a lunch dip, down to base from 17:00 to 19:00; on
+    /// weekends a fifth of the span around midday. Each day's peak varies by up to 10 %.
+    OfficeWeek,
+    /// A consumer service, week after week from a Monday 00:00: base at 04:00, a slow rise
+    /// through the day to an evening peak from 19:00 to 22:00, back to base by 02:00; weekends
+    /// rise from 09:00 and peak a quarter higher. Each day's peak varies by up to 10 %.
+    ConsumerWeek,
 }
 
 impl Shape {
@@ -53,17 +61,46 @@ impl Shape {
             Shape::Spike => "spike",
             Shape::Sawtooth => "sawtooth",
             Shape::FlashCrowd => "flash-crowd",
+            Shape::OfficeWeek => "office-week",
+            Shape::ConsumerWeek => "consumer-week",
         }
     }
 
-    pub const ALL: [Shape; 6] = [
+    pub const ALL: [Shape; 8] = [
         Shape::Steady,
         Shape::Diurnal,
         Shape::Ramp,
         Shape::Spike,
         Shape::Sawtooth,
         Shape::FlashCrowd,
+        Shape::OfficeWeek,
+        Shape::ConsumerWeek,
     ];
+}
+
+/// 0 to 1 over `x` in 0 to 1, smoothly (a half cosine).
+fn ease(x: f64) -> f64 {
+    (1.0 - (PI * x.clamp(0.0, 1.0)).cos()) / 2.0
+}
+
+/// An office day's demand at `hour`, as a share of the span.
+fn office_day(hour: f64, weekend: bool) -> f64 {
+    if weekend {
+        return 0.2 * ease((hour - 9.0) / 4.0) * (1.0 - ease((hour - 15.0) / 4.0));
+    }
+    let lunch = 0.15 * ease((hour - 12.0) / 0.5) * (1.0 - ease((hour - 13.0) / 0.5));
+    ease((hour - 7.0) / 2.0) * (1.0 - ease((hour - 17.0) / 2.0)) - lunch
+}
+
+/// A consumer day's demand at `hour`, as a share of the span.
+fn consumer_day(hour: f64, weekend: bool) -> f64 {
+    // Past midnight, the evening's fall goes on until 02:00.
+    let evening = |h: f64| 1.0 - ease((h - 22.0) / 4.0);
+    let hour = if hour < 4.0 { hour + 24.0 } else { hour };
+    let (rise_from, scale) = if weekend { (9.0, 1.0) } else { (6.0, 0.8) };
+    let day = 0.45 * ease((hour - rise_from) / 5.0);
+    let peak = 0.55 * ease((hour - 17.0) / 2.0);
+    scale * (day + peak) * evening(hour)
 }
 
 /// How a built-in shape is drawn.
@@ -119,6 +156,11 @@ impl Trace {
         let span = peak - base;
         let length = duration_secs as f64;
         let mut random = SplitMix64(seed);
+        // Each day's peak, as a share of the span (the weekly shapes).
+        let mut days = SplitMix64(seed ^ 0x5eed_da75);
+        let day_peaks: Vec<f64> = (0..=duration_secs / 86_400)
+            .map(|_| 0.9 + 0.1 * days.next_f64())
+            .collect();
         let demand = (0..duration_secs)
             .map(|second| {
                 let t = second as f64;
@@ -145,6 +187,16 @@ impl Trace {
                             base + span * (-(t - start - rise) / 1_800.0).exp()
                         }
                     }
+                    Shape::OfficeWeek | Shape::ConsumerWeek => {
+                        let day = second / 86_400;
+                        let hour = (second % 86_400) as f64 / 3_600.0;
+                        let weekend = day % 7 >= 5;
+                        let share = match shape {
+                            Shape::OfficeWeek => office_day(hour, weekend),
+                            _ => consumer_day(hour, weekend),
+                        };
+                        base + span * share * day_peaks[day]
+                    }
                 };
                 if noise > 0.0 {
                     (level * (1.0 + noise * (2.0 * random.next_f64() - 1.0))).max(0.0)
@@ -157,6 +209,11 @@ impl Trace {
             name: shape.name().to_string(),
             demand,
         })
+    }
+
+    /// The trace without its first `seconds` (a warm-up that feeds the forecaster's history).
+    pub fn after(&self, seconds: usize) -> &[f64] {
+        &self.demand[seconds.min(self.demand.len())..]
     }
 
     /// Reads `time,demand` rows (seconds from the start, instance capacities). Blank lines and
