@@ -6,9 +6,10 @@
 //! read. The memory and the activity history are written in transactions that check the writer's
 //! epoch on the lease item.
 //!
-//! Items: the lease (`pk = "lease"`), the policy's memory (`pk = "memory"`), and one item per
-//! decision record (`pk = "activity"`, `sk` = time, epoch and a random suffix, so that a query
-//! reads them in time order).
+//! Items: the lease (`pk = "lease"`), the policy's memory (`pk = "memory"`), one item per
+//! decision record (`pk = "activity"`, `sk` = time, epoch and sequence, so that a query reads
+//! them in time order), one per minute of demand (`pk = "demand"`, `sk` = its time) and one per
+//! named document (`pk = "document"`, `sk` = its name).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,7 +24,7 @@ use aws_sdk_dynamodb::types::{
 
 use autoscaler_policy::time::now_ms;
 
-use crate::{Activity, Lease, Pending, Store, StoreError};
+use crate::{Activity, DemandSample, Lease, Pending, Store, StoreError};
 
 /// The sort key of the items that are one of a kind.
 const ONLY: &str = "-";
@@ -528,47 +529,139 @@ impl Store for DynamoStore {
     }
 
     fn prune(&self, before_ms: i64) -> Pending<'_, u64> {
+        Box::pin(self.delete_before("activity", before_ms))
+    }
+
+    fn record_demand<'a>(&'a self, epoch: u64, samples: &'a [DemandSample]) -> Pending<'a, ()> {
+        Box::pin(async move {
+            let items = samples
+                .iter()
+                .map(|sample| {
+                    let mut item = key("demand", &format!("{:020}", sample.at_ms.max(0)));
+                    item.insert("at_ms".into(), n(sample.at_ms));
+                    item.insert("capacities".into(), n(sample.capacities));
+                    item
+                })
+                .collect();
+            self.fenced_puts(epoch, items).await
+        })
+    }
+
+    fn demand(&self, since_ms: i64) -> Pending<'_, Vec<DemandSample>> {
         Box::pin(async move {
             let mut pages = self
                 .client
                 .query()
                 .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND sk < :before")
-                .expression_attribute_values(":pk", AttributeValue::S("activity".into()))
+                .key_condition_expression("pk = :pk AND sk >= :since")
+                .expression_attribute_values(":pk", AttributeValue::S("demand".into()))
                 .expression_attribute_values(
-                    ":before",
-                    AttributeValue::S(format!("{:020}", before_ms.max(0))),
+                    ":since",
+                    AttributeValue::S(format!("{:020}", since_ms.max(0))),
                 )
-                .projection_expression("pk, sk")
                 .into_paginator()
                 .items()
                 .send();
-            let mut deleted = 0;
+            let mut found = Vec::new();
             while let Some(item) = pages.next().await {
                 let item = item.map_err(|e| {
                     unavailable(
-                        "read the old records",
+                        "read the demand",
                         aws_sdk_dynamodb::error::DisplayErrorContext(e),
                     )
                 })?;
-                let Some(sk) = text(&item, "sk") else {
-                    continue;
-                };
-                self.client
-                    .delete_item()
-                    .table_name(&self.table)
-                    .set_key(Some(key("activity", &sk)))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        unavailable(
-                            "delete an old record",
-                            aws_sdk_dynamodb::error::DisplayErrorContext(e),
-                        )
-                    })?;
-                deleted += 1;
+                let capacities = item
+                    .get("capacities")
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse::<f64>().ok());
+                if let (Some(at_ms), Some(capacities)) = (number(&item, "at_ms"), capacities) {
+                    found.push(DemandSample { at_ms, capacities });
+                }
             }
-            Ok(deleted)
+            Ok(found)
         })
+    }
+
+    fn prune_demand(&self, before_ms: i64) -> Pending<'_, u64> {
+        Box::pin(self.delete_before("demand", before_ms))
+    }
+
+    fn save_document<'a>(&'a self, epoch: u64, name: &'a str, body: &'a [u8]) -> Pending<'a, ()> {
+        Box::pin(async move {
+            let mut item = key("document", name);
+            item.insert("epoch".into(), n(epoch));
+            item.insert("body".into(), AttributeValue::B(Blob::new(body.to_vec())));
+            self.fenced_puts(epoch, vec![item]).await
+        })
+    }
+
+    fn document<'a>(&'a self, name: &'a str) -> Pending<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let answer = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(key("document", name)))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| {
+                    unavailable(
+                        "read a document",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(e),
+                    )
+                })?;
+            Ok(answer
+                .item()
+                .and_then(|item| item.get("body"))
+                .and_then(|body| body.as_b().ok())
+                .map(|blob| blob.as_ref().to_vec()))
+        })
+    }
+}
+
+impl DynamoStore {
+    /// Deletes the items of partition `pk` whose time-led sort key is before `before_ms`.
+    async fn delete_before(&self, pk: &str, before_ms: i64) -> Result<u64, StoreError> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk < :before")
+            .expression_attribute_values(":pk", AttributeValue::S(pk.into()))
+            .expression_attribute_values(
+                ":before",
+                AttributeValue::S(format!("{:020}", before_ms.max(0))),
+            )
+            .projection_expression("pk, sk")
+            .into_paginator()
+            .items()
+            .send();
+        let mut deleted = 0;
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| {
+                unavailable(
+                    "read the old items",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(e),
+                )
+            })?;
+            let Some(sk) = text(&item, "sk") else {
+                continue;
+            };
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key(pk, &sk)))
+                .send()
+                .await
+                .map_err(|e| {
+                    unavailable(
+                        "delete an old item",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(e),
+                    )
+                })?;
+            deleted += 1;
+        }
+        Ok(deleted)
     }
 }

@@ -1,6 +1,7 @@
 //! Where the group's state outlives a daemon: the lease that makes one daemon the leader (the
 //! others stand by), the controller's memory a new leader starts from, and the activity history
-//! (every decision record, kept for a configurable period). One trait, `Store`, as the `Cloud`
+//! (every decision record, kept for a configurable period), the group's demand once a minute
+//! (the forecaster's history) and named documents (the schedules set at run time). One trait, `Store`, as the `Cloud`
 //! trait has its providers: `SqliteStore` on one machine (the local provider's default, and what
 //! every test can use), a DynamoDB table on AWS.
 //!
@@ -11,6 +12,8 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
+
+pub use autoscaler_policy::forecast::DemandSample;
 
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
@@ -100,4 +103,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes the records older than `before_ms`; how many went.
     fn prune(&self, before_ms: i64) -> Pending<'_, u64>;
+
+    /// Records the group's demand (one sample a minute; a sample of the same minute replaces
+    /// the first), if `epoch` is the lease's.
+    fn record_demand<'a>(&'a self, epoch: u64, samples: &'a [DemandSample]) -> Pending<'a, ()>;
+
+    /// The demand recorded at or after `since_ms`, oldest first.
+    fn demand(&self, since_ms: i64) -> Pending<'_, Vec<DemandSample>>;
+
+    /// Deletes the demand recorded before `before_ms`; how many samples went.
+    fn prune_demand(&self, before_ms: i64) -> Pending<'_, u64>;
+
+    /// Replaces the named document (the schedules set at run time), if `epoch` is the lease's.
+    fn save_document<'a>(&'a self, epoch: u64, name: &'a str, body: &'a [u8]) -> Pending<'a, ()>;
+
+    /// The named document, as the last leader saved it.
+    fn document<'a>(&'a self, name: &'a str) -> Pending<'a, Option<Vec<u8>>>;
 }

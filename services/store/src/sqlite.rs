@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use autoscaler_policy::time::now_ms;
 
-use crate::{Activity, Lease, Pending, Store, StoreError};
+use crate::{Activity, DemandSample, Lease, Pending, Store, StoreError};
 
 /// How long one call may take, waiting for another daemon's transaction included.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,6 +39,15 @@ const SCHEMA: &str = "
         sequence INTEGER
     );
     CREATE INDEX IF NOT EXISTS activity_at ON activity (at_ms);
+    CREATE TABLE IF NOT EXISTS demand (
+        at_ms INTEGER PRIMARY KEY,
+        capacities REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS document (
+        name TEXT PRIMARY KEY,
+        epoch INTEGER NOT NULL,
+        body BLOB NOT NULL
+    );
 ";
 
 /// After `SCHEMA`: a store made before records had a sequence gains the column (its old rows
@@ -375,6 +384,84 @@ impl Store for SqliteStore {
                 .execute("DELETE FROM activity WHERE at_ms < ?1", params![before_ms])
                 .map_err(sqlite)?;
             Ok(deleted as u64)
+        })
+    }
+
+    fn record_demand<'a>(&'a self, epoch: u64, samples: &'a [DemandSample]) -> Pending<'a, ()> {
+        let samples = samples.to_vec();
+        self.call(move |connection| {
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sqlite)?;
+            check_epoch(&transaction, epoch)?;
+            for sample in &samples {
+                transaction
+                    .execute(
+                        "INSERT INTO demand (at_ms, capacities) VALUES (?1, ?2)
+                         ON CONFLICT (at_ms) DO UPDATE SET capacities = excluded.capacities",
+                        params![sample.at_ms, sample.capacities],
+                    )
+                    .map_err(sqlite)?;
+            }
+            transaction.commit().map_err(sqlite)
+        })
+    }
+
+    fn demand(&self, since_ms: i64) -> Pending<'_, Vec<DemandSample>> {
+        self.call(move |connection| {
+            let mut statement = connection
+                .prepare("SELECT at_ms, capacities FROM demand WHERE at_ms >= ?1 ORDER BY at_ms")
+                .map_err(sqlite)?;
+            let rows = statement
+                .query_map(params![since_ms], |row| {
+                    Ok(DemandSample {
+                        at_ms: row.get(0)?,
+                        capacities: row.get(1)?,
+                    })
+                })
+                .map_err(sqlite)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sqlite)
+        })
+    }
+
+    fn prune_demand(&self, before_ms: i64) -> Pending<'_, u64> {
+        self.call(move |connection| {
+            let deleted = connection
+                .execute("DELETE FROM demand WHERE at_ms < ?1", params![before_ms])
+                .map_err(sqlite)?;
+            Ok(deleted as u64)
+        })
+    }
+
+    fn save_document<'a>(&'a self, epoch: u64, name: &'a str, body: &'a [u8]) -> Pending<'a, ()> {
+        let (name, body) = (name.to_string(), body.to_vec());
+        self.call(move |connection| {
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sqlite)?;
+            check_epoch(&transaction, epoch)?;
+            transaction
+                .execute(
+                    "INSERT INTO document (name, epoch, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET epoch = ?2, body = ?3",
+                    params![name, epoch_value(epoch), body],
+                )
+                .map_err(sqlite)?;
+            transaction.commit().map_err(sqlite)
+        })
+    }
+
+    fn document<'a>(&'a self, name: &'a str) -> Pending<'a, Option<Vec<u8>>> {
+        let name = name.to_string();
+        self.call(move |connection| {
+            connection
+                .query_row(
+                    "SELECT body FROM document WHERE name = ?1",
+                    params![name],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sqlite)
         })
     }
 }

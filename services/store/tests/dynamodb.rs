@@ -1,11 +1,11 @@
 //! The DynamoDB store against the emulator (moto server): the lease taken by one store at a time,
 //! over by another only once its version stood still for a whole lease (or was given up), writes
 //! fenced by the epoch, and the history read in time order, a record written again replacing the
-//! first, and pruned.
+//! first, and pruned; the demand and the named documents kept, fenced and pruned alike.
 
 use std::time::{Duration, Instant};
 
-use autoscaler_store::{Activity, DynamoStore, Store, StoreError};
+use autoscaler_store::{Activity, DemandSample, DynamoStore, Store, StoreError};
 use autoscaler_testkit::moto::start_moto;
 
 fn record(at_ms: i64, epoch: u64, text: &str) -> Activity {
@@ -118,6 +118,36 @@ async fn the_lease_the_fence_and_the_history_on_dynamodb() {
     assert_eq!(newest[1].body, b"b#7");
     assert_eq!(b.prune(4_000).await.unwrap(), 2);
     assert_eq!(b.activity(0, 100).await.unwrap().len(), 4);
+
+    // The demand (a minute's sample written again replaces it) and the documents: written by
+    // the leader, read by anyone, refused to the deposed one, pruned by age.
+    let sample = |minute: i64, capacities: f64| DemandSample {
+        at_ms: minute * 60_000,
+        capacities,
+    };
+    let minutes: Vec<DemandSample> = (0..150).map(|m| sample(m, m as f64 / 10.0)).collect();
+    b.record_demand(2, &minutes).await.unwrap();
+    b.record_demand(2, &[sample(3, 9.5)]).await.unwrap();
+    assert!(matches!(
+        a.record_demand(1, &[sample(4, 1.0)]).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    let read = a.demand(60_000).await.unwrap();
+    assert_eq!(read.len(), 149);
+    assert_eq!(read[2], sample(3, 9.5));
+    assert_eq!(read[148], sample(149, 14.9));
+    assert_eq!(b.prune_demand(100 * 60_000).await.unwrap(), 100);
+    assert_eq!(a.demand(0).await.unwrap().len(), 50);
+    b.save_document(2, "schedules", b"[1]").await.unwrap();
+    assert!(matches!(
+        a.save_document(1, "schedules", b"[]").await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(
+        a.document("schedules").await.unwrap().as_deref(),
+        Some(&b"[1]"[..])
+    );
+    assert_eq!(a.document("nothing").await.unwrap(), None);
 
     // A clean stop hands it over at once.
     b.release("b", 2).await.unwrap();

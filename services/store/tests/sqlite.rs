@@ -1,11 +1,12 @@
 //! The SQLite store as two daemons of one machine use it: one lease, taken by one at a time and
 //! by a new epoch when it runs out or is given up; writes fenced by the epoch; the activity
 //! history kept in order (a record written again replacing the first) and pruned; a store made
-//! before records had a sequence taken up; a file that is not a store refused and left alone.
+//! before records had a sequence taken up; the demand and the named documents kept for the next
+//! leader, fenced and pruned; a file that is not a store refused and left alone.
 
 use std::time::{Duration, Instant};
 
-use autoscaler_store::{Activity, SqliteStore, Store, StoreError};
+use autoscaler_store::{Activity, DemandSample, SqliteStore, Store, StoreError};
 
 fn path(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("autoscaler-store-{name}-{}", std::process::id()));
@@ -112,6 +113,73 @@ async fn of_many_daemons_racing_for_a_free_lease_exactly_one_wins() {
         }
     }
     assert_eq!(winners, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demand_and_the_documents_outlive_a_leader_and_a_deposed_one_cannot_write_them() {
+    let file = path("demand");
+    let (a, b) = (
+        SqliteStore::open(&file).unwrap(),
+        SqliteStore::open(&file).unwrap(),
+    );
+    let short = Duration::from_millis(200);
+    let first = a.acquire("a", "127.0.0.1:1", short).await.unwrap().unwrap();
+    let sample = |minute: i64, capacities: f64| DemandSample {
+        at_ms: minute * 60_000,
+        capacities,
+    };
+    let day: Vec<DemandSample> = (0..1_440).map(|m| sample(m, (m % 60) as f64)).collect();
+    a.record_demand(first.epoch, &day).await.unwrap();
+    a.record_demand(first.epoch, &[sample(7, 2.5)])
+        .await
+        .unwrap();
+    a.save_document(first.epoch, "schedules", b"a's")
+        .await
+        .unwrap();
+    // a stops renewing; b takes over and reads what a recorded.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        if let Some(lease) = b.acquire("b", "127.0.0.1:2", short).await.unwrap() {
+            break lease;
+        }
+        assert!(Instant::now() < deadline, "b never took the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let read = b.demand(0).await.unwrap();
+    assert_eq!(read.len(), 1_440);
+    assert_eq!(
+        read[7],
+        sample(7, 2.5),
+        "the same minute written again replaces it"
+    );
+    assert!(
+        read.windows(2).all(|w| w[0].at_ms < w[1].at_ms),
+        "oldest first"
+    );
+    assert_eq!(
+        b.document("schedules").await.unwrap().as_deref(),
+        Some(&b"a's"[..])
+    );
+    // The deposed leader's writes are refused, and change nothing.
+    assert!(matches!(
+        a.record_demand(first.epoch, &[sample(7, 99.0)]).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(matches!(
+        a.save_document(first.epoch, "schedules", b"late").await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert_eq!(b.demand(7 * 60_000).await.unwrap()[0], sample(7, 2.5));
+    b.save_document(second.epoch, "schedules", b"b's")
+        .await
+        .unwrap();
+    assert_eq!(
+        a.document("schedules").await.unwrap().as_deref(),
+        Some(&b"b's"[..])
+    );
+    assert_eq!(b.prune_demand(60 * 60_000).await.unwrap(), 60);
+    assert_eq!(b.demand(0).await.unwrap().len(), 1_380);
+    assert_eq!(b.document("nothing").await.unwrap(), None);
 }
 
 #[tokio::test]
