@@ -11,6 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use crate::cloud::{CloudErrorKind, CloudInstance, InstanceState};
 use crate::policy::PolicyMemory;
+use autoscaler_policy::forecast::DemandSample;
 
 use crate::policy::LISTED_WITHIN;
 
@@ -50,6 +51,13 @@ pub trait Journal: Send + Sync + 'static {
     fn save<'a>(
         &'a self,
         memory: &'a ControllerMemory,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+    /// Keeps the group's demand as the policy recorded it (once a minute), for the forecaster
+    /// of the next leader; an error says why it could not (the samples are offered again).
+    fn record_demand<'a>(
+        &'a self,
+        samples: &'a [DemandSample],
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 }
 

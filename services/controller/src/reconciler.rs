@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use autoscaler_policy::backoff::Backoff;
+use autoscaler_policy::forecast::DemandSample;
 use tokio::sync::watch;
 
 use crate::balancer::{Balancer, TargetState, TargetStatus};
@@ -80,6 +81,8 @@ pub struct Controller<C> {
     /// that changed it), and what it last kept.
     journal: Option<Arc<dyn Journal>>,
     saved: Option<ControllerMemory>,
+    /// Demand the policy recorded that the journal has yet to keep.
+    demand_unsaved: Vec<DemandSample>,
     /// The leader's lease, when the daemon has standbys.
     fence: Option<Arc<dyn Fence>>,
     /// Whether the balancer's health checks are not acted on, as it finds every target
@@ -210,6 +213,7 @@ impl<C: Cloud> Controller<C> {
             launches: Launches::default(),
             journal: None,
             saved: None,
+            demand_unsaved: Vec::new(),
             fence: None,
             failing_open: false,
             last: None,
@@ -257,6 +261,34 @@ impl<C: Cloud> Controller<C> {
         }
         self.journal = Some(journal);
         self
+    }
+
+    /// Gives the forecaster the demand a previous leader recorded (the store's), oldest first.
+    pub fn with_demand_history(mut self, samples: Vec<DemandSample>) -> Controller<C> {
+        self.state.forecaster().load_history(samples);
+        self
+    }
+
+    /// Keeps the demand the policy recorded since the last time in the journal; what it could
+    /// not keep is offered again next time (a day's worth at most).
+    async fn save_demand(&mut self) {
+        self.demand_unsaved
+            .extend(self.state.forecaster().take_unsaved());
+        let Some(journal) = self.journal.clone() else {
+            self.demand_unsaved.clear();
+            return;
+        };
+        if self.demand_unsaved.is_empty() {
+            return;
+        }
+        match journal.record_demand(&self.demand_unsaved).await {
+            Ok(()) => self.demand_unsaved.clear(),
+            Err(error) => {
+                tracing::warn!(%error, samples = self.demand_unsaved.len(), "cannot keep the group's demand; trying again next time");
+                let excess = self.demand_unsaved.len().saturating_sub(1_440);
+                self.demand_unsaved.drain(..excess);
+            }
+        }
     }
 
     /// The memory as it is now.
@@ -484,6 +516,7 @@ impl<C: Cloud> Controller<C> {
         }
         self.status
             .set_launch_backoff(decision.launch_backoff.clone());
+        self.save_demand().await;
         if let Err(error) = self.save_memory().await {
             tracing::warn!(%error, "cannot keep the controller's memory; trying again next time");
             record

@@ -259,6 +259,7 @@ async fn a_non_retryable_error_is_not_retried() {
 #[derive(Default)]
 struct KeptMemory {
     last: Mutex<Option<ControllerMemory>>,
+    demand: Mutex<Vec<autoscaler_policy::forecast::DemandSample>>,
     refusing: std::sync::atomic::AtomicBool,
 }
 
@@ -278,6 +279,19 @@ impl Journal for KeptMemory {
                 return Err("scripted: the store is unavailable".to_string());
             }
             *self.last.lock().unwrap() = Some(memory.clone());
+            Ok(())
+        })
+    }
+
+    fn record_demand<'a>(
+        &'a self,
+        samples: &'a [autoscaler_policy::forecast::DemandSample],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            if self.refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("scripted: the store is unavailable".to_string());
+            }
+            self.demand.lock().unwrap().extend_from_slice(samples);
             Ok(())
         })
     }

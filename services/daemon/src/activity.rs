@@ -1,7 +1,7 @@
 //! What the leader writes to the store while it leads: every new decision record (the activity
 //! history, which outlives restarts and failovers), pruned past its retention, and the
 //! controller's memory (the policy's, and the launches not yet listed) before every launch and
-//! whenever it changes, so that a successor starts where it stopped. Every write carries the
+//! whenever it changes, and the group's demand once a minute (pruned past its days), so that a successor starts where it stopped. Every write carries the
 //! leader's epoch: once another daemon leads, the store refuses them.
 
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use std::pin::Pin;
 use autoscaler_controller::launches::{ControllerMemory, Journal};
 use autoscaler_controller::status::ControllerStatus;
 use autoscaler_policy::time::now_ms;
-use autoscaler_store::{Activity, Store, StoreError};
+use autoscaler_store::{Activity, DemandSample, Store, StoreError};
 use prost::Message;
 
 /// The leader's term, as its records name it.
@@ -25,6 +25,8 @@ pub struct Term {
     pub leader: String,
     /// How long the activity history is kept.
     pub retention: Duration,
+    /// How many days of demand are kept (`[controller.predictive] history_days`).
+    pub demand_days: u32,
 }
 
 impl std::fmt::Debug for Term {
@@ -79,6 +81,31 @@ impl Journal for Term {
                 .await
                 .map_err(|error| error.to_string())
         })
+    }
+
+    fn record_demand<'a>(
+        &'a self,
+        samples: &'a [DemandSample],
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            self.store
+                .record_demand(self.epoch, samples)
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
+}
+
+/// The demand the store kept for the last `days` days, for the forecaster; none when it
+/// cannot be read (said in the log: the forecaster then waits for 24 hours of its own).
+pub async fn recall_demand(store: &dyn Store, days: u32) -> Vec<DemandSample> {
+    let since = now_ms() - i64::from(days) * 86_400_000;
+    match store.demand(since).await {
+        Ok(samples) => samples,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the group's recorded demand; the forecaster starts without it");
+            Vec::new()
+        }
     }
 }
 
@@ -163,6 +190,10 @@ impl Term {
             }
             if pruned.elapsed() >= PRUNE_EVERY {
                 pruned = tokio::time::Instant::now();
+                let demand_before = now_ms() - i64::from(self.demand_days) * 86_400_000;
+                if let Err(error) = self.store.prune_demand(demand_before).await {
+                    tracing::warn!(%error, "cannot prune the recorded demand");
+                }
                 let before =
                     now_ms() - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
                 match self.store.prune(before).await {

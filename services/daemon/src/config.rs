@@ -500,6 +500,7 @@ mod tests {
             ),
             ("[controller.policy]\nkind = \"step\"", "controller.policy"),
             ("[controller.shadow]", "controller.shadow"),
+            ("[controller.predictive]", "controller.predictive"),
             ("[[controller.schedule]]", "controller.schedule"),
             (
                 "[[controller.scheduled_change]]",

@@ -149,9 +149,18 @@ async fn serve(
                  launches not yet listed)"
             );
         }
+        let demand =
+            activity::recall_demand(&*leadership.store, config.controller.demand_days()).await;
+        if !demand.is_empty() {
+            tracing::info!(
+                samples = demand.len(),
+                "taking up the group's recorded demand from the store (the forecaster's history)"
+            );
+        }
         controller = controller
             .with_fence(leadership.fence.clone())
-            .with_memory(recalled.as_ref(), Arc::new(term.clone()));
+            .with_memory(recalled.as_ref(), Arc::new(term.clone()))
+            .with_demand_history(demand);
     }
     let controller_status = controller.status();
     let admission: Arc<dyn Admission> = Arc::new(ProviderAdmission(controller.status()));
@@ -394,6 +403,7 @@ impl Leadership {
             epoch: self.lease.epoch,
             leader: self.holder.clone(),
             retention: Duration::from_secs(config.store.activity_retention_days * 86_400),
+            demand_days: config.controller.demand_days(),
         }
     }
 

@@ -358,6 +358,14 @@ impl ControllerConfig {
         Ok(())
     }
 
+    /// How many days of the group's demand are kept: the forecaster's `history_days`, or its
+    /// default without one.
+    pub fn demand_days(&self) -> u32 {
+        self.predictive
+            .as_ref()
+            .map_or(PredictiveConfig::default().history_days, |p| p.history_days)
+    }
+
     pub fn evaluation_interval(&self) -> Duration {
         Duration::from_millis(self.evaluation_interval_ms)
     }

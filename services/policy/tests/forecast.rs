@@ -133,13 +133,13 @@ fn it_waits_for_24_hours_of_history_then_acts_in_forecast_and_scale_only() {
     let predictive_config = config(PredictiveMode::ForecastAndScale);
     let mut predictive = Predictive::default();
     predictive.load_history(samples(START, START + 20 * HOUR, 0.0, 1));
-    predictive.observe(&predictive_config, START + 20 * HOUR, Some(1.0), &[]);
+    predictive.observe(Some(&predictive_config), START + 20 * HOUR, Some(1.0), &[]);
     let early = predictive.view(&predictive_config, 50.0, START + 20 * HOUR);
     assert!(!early.acting && early.made_at_ms.is_none(), "{early:?}");
 
     predictive.load_history(samples(START + 20 * HOUR, START + 2 * DAY, 0.0, 1));
     let now = START + 2 * DAY + 8 * HOUR; // Wednesday 08:00, an hour before the peak
-    predictive.observe(&predictive_config, now, Some(1.0), &[]);
+    predictive.observe(Some(&predictive_config), now, Some(1.0), &[]);
     let view = predictive.view(&predictive_config, 50.0, now);
     assert!(view.acting, "{view:?}");
     assert_eq!(
@@ -175,7 +175,7 @@ fn the_lead_time_is_the_95th_percentile_of_this_groups_launches_with_a_floor() {
     // long after its launch (a restarted controller) is not timed.
     let mut at = START;
     predictive.observe(
-        &predictive_config,
+        Some(&predictive_config),
         at,
         None,
         &[instance("old", 4_000, false)],
@@ -183,17 +183,22 @@ fn the_lead_time_is_the_95th_percentile_of_this_groups_launches_with_a_floor() {
     for i in 0..20u64 {
         let id = format!("i-{i}");
         at += 1_000;
-        predictive.observe(&predictive_config, at, None, &[instance(&id, 1, false)]);
+        predictive.observe(
+            Some(&predictive_config),
+            at,
+            None,
+            &[instance(&id, 1, false)],
+        );
         at += 1_000;
         predictive.observe(
-            &predictive_config,
+            Some(&predictive_config),
             at,
             None,
             &[instance(&id, 100 + 10 * i, true)],
         );
     }
     predictive.observe(
-        &predictive_config,
+        Some(&predictive_config),
         at,
         None,
         &[instance("old", 4_100, true)],
@@ -224,7 +229,7 @@ fn past_its_error_bound_it_falls_back_to_forecast_only_by_itself_and_comes_back(
     }));
     let mut predictive = Predictive::default();
     predictive.load_history(history.clone());
-    predictive.observe(&predictive_config, now, Some(1.0), &[]);
+    predictive.observe(Some(&predictive_config), now, Some(1.0), &[]);
     let view = predictive.view(&predictive_config, 50.0, now);
     assert!(view.fallen_back && !view.acting, "{view:?}");
     assert!(view.error_percent.unwrap() > 30.0);
@@ -233,7 +238,7 @@ fn past_its_error_bound_it_falls_back_to_forecast_only_by_itself_and_comes_back(
     // The next day the cycle is back: at its next check (hourly), it acts again.
     let later = now + DAY;
     predictive.load_history(samples(now, later, 0.05, 4));
-    predictive.observe(&predictive_config, later, Some(1.0), &[]);
+    predictive.observe(Some(&predictive_config), later, Some(1.0), &[]);
     let view = predictive.view(&predictive_config, 50.0, later);
     assert!(!view.fallen_back && view.acting, "{view:?}");
     assert!(view.error_percent.unwrap() < 30.0);
@@ -317,7 +322,7 @@ fn the_demand_is_recorded_once_a_minute_as_the_minutes_mean() {
     for second in 0..125 {
         let demand = if second < 60 { 1.0 } else { 3.0 };
         predictive.observe(
-            &predictive_config,
+            Some(&predictive_config),
             START + second * 1_000,
             Some(demand),
             &[],

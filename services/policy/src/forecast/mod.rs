@@ -93,26 +93,24 @@ impl PredictiveConfig {
 
     /// Checks the section; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |field: &str, problem: String| {
-            ConfigError::new("predictive", format!("{field} {problem}"))
-        };
+        let fail = |field: &'static str, problem: String| ConfigError::new(field, problem);
         if let Some(target) = self.target_percent
             && !(target.is_finite() && target > 0.0 && target <= 100.0)
         {
             return Err(fail(
-                "target_percent",
+                "predictive.target_percent",
                 format!("is {target}; it must be within (0, 100]"),
             ));
         }
         if self.min_lead_secs == 0 || self.min_lead_secs > 3_600 {
             return Err(fail(
-                "min_lead_secs",
+                "predictive.min_lead_secs",
                 format!("is {}; it must be within 1-3600", self.min_lead_secs),
             ));
         }
         if !(14..=400).contains(&self.history_days) {
             return Err(fail(
-                "history_days",
+                "predictive.history_days",
                 format!(
                     "is {}; it must be within 14-400 (the weekly cycle twice at least)",
                     self.history_days
@@ -121,7 +119,7 @@ impl PredictiveConfig {
         }
         if !(self.max_error_percent.is_finite() && self.max_error_percent > 0.0) {
             return Err(fail(
-                "max_error_percent",
+                "predictive.max_error_percent",
                 format!("is {}; it must be above 0", self.max_error_percent),
             ));
         }

@@ -20,6 +20,8 @@ const CHECK_EVERY_MS: i64 = 3_600_000;
 /// An instance first seen older than this is not timed (a controller that started after it
 /// launched cannot tell when it did).
 const SEEN_LAUNCHED_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+/// Samples kept for the store while it does not take them (a day).
+const UNSAVED_KEPT: usize = 1_440;
 /// The lead time while no launch of this group was timed.
 const UNMEASURED_LEAD_MS: u64 = 300_000;
 /// How far ahead the status shows the forecast.
@@ -93,13 +95,16 @@ impl Predictive {
     /// Records what one evaluation saw: the in-service demand (capacities, `None` when no
     /// instance is in service), and which instances came into service (the lead time); makes
     /// the forecast again when it is due.
+    /// Without `config` (no `[controller.predictive]`) the demand and the lead times are still
+    /// recorded, with the default retention, and no forecast is made.
     pub fn observe(
         &mut self,
-        config: &PredictiveConfig,
+        config: Option<&PredictiveConfig>,
         now_ms: i64,
         demand: Option<f64>,
         instances: &[ObservedInstance],
     ) {
+        let demand = demand.filter(|d| d.is_finite());
         let minute = now_ms.div_euclid(60_000) * 60_000;
         match &mut self.minute {
             Some((at, sum, count)) if *at == minute => {
@@ -120,14 +125,15 @@ impl Predictive {
                 self.minute = demand.map(|d| (minute, d, 1)).or(Some((minute, 0.0, 0)));
             }
         }
-        let keep_from = now_ms - i64::from(config.history_days) * 86_400_000;
+        let days = config.map_or(PredictiveConfig::default().history_days, |c| c.history_days);
+        let keep_from = now_ms - i64::from(days) * 86_400_000;
         while self.history.front().is_some_and(|s| s.at_ms < keep_from) {
             self.history.pop_front();
         }
 
         for instance in instances {
             if instance.has_reported {
-                if self.warming.remove(&instance.instance_id) {
+                if !self.warming.is_empty() && self.warming.remove(&instance.instance_id) {
                     self.leads.push_back(instance.age.as_millis() as u64);
                     if self.leads.len() > LEADS_KEPT {
                         self.leads.pop_front();
@@ -144,6 +150,9 @@ impl Predictive {
             self.warming.retain(|id| present.contains(id.as_str()));
         }
 
+        let Some(config) = config else {
+            return;
+        };
         let due = match &self.made {
             None => true,
             Some(made) => now_ms - made.at_ms >= REFRESH_MS || now_ms < made.at_ms,
@@ -156,6 +165,11 @@ impl Predictive {
     fn push(&mut self, sample: DemandSample) {
         self.history.push_back(sample);
         self.unsaved.push(sample);
+        // Nobody takes them (the simulator), or the store has been failing for a day: the
+        // oldest go.
+        if self.unsaved.len() > 2 * UNSAVED_KEPT {
+            self.unsaved.drain(..UNSAVED_KEPT);
+        }
     }
 
     /// How much history there is at `now_ms`.

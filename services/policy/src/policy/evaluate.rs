@@ -252,11 +252,15 @@ fn decide(
     // The forecast: it records the demand, and raises the floor to what the demand of the next
     // lead time needs (never lowers it), when it acts. No cooldown: it is a floor, as a
     // schedule's is.
+    // The demand is recorded with or without a forecaster (the store keeps it for the next
+    // leader and for what-if replays).
+    state.predictive.observe(
+        config.predictive.as_ref(),
+        now_ms,
+        (reported > 0).then(|| sum / 100.0),
+        &observation.instances,
+    );
     let forecast = config.predictive.as_ref().map(|predictive| {
-        let demand = (reported > 0).then(|| sum / 100.0);
-        state
-            .predictive
-            .observe(predictive, now_ms, demand, &observation.instances);
         state
             .predictive
             .view(predictive, predictive.target_for(&config.policy), now_ms)
