@@ -516,6 +516,8 @@ impl<C: Cloud> Controller<C> {
         }
         self.status
             .set_launch_backoff(decision.launch_backoff.clone());
+        self.status
+            .set_plans(decision.scheduled.clone(), decision.forecast.clone());
         self.save_demand().await;
         if let Err(error) = self.save_memory().await {
             tracing::warn!(%error, "cannot keep the controller's memory; trying again next time");

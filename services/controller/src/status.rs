@@ -76,6 +76,10 @@ struct StatusInner {
     /// not be read), and the instances draining from it.
     targets: Option<Vec<TargetStatus>>,
     draining: Vec<String>,
+    /// What the schedules and the forecaster said at the last evaluation (a decision record
+    /// that quiet evaluations fold into keeps its first).
+    scheduled: Option<crate::schedule::Scheduled>,
+    forecast: Option<autoscaler_policy::forecast::ForecastView>,
 }
 
 /// Totals since the controller started, for the metrics endpoint.
@@ -175,14 +179,14 @@ impl ControllerStatus {
             .find_map(|r| r.decision.as_ref().map(|d| d.desired))
     }
 
-    /// What the schedules set at the latest decision, when the group has any.
+    /// What the schedules set at the last evaluation, when the group has any.
     pub fn scheduled(&self) -> Option<crate::schedule::Scheduled> {
-        self.lock()
-            .decisions
-            .iter()
-            .rev()
-            .find_map(|r| r.decision.as_ref())
-            .and_then(|d| d.scheduled.clone())
+        self.lock().scheduled.clone()
+    }
+
+    /// What the forecaster said at the last evaluation, when the group has one.
+    pub fn forecast(&self) -> Option<autoscaler_policy::forecast::ForecastView> {
+        self.lock().forecast.clone()
     }
 
     /// Changes whenever a new decision record is kept (its sequence).
@@ -238,6 +242,17 @@ impl ControllerStatus {
 
     pub(crate) fn set_launch_backoff(&self, backoff: Option<LaunchBackoff>) {
         self.lock().launch_backoff = backoff.map(|b| (b, Instant::now()));
+    }
+
+    /// Keeps what the schedules and the forecaster said at this evaluation.
+    pub(crate) fn set_plans(
+        &self,
+        scheduled: Option<crate::schedule::Scheduled>,
+        forecast: Option<autoscaler_policy::forecast::ForecastView>,
+    ) {
+        let mut inner = self.lock();
+        inner.scheduled = scheduled;
+        inner.forecast = forecast;
     }
 
     pub(crate) fn count_launch_refused(&self) {

@@ -74,6 +74,32 @@ struct StatusJson<'a> {
     launch_failures: Option<LaunchFailuresJson<'a>>,
     /// What the schedules set now, when the group has any.
     schedule: Option<ScheduleJson<'a>>,
+    /// What the forecaster says, when the group has one.
+    forecast: Option<ForecastJson<'a>>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ForecastJson<'a> {
+    mode: &'a str,
+    acting: bool,
+    fallen_back: bool,
+    history_hours: f64,
+    made_at_ms: i64,
+    demand: f64,
+    lead_secs: u32,
+    lead_samples: u32,
+    floor: u32,
+    target_percent: f64,
+    error_percent: Option<f64>,
+    under_percent: Option<f64>,
+    baseline_error_percent: Option<f64>,
+    next: Vec<PointJson>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct PointJson {
+    at_ms: i64,
+    capacities: f64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -223,6 +249,29 @@ impl<'a> From<&'a v1::GetStatusResponse> for StatusJson<'a> {
                 next: s.next.as_ref().map(WindowJson::from),
                 change: &s.change,
             }),
+            forecast: report.forecast.as_ref().map(|f| ForecastJson {
+                mode: &f.mode,
+                acting: f.acting,
+                fallen_back: f.fallen_back,
+                history_hours: f.history_hours,
+                made_at_ms: f.made_at_ms,
+                demand: f.demand,
+                lead_secs: f.lead_secs,
+                lead_samples: f.lead_samples,
+                floor: f.floor,
+                target_percent: f.target_percent,
+                error_percent: f.error_percent,
+                under_percent: f.under_percent,
+                baseline_error_percent: f.baseline_error_percent,
+                next: f
+                    .next
+                    .iter()
+                    .map(|p| PointJson {
+                        at_ms: p.at_ms,
+                        capacities: p.capacities,
+                    })
+                    .collect(),
+            }),
         }
     }
 }
@@ -275,6 +324,41 @@ pub fn render_metrics(dashboard: &Dashboard) -> String {
         "Upper bound of the fleet",
         gauge(report.max_instances.into()),
     );
+    if let Some(forecast) = &report.forecast {
+        let value = |v: f64| ConstGauge::<f64>::new(v);
+        metrics.register(
+            "autoscaler_forecast_demand_capacities",
+            "The most demand the forecast has for the next lead time, in instance capacities",
+            value(forecast.demand),
+        );
+        metrics.register(
+            "autoscaler_forecast_floor_instances",
+            "The fleet the forecast demand of the next lead time needs at the target load",
+            gauge(forecast.floor.into()),
+        );
+        metrics.register(
+            "autoscaler_forecast_lead_seconds",
+            "The lead time the forecast looks ahead (launches' time to service, p95)",
+            gauge(forecast.lead_secs.into()),
+        );
+        metrics.register(
+            "autoscaler_forecast_acting",
+            "1 while the forecast raises the floor (forecast-and-scale, enough history, check passed)",
+            gauge(u64::from(forecast.acting)),
+        );
+        metrics.register(
+            "autoscaler_forecast_fallen_back",
+            "1 while the forecast's error is past its bound (forecast-only by itself)",
+            gauge(u64::from(forecast.fallen_back)),
+        );
+        if let Some(error) = forecast.error_percent {
+            metrics.register(
+                "autoscaler_forecast_error_percent",
+                "The error (WAPE) of the last 24 hours' hourly forecasts against the demand",
+                value(error),
+            );
+        }
+    }
     dashboard.status.registry.register_metrics(&mut metrics);
     if let Some(controller) = &dashboard.status.controller {
         let counters = controller.counters();

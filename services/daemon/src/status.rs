@@ -11,6 +11,7 @@ use autoscaler_controller::cloud::InstanceState;
 use autoscaler_controller::status::{ControllerStatus, DecisionRecord};
 use autoscaler_policy::Health;
 use autoscaler_policy::fleet::{InstanceView, Metrics};
+use autoscaler_policy::forecast::ForecastView;
 use autoscaler_policy::schedule::Scheduled;
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::status_server::Status;
@@ -127,6 +128,30 @@ fn wire_schedule(scheduled: Scheduled) -> v1::Schedule {
     }
 }
 
+/// What the forecaster says, on the wire.
+fn wire_forecast(view: ForecastView) -> v1::Forecast {
+    v1::Forecast {
+        mode: view.mode.as_str().to_string(),
+        acting: view.acting,
+        history_hours: view.history_hours,
+        made_at_ms: view.made_at_ms.unwrap_or(0),
+        demand: view.demand,
+        lead_secs: u32::try_from(view.lead_secs).unwrap_or(u32::MAX),
+        lead_samples: view.lead_samples,
+        floor: view.floor,
+        error_percent: view.error_percent,
+        under_percent: view.under_percent,
+        baseline_error_percent: view.baseline_error_percent,
+        fallen_back: view.fallen_back,
+        target_percent: view.target_percent,
+        next: view
+            .next
+            .into_iter()
+            .map(|(at_ms, capacities)| v1::ForecastPoint { at_ms, capacities })
+            .collect(),
+    }
+}
+
 /// An instance the monitor has not registered.
 fn unregistered() -> v1::InstanceStatus {
     v1::InstanceStatus {
@@ -239,6 +264,11 @@ impl StatusService {
                 .as_ref()
                 .and_then(ControllerStatus::scheduled)
                 .map(wire_schedule),
+            forecast: self
+                .controller
+                .as_ref()
+                .and_then(ControllerStatus::forecast)
+                .map(wire_forecast),
         }
     }
 }

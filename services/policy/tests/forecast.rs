@@ -133,13 +133,25 @@ fn it_waits_for_24_hours_of_history_then_acts_in_forecast_and_scale_only() {
     let predictive_config = config(PredictiveMode::ForecastAndScale);
     let mut predictive = Predictive::default();
     predictive.load_history(samples(START, START + 20 * HOUR, 0.0, 1));
-    predictive.observe(Some(&predictive_config), START + 20 * HOUR, Some(1.0), &[]);
+    predictive.observe(
+        Some(&predictive_config),
+        START + 20 * HOUR,
+        Some(1.0),
+        &[],
+        Duration::ZERO,
+    );
     let early = predictive.view(&predictive_config, 50.0, START + 20 * HOUR);
     assert!(!early.acting && early.made_at_ms.is_none(), "{early:?}");
 
     predictive.load_history(samples(START + 20 * HOUR, START + 2 * DAY, 0.0, 1));
     let now = START + 2 * DAY + 8 * HOUR; // Wednesday 08:00, an hour before the peak
-    predictive.observe(Some(&predictive_config), now, Some(1.0), &[]);
+    predictive.observe(
+        Some(&predictive_config),
+        now,
+        Some(1.0),
+        &[],
+        Duration::ZERO,
+    );
     let view = predictive.view(&predictive_config, 50.0, now);
     assert!(view.acting, "{view:?}");
     assert_eq!(
@@ -171,43 +183,26 @@ fn instance(id: &str, age_secs: u64, reported: bool) -> ObservedInstance {
 fn the_lead_time_is_the_95th_percentile_of_this_groups_launches_with_a_floor() {
     let predictive_config = config(PredictiveMode::ForecastAndScale);
     let mut predictive = Predictive::default();
-    // Instances first seen launched, then in service after 100 + 10 i seconds; one first seen
-    // long after its launch (a restarted controller) is not timed.
-    let mut at = START;
-    predictive.observe(
-        Some(&predictive_config),
-        at,
-        None,
-        &[instance("old", 4_000, false)],
-    );
+    // The controller has run for two hours. Instances launched while it watched are timed when
+    // first seen in service (their age then), once: 100 + 10 i seconds. One older than the
+    // controller (it started after that launch) is not timed, nor is a second sighting.
+    let uptime = Duration::from_secs(7_200);
+    let observe = |predictive: &mut Predictive, seen: &[ObservedInstance]| {
+        predictive.observe(Some(&predictive_config), START, None, seen, uptime)
+    };
+    observe(&mut predictive, &[instance("old", 8_000, true)]);
     for i in 0..20u64 {
         let id = format!("i-{i}");
-        at += 1_000;
-        predictive.observe(
-            Some(&predictive_config),
-            at,
-            None,
-            &[instance(&id, 1, false)],
-        );
-        at += 1_000;
-        predictive.observe(
-            Some(&predictive_config),
-            at,
-            None,
-            &[instance(&id, 100 + 10 * i, true)],
-        );
+        observe(&mut predictive, &[instance(&id, 1, false)]);
+        observe(&mut predictive, &[instance(&id, 100 + 10 * i, true)]);
+        observe(&mut predictive, &[instance(&id, 500, true)]);
     }
-    predictive.observe(
-        Some(&predictive_config),
-        at,
-        None,
-        &[instance("old", 4_100, true)],
-    );
     // 20 times 100..=290 s: the 95th percentile is the 19th, 280 s.
+    assert_eq!(predictive.leads().len(), 20);
     assert_eq!(predictive.lead_ms(&predictive_config), 280_000);
     let floored = PredictiveConfig {
         min_lead_secs: 600,
-        ..predictive_config
+        ..predictive_config.clone()
     };
     assert_eq!(predictive.lead_ms(&floored), 600_000);
 }
@@ -229,7 +224,13 @@ fn past_its_error_bound_it_falls_back_to_forecast_only_by_itself_and_comes_back(
     }));
     let mut predictive = Predictive::default();
     predictive.load_history(history.clone());
-    predictive.observe(Some(&predictive_config), now, Some(1.0), &[]);
+    predictive.observe(
+        Some(&predictive_config),
+        now,
+        Some(1.0),
+        &[],
+        Duration::ZERO,
+    );
     let view = predictive.view(&predictive_config, 50.0, now);
     assert!(view.fallen_back && !view.acting, "{view:?}");
     assert!(view.error_percent.unwrap() > 30.0);
@@ -238,7 +239,13 @@ fn past_its_error_bound_it_falls_back_to_forecast_only_by_itself_and_comes_back(
     // The next day the cycle is back: at its next check (hourly), it acts again.
     let later = now + DAY;
     predictive.load_history(samples(now, later, 0.05, 4));
-    predictive.observe(Some(&predictive_config), later, Some(1.0), &[]);
+    predictive.observe(
+        Some(&predictive_config),
+        later,
+        Some(1.0),
+        &[],
+        Duration::ZERO,
+    );
     let view = predictive.view(&predictive_config, 50.0, later);
     assert!(!view.fallen_back && view.acting, "{view:?}");
     assert!(view.error_percent.unwrap() < 30.0);
@@ -326,6 +333,7 @@ fn the_demand_is_recorded_once_a_minute_as_the_minutes_mean() {
             START + second * 1_000,
             Some(demand),
             &[],
+            Duration::ZERO,
         );
     }
     let recorded = predictive.take_unsaved();

@@ -12,6 +12,7 @@ use xshell::cmd;
 use crate::util;
 
 mod footprint;
+mod planning;
 
 #[derive(Debug, Args)]
 pub struct Bench {
@@ -21,6 +22,10 @@ pub struct Bench {
     /// How long the agent's footprint is measured, in minutes (after one to settle).
     #[arg(long, default_value_t = 5)]
     footprint_minutes: u64,
+    /// Only the planning benchmark (a minute): its section of docs/BENCHMARKS.md is replaced,
+    /// the rest kept.
+    #[arg(long)]
+    planning_only: bool,
 }
 
 /// One measurement: name, value, unit, what it is.
@@ -79,6 +84,17 @@ fn machine() -> String {
 impl Bench {
     pub fn run(self) -> anyhow::Result<()> {
         let sh = util::shell()?;
+        let planned = planning::run(&sh)?;
+        print!("{planned}");
+        if self.planning_only {
+            if !self.no_write {
+                let path = util::root().join("docs/BENCHMARKS.md");
+                let report = std::fs::read_to_string(&path).unwrap_or_default();
+                std::fs::write(&path, planning::splice(&report, &planned))?;
+                eprintln!("wrote the planning section of {}", path.display());
+            }
+            return Ok(());
+        }
         // The traffic benchmark runs HAProxy in front of the group.
         let haproxy = match std::env::var_os("AUTOSCALER_HAPROXY") {
             Some(path) => std::path::PathBuf::from(path),
@@ -180,6 +196,7 @@ impl Bench {
                 largest.value / 1e6 * 100.0
             );
         }
+        report.push_str(&planned);
         let _ = writeln!(report, "## Noticing\n");
         let _ = writeln!(
             report,

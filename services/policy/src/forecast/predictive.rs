@@ -17,9 +17,11 @@ const CHECK_HOURS: i64 = 24;
 const CHECK_MIN_HOURS: i64 = 6;
 /// How often it scores itself.
 const CHECK_EVERY_MS: i64 = 3_600_000;
-/// An instance first seen older than this is not timed (a controller that started after it
-/// launched cannot tell when it did).
-const SEEN_LAUNCHED_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+/// An instance that came into service later than this after its launch is not timed (it failed
+/// some other way, and is replaced).
+const TIMED_WITHIN: std::time::Duration = std::time::Duration::from_secs(3_600);
+/// How many timed instances are remembered before those past `TIMED_WITHIN` are forgotten.
+const TIMED_KEPT: usize = 64;
 /// Samples kept for the store while it does not take them (a day).
 const UNSAVED_KEPT: usize = 1_440;
 /// The lead time while no launch of this group was timed.
@@ -36,8 +38,8 @@ pub struct Predictive {
     history: VecDeque<DemandSample>,
     /// Samples recorded since the store last took them.
     unsaved: Vec<DemandSample>,
-    /// Instances seen launched but not yet in service.
-    warming: HashSet<String>,
+    /// Instances already timed (young ones: older ones are never timed).
+    timed: HashSet<String>,
     /// Launch-to-in-service times of recent launches, milliseconds, oldest first.
     leads: VecDeque<u64>,
     made: Option<Made>,
@@ -79,6 +81,8 @@ pub struct ForecastView {
     pub lead_samples: u32,
     /// The fleet that demand needs at the target load.
     pub floor: u32,
+    /// The load per instance the floor is sized for, percent.
+    pub target_percent: f64,
     /// The last check: the error (WAPE) of the last 24 hours' hourly forecasts, the share of
     /// the time under-forecast, and the seasonal-naive baseline's error over the same hours.
     pub error_percent: Option<f64>,
@@ -103,6 +107,7 @@ impl Predictive {
         now_ms: i64,
         demand: Option<f64>,
         instances: &[ObservedInstance],
+        uptime: std::time::Duration,
     ) {
         let demand = demand.filter(|d| d.is_finite());
         let minute = now_ms.div_euclid(60_000) * 60_000;
@@ -131,23 +136,28 @@ impl Predictive {
             self.history.pop_front();
         }
 
+        // An instance launched while this controller watched (younger than its uptime) is
+        // timed when it is first seen in service: its age then is its launch-to-in-service time.
         for instance in instances {
-            if instance.has_reported {
-                if !self.warming.is_empty() && self.warming.remove(&instance.instance_id) {
-                    self.leads.push_back(instance.age.as_millis() as u64);
-                    if self.leads.len() > LEADS_KEPT {
-                        self.leads.pop_front();
-                    }
-                }
-            } else if instance.age <= SEEN_LAUNCHED_WITHIN
-                && !self.warming.contains(&instance.instance_id)
+            if instance.has_reported
+                && instance.age < uptime
+                && instance.age <= TIMED_WITHIN
+                && !self.timed.contains(&instance.instance_id)
             {
-                self.warming.insert(instance.instance_id.clone());
+                self.timed.insert(instance.instance_id.clone());
+                self.leads.push_back(instance.age.as_millis() as u64);
+                if self.leads.len() > LEADS_KEPT {
+                    self.leads.pop_front();
+                }
             }
         }
-        if self.warming.len() > instances.len() {
-            let present: HashSet<&str> = instances.iter().map(|i| i.instance_id.as_str()).collect();
-            self.warming.retain(|id| present.contains(id.as_str()));
+        if self.timed.len() > TIMED_KEPT {
+            let young: HashSet<&str> = instances
+                .iter()
+                .filter(|i| i.age <= TIMED_WITHIN)
+                .map(|i| i.instance_id.as_str())
+                .collect();
+            self.timed.retain(|id| young.contains(id.as_str()));
         }
 
         let Some(config) = config else {
@@ -269,6 +279,7 @@ impl Predictive {
             lead_secs: lead_ms.div_ceil(1_000),
             lead_samples: self.leads.len() as u32,
             floor,
+            target_percent,
             error_percent: made.and_then(|m| m.score).map(|s| s.error_percent),
             under_percent: made.and_then(|m| m.score).map(|s| s.under_percent),
             baseline_error_percent: made.and_then(|m| m.baseline).map(|s| s.error_percent),

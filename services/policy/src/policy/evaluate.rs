@@ -259,6 +259,7 @@ fn decide(
         now_ms,
         (reported > 0).then(|| sum / 100.0),
         &observation.instances,
+        uptime,
     );
     let forecast = config.predictive.as_ref().map(|predictive| {
         state

@@ -108,6 +108,30 @@ impl Status {
 }
 
 /// The bounds the schedules set, the windows holding (until when) and the next.
+/// What the forecaster says, on one line: its mode and state, the demand of the lead time and
+/// the floor it needs, and its last check.
+fn forecast_text(f: &autoscaler_proto::v1::Forecast) -> String {
+    let state = if f.fallen_back {
+        "fallen back to forecast-only (error past its bound)"
+    } else if f.acting {
+        "acting"
+    } else if f.mode == "forecast-only" {
+        "not acting"
+    } else {
+        "waiting for 24 h of history"
+    };
+    let check = match (f.error_percent, f.baseline_error_percent, f.under_percent) {
+        (Some(error), Some(baseline), Some(under)) => format!(
+            "error {error:.1} % (seasonal-naive {baseline:.1} %), under {under:.0} % of the time"
+        ),
+        _ => "not scored yet".to_string(),
+    };
+    format!(
+        "{} ({state}): {:.2} capacities within {} s need {} at {} %; {check}; {:.1} h recorded",
+        f.mode, f.demand, f.lead_secs, f.floor, f.target_percent, f.history_hours
+    )
+}
+
 fn schedule_text(schedule: &autoscaler_proto::v1::Schedule) -> String {
     use autoscaler_policy::schedule::rfc3339;
     let mut parts: Vec<String> = schedule
@@ -190,6 +214,9 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
     }
     if let Some(schedule) = &report.schedule {
         println!("schedule: {}", schedule_text(schedule));
+    }
+    if let Some(forecast) = &report.forecast {
+        println!("forecast: {}", forecast_text(forecast));
     }
     if let Some(last) = report.decisions.last() {
         println!("last decision: {}", last.summary);
