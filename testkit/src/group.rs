@@ -113,6 +113,18 @@ pub fn agent_client(
 /// An operator's client to the daemon's Status service.
 pub type Status = StatusClient<InterceptedService<Channel, AttachToken>>;
 
+/// An operator's client to the daemon's Operator service.
+pub type Operator =
+    autoscaler_proto::v1::operator_client::OperatorClient<InterceptedService<Channel, AttachToken>>;
+
+/// An operator's Operator client, with the group's token.
+pub fn operator_client(address: SocketAddr) -> Operator {
+    autoscaler_proto::v1::operator_client::OperatorClient::with_interceptor(
+        channel_as(address, Role::Operator, Role::Monitor),
+        AttachToken::new(&token()),
+    )
+}
+
 /// An operator's Status client, with the group's token.
 pub fn status_client(address: SocketAddr) -> Status {
     StatusClient::with_interceptor(

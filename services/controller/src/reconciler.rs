@@ -18,6 +18,7 @@ use crate::fleet::FleetView;
 use crate::front::{Front, Removal};
 use crate::launches::{ControllerMemory, Journal, Launches};
 use crate::policy::{self, Decision, Observation, ObservedInstance, PolicyState};
+use crate::schedule::RuntimeSchedules;
 use crate::status::{ControllerStatus, DecisionRecord, ShadowVerdict, rule_kinds};
 
 /// What the controller asks of the agents. The monitor, which knows them and holds the client
@@ -83,6 +84,8 @@ pub struct Controller<C> {
     saved: Option<ControllerMemory>,
     /// Demand the policy recorded that the journal has yet to keep.
     demand_unsaved: Vec<DemandSample>,
+    /// The schedules put at run time, and the config as it was before them.
+    runtime_schedules: Option<(watch::Receiver<RuntimeSchedules>, ControllerConfig)>,
     /// The leader's lease, when the daemon has standbys.
     fence: Option<Arc<dyn Fence>>,
     /// Whether the balancer's health checks are not acted on, as it finds every target
@@ -214,6 +217,7 @@ impl<C: Cloud> Controller<C> {
             journal: None,
             saved: None,
             demand_unsaved: Vec::new(),
+            runtime_schedules: None,
             fence: None,
             failing_open: false,
             last: None,
@@ -260,6 +264,18 @@ impl<C: Cloud> Controller<C> {
             self.saved = Some(recalled.clone());
         }
         self.journal = Some(journal);
+        self
+    }
+
+    /// Takes the schedules put at run time (the Operator service's) beside the config's, as
+    /// they are now and whenever they change.
+    pub fn with_runtime_schedules(
+        mut self,
+        mut schedules: watch::Receiver<RuntimeSchedules>,
+    ) -> Controller<C> {
+        let base = self.config.clone();
+        self.config = schedules.borrow_and_update().applied_to(&base);
+        self.runtime_schedules = Some((schedules, base));
         self
     }
 
@@ -466,6 +482,11 @@ impl<C: Cloud> Controller<C> {
         );
         observation.leaving = gone.len() as u32;
         observation.removals_drain = self.front.is_some();
+        if let Some((schedules, base)) = &mut self.runtime_schedules
+            && schedules.has_changed().unwrap_or(false)
+        {
+            self.config = schedules.borrow_and_update().applied_to(base);
+        }
         // The whole decision is the policy's: the controller acts on it as it is.
         let mut decision = policy::evaluate(&observation, &self.config, &mut self.state, now);
         record.shadow = self.shadow.as_mut().map(|(config, state)| {

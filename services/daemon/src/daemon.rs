@@ -162,8 +162,21 @@ async fn serve(
             .with_memory(recalled.as_ref(), Arc::new(term.clone()))
             .with_demand_history(demand);
     }
+    // The schedules put at run time: the store's (this term's epoch fences the writes).
+    let (book, runtime_schedules) = crate::schedules::Book::recall(
+        &config.controller,
+        leadership
+            .as_ref()
+            .map(|l| (l.store.clone(), l.lease.epoch)),
+    )
+    .await;
+    controller = controller.with_runtime_schedules(runtime_schedules);
     let controller_status = controller.status();
     let admission: Arc<dyn Admission> = Arc::new(ProviderAdmission(controller.status()));
+    let controls = autoscaler_monitor::Controls {
+        admission: Some(admission),
+        schedules: Some(book),
+    };
     let status = StatusService {
         group: config.group.clone(),
         min_instances: config.controller.min_instances,
@@ -218,7 +231,7 @@ async fn serve(
             ));
         };
         monitor
-            .serve_with(listener, add_status, Some(admission), stopped)
+            .serve_with(listener, add_status, controls, stopped)
             .await
             .map_err(|error| error.to_string())
     });

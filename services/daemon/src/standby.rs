@@ -276,4 +276,28 @@ impl Operator for Standby {
         tls::require_caller(&request, tls::Role::Operator)?;
         Err(self.unavailable().await)
     }
+
+    async fn put_schedule(
+        &self,
+        request: Request<v1::PutScheduleRequest>,
+    ) -> Result<Response<v1::PutScheduleResponse>, tonic::Status> {
+        tls::require_caller(&request, tls::Role::Operator)?;
+        Err(self.unavailable().await)
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<v1::ListSchedulesRequest>,
+    ) -> Result<Response<v1::ListSchedulesResponse>, tonic::Status> {
+        tls::require_caller(&request, tls::Role::Operator)?;
+        Err(self.unavailable().await)
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<v1::DeleteScheduleRequest>,
+    ) -> Result<Response<v1::DeleteScheduleResponse>, tonic::Status> {
+        tls::require_caller(&request, tls::Role::Operator)?;
+        Err(self.unavailable().await)
+    }
 }

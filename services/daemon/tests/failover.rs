@@ -5,7 +5,9 @@
 //! rather than act blind, the fleet stays as it is, and it leads again when the store is back; a
 //! lone leader frozen past its lease, or restarted within it, leads on in a new term. No instance is ever launched twice, and the activity history
 //! outlives every change of leader (counting the quiet evaluations folded into a record). A
-//! standby answers while it waits (health, the history, UNAVAILABLE naming the leader).
+//! standby answers while it waits (health, the history, UNAVAILABLE naming the leader). Schedules
+//! put at run time (the Operator service) are checked as the config is, kept in the store and
+//! taken up by the next leader.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -527,4 +529,140 @@ async fn a_standby_started_before_the_tls_material_answers_once_it_is_there() {
     );
     signal(&standby, Signal::SIGTERM);
     assert_eq!(exit_code(&mut standby, "the standby").await, Some(0));
+}
+
+fn window(name: &str, min: u32) -> v1::ScheduleEntry {
+    v1::ScheduleEntry {
+        name: name.to_string(),
+        // Starts every minute and lasts an hour: it holds now, whatever the time.
+        kind: Some(v1::schedule_entry::Kind::Window(v1::ScheduleWindow {
+            cron: "* * * * *".to_string(),
+            time_zone: "Europe/Paris".to_string(),
+            duration_secs: 3_600,
+            min_instances: min,
+            max_instances: None,
+        })),
+        source: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_put_at_run_time_are_checked_kept_and_outlive_a_failover() {
+    let state_dir = StateDir::new("runtime-schedules");
+    let config = process_config_file(&state_dir.0, 4, 30.0);
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = spawn_daemon_process(&state_dir.0, port_a, &config);
+    leads(port_a, 2, "a leads 2 instances").await;
+    let mut operator = operator_client(loopback(port_a));
+
+    // Bad input: a clear error naming the field, and nothing changed.
+    for (entry, code, words) in [
+        (
+            v1::ScheduleEntry {
+                kind: Some(v1::schedule_entry::Kind::Window(v1::ScheduleWindow {
+                    cron: "every morning".to_string(),
+                    ..Default::default()
+                })),
+                ..window("bad-cron", 3)
+            },
+            tonic::Code::InvalidArgument,
+            "cron",
+        ),
+        (
+            window("too-big", 9),
+            tonic::Code::InvalidArgument,
+            "min_instances",
+        ),
+        (
+            v1::ScheduleEntry {
+                kind: None,
+                ..window("no-kind", 3)
+            },
+            tonic::Code::InvalidArgument,
+            "entry.kind",
+        ),
+        (window("", 3), tonic::Code::InvalidArgument, "entry.name"),
+    ] {
+        let error = operator
+            .put_schedule(v1::PutScheduleRequest { entry: Some(entry) })
+            .await
+            .expect_err("refused");
+        assert_eq!(error.code(), code, "{error:?}");
+        assert!(error.message().contains(words), "{words}: {error:?}");
+    }
+    let error = operator
+        .delete_schedule(v1::DeleteScheduleRequest {
+            name: "nothing".to_string(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(error.code(), tonic::Code::NotFound);
+    let listed = operator
+        .list_schedules(v1::ListSchedulesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.entries.is_empty(), "{listed:?}");
+
+    // A window put at run time raises the floor at once.
+    let put = operator
+        .put_schedule(v1::PutScheduleRequest {
+            entry: Some(window("launch-day", 3)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!put.replaced);
+    let status = leads(port_a, 3, "a keeps the window's floor of 3").await;
+    let schedule = status.schedule.expect("the status shows it");
+    assert_eq!(schedule.active[0].name, "launch-day");
+
+    // The leader is killed: the standby takes over with the window from the store.
+    let mut b = spawn_standby_process(&state_dir.0, port_b, None, &config).await;
+    signal(&a, Signal::SIGKILL);
+    let _ = a.wait().await;
+    let status = leads(port_b, 3, "b keeps the window's floor of 3").await;
+    assert_eq!(
+        status.schedule.expect("b shows it").active[0].name,
+        "launch-day"
+    );
+    let mut operator = operator_client(loopback(port_b));
+    let listed = operator
+        .list_schedules(v1::ListSchedulesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.entries.len(), 1, "{listed:?}");
+    assert_eq!(listed.entries[0].source, "operator");
+    // Put again under the same name: replaced; then deleted: the floor is the config's again.
+    let put = operator
+        .put_schedule(v1::PutScheduleRequest {
+            entry: Some(window("launch-day", 4)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(put.replaced);
+    leads(port_b, 4, "b keeps the new floor of 4").await;
+    operator
+        .delete_schedule(v1::DeleteScheduleRequest {
+            name: "launch-day".to_string(),
+        })
+        .await
+        .unwrap();
+    let mut client = status_client(loopback(port_b));
+    wait_status(
+        &mut client,
+        "no schedule after the delete",
+        4,
+        Duration::from_secs(20),
+        |s| s.schedule.is_none(),
+    )
+    .await;
+    let pids = state_dir.pids();
+    signal(&b, Signal::SIGTERM);
+    assert_eq!(exit_code(&mut b, "the last daemon").await, Some(0));
+    for pid in pids {
+        assert!(!alive(pid), "agent {pid} outlived the last daemon");
+    }
 }

@@ -31,6 +31,15 @@ use tonic::service::interceptor::InterceptedService;
 
 pub use crate::config::{MonitorConfig, MonitorConfigError};
 use crate::registry::Registry;
+
+/// What a controller beside the monitor answers for it: who may register (`Admission`), and the
+/// schedules the Operator service puts, lists and deletes (`ScheduleBook`). The monitor alone
+/// has neither.
+#[derive(Clone, Default)]
+pub struct Controls {
+    pub admission: Option<Arc<dyn service::Admission>>,
+    pub schedules: Option<Arc<dyn operator::ScheduleBook>>,
+}
 use crate::service::MonitorService;
 
 /// Why the monitor could not start or stopped.
@@ -84,19 +93,24 @@ impl Monitor {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), MonitorError> {
-        self.serve_with(listener, |_, _| {}, None, shutdown).await
+        self.serve_with(listener, |_, _| {}, Controls::default(), shutdown)
+            .await
     }
 
     /// Like [`Monitor::serve`], with the services `extra` adds to the same server (the daemon's
-    /// Status service), which it should put behind the given token check, and admitting only
-    /// the registrations `admission` admits when one is given.
+    /// Status service), which it should put behind the given token check, and the controller's
+    /// `controls`: only the registrations its admission admits, its schedules.
     pub async fn serve_with(
         mut self,
         listener: TcpListener,
         extra: impl FnOnce(&mut RoutesBuilder, &RequireToken),
-        admission: Option<Arc<dyn service::Admission>>,
+        controls: Controls,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), MonitorError> {
+        let Controls {
+            admission,
+            schedules,
+        } = controls;
         let (mut routes, _health) =
             autoscaler_proto::standard::routes::<MonitorServer<MonitorService>>().await?;
         // With a controller, only the instances its provider lists may register.
@@ -109,8 +123,11 @@ impl Monitor {
             self.registry.credentials().require(),
         );
         let operator = InterceptedService::new(
-            OperatorServer::new(operator::OperatorService::new(self.registry.clone()))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            OperatorServer::new(operator::OperatorService::new(
+                self.registry.clone(),
+                schedules,
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
             self.registry.credentials().require(),
         );
         // Serving without a fleet view would be half alive: if the publisher ends (it only

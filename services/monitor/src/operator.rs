@@ -1,7 +1,9 @@
 //! The Operator service: steering calls from operators (the demo, rehearsals) that the monitor
 //! passes on to an agent under its own certificate, since agents take control calls only from
-//! the monitor.
+//! the monitor; and the group's schedules at run time, which the daemon keeps (`ScheduleBook`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,15 +19,50 @@ use crate::unary::{AgentConnection, CallError};
 /// How long the agent gets to answer a forwarded call.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// An answer some time later.
+pub type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send + 'a>>;
+
+/// The group's schedules at run time: the daemon checks them as it checks its config, keeps
+/// them in the group's store and gives them to the controller.
+pub trait ScheduleBook: Send + Sync + 'static {
+    /// Adds or replaces `entry`; true when it replaced one.
+    fn put(&self, entry: v1::ScheduleEntry) -> Answer<'_, bool>;
+    /// The config file's and those put at run time.
+    fn list(&self) -> Vec<v1::ScheduleEntry>;
+    fn delete(&self, name: String) -> Answer<'_, ()>;
+}
+
 /// Serves `autoscaler.v1.Operator` over the monitor's registry.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OperatorService {
     registry: Arc<Registry>,
+    schedules: Option<Arc<dyn ScheduleBook>>,
+}
+
+impl std::fmt::Debug for OperatorService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OperatorService")
+            .field("registry", &self.registry)
+            .field("schedules", &self.schedules.is_some())
+            .finish()
+    }
 }
 
 impl OperatorService {
-    pub fn new(registry: Arc<Registry>) -> OperatorService {
-        OperatorService { registry }
+    pub fn new(
+        registry: Arc<Registry>,
+        schedules: Option<Arc<dyn ScheduleBook>>,
+    ) -> OperatorService {
+        OperatorService {
+            registry,
+            schedules,
+        }
+    }
+
+    fn book(&self) -> Result<&Arc<dyn ScheduleBook>, Status> {
+        self.schedules.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this monitor runs no controller: it has no schedules")
+        })
     }
 }
 
@@ -70,5 +107,38 @@ impl Operator for OperatorService {
         Ok(Response::new(v1::OperatorLoadTargetResponse {
             current_load_percent: answer.current_load_percent,
         }))
+    }
+
+    async fn put_schedule(
+        &self,
+        request: Request<v1::PutScheduleRequest>,
+    ) -> Result<Response<v1::PutScheduleResponse>, Status> {
+        require_caller(&request, Role::Operator)?;
+        let entry = request
+            .into_inner()
+            .entry
+            .ok_or_else(|| Status::invalid_argument("entry is missing"))?;
+        let replaced = self.book()?.put(entry).await?;
+        Ok(Response::new(v1::PutScheduleResponse { replaced }))
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<v1::ListSchedulesRequest>,
+    ) -> Result<Response<v1::ListSchedulesResponse>, Status> {
+        require_caller(&request, Role::Operator)?;
+        Ok(Response::new(v1::ListSchedulesResponse {
+            entries: self.book()?.list(),
+        }))
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<v1::DeleteScheduleRequest>,
+    ) -> Result<Response<v1::DeleteScheduleResponse>, Status> {
+        require_caller(&request, Role::Operator)?;
+        let name = request.into_inner().name;
+        self.book()?.delete(name).await?;
+        Ok(Response::new(v1::DeleteScheduleResponse {}))
     }
 }

@@ -9,12 +9,12 @@ use std::str::FromStr;
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, ControllerConfig};
 
 /// `[[controller.schedule]]`: a recurring window.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
     /// Names it in the decision record and the status.
@@ -37,7 +37,7 @@ pub struct WindowConfig {
 }
 
 /// `[[controller.scheduled_change]]`: a one-off change of the bounds from a time on.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BoundsChange {
     pub name: String,
@@ -47,6 +47,40 @@ pub struct BoundsChange {
     pub min_instances: Option<u32>,
     #[serde(default)]
     pub max_instances: Option<u32>,
+}
+
+/// The schedules put at run time (the Operator service), beside the config file's: what the
+/// group's store keeps, as JSON, for the next leader.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RuntimeSchedules {
+    pub windows: Vec<WindowConfig>,
+    pub changes: Vec<BoundsChange>,
+}
+
+impl RuntimeSchedules {
+    /// Whether `name` is one of them.
+    pub fn contains(&self, name: &str) -> bool {
+        self.windows.iter().any(|w| w.name == name) || self.changes.iter().any(|c| c.name == name)
+    }
+
+    /// Takes `name` out; true when it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let before = self.windows.len() + self.changes.len();
+        self.windows.retain(|w| w.name != name);
+        self.changes.retain(|c| c.name != name);
+        before != self.windows.len() + self.changes.len()
+    }
+
+    /// `config` with these beside its own schedules.
+    pub fn applied_to(&self, config: &ControllerConfig) -> ControllerConfig {
+        let mut applied = config.clone();
+        applied.schedule.extend(self.windows.iter().cloned());
+        applied
+            .scheduled_change
+            .extend(self.changes.iter().cloned());
+        applied
+    }
 }
 
 fn utc() -> String {
