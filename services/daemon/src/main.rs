@@ -81,6 +81,11 @@ struct Flags {
     /// Talk plaintext gRPC, no TLS: for local runs only (refused with the EC2 provider).
     #[arg(long, env = "AUTOSCALER_PLAINTEXT", conflicts_with = "tls_dir")]
     plaintext: bool,
+    /// Writes the demand the group's store recorded (the last `history_days`, once a minute) as a
+    /// simulator trace (`time,demand` CSV) to this file, and exits: what `cargo xtask simulate
+    /// --history` replays.
+    #[arg(long)]
+    export_demand: Option<PathBuf>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -93,6 +98,69 @@ fn main() -> std::process::ExitCode {
         error
             .downcast_ref::<daemon::DaemonError>()
             .map_or(64, daemon::DaemonError::exit_code)
+    })
+}
+
+/// Writes the group's recorded demand as a simulator trace: seconds from the first sample, the
+/// demand in instance capacities; a comment line gives the first sample's time (`# start`).
+fn export_demand(config: &DaemonConfig, path: &std::path::Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let aws = match config.provider {
+            ProviderSection::Ec2(_) => Some(autoscaler_aws::sdk_config(Default::default()).await),
+            ProviderSection::Local(_) => None,
+        };
+        let options = daemon::RunOptions {
+            agent_binary: PathBuf::new(),
+            advertise: String::new(),
+            aws,
+            http: None,
+            tls: daemon::TlsSource::Plaintext,
+            temp_dir: std::env::temp_dir(),
+            path: std::env::var_os("PATH").unwrap_or_default(),
+        };
+        let platform = autoscaler_daemon::platform::open(config, &options)?;
+        let store = platform.store().with_context(|| {
+            format!(
+                "group {} has no store ([store] kind), so nothing was recorded",
+                config.group
+            )
+        })?;
+        let days = config.controller.demand_days();
+        let since = autoscaler_policy::time::now_ms() - i64::from(days) * 86_400_000;
+        let samples = store
+            .demand(since)
+            .await
+            .context("reading the recorded demand")?;
+        let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+            anyhow::bail!(
+                "group {}'s store holds no recorded demand (the leader records it once a minute)",
+                config.group
+            );
+        };
+        let mut csv = format!(
+            "# the demand group {} recorded, {} minutes\n# start {}\ntime,demand\n",
+            config.group,
+            samples.len(),
+            autoscaler_policy::schedule::rfc3339(first.at_ms)
+        );
+        for sample in &samples {
+            csv.push_str(&format!(
+                "{},{:.4}\n",
+                (sample.at_ms - first.at_ms) / 1_000,
+                sample.capacities
+            ));
+        }
+        std::fs::write(path, csv).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!(
+            "wrote {} minutes of group {}'s demand ({} to {}) to {}",
+            samples.len(),
+            config.group,
+            autoscaler_policy::schedule::rfc3339(first.at_ms),
+            autoscaler_policy::schedule::rfc3339(last.at_ms),
+            path.display()
+        );
+        Ok(())
     })
 }
 
@@ -156,6 +224,9 @@ fn load_config(flags: &Flags) -> anyhow::Result<DaemonConfig> {
 
 fn run(flags: Flags) -> anyhow::Result<()> {
     let config = load_config(&flags)?;
+    if let Some(path) = &flags.export_demand {
+        return export_demand(&config, path);
+    }
     let token_from_ssm = flags.from_aws || flags.token_from_ssm;
     let token = match token_from_ssm {
         true => None,

@@ -3,7 +3,8 @@
 //! takes the history up, its forecaster launches for the rise while the load is still low (rule
 //! `forecast`), keeps the floor against the reactive policy's wish to scale in, shows the
 //! forecast in the Status API, `/api/status` and `/metrics`, and records the group's demand in
-//! the store once a minute.
+//! the store once a minute; and that demand exported as a trace for `cargo xtask simulate
+//! --history`.
 
 use std::time::Duration;
 
@@ -146,4 +147,69 @@ async fn a_recorded_daily_rise_makes_the_new_leader_launch_before_the_load_rises
     );
     invariant.check();
     daemon.stop().await;
+}
+
+#[tokio::test]
+async fn the_recorded_demand_is_exported_as_a_trace_the_simulator_replays() {
+    let state_dir = StateDir::new("export-demand");
+    let config = process_config_file(&state_dir.0, 4, 30.0);
+    let store = SqliteStore::open(&state_dir.0.join("store.sqlite")).expect("the store");
+    let lease = store
+        .acquire("leader", "127.0.0.1:1", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("a free lease");
+    let now = now_ms().div_euclid(MINUTE) * MINUTE;
+    let day: Vec<DemandSample> = (0..DAY / MINUTE)
+        .map(|m| DemandSample {
+            at_ms: now - DAY + m * MINUTE,
+            capacities: 1.0 + (m % 60) as f64 / 60.0,
+        })
+        .collect();
+    store.record_demand(lease.epoch, &day).await.unwrap();
+    let trace = state_dir.0.join("history.csv");
+    let exported = tokio::process::Command::new(monitor_binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state_dir.0)
+        .arg("--export-demand")
+        .arg(&trace)
+        .env("AUTOSCALER_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let start = autoscaler_policy::schedule::rfc3339(now - DAY);
+    assert!(text.contains(&format!("# start {start}")), "{text:.200}");
+    let replayable = autoscaler_policy::simulate::trace::Trace::from_csv("history", &text)
+        .expect("a trace the simulator reads");
+    assert_eq!(replayable.demand.len(), (DAY - MINUTE) as usize / 1_000 + 1);
+    assert!((replayable.demand[30 * 60] - 1.5).abs() < 1e-3);
+
+    // A group whose store recorded nothing says so.
+    let empty = StateDir::new("export-nothing");
+    let config = process_config_file(&empty.0, 4, 30.0);
+    let exported = tokio::process::Command::new(monitor_binary())
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&empty.0)
+        .arg("--export-demand")
+        .arg(empty.0.join("history.csv"))
+        .env("AUTOSCALER_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(!exported.status.success());
+    assert!(
+        String::from_utf8_lossy(&exported.stderr).contains("holds no recorded demand"),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
 }
