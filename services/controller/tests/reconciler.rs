@@ -904,3 +904,94 @@ async fn when_the_load_balancer_finds_every_target_unhealthy_its_health_checks_a
         .collect();
     assert_eq!(replaced, ["i-a", "i-c"]);
 }
+
+#[tokio::test]
+async fn a_forecaster_that_falls_back_says_so_once_in_the_record() {
+    use autoscaler_controller::fleet::{Health, InstanceView};
+    use autoscaler_policy::forecast::{DemandSample, PredictiveConfig, PredictiveMode};
+
+    let cloud = Arc::new(ScriptedCloud::default());
+    let launched_at = SystemTime::now() - Duration::from_secs(600);
+    for id in ["i-a", "i-b"] {
+        cloud.instances.lock().unwrap().push(CloudInstance {
+            instance_id: id.into(),
+            state: InstanceState::Running,
+            launched_at,
+            zone: "test".into(),
+            state_reason: None,
+            app_address: None,
+            launch_token: None,
+        });
+    }
+    let view = FleetView {
+        taken_at: Instant::now(),
+        poll_interval: Duration::from_secs(1),
+        instances: ["i-a", "i-b"]
+            .map(|id| {
+                Arc::new(InstanceView {
+                    instance_id: id.into(),
+                    address: "127.0.0.1:1".into(),
+                    agent_version: "test".into(),
+                    health: Health::Healthy,
+                    consecutive_misses: 0,
+                    metrics: autoscaler_controller::fleet::Metrics {
+                        load: Some(50.0),
+                        requests_per_second: None,
+                    },
+                    recent_loads: [50.0].into(),
+                    registered_at: Instant::now(),
+                    last_seen: Some(Instant::now()),
+                    last_error: None,
+                })
+            })
+            .to_vec(),
+    };
+    let (_keep, fleet) = tokio::sync::watch::channel(Arc::new(view));
+    let config = ControllerConfig {
+        predictive: Some(PredictiveConfig {
+            mode: PredictiveMode::ForecastAndScale,
+            ..PredictiveConfig::default()
+        }),
+        ..ControllerConfig::default()
+    };
+    config.validate().unwrap();
+    // A week of one daily cycle, then a day of something else entirely.
+    let minute = 60_000;
+    let now = autoscaler_policy::time::now_ms().div_euclid(minute) * minute;
+    let history: Vec<DemandSample> = (1..8 * 1_440)
+        .rev()
+        .map(|ago| {
+            let at_ms = now - ago * minute;
+            let capacities = if ago > 1_440 {
+                1.0 + ((at_ms / 3_600_000) % 24) as f64 / 12.0
+            } else if (ago / 90) % 2 == 0 {
+                0.2
+            } else {
+                4.0
+            };
+            DemandSample { at_ms, capacities }
+        })
+        .collect();
+    let mut controller = Controller::new(cloud.clone(), config, fleet, Arc::new(NoAgents))
+        .with_demand_history(history);
+    let record = controller.evaluate_once().await;
+    let said: Vec<&String> = record
+        .outcome
+        .iter()
+        .filter(|o| o.starts_with("forecast fell back to forecast-only"))
+        .collect();
+    assert_eq!(said.len(), 1, "{record:#?}");
+    assert!(
+        said[0].contains("past max_error_percent 30 %"),
+        "{}",
+        said[0]
+    );
+    let forecast = record.decision.as_ref().unwrap().forecast.clone().unwrap();
+    assert!(forecast.fallen_back && !forecast.acting, "{forecast:?}");
+    // Said once, not at every evaluation.
+    let record = controller.evaluate_once().await;
+    assert!(
+        !record.outcome.iter().any(|o| o.starts_with("forecast")),
+        "{record:#?}"
+    );
+}

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use autoscaler_policy::backoff::Backoff;
 use autoscaler_policy::forecast::DemandSample;
+
+mod plans;
 use tokio::sync::watch;
 
 use crate::balancer::{Balancer, TargetState, TargetStatus};
@@ -86,6 +88,8 @@ pub struct Controller<C> {
     demand_unsaved: Vec<DemandSample>,
     /// The schedules put at run time, and the config as it was before them.
     runtime_schedules: Option<(watch::Receiver<RuntimeSchedules>, ControllerConfig)>,
+    /// Whether the forecaster had fallen back at the last evaluation (its changes are said).
+    forecast_fallen_back: Option<bool>,
     /// The leader's lease, when the daemon has standbys.
     fence: Option<Arc<dyn Fence>>,
     /// Whether the balancer's health checks are not acted on, as it finds every target
@@ -218,6 +222,7 @@ impl<C: Cloud> Controller<C> {
             saved: None,
             demand_unsaved: Vec::new(),
             runtime_schedules: None,
+            forecast_fallen_back: None,
             fence: None,
             failing_open: false,
             last: None,
@@ -265,46 +270,6 @@ impl<C: Cloud> Controller<C> {
         }
         self.journal = Some(journal);
         self
-    }
-
-    /// Takes the schedules put at run time (the Operator service's) beside the config's, as
-    /// they are now and whenever they change.
-    pub fn with_runtime_schedules(
-        mut self,
-        mut schedules: watch::Receiver<RuntimeSchedules>,
-    ) -> Controller<C> {
-        let base = self.config.clone();
-        self.config = schedules.borrow_and_update().applied_to(&base);
-        self.runtime_schedules = Some((schedules, base));
-        self
-    }
-
-    /// Gives the forecaster the demand a previous leader recorded (the store's), oldest first.
-    pub fn with_demand_history(mut self, samples: Vec<DemandSample>) -> Controller<C> {
-        self.state.forecaster().load_history(samples);
-        self
-    }
-
-    /// Keeps the demand the policy recorded since the last time in the journal; what it could
-    /// not keep is offered again next time (a day's worth at most).
-    async fn save_demand(&mut self) {
-        self.demand_unsaved
-            .extend(self.state.forecaster().take_unsaved());
-        let Some(journal) = self.journal.clone() else {
-            self.demand_unsaved.clear();
-            return;
-        };
-        if self.demand_unsaved.is_empty() {
-            return;
-        }
-        match journal.record_demand(&self.demand_unsaved).await {
-            Ok(()) => self.demand_unsaved.clear(),
-            Err(error) => {
-                tracing::warn!(%error, samples = self.demand_unsaved.len(), "cannot keep the group's demand; trying again next time");
-                let excess = self.demand_unsaved.len().saturating_sub(1_440);
-                self.demand_unsaved.drain(..excess);
-            }
-        }
     }
 
     /// The memory as it is now.
@@ -506,6 +471,7 @@ impl<C: Cloud> Controller<C> {
                 verdict.summary
             );
         }
+        self.say_forecast_changes(&decision, &mut record.outcome);
         self.last = Some((observation.clone(), now));
         self.status
             .set_instances(instances.iter().chain(&unlisted).cloned().collect());
