@@ -450,12 +450,16 @@ async fn a_launch_that_cannot_be_written_down_first_is_not_asked() {
     assert_eq!(journal.last().unwrap().pending_launches.len(), 2);
 }
 
-#[tokio::test]
-async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
-    use autoscaler_controller::config::{PolicyConfig, ShadowConfig};
+/// A scripted cloud listing two instances launched 10 minutes ago, and a fleet view where both
+/// are healthy at `load` (the sender keeps the view alive).
+fn two_in_service(
+    load: f64,
+) -> (
+    Arc<ScriptedCloud>,
+    tokio::sync::watch::Sender<Arc<FleetView>>,
+    tokio::sync::watch::Receiver<Arc<FleetView>>,
+) {
     use autoscaler_controller::fleet::{Health, InstanceView};
-    use autoscaler_controller::kinds::TargetTracking;
-
     let cloud = Arc::new(ScriptedCloud::default());
     let launched_at = SystemTime::now() - Duration::from_secs(600);
     for id in ["i-a", "i-b"] {
@@ -481,10 +485,10 @@ async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
                     health: Health::Healthy,
                     consecutive_misses: 0,
                     metrics: autoscaler_controller::fleet::Metrics {
-                        load: Some(52.0),
+                        load: Some(load),
                         requests_per_second: None,
                     },
-                    recent_loads: [52.0].into(),
+                    recent_loads: [load].into(),
                     registered_at: Instant::now(),
                     last_seen: Some(Instant::now()),
                     last_error: None,
@@ -492,7 +496,16 @@ async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
             })
             .to_vec(),
     };
-    let (_keep, fleet) = tokio::sync::watch::channel(Arc::new(view));
+    let (keep, fleet) = tokio::sync::watch::channel(Arc::new(view));
+    (cloud, keep, fleet)
+}
+
+#[tokio::test]
+async fn a_shadow_policy_is_evaluated_and_recorded_but_never_acted_on() {
+    use autoscaler_controller::config::{PolicyConfig, ShadowConfig};
+    use autoscaler_controller::kinds::TargetTracking;
+
+    let (cloud, _keep, fleet) = two_in_service(52.0);
     // Live: target 50 % -> 52 % is within the tolerance, hold. Shadow: target 30 % -> 4.
     let config = ControllerConfig {
         shadow: Some(ShadowConfig {
@@ -907,46 +920,9 @@ async fn when_the_load_balancer_finds_every_target_unhealthy_its_health_checks_a
 
 #[tokio::test]
 async fn a_forecaster_that_falls_back_says_so_once_in_the_record() {
-    use autoscaler_controller::fleet::{Health, InstanceView};
     use autoscaler_policy::forecast::{DemandSample, PredictiveConfig, PredictiveMode};
 
-    let cloud = Arc::new(ScriptedCloud::default());
-    let launched_at = SystemTime::now() - Duration::from_secs(600);
-    for id in ["i-a", "i-b"] {
-        cloud.instances.lock().unwrap().push(CloudInstance {
-            instance_id: id.into(),
-            state: InstanceState::Running,
-            launched_at,
-            zone: "test".into(),
-            state_reason: None,
-            app_address: None,
-            launch_token: None,
-        });
-    }
-    let view = FleetView {
-        taken_at: Instant::now(),
-        poll_interval: Duration::from_secs(1),
-        instances: ["i-a", "i-b"]
-            .map(|id| {
-                Arc::new(InstanceView {
-                    instance_id: id.into(),
-                    address: "127.0.0.1:1".into(),
-                    agent_version: "test".into(),
-                    health: Health::Healthy,
-                    consecutive_misses: 0,
-                    metrics: autoscaler_controller::fleet::Metrics {
-                        load: Some(50.0),
-                        requests_per_second: None,
-                    },
-                    recent_loads: [50.0].into(),
-                    registered_at: Instant::now(),
-                    last_seen: Some(Instant::now()),
-                    last_error: None,
-                })
-            })
-            .to_vec(),
-    };
-    let (_keep, fleet) = tokio::sync::watch::channel(Arc::new(view));
+    let (cloud, _keep, fleet) = two_in_service(50.0);
     let config = ControllerConfig {
         predictive: Some(PredictiveConfig {
             mode: PredictiveMode::ForecastAndScale,

@@ -99,23 +99,19 @@ impl Book {
 /// The recalled schedules that still check against `config`, one by one.
 fn usable(config: &ControllerConfig, recalled: RuntimeSchedules) -> RuntimeSchedules {
     let mut kept = RuntimeSchedules::default();
-    for window in recalled.windows {
+    let entries = recalled
+        .windows
+        .into_iter()
+        .map(Entry::Window)
+        .chain(recalled.changes.into_iter().map(Entry::Change));
+    for entry in entries {
         let mut trial = kept.clone();
-        trial.windows.push(window.clone());
+        let name = entry.name().to_string();
+        entry.add_to(&mut trial);
         match check(config, &trial) {
             Ok(()) => kept = trial,
             Err(error) => {
-                tracing::warn!(name = %window.name, %error, "a schedule in the store no longer checks; left out")
-            }
-        }
-    }
-    for change in recalled.changes {
-        let mut trial = kept.clone();
-        trial.changes.push(change.clone());
-        match check(config, &trial) {
-            Ok(()) => kept = trial,
-            Err(error) => {
-                tracing::warn!(name = %change.name, %error, "a schedule in the store no longer checks; left out")
+                tracing::warn!(%name, %error, "a schedule in the store no longer checks; left out")
             }
         }
     }
@@ -134,10 +130,26 @@ fn check(config: &ControllerConfig, runtime: &RuntimeSchedules) -> Result<(), St
     .map_err(|error| error.to_string())
 }
 
-/// A schedule of either kind, from the wire.
+/// A schedule of either kind.
 enum Entry {
     Window(WindowConfig),
     Change(BoundsChange),
+}
+
+impl Entry {
+    fn name(&self) -> &str {
+        match self {
+            Entry::Window(w) => &w.name,
+            Entry::Change(c) => &c.name,
+        }
+    }
+
+    fn add_to(self, runtime: &mut RuntimeSchedules) {
+        match self {
+            Entry::Window(w) => runtime.windows.push(w),
+            Entry::Change(c) => runtime.changes.push(c),
+        }
+    }
 }
 
 fn from_wire(entry: v1::ScheduleEntry) -> Result<Entry, Status> {
@@ -202,10 +214,7 @@ impl ScheduleBook for Book {
     fn put(&self, entry: v1::ScheduleEntry) -> Answer<'_, bool> {
         Box::pin(async move {
             let entry = from_wire(entry)?;
-            let name = match &entry {
-                Entry::Window(w) => w.name.clone(),
-                Entry::Change(c) => c.name.clone(),
-            };
+            let name = entry.name().to_string();
             if self.in_config(&name) {
                 return Err(Status::failed_precondition(format!(
                     "entry.name {name:?} is a schedule of the config file: change it there"
@@ -213,10 +222,7 @@ impl ScheduleBook for Book {
             }
             let mut next = self.runtime();
             let replaced = next.remove(&name);
-            match entry {
-                Entry::Window(w) => next.windows.push(w),
-                Entry::Change(c) => next.changes.push(c),
-            }
+            entry.add_to(&mut next);
             check(&self.config, &next)
                 .map_err(|error| Status::invalid_argument(format!("entry {name:?}: {error}")))?;
             self.commit(next).await?;

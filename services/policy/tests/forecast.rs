@@ -11,7 +11,6 @@ use autoscaler_policy::forecast::model::{self, Model, SLOT_MS};
 use autoscaler_policy::forecast::{
     DemandSample, Predictive, PredictiveConfig, PredictiveMode, Series,
 };
-use autoscaler_policy::instance::{Health, InstanceState};
 use autoscaler_policy::policy::{self, Observation, ObservedInstance, PolicyState, Rule};
 use autoscaler_policy::random::SplitMix64 as Rng;
 
@@ -166,16 +165,10 @@ fn it_waits_for_24_hours_of_history_then_acts_in_forecast_and_scale_only() {
 }
 
 fn instance(id: &str, age_secs: u64, reported: bool) -> ObservedInstance {
-    ObservedInstance {
-        instance_id: id.to_string(),
-        cloud_state: InstanceState::Running,
-        age: Duration::from_secs(age_secs),
-        health: reported.then_some(Health::Healthy),
-        load: reported.then_some(50.0),
-        has_reported: reported,
-        state_reason: None,
-        target_unhealthy: None,
-        listed: true,
+    let age = Duration::from_secs(age_secs);
+    match reported {
+        true => common::serving(id, age, 50.0),
+        false => common::booting(id, age),
     }
 }
 
@@ -251,17 +244,15 @@ fn past_its_error_bound_it_falls_back_to_forecast_only_by_itself_and_comes_back(
     assert!(view.error_percent.unwrap() < 30.0);
 }
 
+mod common;
+
 /// A fleet of `n` in service at `load` percent each.
 fn fleet(n: usize, load: f64) -> Observation {
     Observation {
         instances: (0..n)
-            .map(|i| instance(&format!("i-{i}"), 3_600, true))
-            .map(|mut i| {
-                i.load = Some(load);
-                i
-            })
+            .map(|i| common::serving(&format!("i-{i}"), Duration::from_secs(3_600), load))
             .collect(),
-        controller_uptime: Duration::from_secs(3_600),
+        controller_uptime: common::UPTIME,
         ..Observation::default()
     }
 }

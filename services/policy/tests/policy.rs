@@ -17,30 +17,11 @@ use proptest::prelude::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-fn serving(id: &str, load: f64) -> ObservedInstance {
-    ObservedInstance {
-        instance_id: id.to_string(),
-        cloud_state: InstanceState::Running,
-        age: 10 * MINUTE,
-        health: Some(Health::Healthy),
-        load: Some(load),
-        has_reported: true,
-        state_reason: None,
-        target_unhealthy: None,
-        listed: true,
-    }
-}
+mod common;
+use common::fleet;
 
-fn fleet(loads: &[f64]) -> Observation {
-    Observation {
-        instances: loads
-            .iter()
-            .enumerate()
-            .map(|(i, load)| serving(&format!("i-{i}"), *load))
-            .collect(),
-        controller_uptime: 60 * MINUTE,
-        ..Default::default()
-    }
+fn serving(id: &str, load: f64) -> ObservedInstance {
+    common::serving(id, common::AGE, load)
 }
 
 fn target_tracking(target: f64, tolerance: f64) -> ControllerConfig {

@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use autoscaler_policy::config::ControllerConfig;
-use autoscaler_policy::instance::{Health, InstanceState};
-use autoscaler_policy::policy::{self, Observation, ObservedInstance, PolicyState, Rule};
+use autoscaler_policy::policy::{self, PolicyState, Rule};
 use autoscaler_policy::schedule::{BoundsChange, ScheduleCache, Schedules, WindowConfig};
 use autoscaler_policy::simulate::trace::Trace;
 use autoscaler_policy::simulate::{Options, Policy, simulate};
@@ -192,27 +191,8 @@ fn the_cache_answers_as_the_schedules_do_second_by_second() {
     }
 }
 
-fn fleet(loads: &[f64]) -> Observation {
-    Observation {
-        instances: loads
-            .iter()
-            .enumerate()
-            .map(|(i, &load)| ObservedInstance {
-                instance_id: format!("i-{i}"),
-                cloud_state: InstanceState::Running,
-                age: Duration::from_secs(3_600),
-                health: Some(Health::Healthy),
-                load: Some(load),
-                has_reported: true,
-                state_reason: None,
-                target_unhealthy: None,
-                listed: true,
-            })
-            .collect(),
-        controller_uptime: Duration::from_secs(3_600),
-        ..Observation::default()
-    }
-}
+mod common;
+use common::fleet;
 
 #[test]
 fn a_window_raises_the_floor_and_says_so() {

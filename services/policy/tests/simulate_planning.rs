@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use autoscaler_policy::instance::{Health, InstanceState};
 use autoscaler_policy::policy::{Observation, ObservedInstance};
 use autoscaler_policy::simulate::aws_predictive::AwsPredictive;
 use autoscaler_policy::simulate::reference::{AwsTarget, Reference};
@@ -16,33 +15,23 @@ use autoscaler_policy::simulate::{CloudModel, Options, Policy, forecast_error, s
 const DAY: usize = 86_400;
 const HOUR: usize = 3_600;
 
+mod common;
+
+/// `loads` in service an hour or more, and `warming` instances serving at 10 % inside their
+/// 300 s warm-up, seen by a controller up for `uptime` seconds.
 fn fleet(loads: &[f64], warming: usize, uptime: u64) -> Observation {
+    let uptime = Duration::from_secs(uptime);
     let mut instances: Vec<ObservedInstance> = loads
         .iter()
         .enumerate()
-        .map(|(i, &load)| ObservedInstance {
-            instance_id: format!("r{i}"),
-            cloud_state: InstanceState::Running,
-            age: Duration::from_secs(uptime),
-            health: Some(Health::Healthy),
-            load: Some(load),
-            has_reported: true,
-            state_reason: None,
-            target_unhealthy: None,
-            listed: true,
-        })
+        .map(|(i, &load)| common::serving(&format!("r{i}"), uptime, load))
         .collect();
-    // Serving, but inside their 300 s warm-up.
-    let template = instances[0].clone();
-    instances.extend((0..warming).map(|i| ObservedInstance {
-        instance_id: format!("w{i}"),
-        age: Duration::from_secs(120),
-        load: Some(10.0),
-        ..template.clone()
-    }));
+    instances.extend(
+        (0..warming).map(|i| common::serving(&format!("w{i}"), Duration::from_secs(120), 10.0)),
+    );
     Observation {
         instances,
-        controller_uptime: Duration::from_secs(uptime),
+        controller_uptime: uptime,
         ..Observation::default()
     }
 }

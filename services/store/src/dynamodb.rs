@@ -432,27 +432,7 @@ impl Store for DynamoStore {
     }
 
     fn memory(&self) -> Pending<'_, Option<Vec<u8>>> {
-        Box::pin(async move {
-            let answer = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .set_key(Some(key("memory", ONLY)))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| {
-                    unavailable(
-                        "read the memory",
-                        aws_sdk_dynamodb::error::DisplayErrorContext(e),
-                    )
-                })?;
-            Ok(answer
-                .item()
-                .and_then(|item| item.get("body"))
-                .and_then(|body| body.as_b().ok())
-                .map(|blob| blob.as_ref().to_vec()))
-        })
+        Box::pin(self.body_of("memory", ONLY, "read the memory"))
     }
 
     fn append<'a>(&'a self, epoch: u64, records: &'a [Activity]) -> Pending<'a, ()> {
@@ -596,31 +576,29 @@ impl Store for DynamoStore {
     }
 
     fn document<'a>(&'a self, name: &'a str) -> Pending<'a, Option<Vec<u8>>> {
-        Box::pin(async move {
-            let answer = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .set_key(Some(key("document", name)))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| {
-                    unavailable(
-                        "read a document",
-                        aws_sdk_dynamodb::error::DisplayErrorContext(e),
-                    )
-                })?;
-            Ok(answer
-                .item()
-                .and_then(|item| item.get("body"))
-                .and_then(|body| body.as_b().ok())
-                .map(|blob| blob.as_ref().to_vec()))
-        })
+        Box::pin(self.body_of("document", name, "read a document"))
     }
 }
 
 impl DynamoStore {
+    /// The `body` of item (`pk`, `sk`), read consistently, if it is there.
+    async fn body_of(&self, pk: &str, sk: &str, what: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let answer = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable(what, aws_sdk_dynamodb::error::DisplayErrorContext(e)))?;
+        Ok(answer
+            .item()
+            .and_then(|item| item.get("body"))
+            .and_then(|body| body.as_b().ok())
+            .map(|blob| blob.as_ref().to_vec()))
+    }
+
     /// Deletes the items of partition `pk` whose time-led sort key is before `before_ms`.
     async fn delete_before(&self, pk: &str, before_ms: i64) -> Result<u64, StoreError> {
         let mut pages = self

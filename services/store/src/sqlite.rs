@@ -177,6 +177,19 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Deletes the rows of `table` (one of this file's, with an `at_ms`) before `before_ms`.
+    fn delete_before(&self, table: &'static str, before_ms: i64) -> Pending<'_, u64> {
+        self.call(move |connection| {
+            let deleted = connection
+                .execute(
+                    &format!("DELETE FROM {table} WHERE at_ms < ?1"),
+                    params![before_ms],
+                )
+                .map_err(sqlite)?;
+            Ok(deleted as u64)
+        })
+    }
+
     /// Runs `work` on the connection off the async runtime, within `CALL_TIMEOUT`.
     fn call<T: Send + 'static>(
         &self,
@@ -379,12 +392,7 @@ impl Store for SqliteStore {
     }
 
     fn prune(&self, before_ms: i64) -> Pending<'_, u64> {
-        self.call(move |connection| {
-            let deleted = connection
-                .execute("DELETE FROM activity WHERE at_ms < ?1", params![before_ms])
-                .map_err(sqlite)?;
-            Ok(deleted as u64)
-        })
+        self.delete_before("activity", before_ms)
     }
 
     fn record_demand<'a>(&'a self, epoch: u64, samples: &'a [DemandSample]) -> Pending<'a, ()> {
@@ -425,12 +433,7 @@ impl Store for SqliteStore {
     }
 
     fn prune_demand(&self, before_ms: i64) -> Pending<'_, u64> {
-        self.call(move |connection| {
-            let deleted = connection
-                .execute("DELETE FROM demand WHERE at_ms < ?1", params![before_ms])
-                .map_err(sqlite)?;
-            Ok(deleted as u64)
-        })
+        self.delete_before("demand", before_ms)
     }
 
     fn save_document<'a>(&'a self, epoch: u64, name: &'a str, body: &'a [u8]) -> Pending<'a, ()> {
