@@ -22,9 +22,14 @@ pub struct CloudInstance {
     /// `autoscaler:launch` tag): how a controller knows a launch whose answer it never had took
     /// effect.
     pub launch_token: Option<String>,
+    /// The launch specification version it was launched with, where the provider keeps it
+    /// (EC2: the `autoscaler:version` tag; the local instance record).
+    pub version: Option<String>,
 }
 
 pub use autoscaler_policy::InstanceState;
+
+use crate::spec::{LaunchSpec, SpecVersion};
 
 /// The kinds of provider failure the controller tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,6 +118,42 @@ pub trait Cloud: Send + Sync + 'static {
         &self,
         instance_ids: &[String],
     ) -> impl Future<Output = Result<(), CloudError>> + Send;
+
+    /// `launch` on a version of the group's launch specification: a provider that keeps
+    /// versions launches with its settings and lists its instances with the version. One that
+    /// does not (a test's scripted cloud) launches as `launch` does, its instances without one.
+    fn launch_with(
+        &self,
+        tokens: &[String],
+        spec: &SpecVersion,
+    ) -> impl Future<Output = Result<Vec<String>, CloudError>> + Send {
+        let _ = spec;
+        self.launch(tokens)
+    }
+
+    /// Whether this provider can launch `spec`: the settings it has no use for are refused,
+    /// named.
+    fn check_spec(&self, spec: &LaunchSpec) -> Result<(), SpecError> {
+        let _ = spec;
+        Ok(())
+    }
+}
+
+/// A launch specification a provider cannot launch, naming the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` {problem}")]
+pub struct SpecError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl SpecError {
+    pub fn new(field: &'static str, problem: impl Into<String>) -> SpecError {
+        SpecError {
+            field,
+            problem: problem.into(),
+        }
+    }
 }
 
 /// A provider's answer, boxed: what [`DynCloud`] returns.
@@ -125,6 +166,12 @@ pub trait DynCloud: Send + Sync + 'static {
     fn list_boxed(&self) -> CloudFuture<'_, Vec<CloudInstance>>;
     fn launch_boxed<'a>(&'a self, tokens: &'a [String]) -> CloudFuture<'a, Vec<String>>;
     fn terminate_boxed<'a>(&'a self, instance_ids: &'a [String]) -> CloudFuture<'a, ()>;
+    fn launch_with_boxed<'a>(
+        &'a self,
+        tokens: &'a [String],
+        spec: &'a SpecVersion,
+    ) -> CloudFuture<'a, Vec<String>>;
+    fn check_spec_dyn(&self, spec: &LaunchSpec) -> Result<(), SpecError>;
 }
 
 impl<C: Cloud> DynCloud for C {
@@ -138,6 +185,18 @@ impl<C: Cloud> DynCloud for C {
 
     fn terminate_boxed<'a>(&'a self, instance_ids: &'a [String]) -> CloudFuture<'a, ()> {
         Box::pin(self.terminate(instance_ids))
+    }
+
+    fn launch_with_boxed<'a>(
+        &'a self,
+        tokens: &'a [String],
+        spec: &'a SpecVersion,
+    ) -> CloudFuture<'a, Vec<String>> {
+        Box::pin(self.launch_with(tokens, spec))
+    }
+
+    fn check_spec_dyn(&self, spec: &LaunchSpec) -> Result<(), SpecError> {
+        self.check_spec(spec)
     }
 }
 
@@ -162,5 +221,17 @@ impl Cloud for AnyCloud {
 
     async fn terminate(&self, instance_ids: &[String]) -> Result<(), CloudError> {
         self.0.terminate_boxed(instance_ids).await
+    }
+
+    async fn launch_with(
+        &self,
+        tokens: &[String],
+        spec: &SpecVersion,
+    ) -> Result<Vec<String>, CloudError> {
+        self.0.launch_with_boxed(tokens, spec).await
+    }
+
+    fn check_spec(&self, spec: &LaunchSpec) -> Result<(), SpecError> {
+        self.0.check_spec_dyn(spec)
     }
 }

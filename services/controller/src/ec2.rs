@@ -24,6 +24,8 @@ pub const EPOCH_TAG: &str = "autoscaler:epoch";
 /// Tag naming the launch that made an instance (the controller's launch token, also the tail of
 /// its ClientToken): a launch whose answer was lost is known to have taken effect by it.
 pub const LAUNCH_TAG: &str = "autoscaler:launch";
+/// The tag of the launch specification version an instance was launched with.
+pub const VERSION_TAG: &str = "autoscaler:version";
 /// Tag naming an instance's role (`InstanceRole`).
 pub const ROLE_TAG: &str = "autoscaler:role";
 

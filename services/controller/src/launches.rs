@@ -31,6 +31,9 @@ pub struct PendingLaunch {
     /// never will: the launch is in doubt).
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// The launch specification version it was asked on.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// What a controller leaves for the next (a restart, a failover to a standby): the policy's
@@ -42,6 +45,9 @@ pub struct ControllerMemory {
     #[serde(flatten)]
     pub policy: PolicyMemory,
     pub pending_launches: Vec<PendingLaunch>,
+    /// The versions of the group's launch specification (runtime changes, what a rollback
+    /// goes back to).
+    pub specs: Option<crate::spec::Specs>,
 }
 
 /// Where the controller's memory is kept, written before every launch and after every
@@ -138,6 +144,7 @@ impl Launches {
                     state_reason: Some("launched; not yet listed by the provider".to_string()),
                     app_address: None,
                     launch_token: Some(launch.token.clone()),
+                    version: launch.version.clone(),
                 })
             })
             .collect()
@@ -146,7 +153,13 @@ impl Launches {
     /// Tokens for `count` launches: those of launches in doubt first (asking again is harmless
     /// where the provider keeps tokens), then new ones, written down as asked at `now_ms` by the
     /// leader of term `epoch`; and how many are new (the last ones).
-    pub fn ask(&mut self, count: u32, epoch: u64, now_ms: i64) -> (Vec<String>, usize) {
+    pub fn ask(
+        &mut self,
+        count: u32,
+        epoch: u64,
+        now_ms: i64,
+        version: Option<&str>,
+    ) -> (Vec<String>, usize) {
         let mut tokens: Vec<String> = self
             .pending
             .iter()
@@ -162,6 +175,7 @@ impl Launches {
                 token: token.clone(),
                 asked_at_ms: now_ms,
                 instance_id: None,
+                version: version.map(str::to_string),
             });
             tokens.push(token);
         }
@@ -211,12 +225,12 @@ mod tests {
     #[test]
     fn launches_in_doubt_are_asked_again_before_new_ones_and_a_refused_one_is_forgotten() {
         let mut launches = Launches::default();
-        let (first, new) = launches.ask(2, 3, 1_000);
+        let (first, new) = launches.ask(2, 3, 1_000, None);
         assert_eq!(new, 2);
         assert_eq!(first, ["e3-1000-0", "e3-1000-1"]);
         // The first answered, the second lost.
         launches.answered(&first, Ok(&["i-1".to_string()]));
-        let (again, new) = launches.ask(2, 3, 2_000);
+        let (again, new) = launches.ask(2, 3, 2_000, None);
         assert_eq!(new, 1);
         assert_eq!(again, ["e3-1000-1", "e3-2000-2"]);
         launches.answered(&again, Err(CloudErrorKind::InsufficientCapacity));
@@ -231,7 +245,7 @@ mod tests {
     #[test]
     fn a_launch_is_forgotten_once_listed_or_past_its_time() {
         let mut launches = Launches::default();
-        let (tokens, _) = launches.ask(3, 1, 0);
+        let (tokens, _) = launches.ask(3, 1, 0, None);
         launches.answered(&tokens[..2], Ok(&["i-1".to_string(), "i-2".to_string()]));
         let listed = CloudInstance {
             instance_id: "i-1".into(),
@@ -241,6 +255,7 @@ mod tests {
             state_reason: None,
             app_address: None,
             launch_token: None,
+            version: None,
         };
         let mut notes = Vec::new();
         launches.settle(std::slice::from_ref(&listed), 1_000, &mut notes);

@@ -9,6 +9,7 @@ pub mod haproxy;
 pub mod launches;
 pub mod local;
 pub mod reconciler;
+pub mod spec;
 pub mod status;
 
 pub use autoscaler_policy::{config, fleet, kinds, policy, schedule};

@@ -73,6 +73,7 @@ impl Cloud for Scripted {
                 state_reason: None,
                 app_address: Some(format!("127.0.0.1:{}", 1000 + i.id.len())),
                 launch_token: None,
+                version: None,
             })
             .collect())
     }

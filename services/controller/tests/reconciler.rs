@@ -94,6 +94,7 @@ impl Cloud for ScriptedCloud {
                 state_reason: None,
                 app_address: None,
                 launch_token: Some(token.clone()),
+                version: None,
             });
             if self.lagging.load(std::sync::atomic::Ordering::SeqCst) {
                 self.unlisted.lock().unwrap().push(instance_id.clone());
@@ -471,6 +472,7 @@ fn two_in_service(
             state_reason: None,
             app_address: None,
             launch_token: None,
+            version: None,
         });
     }
     let view = FleetView {
@@ -639,6 +641,7 @@ fn balanced_with(load: f64, drain_timeout: Duration, config: ControllerConfig) -
             state_reason: None,
             app_address: Some(format!("127.0.0.1:{}", 9000 + n)),
             launch_token: None,
+            version: None,
         });
     }
     let (views, fleet) =

@@ -24,6 +24,8 @@ fn fleet(size: usize) -> Observation {
                 state_reason: None,
                 target_unhealthy: None,
                 listed: true,
+                version: None,
+                protected: false,
             })
             .collect(),
         controller_uptime: Duration::from_secs(86_400),

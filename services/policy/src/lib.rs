@@ -11,6 +11,7 @@ pub mod instance;
 pub mod kinds;
 pub mod policy;
 pub mod random;
+pub mod refresh;
 pub mod schedule;
 pub mod simulate;
 pub mod time;

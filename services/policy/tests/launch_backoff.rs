@@ -23,6 +23,8 @@ fn launched(id: &str, age: Duration) -> ObservedInstance {
         state_reason: None,
         target_unhealthy: None,
         listed: true,
+        version: None,
+        protected: false,
     }
 }
 
@@ -32,6 +34,8 @@ fn died(id: &str, age: Duration) -> ObservedInstance {
         state_reason: Some("exit status: 64: autoscaler-agent: cannot read tls/agent.pem".into()),
         target_unhealthy: None,
         listed: true,
+        version: None,
+        protected: false,
         ..launched(id, age)
     }
 }

@@ -30,6 +30,8 @@ fn instance(
         state_reason: None,
         target_unhealthy: None,
         listed: true,
+        version: None,
+        protected: false,
     }
 }
 

@@ -221,6 +221,8 @@ fn warming_instances_are_excluded_from_averages_and_never_scaled_in() {
         state_reason: None,
         target_unhealthy: None,
         listed: true,
+        version: None,
+        protected: false,
         ..serving("i-new", 100.0)
     });
     let decision = once(&observation, &config);
@@ -249,6 +251,8 @@ fn warming_instances_are_excluded_from_averages_and_never_scaled_in() {
         state_reason: None,
         target_unhealthy: None,
         listed: true,
+        version: None,
+        protected: false,
         ..serving("i-late", 0.0)
     });
     let decision = once(&late, &config);
@@ -300,6 +304,8 @@ fn unhealthy_stopped_and_unregistered_instances_are_replaced_despite_cooldowns()
         state_reason: None,
         target_unhealthy: None,
         listed: true,
+        version: None,
+        protected: false,
         // Launched before this controller started (adopted), and never heard of since: lost,
         // not a failed launch, so its replacement does not wait for a backoff.
         age: 2 * 60 * MINUTE,

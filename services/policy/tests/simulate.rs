@@ -196,6 +196,8 @@ fn observation(ready: &[f64], booting: usize) -> Observation {
             state_reason: None,
             target_unhealthy: None,
             listed: true,
+            version: None,
+            protected: false,
         })
         .collect();
     instances.extend((0..booting).map(|i| ObservedInstance {
@@ -208,6 +210,8 @@ fn observation(ready: &[f64], booting: usize) -> Observation {
         state_reason: None,
         target_unhealthy: None,
         listed: true,
+        version: None,
+        protected: false,
     }));
     Observation {
         instances,

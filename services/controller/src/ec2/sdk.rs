@@ -13,7 +13,9 @@ use aws_sdk_ec2::types::{
     ResourceType, Tag, TagSpecification, VolumeType,
 };
 
-use super::{EPOCH_TAG, Ec2Config, GROUP_TAG, InstanceRole, LAUNCH_TAG, ROLE_TAG};
+use super::{EPOCH_TAG, Ec2Config, GROUP_TAG, InstanceRole, LAUNCH_TAG, ROLE_TAG, VERSION_TAG};
+use crate::cloud::SpecError;
+use crate::spec::{LaunchSpec, SpecVersion};
 use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState};
 
 /// The group's instances (of one of `roles`, unless empty; among `ids`, unless empty) in one of
@@ -298,6 +300,12 @@ impl Ec2Cloud {
                         .find(|t| t.key() == Some(LAUNCH_TAG))
                         .and_then(|t| t.value())
                         .map(str::to_string),
+                    version: instance
+                        .tags()
+                        .iter()
+                        .find(|t| t.key() == Some(VERSION_TAG))
+                        .and_then(|t| t.value())
+                        .map(str::to_string),
                 },
                 instance.subnet_id().unwrap_or("").to_string(),
             ));
@@ -315,6 +323,7 @@ impl Ec2Cloud {
         subnet_id: &str,
         user_data: Option<String>,
         token: &str,
+        spec: Option<&SpecVersion>,
     ) -> Result<String, CloudError> {
         let client_token = self.client_token(role, token);
         let tags = TagSpecification::builder()
@@ -334,12 +343,23 @@ impl Ec2Cloud {
                     .build(),
             )
             .tags(Tag::builder().key(LAUNCH_TAG).value(token).build())
+            .set_tags(spec.map(|spec| {
+                vec![
+                    Tag::builder()
+                        .key(VERSION_TAG)
+                        .value(spec.version())
+                        .build(),
+                ]
+            }))
             .build();
+        let instance_type = spec
+            .and_then(|spec| spec.spec.instance_type.as_deref())
+            .unwrap_or(self.config.instance_type.as_str());
         let mut request = self
             .client
             .run_instances()
             .image_id(image_id)
-            .instance_type(InstanceType::from(self.config.instance_type.as_str()))
+            .instance_type(InstanceType::from(instance_type))
             .min_count(1)
             .max_count(1)
             .subnet_id(subnet_id)
@@ -410,50 +430,44 @@ impl Cloud for Ec2Cloud {
     }
 
     async fn launch(&self, tokens: &[String]) -> Result<Vec<String>, CloudError> {
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        let mut made: BTreeMap<String, String> = BTreeMap::new();
-        for (instance, subnet) in self.describe(InstanceRole::Agent, &[]).await? {
-            *counts.entry(subnet).or_default() += 1;
-            if let Some(token) = instance.launch_token {
-                made.insert(token, instance.instance_id);
-            }
-        }
-        let mut launched = Vec::new();
-        for token in tokens {
-            // A launch asked before whose instance is there (its answer was lost): that one,
-            // and no second (whatever the subnet would be now, which EC2 would refuse as an
-            // IdempotentParameterMismatch).
-            if let Some(instance_id) = made.get(token) {
-                tracing::info!(%instance_id, %token, "the launch asked before had taken effect");
-                launched.push(instance_id.clone());
-                continue;
-            }
-            let subnet = self.emptiest_subnet(&counts);
-            match self
-                .run_instance(
-                    InstanceRole::Agent,
-                    &self.config.ami_id,
-                    &subnet,
-                    self.app.as_ref().map(|(_, user_data)| user_data.clone()),
-                    token,
-                )
-                .await
-            {
-                Ok(instance_id) => {
-                    tracing::info!(%instance_id, %subnet, "instance launched");
-                    *counts.entry(subnet).or_default() += 1;
-                    launched.push(instance_id);
-                }
-                Err(error) if launched.is_empty() => return Err(error),
-                Err(error) => {
-                    tracing::warn!(%error, launched = launched.len(), "a launch failed after others succeeded");
-                    break;
-                }
-            }
-        }
-        Ok(launched)
+        self.launch_on(tokens, None).await
     }
 
+    async fn launch_with(
+        &self,
+        tokens: &[String],
+        spec: &SpecVersion,
+    ) -> Result<Vec<String>, CloudError> {
+        self.launch_on(tokens, Some(spec)).await
+    }
+
+    fn check_spec(&self, spec: &LaunchSpec) -> Result<(), SpecError> {
+        if let Some(image) = &spec.image_id
+            && !valid_ami_id(image)
+        {
+            return Err(SpecError::new(
+                "launch_spec.image_id",
+                format!("{image:?} is not an AMI id (ami- and 8 or 17 hex digits)"),
+            ));
+        }
+        if let Some(kind) = &spec.instance_type
+            && (kind.is_empty()
+                || !kind.contains('.')
+                || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+        {
+            return Err(SpecError::new(
+                "launch_spec.instance_type",
+                format!("{kind:?} is not an instance type (like t2.micro)"),
+            ));
+        }
+        if !spec.agent_args.is_empty() || !spec.app_args.is_empty() {
+            return Err(SpecError::new(
+                "launch_spec.agent_args",
+                "EC2 instances run what their AMI installed: bake a new AMI and set image_id",
+            ));
+        }
+        Ok(())
+    }
     async fn terminate(&self, instance_ids: &[String]) -> Result<(), CloudError> {
         if instance_ids.is_empty() {
             return Ok(());
@@ -477,5 +491,68 @@ impl Cloud for Ec2Cloud {
             .await
             .map_err(classify)?;
         Ok(())
+    }
+}
+
+/// `ami-` and 8 or 17 lowercase hex digits.
+fn valid_ami_id(id: &str) -> bool {
+    id.strip_prefix("ami-").is_some_and(|hex| {
+        (hex.len() == 8 || hex.len() == 17)
+            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+impl Ec2Cloud {
+    async fn launch_on(
+        &self,
+        tokens: &[String],
+        spec: Option<&SpecVersion>,
+    ) -> Result<Vec<String>, CloudError> {
+        let image_id = spec
+            .and_then(|spec| spec.spec.image_id.as_deref())
+            .unwrap_or(self.config.ami_id.as_str());
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut made: BTreeMap<String, String> = BTreeMap::new();
+        for (instance, subnet) in self.describe(InstanceRole::Agent, &[]).await? {
+            *counts.entry(subnet).or_default() += 1;
+            if let Some(token) = instance.launch_token {
+                made.insert(token, instance.instance_id);
+            }
+        }
+        let mut launched = Vec::new();
+        for token in tokens {
+            // A launch asked before whose instance is there (its answer was lost): that one,
+            // and no second (whatever the subnet would be now, which EC2 would refuse as an
+            // IdempotentParameterMismatch).
+            if let Some(instance_id) = made.get(token) {
+                tracing::info!(%instance_id, %token, "the launch asked before had taken effect");
+                launched.push(instance_id.clone());
+                continue;
+            }
+            let subnet = self.emptiest_subnet(&counts);
+            match self
+                .run_instance(
+                    InstanceRole::Agent,
+                    image_id,
+                    &subnet,
+                    self.app.as_ref().map(|(_, user_data)| user_data.clone()),
+                    token,
+                    spec,
+                )
+                .await
+            {
+                Ok(instance_id) => {
+                    tracing::info!(%instance_id, %subnet, "instance launched");
+                    *counts.entry(subnet).or_default() += 1;
+                    launched.push(instance_id);
+                }
+                Err(error) if launched.is_empty() => return Err(error),
+                Err(error) => {
+                    tracing::warn!(%error, launched = launched.len(), "a launch failed after others succeeded");
+                    break;
+                }
+            }
+        }
+        Ok(launched)
     }
 }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState};
+use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState, SpecError};
+use crate::spec::{LaunchSpec, SpecVersion};
 
 mod process;
 mod record;
@@ -95,6 +96,8 @@ struct LocalInstance {
     child: Option<tokio::process::Child>,
     /// The application beside the agent, if the group runs one.
     app: Option<AppProcess>,
+    /// The launch specification version it was launched with.
+    version: Option<String>,
     /// Why the instance ended, once it has: its process's exit status and the last line of its
     /// log.
     ended: Option<String>,
@@ -140,6 +143,7 @@ impl LocalInstance {
             launched_at: record.launched_at,
             child: None,
             app,
+            version: None,
             ended: None,
         };
         if let Some(app) = &instance.app
@@ -257,7 +261,8 @@ impl LocalCloud {
             match InstanceRecord::read_path(&path) {
                 Some(record) if runs_agent(record.pid, &instance_id) => {
                     tracing::info!(%instance_id, pid = record.pid, "adopting a running local instance");
-                    let instance = LocalInstance::adopted(record, &instance_id);
+                    let mut instance = LocalInstance::adopted(record, &instance_id);
+                    instance.version = read_version(state_dir, &instance_id);
                     instances.insert(instance_id, instance);
                 }
                 Some(InstanceRecord { pid, .. }) => {
@@ -318,6 +323,7 @@ impl LocalCloud {
                     }
                     tracing::warn!(%instance_id, pid, "adopting a running agent of this group whose record was missing or unreadable");
                     let mut instance = LocalInstance::adopted(record, &instance_id);
+                    instance.version = read_version(state_dir, &instance_id);
                     if config.app.is_some() {
                         // Its app's port is lost with the record: replaced as soon as listed.
                         instance.ended = Some("its record, with its app's port, was lost".into());
@@ -379,7 +385,12 @@ impl LocalCloud {
     }
 
     /// Starts the app of `instance_id` on a free port of 127.0.0.1.
-    fn spawn_app(&self, app: &LocalApp, instance_id: &str) -> Result<AppProcess, CloudError> {
+    fn spawn_app(
+        &self,
+        app: &LocalApp,
+        instance_id: &str,
+        extra: &[String],
+    ) -> Result<AppProcess, CloudError> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .map_err(|e| io_error("cannot find a free port for the app", e))?
@@ -390,6 +401,7 @@ impl LocalCloud {
             .args(["--instance-id", instance_id])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(&app.args)
+            .args(extra)
             .env(APP_STATE_DIR_ENV, &self.marker)
             .stdin(Stdio::null())
             .stdout(log)
@@ -409,6 +421,7 @@ impl LocalCloud {
         instance_id: &str,
         seed: u64,
         app: Option<&AppProcess>,
+        extra: &[String],
     ) -> Result<tokio::process::Child, CloudError> {
         let (log, log_err) = self.log(&format!("{instance_id}.log"))?;
         let load_args: Vec<String> = match app {
@@ -437,6 +450,7 @@ impl LocalCloud {
                 None => vec![std::ffi::OsString::from("--plaintext")],
             })
             .args(&self.config.agent_args)
+            .args(extra)
             .args(load_args)
             .envs(self.config.agent_env.0.iter().map(|(k, v)| (k, v)))
             .env(STATE_DIR_ENV, &self.marker)
@@ -450,6 +464,82 @@ impl LocalCloud {
                     e,
                 )
             })
+    }
+
+    /// Launches one instance per token, on `spec` when given (its extra arguments, its version
+    /// kept beside the record).
+    fn launch_local(
+        &self,
+        tokens: &[String],
+        spec: Option<&SpecVersion>,
+    ) -> Result<Vec<String>, CloudError> {
+        let mut launched = Vec::new();
+        for _ in tokens {
+            let mut state = self.lock();
+            let number = state.next_id;
+            if number > MAX_INSTANCE_NUMBER {
+                return Err(CloudError::new(
+                    CloudErrorKind::Other,
+                    format!(
+                        "no local instance number is left (the last is {MAX_INSTANCE_NUMBER}); \
+                         start with an empty state dir"
+                    ),
+                ));
+            }
+            let instance_id = format!("local-{number:04}");
+            let seed = number;
+            let next = number + 1;
+            state.next_id = next;
+            drop(state);
+            write_whole(&self.config.state_dir.join("next-id"), &next.to_string())
+                .map_err(|e| io_error("cannot record the next instance id", e))?;
+            let no_args = Vec::new();
+            let (agent_args, app_args) = spec.map_or((&no_args, &no_args), |s| {
+                (&s.spec.agent_args, &s.spec.app_args)
+            });
+            let app = match &self.config.app {
+                Some(app) => Some(self.spawn_app(app, &instance_id, app_args)?),
+                None => None,
+            };
+            let child = match self.spawn(&instance_id, seed, app.as_ref(), agent_args) {
+                Ok(child) => child,
+                Err(error) => {
+                    if let Some(mut app) = app.and_then(|app| app.child) {
+                        let _ = app.start_kill();
+                    }
+                    return Err(error);
+                }
+            };
+            let instance = LocalInstance {
+                // A child just spawned has its id until it is reaped.
+                pid: child.id().unwrap_or_default(),
+                launched_at: SystemTime::now(),
+                child: Some(child),
+                app,
+                version: spec.map(SpecVersion::version),
+                ended: None,
+            };
+            if let Some(version) = &instance.version {
+                write_whole(
+                    &version_path(&self.config.state_dir, &instance_id),
+                    &format!("{version}\n"),
+                )
+                .map_err(|e| io_error("cannot record the instance's version", e))?;
+            }
+            instance
+                .record()
+                .write(&self.record_path(&instance_id))
+                .map_err(|e| io_error("cannot record the instance", e))?;
+            tracing::info!(
+                %instance_id,
+                pid = instance.pid,
+                app_port = instance.app.as_ref().map(|app| app.port),
+                "local instance launched"
+            );
+            self.lock().instances.insert(instance_id.clone(), instance);
+            launched.push(instance_id);
+        }
+        Ok(launched)
     }
 
     /// Terminates every instance: the daemon leaves no process behind when it exits.
@@ -486,67 +576,44 @@ impl Cloud for LocalCloud {
                         .map(|app| format!("127.0.0.1:{}", app.port)),
                     // Not kept: a local launch is never in doubt (`Cloud::launch`).
                     launch_token: None,
+                    version: instance.version.clone(),
                 }
             })
             .collect())
     }
 
     async fn launch(&self, tokens: &[String]) -> Result<Vec<String>, CloudError> {
-        let mut launched = Vec::new();
-        for _ in tokens {
-            let mut state = self.lock();
-            let number = state.next_id;
-            if number > MAX_INSTANCE_NUMBER {
-                return Err(CloudError::new(
-                    CloudErrorKind::Other,
-                    format!(
-                        "no local instance number is left (the last is {MAX_INSTANCE_NUMBER}); \
-                         start with an empty state dir"
-                    ),
-                ));
-            }
-            let instance_id = format!("local-{number:04}");
-            let seed = number;
-            let next = number + 1;
-            state.next_id = next;
-            drop(state);
-            write_whole(&self.config.state_dir.join("next-id"), &next.to_string())
-                .map_err(|e| io_error("cannot record the next instance id", e))?;
-            let app = match &self.config.app {
-                Some(app) => Some(self.spawn_app(app, &instance_id)?),
-                None => None,
-            };
-            let child = match self.spawn(&instance_id, seed, app.as_ref()) {
-                Ok(child) => child,
-                Err(error) => {
-                    if let Some(mut app) = app.and_then(|app| app.child) {
-                        let _ = app.start_kill();
-                    }
-                    return Err(error);
-                }
-            };
-            let instance = LocalInstance {
-                // A child just spawned has its id until it is reaped.
-                pid: child.id().unwrap_or_default(),
-                launched_at: SystemTime::now(),
-                child: Some(child),
-                app,
-                ended: None,
-            };
-            instance
-                .record()
-                .write(&self.record_path(&instance_id))
-                .map_err(|e| io_error("cannot record the instance", e))?;
-            tracing::info!(
-                %instance_id,
-                pid = instance.pid,
-                app_port = instance.app.as_ref().map(|app| app.port),
-                "local instance launched"
-            );
-            self.lock().instances.insert(instance_id.clone(), instance);
-            launched.push(instance_id);
+        self.launch_local(tokens, None)
+    }
+
+    async fn launch_with(
+        &self,
+        tokens: &[String],
+        spec: &SpecVersion,
+    ) -> Result<Vec<String>, CloudError> {
+        self.launch_local(tokens, Some(spec))
+    }
+
+    fn check_spec(&self, spec: &LaunchSpec) -> Result<(), SpecError> {
+        if spec.image_id.is_some() {
+            return Err(SpecError::new(
+                "launch_spec.image_id",
+                "the local platform has no machine images: it launches the built binaries",
+            ));
         }
-        Ok(launched)
+        if spec.instance_type.is_some() {
+            return Err(SpecError::new(
+                "launch_spec.instance_type",
+                "the local platform has no instance types",
+            ));
+        }
+        if !spec.app_args.is_empty() && self.config.app.is_none() {
+            return Err(SpecError::new(
+                "launch_spec.app_args",
+                "this group runs no application (no [load_balancer])",
+            ));
+        }
+        Ok(())
     }
 
     async fn terminate(&self, instance_ids: &[String]) -> Result<(), CloudError> {
@@ -603,6 +670,7 @@ impl Cloud for LocalCloud {
                     }
                 }
                 let _ = std::fs::remove_file(record);
+                let _ = std::fs::remove_file(version_path(&state_dir, &instance_id));
                 tracing::info!(%instance_id, "local instance terminated");
             });
         }

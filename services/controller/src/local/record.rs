@@ -130,6 +130,22 @@ impl InstanceRecord {
     }
 }
 
+/// The launch specification version of `instance_id`, kept beside its record in
+/// `<state-dir>/<instance-id>.version` (one line, `v3-1a2b3c4d`).
+pub(super) fn version_path(state_dir: &Path, instance_id: &str) -> PathBuf {
+    state_dir.join(format!("{instance_id}.version"))
+}
+
+/// The version kept for `instance_id`, when it is there and reads as one.
+pub(super) fn read_version(state_dir: &Path, instance_id: &str) -> Option<String> {
+    let text = read_small(&version_path(state_dir, instance_id)).ok()?;
+    let version = text.trim();
+    let plausible = !version.is_empty()
+        && version.len() <= 64
+        && version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    plausible.then(|| version.to_string())
+}
+
 /// Writes `text` to `path` whole: into a temporary file beside it, synced, then renamed over it.
 /// A kill at any point leaves the old content or the new, never an empty or half-written file.
 pub(super) fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {

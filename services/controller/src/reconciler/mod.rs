@@ -10,17 +10,25 @@ use std::time::{Duration, Instant, SystemTime};
 use autoscaler_policy::backoff::Backoff;
 use autoscaler_policy::forecast::DemandSample;
 
+mod observe;
 mod plans;
-use tokio::sync::watch;
+mod rollout;
 
-use crate::balancer::{Balancer, TargetState, TargetStatus};
+pub use observe::observe;
+use observe::every_target_unhealthy;
+use tokio::sync::{mpsc, watch};
+
+pub use rollout::{COMMAND_TIMEOUT, Command, CommandError, Commands, Rollout};
+
+use crate::balancer::{Balancer, TargetStatus};
 use crate::cloud::{Cloud, CloudError, CloudInstance, InstanceState};
 use crate::config::{ControllerConfig, HealthCheckType};
 use crate::fleet::FleetView;
 use crate::front::{Front, Removal};
 use crate::launches::{ControllerMemory, Journal, Launches};
-use crate::policy::{self, Decision, Observation, ObservedInstance, PolicyState};
+use crate::policy::{self, Decision, Observation, PolicyState};
 use crate::schedule::RuntimeSchedules;
+use crate::spec::{LaunchSpec, SpecVersion, Specs};
 use crate::status::{ControllerStatus, DecisionRecord, ShadowVerdict, rule_kinds};
 
 /// What the controller asks of the agents. The monitor, which knows them and holds the client
@@ -97,66 +105,16 @@ pub struct Controller<C> {
     failing_open: bool,
     /// The last observation the policy decided on, and the policy's clock then.
     last: Option<(Observation, Duration)>,
-}
-
-/// Whether the balancer finds every target it judges (healthy or unhealthy: not those starting,
-/// draining or unused) unhealthy, and judges at least one.
-fn every_target_unhealthy(targets: &[TargetStatus]) -> bool {
-    let mut judged = targets
-        .iter()
-        .filter(|t| matches!(t.state, TargetState::Healthy | TargetState::Unhealthy))
-        .peekable();
-    judged.peek().is_some() && judged.all(|t| t.state == TargetState::Unhealthy)
+    /// The versions of the launch specification, and the config's (`with_launch_spec`).
+    specs: Specs,
+    config_spec: LaunchSpec,
+    /// The operator's commands, and what they did, said in the next decision record.
+    commands: Option<mpsc::Receiver<Command>>,
+    pending_notes: Vec<String>,
 }
 
 fn millis(since_epoch: Duration) -> i64 {
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Joins the provider's instances (`listed`, and the launches it does not list yet) with the
-/// monitor's view (and the load balancer's, when there is one and its targets could be read).
-pub fn observe(
-    listed: &[CloudInstance],
-    unlisted: &[CloudInstance],
-    view: &FleetView,
-    targets: Option<&[TargetStatus]>,
-    now: SystemTime,
-    uptime: Duration,
-) -> Observation {
-    let seen = |instance: &CloudInstance, listed: bool| {
-        let seen = view.get(&instance.instance_id);
-        ObservedInstance {
-            instance_id: instance.instance_id.clone(),
-            cloud_state: instance.state,
-            age: now.duration_since(instance.launched_at).unwrap_or_default(),
-            health: seen.map(|i| i.health),
-            load: seen.and_then(|i| i.metrics.load),
-            has_reported: seen.is_some_and(|i| !i.recent_loads.is_empty()),
-            state_reason: instance.state_reason.clone(),
-            target_unhealthy: targets
-                .and_then(|targets| {
-                    targets
-                        .iter()
-                        .find(|t| t.instance_id == instance.instance_id)
-                })
-                .filter(|t| t.state == TargetState::Unhealthy)
-                .map(|t| {
-                    t.reason
-                        .clone()
-                        .unwrap_or_else(|| "its health checks fail".to_string())
-                }),
-            listed,
-        }
-    };
-    Observation {
-        instances: listed
-            .iter()
-            .map(|i| seen(i, true))
-            .chain(unlisted.iter().map(|i| seen(i, false)))
-            .collect(),
-        controller_uptime: uptime,
-        ..Observation::default()
-    }
 }
 
 /// Calls `call` up to `attempts` times while it fails with a retryable error, doubling the pause.
@@ -226,6 +184,10 @@ impl<C: Cloud> Controller<C> {
             fence: None,
             failing_open: false,
             last: None,
+            specs: Specs::new(LaunchSpec::default(), 0),
+            config_spec: LaunchSpec::default(),
+            commands: None,
+            pending_notes: Vec::new(),
         }
     }
 
@@ -266,6 +228,11 @@ impl<C: Cloud> Controller<C> {
             let now = self.clock();
             self.state = PolicyState::recall(&recalled.policy, now, millis(now));
             self.launches = Launches::recall(recalled.pending_launches.clone());
+            self.specs = Specs::resume(
+                recalled.specs.clone(),
+                self.config_spec.clone(),
+                millis(now),
+            );
             self.saved = Some(recalled.clone());
         }
         self.journal = Some(journal);
@@ -278,6 +245,7 @@ impl<C: Cloud> Controller<C> {
         ControllerMemory {
             policy: self.state.remember(now, millis(now)),
             pending_launches: self.launches.pending().to_vec(),
+            specs: Some(self.specs.clone()),
         }
     }
 
@@ -326,10 +294,21 @@ impl<C: Cloud> Controller<C> {
         let mut ticker = tokio::time::interval(self.config.evaluation_interval());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        let mut commands = self.commands.take();
         loop {
+            let command = async {
+                match commands.as_mut() {
+                    Some(commands) => commands.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => return,
                 _ = ticker.tick() => {}
+                Some(command) = command => {
+                    self.command(command).await;
+                    continue;
+                }
             }
             let evaluation = self.evaluate_once();
             tokio::select! {
@@ -342,7 +321,7 @@ impl<C: Cloud> Controller<C> {
     /// One evaluation: list, decide, act, record.
     pub async fn evaluate_once(&mut self) -> DecisionRecord {
         let keep = self.config.decision_history;
-        let mut notes = Vec::new();
+        let mut notes = std::mem::take(&mut self.pending_notes);
         if !self.may_act(&mut notes, "evaluation") {
             tracing::warn!("the lease is not certainly held: deciding nothing");
             return self.status.push(DecisionRecord::noted(notes, None), keep);
@@ -447,6 +426,7 @@ impl<C: Cloud> Controller<C> {
         );
         observation.leaving = gone.len() as u32;
         observation.removals_drain = self.front.is_some();
+        observation.launch_version = Some(self.specs.current().version());
         if let Some((schedules, base)) = &mut self.runtime_schedules
             && schedules.has_changed().unwrap_or(false)
         {
@@ -486,10 +466,11 @@ impl<C: Cloud> Controller<C> {
             })
             .map(|r| r.instance_id.clone())
             .collect();
+        let spec = self.launch_spec_for(&decision, &mut record.outcome);
         if decision.acts()
             && self.may_act(&mut record.outcome, "acting on the decision")
             && let Some(refused) = self
-                .act(&decision, &view, targets.as_deref(), &stopped, &mut record)
+                .act(&decision, &spec, &view, targets.as_deref(), &stopped, &mut record)
                 .await
         {
             // The provider refused the launch after its retries: back off as for an instance
@@ -577,6 +558,7 @@ impl<C: Cloud> Controller<C> {
     async fn act(
         &mut self,
         decision: &Decision,
+        spec: &SpecVersion,
         view: &FleetView,
         targets: Option<&[TargetStatus]>,
         stopped: &[String],
@@ -616,7 +598,7 @@ impl<C: Cloud> Controller<C> {
             let epoch = self.fence.as_ref().map_or(0, |fence| fence.epoch());
             let (tokens, new) = self
                 .launches
-                .ask(decision.launch, epoch, millis(self.clock()));
+                .ask(decision.launch, epoch, millis(self.clock()), Some(&spec.version()));
             // Written down before it is asked: a successor knows of it even if this daemon is
             // gone before the answer comes.
             if let Err(error) = self.save_memory().await {
@@ -634,7 +616,7 @@ impl<C: Cloud> Controller<C> {
                 ));
             }
             let answer = with_retries("launching", 3, &mut record.outcome, &self.status, || {
-                self.cloud.launch(&tokens)
+                self.cloud.launch_with(&tokens, spec)
             })
             .await;
             self.launches

@@ -13,6 +13,7 @@ use super::{
 use crate::config::{ControllerConfig, HealthCheckType, PolicyConfig, TerminationPolicy};
 use crate::instance::{Health, InstanceState};
 use crate::kinds::{Counted, Direction, Kind, Rules};
+use crate::refresh::{Phase, RefreshStep};
 
 fn ids(missing: &[MissingMetric]) -> String {
     let listed: Vec<String> = missing.iter().map(MissingMetric::describe).collect();
@@ -113,12 +114,27 @@ fn decide(
     let mut candidates: Vec<(&ObservedInstance, Option<f64>)> =
         Vec::with_capacity(observation.instances.len());
     let mut sum = 0.0;
+    // Each instance's part, for an instance refresh (only while one runs).
+    let refreshing = state.refresh.as_ref().is_some_and(|r| r.status.is_active());
+    let mut phases: Vec<(&ObservedInstance, Phase)> = Vec::new();
     for instance in &observation.instances {
-        match role(instance, config, uptime) {
+        let role = role(instance, config, uptime);
+        if refreshing {
+            phases.push((
+                instance,
+                match &role {
+                    Role::InService(_) => Phase::InService,
+                    Role::Warming => Phase::Warming,
+                    Role::WithoutMetric(_) => Phase::WithoutMetric,
+                    Role::Replace(_) => Phase::Replaced,
+                },
+            ));
+        }
+        match role {
             Role::InService(load) => {
                 observed.in_service += 1;
                 sum += load;
-                if instance.listed {
+                if instance.listed && !instance.protected {
                     candidates.push((instance, Some(load)));
                 }
             }
@@ -130,7 +146,7 @@ fn decide(
                     reason,
                     counted_as: None,
                 });
-                if instance.listed {
+                if instance.listed && !instance.protected {
                     candidates.push((instance, None));
                 }
             }
@@ -306,8 +322,29 @@ fn decide(
             detail: format!("{} instance(s) replaced", replace.len()),
         });
     }
+    // An instance refresh replaces old instances within its healthy percentages, and may
+    // launch above the desired capacity first.
+    let mut extra = 0;
+    if let Some(refresh) = state.refresh.as_mut() {
+        let step = refresh.step(&phases, &replace, desired, config.warmup_secs, now_ms);
+        if !step.replace.is_empty() || step.extra > 0 {
+            rules.0.push(RuleApplied {
+                rule: Rule::Refresh,
+                from: desired,
+                to: desired + step.extra,
+                detail: refresh_detail(refresh, &step),
+            });
+        }
+        extra = step.extra;
+        candidates.retain(|(i, _)| !step.replace.iter().any(|r| r.instance_id == i.instance_id));
+        replace.extend(step.replace);
+    }
+    let launch_version = match &state.refresh {
+        Some(refresh) if refresh.status.is_active() => Some(refresh.target.clone()),
+        _ => observation.launch_version.clone(),
+    };
     let remaining = current - replace.len() as u32;
-    let wanted = desired.saturating_sub(remaining);
+    let wanted = (desired + extra).saturating_sub(remaining);
     let mut launch = hold_launches(observation, wanted, state, now, &mut rules.0);
     let room = room_under_limit(observation, &replace, config);
     if launch > room {
@@ -334,14 +371,19 @@ fn decide(
         state.sustain.below_since = None;
     }
     let mut scale_in = Vec::new();
-    if desired < remaining {
+    if desired + extra < remaining {
         order_for_termination(&mut candidates, config.termination_policy);
+        // Instances on another version than the launches' go first, as EC2 takes those of
+        // the oldest launch template first.
+        if let Some(version) = &launch_version {
+            candidates.sort_by_key(|(i, _)| i.version.as_ref() == Some(version));
+        }
         scale_in = candidates
             .iter()
-            .take((remaining - desired) as usize)
+            .take((remaining - desired - extra) as usize)
             .map(|(instance, _)| instance.instance_id.clone())
             .collect();
-        let short = (remaining - desired) as usize - scale_in.len();
+        let short = (remaining - desired - extra) as usize - scale_in.len();
         if short > 0 {
             let to = desired + short as u32;
             let unlisted = observation.instances.iter().filter(|i| !i.listed).count();
@@ -363,7 +405,28 @@ fn decide(
         launch_backoff: state.launch_backoff(now),
         scheduled,
         forecast,
+        refresh: state.refresh.clone(),
+        launch_version,
     }
+}
+
+fn refresh_detail(refresh: &crate::refresh::Refresh, step: &RefreshStep) -> String {
+    let mut parts = Vec::new();
+    if !step.replace.is_empty() {
+        let ids: Vec<&str> = step
+            .replace
+            .iter()
+            .map(|r| r.instance_id.as_str())
+            .collect();
+        parts.push(format!("replacing {}", ids.join(", ")));
+    }
+    if step.extra > 0 {
+        parts.push(format!(
+            "{} above the desired capacity (max healthy {} %)",
+            step.extra, refresh.preferences.max_healthy_percentage
+        ));
+    }
+    format!("{}: {}", refresh.describe(), parts.join("; "))
 }
 
 /// How many instances may be launched now under the account's instance limit: the limit less

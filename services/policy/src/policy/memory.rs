@@ -10,6 +10,7 @@ use crate::config::ControllerConfig;
 use crate::forecast::Predictive;
 use crate::instance::{Health, InstanceState};
 use crate::kinds::Sustain;
+use crate::refresh::{Refresh, RefreshError, RefreshPreferences};
 use crate::schedule::ScheduleCache;
 
 /// The policy's memory between evaluations. Times are the evaluation clock's.
@@ -24,6 +25,8 @@ pub struct PolicyState {
     pub(crate) schedule: ScheduleCache,
     /// The forecaster: the demand it recorded, the launches it timed, its forecast.
     pub(crate) predictive: Predictive,
+    /// The instance refresh running, or the last one.
+    pub(crate) refresh: Option<Refresh>,
 }
 
 /// The policy's memory as it outlives a controller (a restart, a failover to another daemon):
@@ -44,6 +47,8 @@ pub struct PolicyMemory {
     pub counted_failures: Vec<String>,
     /// The recent launches' times to service, ms (the forecaster's lead time).
     pub lead_times_ms: Vec<u64>,
+    /// The instance refresh running, or the last one (its times are wall-clock already).
+    pub refresh: Option<Refresh>,
 }
 
 impl PolicyState {
@@ -74,6 +79,7 @@ impl PolicyState {
             launch_failure_reason: launches.reason.clone(),
             counted_failures: launches.counted.clone(),
             lead_times_ms: self.predictive.leads(),
+            refresh: self.refresh.clone(),
         }
     }
 
@@ -108,7 +114,47 @@ impl PolicyState {
             last_scale_in: memory.last_scale_in_ms.map(clock),
             launches,
             schedule: ScheduleCache::default(),
+            refresh: memory.refresh.clone(),
         }
+    }
+
+    /// The instance refresh running, or the last one.
+    pub fn refresh(&self) -> Option<&Refresh> {
+        self.refresh.as_ref()
+    }
+
+    /// Starts an instance refresh of the group to `target` (from `previous`, what it launched
+    /// before) at `now_ms`; refused while one runs or when the preferences do not validate.
+    pub fn start_refresh(
+        &mut self,
+        target: String,
+        previous: Option<String>,
+        preferences: RefreshPreferences,
+        now_ms: i64,
+    ) -> Result<&Refresh, RefreshError> {
+        if let Some(running) = self.refresh.as_ref().filter(|r| r.status.is_active()) {
+            return Err(RefreshError::AlreadyActive(
+                running.id,
+                running.status.as_str(),
+            ));
+        }
+        let id = self.refresh.as_ref().map_or(1, |r| r.id + 1);
+        let refresh = Refresh::start(id, target, previous, preferences, now_ms)?;
+        Ok(self.refresh.insert(refresh))
+    }
+
+    /// Cancels the running refresh; the instances stay as they are.
+    pub fn cancel_refresh(&mut self, now_ms: i64) -> Result<&Refresh, RefreshError> {
+        let refresh = self.refresh.as_mut().ok_or(RefreshError::NoneActive)?;
+        refresh.cancel(now_ms, "cancelled by an operator")?;
+        Ok(refresh)
+    }
+
+    /// Rolls the running refresh back to the version the group launched before it.
+    pub fn roll_back_refresh(&mut self, now_ms: i64) -> Result<&Refresh, RefreshError> {
+        let refresh = self.refresh.as_mut().ok_or(RefreshError::NoneActive)?;
+        refresh.roll_back(now_ms, "rollback asked by an operator".to_string())?;
+        Ok(refresh)
     }
 }
 

@@ -12,6 +12,7 @@ pub use memory::{LaunchBackoff, PolicyMemory, PolicyState};
 
 use crate::forecast::ForecastView;
 use crate::instance::{Health, InstanceState};
+use crate::refresh::Refresh;
 use crate::schedule::Scheduled;
 
 /// How long an instance the provider said it launched counts as pending while the provider does
@@ -43,6 +44,11 @@ pub struct ObservedInstance {
     /// listing lags its launches): it counts towards the fleet, but it cannot be terminated, so
     /// it is never chosen for a scale-in nor replaced.
     pub listed: bool,
+    /// The launch specification version it was launched with, when the provider says.
+    pub version: Option<String>,
+    /// Protected from scale-in (and from an instance refresh, unless it includes protected
+    /// ones); still replaced when unhealthy, as on EC2.
+    pub protected: bool,
 }
 
 /// Everything the policy looks at.
@@ -60,6 +66,9 @@ pub struct Observation {
     /// replaced now keeps its place under the instance limit until a later evaluation terminates
     /// it, unless it has stopped (nothing to drain). False: removals are terminated at once.
     pub removals_drain: bool,
+    /// The launch specification version new instances get now, when the group has one: a
+    /// scale-in takes instances on other versions first.
+    pub launch_version: Option<String>,
 }
 
 /// A rule that changed the recommendation, or held it.
@@ -83,11 +92,14 @@ pub enum Rule {
     /// The floor the forecast demand of the next lead time needs (`[controller.predictive]`,
     /// `forecast-and-scale`).
     Forecast,
+    /// An instance refresh replacing instances, or launching above the desired capacity
+    /// (`max_healthy_percentage` above 100).
+    Refresh,
 }
 
 impl Rule {
     /// Every rule, for counters that list each one, at zero too.
-    pub const ALL: [Rule; 12] = [
+    pub const ALL: [Rule; 13] = [
         Rule::MissingMetrics,
         Rule::Tolerance,
         Rule::Sustain,
@@ -100,6 +112,7 @@ impl Rule {
         Rule::NotListed,
         Rule::Schedule,
         Rule::Forecast,
+        Rule::Refresh,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +129,7 @@ impl Rule {
             Rule::NotListed => "not-listed",
             Rule::Schedule => "schedule",
             Rule::Forecast => "forecast",
+            Rule::Refresh => "refresh",
         }
     }
 }
@@ -232,6 +246,11 @@ pub struct Decision {
     pub scheduled: Option<Scheduled>,
     /// What the forecaster says, when `[controller.predictive]` is set.
     pub forecast: Option<ForecastView>,
+    /// The instance refresh, while one runs and as the last one ended.
+    pub refresh: Option<Refresh>,
+    /// The launch specification version this decision's launches get (the refresh's target
+    /// while one runs; else the observation's).
+    pub launch_version: Option<String>,
 }
 
 impl Decision {

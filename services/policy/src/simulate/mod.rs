@@ -379,6 +379,8 @@ impl World {
             state_reason: None,
             target_unhealthy: None,
             listed: listed_at <= now,
+            version: None,
+            protected: false,
         });
     }
 

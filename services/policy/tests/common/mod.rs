@@ -22,6 +22,8 @@ pub fn serving(id: &str, age: Duration, load: f64) -> ObservedInstance {
         state_reason: None,
         target_unhealthy: None,
         listed: true,
+        version: None,
+        protected: false,
     }
 }
 

@@ -98,6 +98,7 @@ impl Bootstrap {
                         &subnet,
                         None,
                         &cloud.fresh_token(),
+                        None,
                     )
                     .await
                     .map_err(|e| anyhow!("cannot launch the seed instance: {e}"))?;

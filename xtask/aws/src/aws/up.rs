@@ -247,6 +247,7 @@ impl Up {
                         &subnet,
                         Some(encoded.clone()),
                         &cloud.fresh_token(),
+                        None,
                     )
                     .await
                     .map_err(|e| anyhow!("cannot launch a monitor host: {e}"))?;

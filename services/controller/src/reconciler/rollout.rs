@@ -1,0 +1,241 @@
+//! The controller's rollouts: the versions of the launch specification it launches with, and the
+//! operator's commands (update the specification; start, cancel or roll back an instance
+//! refresh; describe), taken between evaluations through a `Commands` handle. The refresh itself
+//! is the policy's (`autoscaler_policy::refresh`): the controller applies a command to the
+//! policy's memory, keeps the memory, and acts on the decisions as ever.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Controller, millis};
+use crate::cloud::Cloud;
+use crate::policy::Decision;
+use crate::spec::{LaunchSpec, SpecVersion, Specs};
+use autoscaler_policy::refresh::{Refresh, RefreshError, RefreshPreferences};
+
+/// A command refused: a field that does not validate, or a state that does not allow it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("`{field}` {problem}")]
+    Invalid { field: String, problem: String },
+    #[error("{0}")]
+    Precondition(String),
+    #[error("the controller did not answer: {0}")]
+    Unavailable(String),
+}
+
+impl From<RefreshError> for CommandError {
+    fn from(error: RefreshError) -> CommandError {
+        match error {
+            RefreshError::Invalid(error) => CommandError::Invalid {
+                field: error.field.to_string(),
+                problem: error.problem,
+            },
+            other => CommandError::Precondition(other.to_string()),
+        }
+    }
+}
+
+/// The launch specification and the refresh, as they stand.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollout {
+    pub specs: Specs,
+    pub refresh: Option<Refresh>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
+
+/// An operator's command to the controller.
+#[derive(Debug)]
+pub enum Command {
+    /// Makes `spec` the current version: new instances get it; the running ones stay until a
+    /// refresh.
+    UpdateSpec(LaunchSpec, Reply<SpecVersion>),
+    /// Starts a refresh to `spec` (made current first), or to the current version.
+    StartRefresh(Option<LaunchSpec>, RefreshPreferences, Reply<Refresh>),
+    CancelRefresh(Reply<Refresh>),
+    RollBackRefresh(Reply<Refresh>),
+    Describe(Reply<Rollout>),
+}
+
+/// How long a command waits for the controller (between two evaluations, which may retry a
+/// provider call for some seconds).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where commands are sent to a running controller.
+#[derive(Clone, Debug)]
+pub struct Commands(mpsc::Sender<Command>);
+
+impl Commands {
+    /// A handle and the receiver a controller takes (`Controller::with_commands`).
+    pub fn channel() -> (Commands, mpsc::Receiver<Command>) {
+        let (sender, receiver) = mpsc::channel(16);
+        (Commands(sender), receiver)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        let unavailable = |why: &str| CommandError::Unavailable(why.to_string());
+        tokio::time::timeout(COMMAND_TIMEOUT, async {
+            self.0
+                .send(make(reply))
+                .await
+                .map_err(|_| unavailable("it has stopped"))?;
+            answer.await.map_err(|_| unavailable("it stopped"))?
+        })
+        .await
+        .map_err(|_| unavailable("no answer within 30 s"))?
+    }
+
+    pub async fn update_spec(&self, spec: LaunchSpec) -> Result<SpecVersion, CommandError> {
+        self.ask(|reply| Command::UpdateSpec(spec, reply)).await
+    }
+
+    pub async fn start_refresh(
+        &self,
+        spec: Option<LaunchSpec>,
+        preferences: RefreshPreferences,
+    ) -> Result<Refresh, CommandError> {
+        self.ask(|reply| Command::StartRefresh(spec, preferences, reply))
+            .await
+    }
+
+    pub async fn cancel_refresh(&self) -> Result<Refresh, CommandError> {
+        self.ask(Command::CancelRefresh).await
+    }
+
+    pub async fn roll_back_refresh(&self) -> Result<Refresh, CommandError> {
+        self.ask(Command::RollBackRefresh).await
+    }
+
+    pub async fn describe(&self) -> Result<Rollout, CommandError> {
+        self.ask(Command::Describe).await
+    }
+}
+
+impl<C: Cloud> Controller<C> {
+    /// Launches with `spec` (the config's launch specification) as its first version, unless
+    /// the memory it resumes from keeps versions made at run time.
+    pub fn with_launch_spec(mut self, spec: LaunchSpec) -> Controller<C> {
+        let now = millis(self.clock());
+        let kept = self.saved.as_ref().and_then(|m| m.specs.clone());
+        self.specs = Specs::resume(kept, spec.clone(), now);
+        self.config_spec = spec;
+        self
+    }
+
+    /// Takes the operator's commands from `commands` between evaluations.
+    pub fn with_commands(mut self, commands: mpsc::Receiver<Command>) -> Controller<C> {
+        self.commands = Some(commands);
+        self
+    }
+
+    /// The launch specification and the refresh, as they stand.
+    pub fn rollout(&self) -> Rollout {
+        Rollout {
+            specs: self.specs.clone(),
+            refresh: self.state.refresh().cloned(),
+        }
+    }
+
+    fn checked(&self, spec: &LaunchSpec) -> Result<(), CommandError> {
+        self.cloud
+            .check_spec(spec)
+            .map_err(|error| CommandError::Invalid {
+                field: error.field.to_string(),
+                problem: error.problem,
+            })
+    }
+
+    /// Carries out one command, keeps the memory, and answers.
+    pub(super) async fn command(&mut self, command: Command) {
+        let now = millis(self.clock());
+        let said = match command {
+            Command::UpdateSpec(spec, reply) => {
+                let result = self.checked(&spec).map(|()| {
+                    let version = self.specs.push(spec, now).clone();
+                    format!(
+                        "launch specification {}: {}",
+                        version.version(),
+                        version.spec.describe()
+                    )
+                });
+                let answer = result.clone().map(|_| self.specs.current().clone());
+                let _ = reply.send(answer);
+                result.ok()
+            }
+            Command::StartRefresh(spec, preferences, reply) => {
+                let before = self.specs.clone();
+                let result = (|| {
+                    if let Some(spec) = spec {
+                        self.checked(&spec)?;
+                        self.specs.push(spec, now);
+                    }
+                    let target = self.specs.current().version();
+                    let previous = self.specs.previous().map(SpecVersion::version);
+                    Ok(self
+                        .state
+                        .start_refresh(target, previous, preferences, now)?
+                        .clone())
+                })();
+                if result.is_err() {
+                    self.specs = before; // nothing changed
+                }
+                let said = result.as_ref().ok().map(|r| format!("started: {}", r.describe()));
+                let _ = reply.send(result);
+                said
+            }
+            Command::CancelRefresh(reply) => {
+                let result = self.state.cancel_refresh(now).cloned().map_err(Into::into);
+                let said = result.as_ref().ok().map(Refresh::describe);
+                let _ = reply.send(result);
+                said
+            }
+            Command::RollBackRefresh(reply) => {
+                let result = self
+                    .state
+                    .roll_back_refresh(now)
+                    .cloned()
+                    .map_err(Into::into);
+                let said = result.as_ref().ok().map(Refresh::describe);
+                let _ = reply.send(result);
+                said
+            }
+            Command::Describe(reply) => {
+                let _ = reply.send(Ok(self.rollout()));
+                None
+            }
+        };
+        if let Some(said) = said {
+            tracing::info!("{said}");
+            self.pending_notes.push(said);
+            if let Err(error) = self.save_memory().await {
+                tracing::warn!(%error, "cannot keep the controller's memory after a command");
+            }
+        }
+    }
+
+    /// The version `decision` launches on; a rollback (the refresh's target is a kept version
+    /// that is not current) makes it current again, said in `notes`.
+    pub(super) fn launch_spec_for(
+        &mut self,
+        decision: &Decision,
+        notes: &mut Vec<String>,
+    ) -> SpecVersion {
+        let now = millis(self.clock());
+        if let Some(version) = &decision.launch_version
+            && *version != self.specs.current().version()
+            && self.specs.make_current(version, now)
+        {
+            notes.push(format!(
+                "launch specification {version} is current again: {}",
+                decision
+                    .refresh
+                    .as_ref()
+                    .map_or_else(String::new, |r| r.reason.clone())
+            ));
+        }
+        self.specs.current().clone()
+    }
+}
