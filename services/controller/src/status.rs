@@ -80,6 +80,9 @@ struct StatusInner {
     /// that quiet evaluations fold into keeps its first).
     scheduled: Option<crate::schedule::Scheduled>,
     forecast: Option<autoscaler_policy::forecast::ForecastView>,
+    /// The running (or last) instance refresh, and the version new instances get.
+    refresh: Option<autoscaler_policy::refresh::Refresh>,
+    launch_version: Option<String>,
 }
 
 /// Totals since the controller started, for the metrics endpoint.
@@ -187,6 +190,27 @@ impl ControllerStatus {
     /// What the forecaster said at the last evaluation, when the group has one.
     pub fn forecast(&self) -> Option<autoscaler_policy::forecast::ForecastView> {
         self.lock().forecast.clone()
+    }
+
+    /// The running (or last) instance refresh.
+    pub fn refresh(&self) -> Option<autoscaler_policy::refresh::Refresh> {
+        self.lock().refresh.clone()
+    }
+
+    /// The launch specification version new instances get.
+    pub fn launch_version(&self) -> Option<String> {
+        self.lock().launch_version.clone()
+    }
+
+    /// Keeps the refresh and the launch version as they are now.
+    pub(crate) fn set_rollout(
+        &self,
+        refresh: Option<autoscaler_policy::refresh::Refresh>,
+        launch_version: String,
+    ) {
+        let mut inner = self.lock();
+        inner.refresh = refresh;
+        inner.launch_version = Some(launch_version);
     }
 
     /// Changes whenever a new decision record is kept (its sequence).

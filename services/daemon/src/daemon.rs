@@ -171,11 +171,14 @@ async fn serve(
     )
     .await;
     controller = controller.with_runtime_schedules(runtime_schedules);
+    let (commands, receiver) = autoscaler_controller::reconciler::Commands::channel();
+    controller = controller.with_commands(receiver);
     let controller_status = controller.status();
     let admission: Arc<dyn Admission> = Arc::new(ProviderAdmission(controller.status()));
     let controls = autoscaler_monitor::Controls {
         admission: Some(admission),
         schedules: Some(book),
+        rollouts: Some(Arc::new(crate::rollout::ControllerRollouts(commands))),
     };
     let status = StatusService {
         group: config.group.clone(),

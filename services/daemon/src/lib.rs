@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod platform;
+pub mod rollout;
 pub mod schedules;
 pub mod standby;
 pub mod status;

@@ -300,4 +300,44 @@ impl Operator for Standby {
         tls::require_caller(&request, tls::Role::Operator)?;
         Err(self.unavailable().await)
     }
+
+    async fn update_launch_spec(
+        &self,
+        request: Request<v1::UpdateLaunchSpecRequest>,
+    ) -> Result<Response<v1::UpdateLaunchSpecResponse>, tonic::Status> {
+        tls::require_caller(&request, tls::Role::Operator)?;
+        Err(self.unavailable().await)
+    }
+
+    async fn start_instance_refresh(
+        &self,
+        request: Request<v1::StartInstanceRefreshRequest>,
+    ) -> Result<Response<v1::InstanceRefreshResponse>, tonic::Status> {
+        tls::require_caller(&request, tls::Role::Operator)?;
+        Err(self.unavailable().await)
+    }
+
+    async fn cancel_instance_refresh(
+        &self,
+        request: Request<v1::CancelInstanceRefreshRequest>,
+    ) -> Result<Response<v1::InstanceRefreshResponse>, tonic::Status> {
+        tls::require_caller(&request, tls::Role::Operator)?;
+        Err(self.unavailable().await)
+    }
+
+    async fn rollback_instance_refresh(
+        &self,
+        request: Request<v1::RollbackInstanceRefreshRequest>,
+    ) -> Result<Response<v1::InstanceRefreshResponse>, tonic::Status> {
+        tls::require_caller(&request, tls::Role::Operator)?;
+        Err(self.unavailable().await)
+    }
+
+    async fn describe_instance_refresh(
+        &self,
+        request: Request<v1::DescribeInstanceRefreshRequest>,
+    ) -> Result<Response<v1::DescribeInstanceRefreshResponse>, tonic::Status> {
+        tls::require_caller(&request, tls::Role::Operator)?;
+        Err(self.unavailable().await)
+    }
 }

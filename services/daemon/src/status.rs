@@ -225,6 +225,7 @@ impl StatusService {
                         .and_then(|t| t.reason.clone())
                         .unwrap_or_default(),
                     app_address: cloud.app_address.clone().unwrap_or_default(),
+                    version: cloud.version.clone().unwrap_or_default(),
                     ..seen.map_or_else(unregistered, as_seen)
                 }
             })
@@ -269,6 +270,16 @@ impl StatusService {
                 .as_ref()
                 .and_then(ControllerStatus::forecast)
                 .map(wire_forecast),
+            refresh: self
+                .controller
+                .as_ref()
+                .and_then(ControllerStatus::refresh)
+                .map(|r| crate::rollout::wire_refresh(&r)),
+            launch_version: self
+                .controller
+                .as_ref()
+                .and_then(ControllerStatus::launch_version)
+                .unwrap_or_default(),
         }
     }
 }

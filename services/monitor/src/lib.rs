@@ -39,6 +39,7 @@ use crate::registry::Registry;
 pub struct Controls {
     pub admission: Option<Arc<dyn service::Admission>>,
     pub schedules: Option<Arc<dyn operator::ScheduleBook>>,
+    pub rollouts: Option<Arc<dyn operator::Rollouts>>,
 }
 use crate::service::MonitorService;
 
@@ -110,6 +111,7 @@ impl Monitor {
         let Controls {
             admission,
             schedules,
+            rollouts,
         } = controls;
         let (mut routes, _health) =
             autoscaler_proto::standard::routes::<MonitorServer<MonitorService>>().await?;
@@ -126,6 +128,7 @@ impl Monitor {
             OperatorServer::new(operator::OperatorService::new(
                 self.registry.clone(),
                 schedules,
+                rollouts,
             ))
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
             self.registry.credentials().require(),

@@ -32,11 +32,25 @@ pub trait ScheduleBook: Send + Sync + 'static {
     fn delete(&self, name: String) -> Answer<'_, ()>;
 }
 
+/// The group's rollouts: its launch specification and instance refreshes, which the daemon's
+/// controller carries out. Each answer's `Status` says what was refused and why.
+pub trait Rollouts: Send + Sync + 'static {
+    fn update_spec(&self, spec: v1::LaunchSpec) -> Answer<'_, v1::LaunchSpecVersion>;
+    fn start_refresh(
+        &self,
+        request: v1::StartInstanceRefreshRequest,
+    ) -> Answer<'_, v1::InstanceRefresh>;
+    fn cancel_refresh(&self) -> Answer<'_, v1::InstanceRefresh>;
+    fn roll_back_refresh(&self) -> Answer<'_, v1::InstanceRefresh>;
+    fn describe(&self) -> Answer<'_, v1::DescribeInstanceRefreshResponse>;
+}
+
 /// Serves `autoscaler.v1.Operator` over the monitor's registry.
 #[derive(Clone)]
 pub struct OperatorService {
     registry: Arc<Registry>,
     schedules: Option<Arc<dyn ScheduleBook>>,
+    rollouts: Option<Arc<dyn Rollouts>>,
 }
 
 impl std::fmt::Debug for OperatorService {
@@ -44,6 +58,7 @@ impl std::fmt::Debug for OperatorService {
         f.debug_struct("OperatorService")
             .field("registry", &self.registry)
             .field("schedules", &self.schedules.is_some())
+            .field("rollouts", &self.rollouts.is_some())
             .finish()
     }
 }
@@ -52,11 +67,21 @@ impl OperatorService {
     pub fn new(
         registry: Arc<Registry>,
         schedules: Option<Arc<dyn ScheduleBook>>,
+        rollouts: Option<Arc<dyn Rollouts>>,
     ) -> OperatorService {
         OperatorService {
             registry,
             schedules,
+            rollouts,
         }
+    }
+
+    fn rollouts(&self) -> Result<&Arc<dyn Rollouts>, Status> {
+        self.rollouts.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this monitor runs no controller: it has no launch specification",
+            )
+        })
     }
 
     fn book(&self) -> Result<&Arc<dyn ScheduleBook>, Status> {
@@ -140,5 +165,61 @@ impl Operator for OperatorService {
         let name = request.into_inner().name;
         self.book()?.delete(name).await?;
         Ok(Response::new(v1::DeleteScheduleResponse {}))
+    }
+
+    async fn update_launch_spec(
+        &self,
+        request: Request<v1::UpdateLaunchSpecRequest>,
+    ) -> Result<Response<v1::UpdateLaunchSpecResponse>, Status> {
+        require_caller(&request, Role::Operator)?;
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is missing"))?;
+        let current = self.rollouts()?.update_spec(spec).await?;
+        Ok(Response::new(v1::UpdateLaunchSpecResponse {
+            current: Some(current),
+        }))
+    }
+
+    async fn start_instance_refresh(
+        &self,
+        request: Request<v1::StartInstanceRefreshRequest>,
+    ) -> Result<Response<v1::InstanceRefreshResponse>, Status> {
+        require_caller(&request, Role::Operator)?;
+        let refresh = self.rollouts()?.start_refresh(request.into_inner()).await?;
+        Ok(Response::new(v1::InstanceRefreshResponse {
+            refresh: Some(refresh),
+        }))
+    }
+
+    async fn cancel_instance_refresh(
+        &self,
+        request: Request<v1::CancelInstanceRefreshRequest>,
+    ) -> Result<Response<v1::InstanceRefreshResponse>, Status> {
+        require_caller(&request, Role::Operator)?;
+        let refresh = self.rollouts()?.cancel_refresh().await?;
+        Ok(Response::new(v1::InstanceRefreshResponse {
+            refresh: Some(refresh),
+        }))
+    }
+
+    async fn rollback_instance_refresh(
+        &self,
+        request: Request<v1::RollbackInstanceRefreshRequest>,
+    ) -> Result<Response<v1::InstanceRefreshResponse>, Status> {
+        require_caller(&request, Role::Operator)?;
+        let refresh = self.rollouts()?.roll_back_refresh().await?;
+        Ok(Response::new(v1::InstanceRefreshResponse {
+            refresh: Some(refresh),
+        }))
+    }
+
+    async fn describe_instance_refresh(
+        &self,
+        request: Request<v1::DescribeInstanceRefreshRequest>,
+    ) -> Result<Response<v1::DescribeInstanceRefreshResponse>, Status> {
+        require_caller(&request, Role::Operator)?;
+        Ok(Response::new(self.rollouts()?.describe().await?))
     }
 }

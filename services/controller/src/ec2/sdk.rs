@@ -15,8 +15,8 @@ use aws_sdk_ec2::types::{
 
 use super::{EPOCH_TAG, Ec2Config, GROUP_TAG, InstanceRole, LAUNCH_TAG, ROLE_TAG, VERSION_TAG};
 use crate::cloud::SpecError;
-use crate::spec::{LaunchSpec, SpecVersion};
 use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState};
+use crate::spec::{LaunchSpec, SpecVersion};
 
 /// The group's instances (of one of `roles`, unless empty; among `ids`, unless empty) in one of
 /// `states`, every page of DescribeInstances' answer: the one query by which the provider, the
@@ -342,16 +342,17 @@ impl Ec2Cloud {
                     .value(self.epoch.to_string())
                     .build(),
             )
-            .tags(Tag::builder().key(LAUNCH_TAG).value(token).build())
-            .set_tags(spec.map(|spec| {
-                vec![
-                    Tag::builder()
-                        .key(VERSION_TAG)
-                        .value(spec.version())
-                        .build(),
-                ]
-            }))
-            .build();
+            .tags(Tag::builder().key(LAUNCH_TAG).value(token).build());
+        let tags = match spec {
+            Some(spec) => tags.tags(
+                Tag::builder()
+                    .key(VERSION_TAG)
+                    .value(spec.version())
+                    .build(),
+            ),
+            None => tags,
+        }
+        .build();
         let instance_type = spec
             .and_then(|spec| spec.spec.instance_type.as_deref())
             .unwrap_or(self.config.instance_type.as_str());
@@ -453,7 +454,9 @@ impl Cloud for Ec2Cloud {
         if let Some(kind) = &spec.instance_type
             && (kind.is_empty()
                 || !kind.contains('.')
-                || !kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+                || !kind
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
         {
             return Err(SpecError::new(
                 "launch_spec.instance_type",
@@ -498,7 +501,9 @@ impl Cloud for Ec2Cloud {
 fn valid_ami_id(id: &str) -> bool {
     id.strip_prefix("ami-").is_some_and(|hex| {
         (hex.len() == 8 || hex.len() == 17)
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 

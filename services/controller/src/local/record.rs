@@ -142,7 +142,9 @@ pub(super) fn read_version(state_dir: &Path, instance_id: &str) -> Option<String
     let version = text.trim();
     let plausible = !version.is_empty()
         && version.len() <= 64
-        && version.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
     plausible.then(|| version.to_string())
 }
 

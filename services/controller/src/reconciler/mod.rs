@@ -14,8 +14,8 @@ mod observe;
 mod plans;
 mod rollout;
 
-pub use observe::observe;
 use observe::every_target_unhealthy;
+pub use observe::observe;
 use tokio::sync::{mpsc, watch};
 
 pub use rollout::{COMMAND_TIMEOUT, Command, CommandError, Commands, Rollout};
@@ -470,7 +470,14 @@ impl<C: Cloud> Controller<C> {
         if decision.acts()
             && self.may_act(&mut record.outcome, "acting on the decision")
             && let Some(refused) = self
-                .act(&decision, &spec, &view, targets.as_deref(), &stopped, &mut record)
+                .act(
+                    &decision,
+                    &spec,
+                    &view,
+                    targets.as_deref(),
+                    &stopped,
+                    &mut record,
+                )
                 .await
         {
             // The provider refused the launch after its retries: back off as for an instance
@@ -486,6 +493,8 @@ impl<C: Cloud> Controller<C> {
             .set_launch_backoff(decision.launch_backoff.clone());
         self.status
             .set_plans(decision.scheduled.clone(), decision.forecast.clone());
+        self.status
+            .set_rollout(decision.refresh.clone(), spec.version());
         self.save_demand().await;
         if let Err(error) = self.save_memory().await {
             tracing::warn!(%error, "cannot keep the controller's memory; trying again next time");
@@ -596,9 +605,12 @@ impl<C: Cloud> Controller<C> {
         }
         if decision.launch > 0 && self.may_act(&mut record.outcome, "launching") {
             let epoch = self.fence.as_ref().map_or(0, |fence| fence.epoch());
-            let (tokens, new) = self
-                .launches
-                .ask(decision.launch, epoch, millis(self.clock()), Some(&spec.version()));
+            let (tokens, new) = self.launches.ask(
+                decision.launch,
+                epoch,
+                millis(self.clock()),
+                Some(&spec.version()),
+            );
             // Written down before it is asked: a successor knows of it even if this daemon is
             // gone before the answer comes.
             if let Err(error) = self.save_memory().await {

@@ -65,4 +65,3 @@ pub fn observe(
         ..Observation::default()
     }
 }
-

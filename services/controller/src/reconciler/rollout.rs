@@ -182,7 +182,10 @@ impl<C: Cloud> Controller<C> {
                 if result.is_err() {
                     self.specs = before; // nothing changed
                 }
-                let said = result.as_ref().ok().map(|r| format!("started: {}", r.describe()));
+                let said = result
+                    .as_ref()
+                    .ok()
+                    .map(|r| format!("started: {}", r.describe()));
                 let _ = reply.send(result);
                 said
             }
@@ -207,6 +210,10 @@ impl<C: Cloud> Controller<C> {
                 None
             }
         };
+        self.status.set_rollout(
+            self.state.refresh().cloned(),
+            self.specs.current().version(),
+        );
         if let Some(said) = said {
             tracing::info!("{said}");
             self.pending_notes.push(said);
