@@ -209,6 +209,12 @@ pub struct Refresh {
     pub paused_until_ms: Option<i64>,
     /// Since when every instance has been on the target (the bake time runs from there).
     pub baking_since_ms: Option<i64>,
+    /// The desired capacity at the last evaluation, and the launches allowed above it then:
+    /// the instances above it are the refresh's, not part of the fleet being sized.
+    #[serde(default)]
+    pub last_desired: u32,
+    #[serde(default)]
+    pub surge: u32,
 }
 
 /// What a refresh asks of one evaluation.
@@ -258,6 +264,8 @@ impl Refresh {
             checkpoints_passed: 0,
             paused_until_ms: None,
             baking_since_ms: None,
+            last_desired: 0,
+            surge: 0,
         })
     }
 

@@ -586,3 +586,35 @@ fn bad_requests_are_refused_by_name_and_change_nothing() {
         RefreshError::NoPrevious(2)
     );
 }
+
+#[test]
+fn the_refresh_surge_is_not_held_by_the_scale_in_guards_as_fleet_to_keep() {
+    // Found end to end: the instances a 150 % refresh launched above the desired capacity were
+    // taken for the fleet the cooldown and tolerance hold, and the refresh surged again above
+    // them, up to the account's limit.
+    let sized = ControllerConfig {
+        min_instances: 2,
+        max_instances: 6,
+        scale_in_cooldown_secs: 120,
+        scale_out_cooldown_secs: 60,
+        ..config()
+    };
+    let mut fleet = Fleet::new(&["v1"; 2], good);
+    fleet.load = 30.0;
+    let mut state = PolicyState::default();
+    for _ in 0..4 {
+        fleet.step(&sized, &mut state, "v1");
+    }
+    fleet.max_running = 0;
+    let preferences = RefreshPreferences {
+        max_healthy_percentage: 150,
+        ..RefreshPreferences::default()
+    };
+    start(&fleet, &mut state, preferences);
+    assert_eq!(
+        fleet.run(&sized, &mut state, "v2", 3_600),
+        RefreshStatus::Successful
+    );
+    assert_eq!(fleet.versions(), vec!["v2"; 2]);
+    assert_eq!(fleet.max_running, 3, "150 % of 2, never more");
+}

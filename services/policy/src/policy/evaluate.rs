@@ -162,6 +162,15 @@ fn decide(
     track_launches(observation, &replace, config, state, now);
 
     let current = observed.total;
+    // The fleet being sized: the instances listed less those an instance refresh runs above
+    // the desired capacity (`max_healthy_percentage` above 100), which no rule holds on to.
+    let surge = match &state.refresh {
+        Some(refresh) if refresh.status.is_active() => current
+            .saturating_sub(refresh.last_desired)
+            .min(refresh.surge),
+        _ => 0,
+    };
+    let sized = current - surge;
     let mut rules = Rules::default();
 
     // Where the reported loads point, and the level at which a missing instance is counted.
@@ -185,7 +194,7 @@ fn decide(
     let absent_sum = f64::from(unseen) * fill.unwrap_or(0.0) + f64::from(replaced) * replaced_fill;
     // The loads with the missing and replaced instances counted as above.
     let counted = observed.average_load.map(|_| Counted {
-        current,
+        current: sized,
         sum: sum + absent_sum,
         average: (sum + absent_sum) / f64::from(reported + unseen + replaced),
         direction,
@@ -195,13 +204,13 @@ fn decide(
     // The kind's creation / destruction rule.
     let recommendation = match &counted {
         // An empty fleet has nothing to miss: only the bounds act on it.
-        None if current == 0 => {
+        None if sized == 0 => {
             state.sustain.reset();
-            current
+            sized
         }
         None => {
             state.sustain.reset();
-            rules.apply(Rule::MissingMetrics, current, current, || {
+            rules.apply(Rule::MissingMetrics, sized, sized, || {
                 if unseen == 0 {
                     "no in-service instance reported a load; holding".to_string()
                 } else {
@@ -220,28 +229,28 @@ fn decide(
         Some(counted) => kind.settle(recommendation, counted, &mut rules),
         None => recommendation,
     };
-    if desired < current && observed.warming > 0 {
-        desired = rules.apply(Rule::WarmUp, desired, current, || {
+    if desired < sized && observed.warming > 0 {
+        desired = rules.apply(Rule::WarmUp, desired, sized, || {
             format!(
                 "{} instance(s) still warming up: no scale-in",
                 observed.warming
             )
         });
     }
-    if desired < current && unseen > 0 {
-        desired = rules.apply(Rule::MissingMetrics, desired, current, || {
+    if desired < sized && unseen > 0 {
+        desired = rules.apply(Rule::MissingMetrics, desired, sized, || {
             format!(
                 "{unseen} instance(s) without a fresh metric ({}): no scale-in",
                 ids(&missing)
             )
         });
     }
-    if desired > current
+    if desired > sized
         && let Some(last) = state.last_scale_out
     {
         let until = last + config.scale_out_cooldown();
         if now < until {
-            desired = rules.apply(Rule::Cooldown, desired, current, || {
+            desired = rules.apply(Rule::Cooldown, desired, sized, || {
                 format!(
                     "scale-out cooldown, {}s left",
                     (until - now).as_secs_f64().ceil()
@@ -249,12 +258,12 @@ fn decide(
             });
         }
     }
-    if desired < current {
+    if desired < sized {
         let last = state.last_scale_out.max(state.last_scale_in);
         if let Some(last) = last {
             let until = last + config.scale_in_cooldown();
             if now < until {
-                desired = rules.apply(Rule::Cooldown, desired, current, || {
+                desired = rules.apply(Rule::Cooldown, desired, sized, || {
                     format!(
                         "scale-in cooldown, {}s left",
                         (until - now).as_secs_f64().ceil()
@@ -327,6 +336,8 @@ fn decide(
     let mut extra = 0;
     if let Some(refresh) = state.refresh.as_mut() {
         let step = refresh.step(&phases, &replace, desired, config.warmup_secs, now_ms);
+        refresh.last_desired = desired;
+        refresh.surge = step.extra;
         if !step.replace.is_empty() || step.extra > 0 {
             rules.0.push(RuleApplied {
                 rule: Rule::Refresh,
@@ -363,10 +374,10 @@ fn decide(
     }
     // Rule-driven scaling starts a cooldown; filling up to the minimum or trimming down to the
     // maximum alone does not, nor does a scale-out the launch backoff holds back.
-    if desired > current && rule_driven > current && launch == wanted {
+    if desired > sized && rule_driven > sized && launch == wanted {
         state.last_scale_out = Some(now);
         state.sustain.above_since = None;
-    } else if desired < current && rule_driven < current {
+    } else if desired < sized && rule_driven < sized {
         state.last_scale_in = Some(now);
         state.sustain.below_since = None;
     }

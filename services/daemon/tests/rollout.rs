@@ -1,0 +1,176 @@
+//! Rolling out a new version on the local provider, end to end through the Operator service:
+//! every instance carries its launch specification version (in the Status API), an instance
+//! refresh moves the fleet to a new version launching before it terminates, a version whose
+//! agents die at start is rolled back by itself, and bad requests are refused by name with
+//! nothing changed.
+
+use std::time::Duration;
+
+use autoscaler_proto::v1;
+use autoscaler_testkit::daemon::*;
+use autoscaler_testkit::*;
+
+fn versions(status: &v1::GetStatusResponse) -> Vec<String> {
+    status
+        .instances
+        .iter()
+        .filter(|i| i.listed())
+        .map(|i| i.version.clone())
+        .collect()
+}
+
+fn spec(agent_args: &[&str]) -> v1::LaunchSpec {
+    v1::LaunchSpec {
+        agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
+        ..v1::LaunchSpec::default()
+    }
+}
+
+fn refresh_status(status: &v1::GetStatusResponse) -> &str {
+    status.refresh.as_ref().map_or("", |r| r.status.as_str())
+}
+
+#[tokio::test]
+async fn a_refresh_moves_every_instance_to_the_new_version_and_a_bad_one_is_rolled_back() {
+    let state_dir = StateDir::new("rollout");
+    let daemon = RunningDaemon::start(fast_daemon_config(&state_dir.0)).await;
+    let invariant = FleetInvariant::watch(daemon.address, 2, 3);
+    let mut client = status_client(daemon.address);
+    let mut operator = operator_client(daemon.address);
+    let status = wait_status(
+        &mut client,
+        "the minimum of 2 healthy",
+        4,
+        Duration::from_secs(30),
+        |s| healthy(s) == 2,
+    )
+    .await;
+    let first = status.launch_version.clone();
+    assert!(first.starts_with("v1-"), "{first:?}");
+    assert_eq!(versions(&status), vec![first.clone(); 2]);
+
+    // Bad requests: refused by name, nothing changed.
+    let refused = operator
+        .update_launch_spec(v1::UpdateLaunchSpecRequest {
+            spec: Some(v1::LaunchSpec {
+                image_id: Some("ami-12345678".into()),
+                ..v1::LaunchSpec::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("launch_spec.image_id"),
+        "{refused}"
+    );
+    let refused = operator
+        .start_instance_refresh(v1::StartInstanceRefreshRequest {
+            spec: Some(spec(&["--reregister-after-ms", "5000"])),
+            preferences: Some(v1::RefreshPreferences {
+                min_healthy_percentage: Some(101),
+                ..v1::RefreshPreferences::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("refresh.min_healthy_percentage"),
+        "{refused}"
+    );
+    let refused = operator
+        .cancel_instance_refresh(v1::CancelInstanceRefreshRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    let described = operator
+        .describe_instance_refresh(v1::DescribeInstanceRefreshRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        described.versions.len(),
+        1,
+        "nothing changed: {described:?}"
+    );
+    assert_eq!(described.refresh, None);
+
+    // A refresh to a new version, launching before it terminates (150 %).
+    let started = operator
+        .start_instance_refresh(v1::StartInstanceRefreshRequest {
+            spec: Some(spec(&["--reregister-after-ms", "5000"])),
+            preferences: Some(v1::RefreshPreferences {
+                max_healthy_percentage: Some(150),
+                instance_warmup_secs: Some(1),
+                ..v1::RefreshPreferences::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .refresh
+        .unwrap();
+    let second = started.target.clone();
+    assert!(second.starts_with("v2-"), "{started:?}");
+    assert_eq!(started.previous, first);
+    let again = operator
+        .start_instance_refresh(v1::StartInstanceRefreshRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again}");
+    let status = wait_status(
+        &mut client,
+        "the refresh succeeded",
+        3,
+        Duration::from_secs(90),
+        |s| refresh_status(s) == "successful" && healthy(s) == 2,
+    )
+    .await;
+    assert_eq!(versions(&status), vec![second.clone(); 2]);
+    assert_eq!(status.launch_version, second);
+    assert_eq!(status.refresh.as_ref().unwrap().percent_complete, 100);
+    let replaced: Vec<&v1::DecisionRecord> = status
+        .decisions
+        .iter()
+        .filter(|d| d.summary.contains("instance refresh 1"))
+        .collect();
+    assert!(!replaced.is_empty(), "the records say the refresh replaced");
+
+    // A version whose agents die at start: rolled back by itself to the second, the two in
+    // service throughout (launch before terminate; at 100 % a group of 2 would go down to 1
+    // at a time, as EC2's does).
+    operator
+        .start_instance_refresh(v1::StartInstanceRefreshRequest {
+            spec: Some(spec(&["--no-such-flag"])),
+            preferences: Some(v1::RefreshPreferences {
+                max_healthy_percentage: Some(150),
+                instance_warmup_secs: Some(1),
+                ..v1::RefreshPreferences::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let status = wait_status(
+        &mut client,
+        "the bad version rolled back",
+        3,
+        Duration::from_secs(120),
+        |s| refresh_status(s) == "rolled-back" && healthy(s) == 2,
+    )
+    .await;
+    let refresh = status.refresh.as_ref().unwrap();
+    assert!(refresh.reason.contains("failed"), "{refresh:?}");
+    assert_eq!(refresh.target, second, "back on the second version");
+    assert_eq!(status.launch_version, second);
+    assert_eq!(versions(&status), vec![second.clone(); 2]);
+    let said = status
+        .decisions
+        .iter()
+        .flat_map(|d| &d.outcome)
+        .any(|o| o.contains(&format!("launch specification {second} is current again")));
+    assert!(said, "the record says the version went back");
+
+    invariant.check();
+    daemon.stop().await;
+}
