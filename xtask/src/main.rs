@@ -44,6 +44,9 @@ enum Command {
     /// The group as the cloud sees it, beside what the monitor knows.
     #[command(disable_help_flag = true)]
     Status(Forward),
+    /// Rolls the group onto a new launch specification with an instance refresh.
+    #[command(disable_help_flag = true)]
+    Refresh(Forward),
     /// The whole AWS workflow against a throwaway local emulator (moto server).
     #[command(disable_help_flag = true)]
     Rehearse(Forward),
@@ -94,6 +97,7 @@ fn main() -> std::process::ExitCode {
         Command::Up(args) => return forward("up", args),
         Command::Down(args) => return forward("down", args),
         Command::Status(args) => return forward("status", args),
+        Command::Refresh(args) => return forward("refresh", args),
         Command::Rehearse(args) => return forward("rehearse", args),
         Command::Simulate(command) => command.run(),
         Command::Dataset(command) => command.run(),

@@ -102,6 +102,74 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Makes `spec` the group's current launch specification.
+    pub async fn update_spec(
+        &mut self,
+        spec: v1::LaunchSpec,
+    ) -> anyhow::Result<v1::LaunchSpecVersion> {
+        let call = self
+            .operator
+            .update_launch_spec(v1::UpdateLaunchSpecRequest { spec: Some(spec) });
+        tokio::time::timeout(TIMEOUT, call)
+            .await
+            .context("UpdateLaunchSpec timed out")??
+            .into_inner()
+            .current
+            .context("UpdateLaunchSpec answered without the version")
+    }
+
+    /// Starts an instance refresh.
+    pub async fn start_refresh(
+        &mut self,
+        request: v1::StartInstanceRefreshRequest,
+    ) -> anyhow::Result<v1::InstanceRefresh> {
+        let call = self.operator.start_instance_refresh(request);
+        tokio::time::timeout(REFRESH_TIMEOUT, call)
+            .await
+            .context("StartInstanceRefresh timed out")??
+            .into_inner()
+            .refresh
+            .context("StartInstanceRefresh answered without the refresh")
+    }
+
+    /// Cancels the running refresh (`rollback`: rolls it back instead).
+    pub async fn stop_refresh(&mut self, rollback: bool) -> anyhow::Result<v1::InstanceRefresh> {
+        let answer = if rollback {
+            let call = self
+                .operator
+                .rollback_instance_refresh(v1::RollbackInstanceRefreshRequest {});
+            tokio::time::timeout(REFRESH_TIMEOUT, call).await
+        } else {
+            let call = self
+                .operator
+                .cancel_instance_refresh(v1::CancelInstanceRefreshRequest {});
+            tokio::time::timeout(REFRESH_TIMEOUT, call).await
+        };
+        answer
+            .context("the refresh call timed out")??
+            .into_inner()
+            .refresh
+            .context("answered without the refresh")
+    }
+
+    /// The launch specification's versions and the running (or last) refresh.
+    pub async fn describe_refresh(
+        &mut self,
+    ) -> anyhow::Result<v1::DescribeInstanceRefreshResponse> {
+        let call = self
+            .operator
+            .describe_instance_refresh(v1::DescribeInstanceRefreshRequest {});
+        Ok(tokio::time::timeout(REFRESH_TIMEOUT, call)
+            .await
+            .context("DescribeInstanceRefresh timed out")??
+            .into_inner())
+    }
+}
+
+/// How long a rollout call may take: the controller answers between two evaluations.
+const REFRESH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(35);
+
 /// A span of time as people write it: `90s`, `30m`, `1h`, `7d` (a bare number is seconds).
 pub fn parse_span(text: &str) -> anyhow::Result<std::time::Duration> {
     let text = text.trim();

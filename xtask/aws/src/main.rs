@@ -1,5 +1,5 @@
 //! `xtask-aws`: the AWS workflow behind `cargo xtask bootstrap`, `bake-ami`, `up`, `down`,
-//! `status` and `rehearse` (which forward here). It is a package of its own so that the AWS SDK
+//! `status`, `refresh` and `rehearse` (which forward here). It is a package of its own so that the AWS SDK
 //! is compiled only by those who use it, not by `cargo xtask demo`, `test`'s first step or `bench`.
 
 mod aws;
@@ -30,6 +30,9 @@ enum Command {
     Down(aws::Down),
     /// The group as the cloud sees it, beside what the monitor knows.
     Status(aws::Status),
+    /// Rolls the group onto a new launch specification with an instance refresh (or cancels,
+    /// rolls back or describes the running one).
+    Refresh(aws::Refresh),
     /// The whole AWS workflow against a throwaway local emulator (moto server).
     Rehearse(rehearse::Rehearse),
 }
@@ -43,6 +46,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(command) => command.run().await,
             Command::Down(command) => command.run().await,
             Command::Status(command) => command.run().await,
+            Command::Refresh(command) => command.run().await,
             Command::Rehearse(command) => command.run().await,
         }
     };

@@ -160,6 +160,9 @@ impl<C: Cloud> Controller<C> {
         fleet: watch::Receiver<Arc<FleetView>>,
         agents: Arc<dyn Agents>,
     ) -> Controller<C> {
+        let anchor = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         Controller {
             shadow: config
                 .shadow_config()
@@ -172,9 +175,7 @@ impl<C: Cloud> Controller<C> {
             state: PolicyState::default(),
             started: Instant::now(),
             front: None,
-            anchor: SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
+            anchor,
             launches: Launches::default(),
             journal: None,
             saved: None,
@@ -184,7 +185,7 @@ impl<C: Cloud> Controller<C> {
             fence: None,
             failing_open: false,
             last: None,
-            specs: Specs::new(LaunchSpec::default(), 0),
+            specs: Specs::new(LaunchSpec::default(), millis(anchor)),
             config_spec: LaunchSpec::default(),
             commands: None,
             pending_notes: Vec::new(),

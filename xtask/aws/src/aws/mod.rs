@@ -20,6 +20,7 @@ mod bake_ami;
 mod balancer;
 mod bootstrap;
 mod down;
+mod refresh;
 mod status;
 mod up;
 
@@ -27,6 +28,7 @@ pub use bake_ami::BakeAmi;
 pub use balancer::{APP_PORT, DEREGISTRATION_DELAY_SECS};
 pub use bootstrap::Bootstrap;
 pub use down::Down;
+pub use refresh::Refresh;
 pub use status::{Status, print_status};
 pub use up::{CONFIG_BEGIN, CONFIG_END, Up};
 

@@ -43,22 +43,14 @@ pub struct Status {
 impl Status {
     pub async fn run(self) -> anyhow::Result<()> {
         let (address, credentials) = match &self.monitor {
-            Some(address) => {
-                let token = match &self.token_file {
-                    Some(path) => std::fs::read_to_string(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?,
-                    None => std::env::var("AUTOSCALER_TOKEN")
-                        .context("no group token: pass --token-file or set AUTOSCALER_TOKEN")?,
-                };
-                if self.tls_dir.is_none() && !self.plaintext {
-                    bail!(
-                        "no TLS material: pass --tls-dir DIR (the demo prints it), or --plaintext for a monitor started with --plaintext"
-                    );
-                }
-                let credentials =
-                    crate::status_client::credentials(token.trim(), self.tls_dir.as_deref())?;
-                (address.clone(), credentials)
-            }
+            Some(address) => (
+                address.clone(),
+                given_credentials(
+                    self.token_file.as_deref(),
+                    self.tls_dir.as_deref(),
+                    self.plaintext,
+                )?,
+            ),
             None => {
                 let aws = Aws::connect(&self.group.group).await?;
                 if !self.activity {
@@ -105,6 +97,27 @@ impl Status {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// The credentials to reach a monitor given by address: the token from `token_file` or
+/// AUTOSCALER_TOKEN, the operator's certificate from `tls_dir` (or plaintext when asked).
+pub fn given_credentials(
+    token_file: Option<&std::path::Path>,
+    tls_dir: Option<&std::path::Path>,
+    plaintext: bool,
+) -> anyhow::Result<autoscaler_proto::auth::Credentials> {
+    let token = match token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => std::env::var("AUTOSCALER_TOKEN")
+            .context("no group token: pass --token-file or set AUTOSCALER_TOKEN")?,
+    };
+    if tls_dir.is_none() && !plaintext {
+        bail!(
+            "no TLS material: pass --tls-dir DIR (the demo prints it), or --plaintext for a monitor started with --plaintext"
+        );
+    }
+    crate::status_client::credentials(token.trim(), tls_dir)
 }
 
 /// The bounds the schedules set, the windows holding (until when) and the next.
@@ -165,6 +178,22 @@ fn schedule_text(schedule: &autoscaler_proto::v1::Schedule) -> String {
     )
 }
 
+/// An instance refresh on one line: its number, target, status, progress and why.
+pub fn refresh_text(r: &autoscaler_proto::v1::InstanceRefresh) -> String {
+    let mut line = format!(
+        "{} to {}: {}, {} % done, {} left, {} replaced",
+        r.id, r.target, r.status, r.percent_complete, r.instances_left, r.replaced
+    );
+    if r.paused_until_ms > 0 {
+        let until = autoscaler_policy::schedule::rfc3339(r.paused_until_ms);
+        line.push_str(&format!(", paused until {until}"));
+    }
+    if !r.reason.is_empty() {
+        line.push_str(&format!(" ({})", r.reason));
+    }
+    line
+}
+
 /// The fleet as one monitor reports it.
 pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
     println!(
@@ -176,7 +205,7 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
         report.max_instances
     );
     println!(
-        "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}  {:<10} {:>8} {:>6}",
+        "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}  {:<10} {:>8} {:>6}  VERSION",
         "INSTANCE", "STATE", "HEALTH", "LOAD", "ADDRESS", "MISSES", "TARGET", "IN-FLIGHT", "REQ/S"
     );
     for instance in &report.instances {
@@ -185,7 +214,7 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
             name => name,
         };
         println!(
-            "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}  {:<10} {:>8} {:>6}",
+            "{:<20} {:<9} {:<12} {:>7}  {:<21} {:>6}  {:<10} {:>8} {:>6}  {}",
             instance.instance_id,
             instance.state().name(),
             instance.health().name(),
@@ -199,6 +228,10 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
             instance
                 .requests_per_second
                 .map_or("-".to_string(), |r| format!("{r:.0}")),
+            match instance.version.as_str() {
+                "" => "-",
+                version => version,
+            },
         );
         if !instance.target_reason.is_empty() {
             println!("{:<20} target: {}", "", instance.target_reason);
@@ -217,6 +250,12 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
     }
     if let Some(forecast) = &report.forecast {
         println!("forecast: {}", forecast_text(forecast));
+    }
+    if !report.launch_version.is_empty() {
+        println!("launching: {}", report.launch_version);
+    }
+    if let Some(refresh) = &report.refresh {
+        println!("refresh: {}", refresh_text(refresh));
     }
     if let Some(last) = report.decisions.last() {
         println!("last decision: {}", last.summary);

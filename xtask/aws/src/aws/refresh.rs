@@ -1,0 +1,169 @@
+//! `cargo xtask refresh`: rolls the group onto a new launch specification (on AWS, `--ami` after
+//! a new `bake-ami`; locally, extra agent arguments) with an instance refresh, or cancels, rolls
+//! back or describes the running one, through the monitor's Operator service.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use autoscaler_proto::v1;
+
+use super::status::{given_credentials, refresh_text};
+use super::{Aws, GroupArgs};
+
+/// Starts, cancels, rolls back or describes an instance refresh.
+#[derive(Debug, clap::Args)]
+pub struct Refresh {
+    #[command(flatten)]
+    pub group: GroupArgs,
+    /// Ask this monitor (`host:port`) directly instead of finding it in SSM; the token comes
+    /// from --token-file or AUTOSCALER_TOKEN, the operator's certificate from --tls-dir.
+    #[arg(long)]
+    pub monitor: Option<String>,
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+    #[arg(long, env = "AUTOSCALER_TLS_DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+    #[arg(long, conflicts_with = "tls_dir")]
+    pub plaintext: bool,
+    /// EC2: the AMI the new instances are launched from (after `bake-ami`).
+    #[arg(long)]
+    pub ami: Option<String>,
+    /// EC2: the instance type of the new instances.
+    #[arg(long)]
+    pub instance_type: Option<String>,
+    /// Locally: an argument added to every new agent's (repeat it).
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    pub agent_args: Vec<String>,
+    /// Locally: an argument added to every new application's (repeat it).
+    #[arg(long = "app-arg", allow_hyphen_values = true)]
+    pub app_args: Vec<String>,
+    /// Keep at least this share of the desired capacity in service (EC2's default 90).
+    #[arg(long)]
+    pub min_healthy: Option<u32>,
+    /// Run at most this share of it at once; above 100 new instances launch first (default 100).
+    #[arg(long)]
+    pub max_healthy: Option<u32>,
+    /// Seconds a new instance serves before it counts (default: the controller's warm-up).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Leave the instances already on the new version.
+    #[arg(long)]
+    pub skip_matching: bool,
+    /// Pause at these percentages replaced (`50,100`).
+    #[arg(long, value_delimiter = ',')]
+    pub checkpoints: Vec<u32>,
+    /// Seconds each checkpoint pauses (default 3600).
+    #[arg(long)]
+    pub checkpoint_delay: Option<u64>,
+    /// Seconds the new instances are watched at the end before it succeeds (default 0).
+    #[arg(long)]
+    pub bake: Option<u64>,
+    /// Stop, rather than roll back, when new instances fail.
+    #[arg(long)]
+    pub no_auto_rollback: bool,
+    /// Cancel the running refresh (its instances stay as they are).
+    #[arg(long, conflicts_with_all = ["rollback", "describe"])]
+    pub cancel: bool,
+    /// Roll the running refresh back to the version before it.
+    #[arg(long, conflicts_with = "describe")]
+    pub rollback: bool,
+    /// Print the versions and the running (or last) refresh.
+    #[arg(long)]
+    pub describe: bool,
+    /// Follow the refresh until it ends, printing its progress.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+impl Refresh {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let (address, credentials) = match &self.monitor {
+            Some(address) => (
+                address.clone(),
+                given_credentials(
+                    self.token_file.as_deref(),
+                    self.tls_dir.as_deref(),
+                    self.plaintext,
+                )?,
+            ),
+            None => {
+                let aws = Aws::connect(&self.group.group).await?;
+                let address = aws.parameters.get(&aws.names.monitor()).await?;
+                (address, aws.operator_credentials().await?)
+            }
+        };
+        let mut daemon = crate::status_client::Daemon::new(&address, &credentials)?;
+        if self.describe {
+            let described = daemon.describe_refresh().await?;
+            for version in &described.versions {
+                let spec = version.spec.clone().unwrap_or_default();
+                println!(
+                    "{} since {}: image {}, type {}, agent args {:?}, app args {:?}",
+                    version.version,
+                    autoscaler_policy::schedule::rfc3339(version.since_ms),
+                    spec.image_id.as_deref().unwrap_or("(the group's)"),
+                    spec.instance_type.as_deref().unwrap_or("(the group's)"),
+                    spec.agent_args,
+                    spec.app_args
+                );
+            }
+            match &described.refresh {
+                Some(refresh) => println!("refresh {}", refresh_text(refresh)),
+                None => println!("no instance refresh yet"),
+            }
+            return Ok(());
+        }
+        let refresh = if self.cancel || self.rollback {
+            daemon.stop_refresh(self.rollback).await?
+        } else {
+            let changed = self.ami.is_some()
+                || self.instance_type.is_some()
+                || !self.agent_args.is_empty()
+                || !self.app_args.is_empty();
+            let request = v1::StartInstanceRefreshRequest {
+                spec: changed.then(|| v1::LaunchSpec {
+                    image_id: self.ami.clone(),
+                    instance_type: self.instance_type.clone(),
+                    agent_args: self.agent_args.clone(),
+                    app_args: self.app_args.clone(),
+                }),
+                preferences: Some(v1::RefreshPreferences {
+                    min_healthy_percentage: self.min_healthy,
+                    max_healthy_percentage: self.max_healthy,
+                    instance_warmup_secs: self.warmup,
+                    skip_matching: self.skip_matching,
+                    checkpoints: self.checkpoints.clone(),
+                    checkpoint_delay_secs: self.checkpoint_delay,
+                    bake_time_secs: self.bake,
+                    auto_rollback: self.no_auto_rollback.then_some(false),
+                    ..v1::RefreshPreferences::default()
+                }),
+            };
+            daemon.start_refresh(request).await?
+        };
+        println!("refresh {}", refresh_text(&refresh));
+        if !self.wait {
+            return Ok(());
+        }
+        let mut last = String::new();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let status = daemon.status_after(u64::MAX).await?;
+            let Some(refresh) = status.refresh else {
+                bail!("the monitor reports no refresh (did its leader change?)");
+            };
+            let line = refresh_text(&refresh);
+            if line != last {
+                println!("refresh {line}");
+                last = line;
+            }
+            match refresh.status.as_str() {
+                "successful" => return Ok(()),
+                "cancelled" | "rolled-back" | "failed" => {
+                    bail!("the refresh ended {}: {}", refresh.status, refresh.reason)
+                }
+                _ => {}
+            }
+        }
+    }
+}
