@@ -281,3 +281,86 @@ async fn with_the_load_balancer_health_check_type_a_frozen_application_is_replac
     let _ = kill(Pid::from_raw(app), Signal::SIGCONT);
     daemon.stop().await;
 }
+
+/// The running (or last) refresh's status.
+fn refresh_is(status: &autoscaler_proto::v1::GetStatusResponse, what: &str) -> bool {
+    status.refresh.as_ref().is_some_and(|r| r.status == what)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_keep_being_served_through_a_refresh_and_the_rollback_of_a_bad_version() {
+    use autoscaler_proto::v1;
+    let state_dir = StateDir::new("traffic-refresh");
+    let (config, balancer) = traffic_daemon_config(&state_dir.0);
+    let daemon = RunningDaemon::start(config).await;
+    let (mut client, _) = two_behind_the_balancer(daemon.address).await;
+    let mut operator = operator_client(daemon.address);
+    let traffic = Traffic::start(balancer, 60.0);
+    let app_spec = |arg: &[&str]| v1::LaunchSpec {
+        app_args: arg.iter().map(|a| a.to_string()).collect(),
+        ..v1::LaunchSpec::default()
+    };
+    let mut phases = Vec::new();
+    for (max_healthy, spec, ends) in [
+        (100, app_spec(&["--max-queue", "300"]), "successful"),
+        (150, app_spec(&["--max-queue", "400"]), "successful"),
+        (150, app_spec(&["--no-such-flag"]), "rolled-back"),
+    ] {
+        let from = traffic.elapsed();
+        let started = operator
+            .start_instance_refresh(v1::StartInstanceRefreshRequest {
+                spec: Some(spec),
+                preferences: Some(v1::RefreshPreferences {
+                    max_healthy_percentage: Some(max_healthy),
+                    instance_warmup_secs: Some(1),
+                    ..v1::RefreshPreferences::default()
+                }),
+            })
+            .await
+            .expect("the refresh starts")
+            .into_inner()
+            .refresh
+            .unwrap();
+        let done = wait_status(
+            &mut client,
+            &format!("refresh {} {ends}", started.id),
+            4,
+            Duration::from_secs(120),
+            |s| refresh_is(s, ends) && serving(s).len() == 2 && listed(s).len() == 2,
+        )
+        .await;
+        let on: Vec<&str> = done
+            .instances
+            .iter()
+            .filter(|i| i.listed())
+            .map(|i| i.version.as_str())
+            .collect();
+        let expected = match ends {
+            "successful" => started.target.clone(),
+            _ => started.previous.clone(),
+        };
+        assert_eq!(on, vec![expected.as_str(); 2], "{done:#?}");
+        let to = traffic.elapsed();
+        phases.push((max_healthy, ends, from, to));
+    }
+    let outcomes = traffic.stop().await;
+    for (max_healthy, ends, from, to) in &phases {
+        let tally = autoscaler_testkit::traffic::tally(&outcomes, *from, *to);
+        eprintln!(
+            "figure: refresh at max healthy {max_healthy} % ({ends}) took {:.1} s: {} served, {} failed",
+            (*to - *from).as_secs_f64(),
+            tally.served,
+            tally.failed
+        );
+        assert!(tally.served > 0);
+    }
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(10)]
+    );
+    daemon.stop().await;
+}

@@ -341,12 +341,13 @@ impl Refresh {
     /// One evaluation of the refresh: the failures it sees, its progress, and the old
     /// instances to replace now so that at least `min_healthy_percentage` of `desired` stays in
     /// service and at most `max_healthy_percentage` runs. `health` are the replacements the
-    /// evaluation already makes for health.
+    /// evaluation already makes for health; `leaving`, the instances still draining.
     pub(crate) fn step(
         &mut self,
         instances: &[(&ObservedInstance, Phase)],
         health: &[Replacement],
         desired: u32,
+        leaving: u32,
         default_warmup_secs: u64,
         now_ms: i64,
     ) -> RefreshStep {
@@ -424,8 +425,9 @@ impl Refresh {
             0 => 100,
             all => healthy_on_target * 100 / all,
         };
-        // Done: every instance on the target, warmed; then the bake time.
-        if left == 0 && pending_new == 0 {
+        // Done: every instance on the target, warmed, the old ones gone (drained and
+        // terminated); then the bake time.
+        if left == 0 && pending_new == 0 && leaving == 0 {
             let since = *self.baking_since_ms.get_or_insert(now_ms);
             let bake = i64::try_from(self.preferences.bake_time_secs * 1000).unwrap_or(i64::MAX);
             if now_ms - since >= bake {

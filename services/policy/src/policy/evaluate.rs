@@ -335,7 +335,14 @@ fn decide(
     // launch above the desired capacity first.
     let mut extra = 0;
     if let Some(refresh) = state.refresh.as_mut() {
-        let step = refresh.step(&phases, &replace, desired, config.warmup_secs, now_ms);
+        let step = refresh.step(
+            &phases,
+            &replace,
+            desired,
+            observation.leaving,
+            config.warmup_secs,
+            now_ms,
+        );
         refresh.last_desired = desired;
         refresh.surge = step.extra;
         if !step.replace.is_empty() || step.extra > 0 {
