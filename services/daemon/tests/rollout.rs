@@ -174,3 +174,70 @@ async fn a_refresh_moves_every_instance_to_the_new_version_and_a_bad_one_is_roll
     invariant.check();
     daemon.stop().await;
 }
+
+/// Waits until the daemon at `port` reports a refresh for which `condition` holds.
+async fn refresh_until(
+    port: u16,
+    what: &str,
+    condition: impl Fn(&v1::GetStatusResponse) -> bool,
+) -> v1::GetStatusResponse {
+    let mut client = status_client(loopback(port));
+    wait_status(&mut client, what, 3, Duration::from_secs(90), condition).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_in_the_middle_of_a_refresh_is_followed_by_one_that_resumes_it() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let state_dir = StateDir::new("rollout-failover");
+    let config = process_config_file(&state_dir.0, 4, 30.0);
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = spawn_daemon_process(&state_dir.0, port_a, &config);
+    refresh_until(port_a, "a leads 2", |s| healthy(s) == 2).await;
+    let mut operator = operator_client(loopback(port_a));
+    // Paused at 50 % (one of two replaced) for long enough to change leaders.
+    let started = operator
+        .start_instance_refresh(v1::StartInstanceRefreshRequest {
+            spec: Some(spec(&["--log-format", "json"])),
+            preferences: Some(v1::RefreshPreferences {
+                instance_warmup_secs: Some(1),
+                checkpoints: vec![50],
+                checkpoint_delay_secs: Some(12),
+                ..v1::RefreshPreferences::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .refresh
+        .unwrap();
+    refresh_until(port_a, "a pauses at the checkpoint", |s| {
+        refresh_status(s) == "paused"
+    })
+    .await;
+    let mut b = spawn_standby_process(&state_dir.0, port_b, None, &config).await;
+    kill(Pid::from_raw(a.id().unwrap() as i32), Signal::SIGKILL).unwrap();
+    let _ = a.wait().await;
+    // Its memory, from the store: the same refresh, still paused, half done once the agents
+    // have registered with it.
+    refresh_until(port_b, "b shows the refresh paused half way", |s| {
+        s.refresh
+            .as_ref()
+            .is_some_and(|r| r.id == started.id && r.status == "paused" && r.percent_complete == 50)
+    })
+    .await;
+    let done = refresh_until(port_b, "b ends the refresh", |s| {
+        refresh_status(s) == "successful" && healthy(s) == 2 && listed(s).len() == 2
+    })
+    .await;
+    assert_eq!(versions(&done), vec![started.target.clone(); 2]);
+    let launched: u64 = std::fs::read_to_string(state_dir.0.join("next-id"))
+        .unwrap()
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+        - 1;
+    assert_eq!(launched, 4, "2 at first and 2 replacements: nothing twice");
+    kill(Pid::from_raw(b.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(20), b.wait()).await;
+}
