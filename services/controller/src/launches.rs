@@ -48,6 +48,8 @@ pub struct ControllerMemory {
     /// The versions of the group's launch specification (runtime changes, what a rollback
     /// goes back to).
     pub specs: Option<crate::spec::Specs>,
+    /// The instances protected from scale-in.
+    pub protected: std::collections::BTreeSet<String>,
 }
 
 /// Where the controller's memory is kept, written before every launch and after every

@@ -83,6 +83,7 @@ struct StatusInner {
     /// The running (or last) instance refresh, and the version new instances get.
     refresh: Option<autoscaler_policy::refresh::Refresh>,
     launch_version: Option<String>,
+    protected: std::collections::BTreeSet<String>,
 }
 
 /// Totals since the controller started, for the metrics endpoint.
@@ -207,10 +208,17 @@ impl ControllerStatus {
         &self,
         refresh: Option<autoscaler_policy::refresh::Refresh>,
         launch_version: String,
+        protected: std::collections::BTreeSet<String>,
     ) {
         let mut inner = self.lock();
         inner.refresh = refresh;
         inner.launch_version = Some(launch_version);
+        inner.protected = protected;
+    }
+
+    /// Whether `instance_id` is protected from scale-in.
+    pub fn is_protected(&self, instance_id: &str) -> bool {
+        self.lock().protected.contains(instance_id)
     }
 
     /// Changes whenever a new decision record is kept (its sequence).

@@ -150,6 +150,15 @@ impl Rollouts for ControllerRollouts {
         })
     }
 
+    fn set_protection(&self, request: v1::SetInstanceProtectionRequest) -> Answer<'_, Vec<String>> {
+        Box::pin(async move {
+            self.0
+                .set_protection(request.instance_ids, request.protected_from_scale_in)
+                .await
+                .map_err(status)
+        })
+    }
+
     fn describe(&self) -> Answer<'_, v1::DescribeInstanceRefreshResponse> {
         Box::pin(async move {
             let rollout = self.0.describe().await.map_err(status)?;

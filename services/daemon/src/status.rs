@@ -226,6 +226,10 @@ impl StatusService {
                         .unwrap_or_default(),
                     app_address: cloud.app_address.clone().unwrap_or_default(),
                     version: cloud.version.clone().unwrap_or_default(),
+                    protected_from_scale_in: self
+                        .controller
+                        .as_ref()
+                        .is_some_and(|c| c.is_protected(&cloud.instance_id)),
                     ..seen.map_or_else(unregistered, as_seen)
                 }
             })

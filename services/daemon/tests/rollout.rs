@@ -241,3 +241,74 @@ async fn a_leader_killed_in_the_middle_of_a_refresh_is_followed_by_one_that_resu
     kill(Pid::from_raw(b.id().unwrap() as i32), Signal::SIGTERM).unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(20), b.wait()).await;
 }
+
+#[tokio::test]
+async fn a_protected_instance_is_left_by_a_refresh_and_an_unknown_one_is_refused() {
+    let state_dir = StateDir::new("rollout-protect");
+    let daemon = RunningDaemon::start(fast_daemon_config(&state_dir.0)).await;
+    let mut client = status_client(daemon.address);
+    let mut operator = operator_client(daemon.address);
+    let status = wait_status(&mut client, "2 healthy", 4, Duration::from_secs(30), |s| {
+        healthy(s) == 2
+    })
+    .await;
+    let kept = status.instances[0].instance_id.clone();
+    let first = status.launch_version.clone();
+    let refused = operator
+        .set_instance_protection(v1::SetInstanceProtectionRequest {
+            instance_ids: vec![kept.clone(), "local-9999".into()],
+            protected_from_scale_in: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("local-9999"), "{refused}");
+    let protected = operator
+        .set_instance_protection(v1::SetInstanceProtectionRequest {
+            instance_ids: vec![kept.clone()],
+            protected_from_scale_in: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .protected;
+    assert_eq!(
+        protected,
+        vec![kept.clone()],
+        "only the one named, nothing from the refused call"
+    );
+    operator
+        .start_instance_refresh(v1::StartInstanceRefreshRequest {
+            spec: Some(spec(&["--reregister-after-ms", "5000"])),
+            preferences: Some(v1::RefreshPreferences {
+                max_healthy_percentage: Some(150),
+                instance_warmup_secs: Some(1),
+                ..v1::RefreshPreferences::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let done = wait_status(
+        &mut client,
+        "the refresh succeeded around the protected one",
+        3,
+        Duration::from_secs(60),
+        |s| refresh_status(s) == "successful" && healthy(s) == 2 && listed(s).len() == 2,
+    )
+    .await;
+    let protected = done
+        .instances
+        .iter()
+        .find(|i| i.instance_id == kept)
+        .expect("the protected instance stays");
+    assert!(protected.protected_from_scale_in);
+    assert_eq!(protected.version, first);
+    let other = done
+        .instances
+        .iter()
+        .find(|i| i.instance_id != kept)
+        .unwrap();
+    assert_eq!(other.version, done.launch_version);
+    assert_ne!(other.version, first);
+    daemon.stop().await;
+}

@@ -43,6 +43,7 @@ pub trait Rollouts: Send + Sync + 'static {
     fn cancel_refresh(&self) -> Answer<'_, v1::InstanceRefresh>;
     fn roll_back_refresh(&self) -> Answer<'_, v1::InstanceRefresh>;
     fn describe(&self) -> Answer<'_, v1::DescribeInstanceRefreshResponse>;
+    fn set_protection(&self, request: v1::SetInstanceProtectionRequest) -> Answer<'_, Vec<String>>;
 }
 
 /// Serves `autoscaler.v1.Operator` over the monitor's registry.
@@ -221,5 +222,19 @@ impl Operator for OperatorService {
     ) -> Result<Response<v1::DescribeInstanceRefreshResponse>, Status> {
         require_caller(&request, Role::Operator)?;
         Ok(Response::new(self.rollouts()?.describe().await?))
+    }
+
+    async fn set_instance_protection(
+        &self,
+        request: Request<v1::SetInstanceProtectionRequest>,
+    ) -> Result<Response<v1::SetInstanceProtectionResponse>, Status> {
+        require_caller(&request, Role::Operator)?;
+        let protected = self
+            .rollouts()?
+            .set_protection(request.into_inner())
+            .await?;
+        Ok(Response::new(v1::SetInstanceProtectionResponse {
+            protected,
+        }))
     }
 }

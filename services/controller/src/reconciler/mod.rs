@@ -111,6 +111,8 @@ pub struct Controller<C> {
     /// The operator's commands, and what they did, said in the next decision record.
     commands: Option<mpsc::Receiver<Command>>,
     pending_notes: Vec<String>,
+    /// The instances protected from scale-in.
+    protected: std::collections::BTreeSet<String>,
 }
 
 fn millis(since_epoch: Duration) -> i64 {
@@ -189,6 +191,7 @@ impl<C: Cloud> Controller<C> {
             config_spec: LaunchSpec::default(),
             commands: None,
             pending_notes: Vec::new(),
+            protected: Default::default(),
         }
     }
 
@@ -234,6 +237,7 @@ impl<C: Cloud> Controller<C> {
                 self.config_spec.clone(),
                 millis(now),
             );
+            self.protected = recalled.protected.clone();
             self.saved = Some(recalled.clone());
         }
         self.journal = Some(journal);
@@ -247,6 +251,7 @@ impl<C: Cloud> Controller<C> {
             policy: self.state.remember(now, millis(now)),
             pending_launches: self.launches.pending().to_vec(),
             specs: Some(self.specs.clone()),
+            protected: self.protected.clone(),
         }
     }
 
@@ -428,6 +433,12 @@ impl<C: Cloud> Controller<C> {
         observation.leaving = gone.len() as u32;
         observation.removals_drain = self.front.is_some();
         observation.launch_version = Some(self.specs.current().version());
+        // Protection ends with the instance.
+        self.protected
+            .retain(|id| instances.iter().any(|i| &i.instance_id == id));
+        for instance in &mut observation.instances {
+            instance.protected = self.protected.contains(&instance.instance_id);
+        }
         if let Some((schedules, base)) = &mut self.runtime_schedules
             && schedules.has_changed().unwrap_or(false)
         {
@@ -494,8 +505,11 @@ impl<C: Cloud> Controller<C> {
             .set_launch_backoff(decision.launch_backoff.clone());
         self.status
             .set_plans(decision.scheduled.clone(), decision.forecast.clone());
-        self.status
-            .set_rollout(decision.refresh.clone(), spec.version());
+        self.status.set_rollout(
+            decision.refresh.clone(),
+            spec.version(),
+            self.protected.clone(),
+        );
         self.save_demand().await;
         if let Err(error) = self.save_memory().await {
             tracing::warn!(%error, "cannot keep the controller's memory; trying again next time");

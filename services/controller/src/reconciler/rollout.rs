@@ -57,6 +57,8 @@ pub enum Command {
     CancelRefresh(Reply<Refresh>),
     RollBackRefresh(Reply<Refresh>),
     Describe(Reply<Rollout>),
+    /// Protects the instances from scale-in (`true`) or lifts it; answers every protected one.
+    SetProtection(Vec<String>, bool, Reply<Vec<String>>),
 }
 
 /// How long a command waits for the controller (between two evaluations, which may retry a
@@ -111,6 +113,15 @@ impl Commands {
 
     pub async fn describe(&self) -> Result<Rollout, CommandError> {
         self.ask(Command::Describe).await
+    }
+
+    pub async fn set_protection(
+        &self,
+        instance_ids: Vec<String>,
+        protected: bool,
+    ) -> Result<Vec<String>, CommandError> {
+        self.ask(|reply| Command::SetProtection(instance_ids, protected, reply))
+            .await
     }
 }
 
@@ -209,10 +220,48 @@ impl<C: Cloud> Controller<C> {
                 let _ = reply.send(Ok(self.rollout()));
                 None
             }
+            Command::SetProtection(ids, protect, reply) => {
+                let listed = self.status.instances();
+                let unknown = ids
+                    .iter()
+                    .find(|id| !listed.iter().any(|i| &i.instance_id == *id));
+                let result = match (ids.is_empty(), unknown) {
+                    (true, _) => Err(CommandError::Invalid {
+                        field: "instance_ids".to_string(),
+                        problem: "is empty".to_string(),
+                    }),
+                    (false, Some(id)) => Err(CommandError::Invalid {
+                        field: "instance_ids".to_string(),
+                        problem: format!("names {id:?}, which is not an instance of this group"),
+                    }),
+                    (false, None) => {
+                        for id in &ids {
+                            match protect {
+                                true => self.protected.insert(id.clone()),
+                                false => self.protected.remove(id),
+                            };
+                        }
+                        Ok(self.protected.iter().cloned().collect())
+                    }
+                };
+                let said = result.is_ok().then(|| {
+                    format!(
+                        "{} {}",
+                        ids.join(", "),
+                        match protect {
+                            true => "protected from scale-in",
+                            false => "no longer protected from scale-in",
+                        }
+                    )
+                });
+                let _ = reply.send(result);
+                said
+            }
         };
         self.status.set_rollout(
             self.state.refresh().cloned(),
             self.specs.current().version(),
+            self.protected.clone(),
         );
         if let Some(said) = said {
             tracing::info!("{said}");
