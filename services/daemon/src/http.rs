@@ -76,6 +76,23 @@ struct StatusJson<'a> {
     schedule: Option<ScheduleJson<'a>>,
     /// What the forecaster says, when the group has one.
     forecast: Option<ForecastJson<'a>>,
+    /// The launch specification version new instances get, and the running (or last) refresh.
+    launch_version: &'a str,
+    refresh: Option<RefreshJson<'a>>,
+}
+
+/// An instance refresh, as the page shows it.
+#[derive(Debug, serde::Serialize)]
+struct RefreshJson<'a> {
+    id: u64,
+    status: &'a str,
+    target: &'a str,
+    previous: &'a str,
+    percent_complete: u32,
+    instances_left: u32,
+    replaced: u32,
+    reason: &'a str,
+    paused_until_ms: i64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -151,6 +168,9 @@ struct InstanceJson<'a> {
     requests_in_flight: Option<u32>,
     target_reason: &'a str,
     requests_per_second: Option<f64>,
+    /// The launch specification version it was launched with.
+    version: &'a str,
+    protected_from_scale_in: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -210,6 +230,8 @@ impl<'a> From<&'a v1::GetStatusResponse> for StatusJson<'a> {
                     requests_in_flight: i.requests_in_flight,
                     target_reason: &i.target_reason,
                     requests_per_second: i.requests_per_second,
+                    version: &i.version,
+                    protected_from_scale_in: i.protected_from_scale_in,
                 })
                 .collect(),
             decisions: report
@@ -248,6 +270,18 @@ impl<'a> From<&'a v1::GetStatusResponse> for StatusJson<'a> {
                 active: s.active.iter().map(WindowJson::from).collect(),
                 next: s.next.as_ref().map(WindowJson::from),
                 change: &s.change,
+            }),
+            launch_version: &report.launch_version,
+            refresh: report.refresh.as_ref().map(|r| RefreshJson {
+                id: r.id,
+                status: &r.status,
+                target: &r.target,
+                previous: &r.previous,
+                percent_complete: r.percent_complete,
+                instances_left: r.instances_left,
+                replaced: r.replaced,
+                reason: &r.reason,
+                paused_until_ms: r.paused_until_ms,
             }),
             forecast: report.forecast.as_ref().map(|f| ForecastJson {
                 mode: &f.mode,

@@ -30,11 +30,25 @@ impl BakeAmi {
     pub async fn run_with(self, aws: &Aws) -> anyhow::Result<()> {
         eprintln!("bake-ami of group {}", aws.group);
         let seeds = aws.instances(&[InstanceRole::Seed]).await?;
-        let existing = aws
+        let images: Vec<_> = aws
             .images()
             .await?
             .into_iter()
-            .find(|i| i.state().map(|s| s.as_str()) != Some("deregistered"));
+            .filter(|i| i.state().map(|s| s.as_str()) != Some("deregistered"))
+            .collect();
+        let seed = seeds
+            .iter()
+            .find(|s| s.state == "running" || s.state == "stopped");
+        // Run again, it reuses the image this seed made (or, the seed gone, the newest): a new
+        // seed (a new `bootstrap`, a new version of the agent) makes a new image.
+        let existing = match seed {
+            Some(seed) => images
+                .iter()
+                .find(|i| i.source_instance_id() == Some(seed.instance_id.as_str())),
+            None => images
+                .iter()
+                .max_by_key(|i| i.creation_date().unwrap_or("")),
+        };
         let image_id = match existing {
             Some(image) => {
                 let id = image.image_id().unwrap_or("").to_string();
@@ -42,15 +56,12 @@ impl BakeAmi {
                 id
             }
             None => {
-                let seed = seeds
-                    .iter()
-                    .find(|s| s.state == "running" || s.state == "stopped")
-                    .with_context(|| {
-                        format!(
-                            "no seed instance: run `cargo xtask bootstrap --group {}` first",
-                            aws.group
-                        )
-                    })?;
+                let seed = seed.with_context(|| {
+                    format!(
+                        "no seed instance: run `cargo xtask bootstrap --group {}` first",
+                        aws.group
+                    )
+                })?;
                 let stamp = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)?
                     .as_secs();

@@ -4,6 +4,7 @@
 //! is the scenario: it checks along the way what an AWS user would see, and that nothing of the
 //! group is left at the end.
 
+mod refresh;
 mod runner;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,7 +65,7 @@ impl Rehearse {
         drop(emulator);
         result?;
         eprintln!(
-            "rehearsal passed: bootstrap, bake-ami, up with a load balancer and a standby, 2 -> 3 -> 2 with every instance a target, a failover, down --purge; nothing of group {} is left in the emulator",
+            "rehearsal passed: bootstrap, bake-ami, up with a load balancer and a standby, 2 -> 3 -> 2 with every instance a target, a failover, a refresh to a second AMI, down --purge; nothing of group {} is left in the emulator",
             self.group
         );
         Ok(())
@@ -188,8 +189,12 @@ impl Rehearse {
             "\n== cargo xtask status (from AWS), then --monitor (straight from the monitor) =="
         );
         aws::print_status(aws).await?;
-        let private =
-            std::env::temp_dir().join(format!("autoscaler-rehearsal-{}", std::process::id()));
+        // Not the log dir (`autoscaler-rehearsal-<pid>`): removing this one must leave the
+        // runner somewhere to write the logs of the instances it starts later.
+        let private = std::env::temp_dir().join(format!(
+            "autoscaler-rehearsal-{}-operator",
+            std::process::id()
+        ));
         let token_file = private.join("token");
         let tls_dir = private.join("tls");
         autoscaler_aws::tls_material(&aws.parameters, &aws.names, Role::Operator)
@@ -213,6 +218,9 @@ impl Rehearse {
 
         eprintln!("\n== failover: the leader's monitor host terminated ==");
         failover(aws, runner, &address).await?;
+
+        eprintln!("\n== cargo xtask bake-ami again, then refresh --ami ==");
+        refresh::refresh_to_a_new_ami(aws, &group).await?;
 
         eprintln!("\n== cargo xtask down --purge --dry-run ==");
         aws::Down {
