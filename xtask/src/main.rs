@@ -47,6 +47,9 @@ enum Command {
     /// Rolls the group onto a new launch specification with an instance refresh.
     #[command(disable_help_flag = true)]
     Refresh(Forward),
+    /// Changes the group's bounds, or sets its desired capacity once.
+    #[command(disable_help_flag = true)]
+    Update(Forward),
     /// The whole AWS workflow against a throwaway local emulator (moto server).
     #[command(disable_help_flag = true)]
     Rehearse(Forward),
@@ -98,6 +101,7 @@ fn main() -> std::process::ExitCode {
         Command::Down(args) => return forward("down", args),
         Command::Status(args) => return forward("status", args),
         Command::Refresh(args) => return forward("refresh", args),
+        Command::Update(args) => return forward("update", args),
         Command::Rehearse(args) => return forward("rehearse", args),
         Command::Simulate(command) => command.run(),
         Command::Dataset(command) => command.run(),

@@ -103,6 +103,18 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Changes the bounds and sets the desired capacity once.
+    pub async fn update_group(
+        &mut self,
+        request: v1::UpdateGroupRequest,
+    ) -> anyhow::Result<v1::UpdateGroupResponse> {
+        let call = self.operator.update_group(request);
+        Ok(tokio::time::timeout(REFRESH_TIMEOUT, call)
+            .await
+            .context("UpdateGroup timed out")??
+            .into_inner())
+    }
+
     /// Makes `spec` the group's current launch specification.
     pub async fn update_spec(
         &mut self,

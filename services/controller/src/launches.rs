@@ -50,6 +50,8 @@ pub struct ControllerMemory {
     pub specs: Option<crate::spec::Specs>,
     /// The instances protected from scale-in.
     pub protected: std::collections::BTreeSet<String>,
+    /// The bounds (min, max) an operator set at run time, over the config's.
+    pub bounds: Option<(u32, u32)>,
 }
 
 /// Where the controller's memory is kept, written before every launch and after every

@@ -84,6 +84,7 @@ struct StatusInner {
     refresh: Option<autoscaler_policy::refresh::Refresh>,
     launch_version: Option<String>,
     protected: std::collections::BTreeSet<String>,
+    bounds: Option<(u32, u32)>,
 }
 
 /// Totals since the controller started, for the metrics endpoint.
@@ -214,6 +215,15 @@ impl ControllerStatus {
         inner.refresh = refresh;
         inner.launch_version = Some(launch_version);
         inner.protected = protected;
+    }
+
+    /// The bounds an operator set at run time, when one did.
+    pub fn bounds(&self) -> Option<(u32, u32)> {
+        self.lock().bounds
+    }
+
+    pub(crate) fn set_bounds(&self, min: u32, max: u32) {
+        self.lock().bounds = Some((min, max));
     }
 
     /// Whether `instance_id` is protected from scale-in.

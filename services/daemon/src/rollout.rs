@@ -3,7 +3,7 @@
 //! (`autoscaler_controller::reconciler::Commands`), and a refresh on the wire for the Status
 //! service.
 
-use autoscaler_controller::reconciler::{CommandError, Commands};
+use autoscaler_controller::reconciler::{CommandError, Commands, GroupUpdate};
 use autoscaler_controller::spec::{LaunchSpec, SpecVersion};
 use autoscaler_monitor::operator::{Answer, Rollouts};
 use autoscaler_policy::refresh::{Refresh, RefreshPreferences};
@@ -156,6 +156,24 @@ impl Rollouts for ControllerRollouts {
                 .set_protection(request.instance_ids, request.protected_from_scale_in)
                 .await
                 .map_err(status)
+        })
+    }
+
+    fn update_group(&self, request: v1::UpdateGroupRequest) -> Answer<'_, v1::UpdateGroupResponse> {
+        Box::pin(async move {
+            let (min_instances, max_instances) = self
+                .0
+                .update_group(GroupUpdate {
+                    min_instances: request.min_instances,
+                    max_instances: request.max_instances,
+                    desired_capacity: request.desired_capacity,
+                })
+                .await
+                .map_err(status)?;
+            Ok(v1::UpdateGroupResponse {
+                min_instances,
+                max_instances,
+            })
         })
     }
 

@@ -301,6 +301,14 @@ impl Operator for Standby {
         Err(self.unavailable().await)
     }
 
+    async fn update_group(
+        &self,
+        request: Request<v1::UpdateGroupRequest>,
+    ) -> Result<Response<v1::UpdateGroupResponse>, tonic::Status> {
+        tls::require_caller(&request, tls::Role::Operator)?;
+        Err(self.unavailable().await)
+    }
+
     async fn set_instance_protection(
         &self,
         request: Request<v1::SetInstanceProtectionRequest>,

@@ -243,11 +243,17 @@ impl StatusService {
                 });
             }
         }
+        // The bounds an operator set at run time, over the config's.
+        let bounds = self
+            .controller
+            .as_ref()
+            .and_then(ControllerStatus::bounds)
+            .unwrap_or((self.min_instances, self.max_instances));
         v1::GetStatusResponse {
             group: self.group.clone(),
             monitor_id: self.registry.config().monitor_id.clone(),
-            min_instances: self.min_instances,
-            max_instances: self.max_instances,
+            min_instances: bounds.0,
+            max_instances: bounds.1,
             desired_instances: self
                 .controller
                 .as_ref()

@@ -312,3 +312,84 @@ async fn a_protected_instance_is_left_by_a_refresh_and_an_unknown_one_is_refused
     assert_ne!(other.version, first);
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn the_bounds_and_the_desired_capacity_change_at_run_time_and_bad_values_change_nothing() {
+    let state_dir = StateDir::new("rollout-update");
+    let daemon = RunningDaemon::start(fast_daemon_config(&state_dir.0)).await;
+    let mut client = status_client(daemon.address);
+    let mut operator = operator_client(daemon.address);
+    wait_status(&mut client, "2 healthy", 4, Duration::from_secs(30), |s| {
+        healthy(s) == 2
+    })
+    .await;
+    for (request, field) in [
+        (
+            v1::UpdateGroupRequest {
+                min_instances: Some(5),
+                ..Default::default()
+            },
+            "min_instances",
+        ),
+        (
+            v1::UpdateGroupRequest {
+                desired_capacity: Some(9),
+                ..Default::default()
+            },
+            "desired_capacity",
+        ),
+    ] {
+        let refused = operator.update_group(request).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains(field), "{refused}");
+    }
+    let status = client
+        .get_status(v1::GetStatusRequest { decisions_after: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (status.min_instances, status.max_instances),
+        (2, 4),
+        "nothing changed"
+    );
+
+    // A floor of 3: the group grows to it, and the status shows the new bounds.
+    let bounds = operator
+        .update_group(v1::UpdateGroupRequest {
+            min_instances: Some(3),
+            max_instances: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((bounds.min_instances, bounds.max_instances), (3, 3));
+    wait_status(&mut client, "3 healthy", 3, Duration::from_secs(30), |s| {
+        healthy(s) == 3 && (s.min_instances, s.max_instances) == (3, 3)
+    })
+    .await;
+
+    // Back to [2, 4] with a desired capacity of 4: launched at once, said by rule `operator`.
+    operator
+        .update_group(v1::UpdateGroupRequest {
+            min_instances: Some(2),
+            max_instances: Some(4),
+            desired_capacity: Some(4),
+        })
+        .await
+        .unwrap();
+    let status = wait_status(&mut client, "4 healthy", 4, Duration::from_secs(30), |s| {
+        healthy(s) == 4
+    })
+    .await;
+    assert!(
+        status
+            .decisions
+            .iter()
+            .any(|d| d.rules.iter().any(|r| r == "operator")),
+        "{:#?}",
+        status.decisions
+    );
+    daemon.stop().await;
+}

@@ -44,6 +44,7 @@ pub trait Rollouts: Send + Sync + 'static {
     fn roll_back_refresh(&self) -> Answer<'_, v1::InstanceRefresh>;
     fn describe(&self) -> Answer<'_, v1::DescribeInstanceRefreshResponse>;
     fn set_protection(&self, request: v1::SetInstanceProtectionRequest) -> Answer<'_, Vec<String>>;
+    fn update_group(&self, request: v1::UpdateGroupRequest) -> Answer<'_, v1::UpdateGroupResponse>;
 }
 
 /// Serves `autoscaler.v1.Operator` over the monitor's registry.
@@ -222,6 +223,15 @@ impl Operator for OperatorService {
     ) -> Result<Response<v1::DescribeInstanceRefreshResponse>, Status> {
         require_caller(&request, Role::Operator)?;
         Ok(Response::new(self.rollouts()?.describe().await?))
+    }
+
+    async fn update_group(
+        &self,
+        request: Request<v1::UpdateGroupRequest>,
+    ) -> Result<Response<v1::UpdateGroupResponse>, Status> {
+        require_caller(&request, Role::Operator)?;
+        let answer = self.rollouts()?.update_group(request.into_inner()).await?;
+        Ok(Response::new(answer))
     }
 
     async fn set_instance_protection(

@@ -1,5 +1,5 @@
 //! `xtask-aws`: the AWS workflow behind `cargo xtask bootstrap`, `bake-ami`, `up`, `down`,
-//! `status`, `refresh` and `rehearse` (which forward here). It is a package of its own so that the AWS SDK
+//! `status`, `refresh`, `update` and `rehearse` (which forward here). It is a package of its own so that the AWS SDK
 //! is compiled only by those who use it, not by `cargo xtask demo`, `test`'s first step or `bench`.
 
 mod aws;
@@ -33,6 +33,8 @@ enum Command {
     /// Rolls the group onto a new launch specification with an instance refresh (or cancels,
     /// rolls back or describes the running one).
     Refresh(aws::Refresh),
+    /// Changes the group's bounds, or sets its desired capacity once.
+    Update(aws::Update),
     /// The whole AWS workflow against a throwaway local emulator (moto server).
     Rehearse(rehearse::Rehearse),
 }
@@ -47,6 +49,7 @@ fn main() -> std::process::ExitCode {
             Command::Down(command) => command.run().await,
             Command::Status(command) => command.run().await,
             Command::Refresh(command) => command.run().await,
+            Command::Update(command) => command.run().await,
             Command::Rehearse(command) => command.run().await,
         }
     };

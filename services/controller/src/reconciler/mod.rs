@@ -18,7 +18,7 @@ use observe::every_target_unhealthy;
 pub use observe::observe;
 use tokio::sync::{mpsc, watch};
 
-pub use rollout::{COMMAND_TIMEOUT, Command, CommandError, Commands, Rollout};
+pub use rollout::{COMMAND_TIMEOUT, Command, CommandError, Commands, GroupUpdate, Rollout};
 
 use crate::balancer::{Balancer, TargetStatus};
 use crate::cloud::{Cloud, CloudError, CloudInstance, InstanceState};
@@ -113,6 +113,8 @@ pub struct Controller<C> {
     pending_notes: Vec<String>,
     /// The instances protected from scale-in.
     protected: std::collections::BTreeSet<String>,
+    /// The bounds an operator set at run time.
+    bounds: Option<(u32, u32)>,
 }
 
 fn millis(since_epoch: Duration) -> i64 {
@@ -192,6 +194,7 @@ impl<C: Cloud> Controller<C> {
             commands: None,
             pending_notes: Vec::new(),
             protected: Default::default(),
+            bounds: None,
         }
     }
 
@@ -238,6 +241,18 @@ impl<C: Cloud> Controller<C> {
                 millis(now),
             );
             self.protected = recalled.protected.clone();
+            if let Some((min, max)) = recalled.bounds {
+                let mut config = self.config.clone();
+                config.min_instances = min;
+                config.max_instances = max;
+                match config.validate() {
+                    Ok(()) => self.set_bounds(min, max),
+                    Err(error) => tracing::warn!(
+                        %error,
+                        "the bounds an operator set ({min}, {max}) no longer check; the config's stand"
+                    ),
+                }
+            }
             self.saved = Some(recalled.clone());
         }
         self.journal = Some(journal);
@@ -252,6 +267,7 @@ impl<C: Cloud> Controller<C> {
             pending_launches: self.launches.pending().to_vec(),
             specs: Some(self.specs.clone()),
             protected: self.protected.clone(),
+            bounds: self.bounds,
         }
     }
 

@@ -59,6 +59,17 @@ pub enum Command {
     Describe(Reply<Rollout>),
     /// Protects the instances from scale-in (`true`) or lifts it; answers every protected one.
     SetProtection(Vec<String>, bool, Reply<Vec<String>>),
+    /// Changes the bounds and sets the desired capacity once (EC2's UpdateAutoScalingGroup);
+    /// answers the bounds.
+    UpdateGroup(GroupUpdate, Reply<(u32, u32)>),
+}
+
+/// What `UpdateGroup` changes; `None` leaves it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupUpdate {
+    pub min_instances: Option<u32>,
+    pub max_instances: Option<u32>,
+    pub desired_capacity: Option<u32>,
 }
 
 /// How long a command waits for the controller (between two evaluations, which may retry a
@@ -113,6 +124,10 @@ impl Commands {
 
     pub async fn describe(&self) -> Result<Rollout, CommandError> {
         self.ask(Command::Describe).await
+    }
+
+    pub async fn update_group(&self, update: GroupUpdate) -> Result<(u32, u32), CommandError> {
+        self.ask(|reply| Command::UpdateGroup(update, reply)).await
     }
 
     pub async fn set_protection(
@@ -220,6 +235,18 @@ impl<C: Cloud> Controller<C> {
                 let _ = reply.send(Ok(self.rollout()));
                 None
             }
+            Command::UpdateGroup(update, reply) => {
+                let result = self.update_group(update);
+                let said = result.as_ref().ok().map(|(min, max)| {
+                    let mut line = format!("bounds [{min}, {max}] set by an operator");
+                    if let Some(desired) = update.desired_capacity {
+                        line.push_str(&format!(", desired capacity {desired}"));
+                    }
+                    line
+                });
+                let _ = reply.send(result);
+                said
+            }
             Command::SetProtection(ids, protect, reply) => {
                 let listed = self.status.instances();
                 let unknown = ids
@@ -270,6 +297,43 @@ impl<C: Cloud> Controller<C> {
                 tracing::warn!(%error, "cannot keep the controller's memory after a command");
             }
         }
+    }
+
+    /// Checks and applies `update`; nothing changes when it does not validate.
+    fn update_group(&mut self, update: GroupUpdate) -> Result<(u32, u32), CommandError> {
+        let mut config = self.config.clone();
+        config.min_instances = update.min_instances.unwrap_or(config.min_instances);
+        config.max_instances = update.max_instances.unwrap_or(config.max_instances);
+        config.validate().map_err(|error| CommandError::Invalid {
+            field: format!("controller.{}", error.field),
+            problem: error.problem,
+        })?;
+        let (min, max) = (config.min_instances, config.max_instances);
+        if let Some(desired) = update.desired_capacity
+            && !(min..=max).contains(&desired)
+        {
+            return Err(CommandError::Invalid {
+                field: "desired_capacity".to_string(),
+                problem: format!("is {desired}, outside the bounds [{min}, {max}]"),
+            });
+        }
+        self.set_bounds(min, max);
+        if let Some(desired) = update.desired_capacity {
+            self.state.set_desired(desired);
+        }
+        Ok((min, max))
+    }
+
+    /// The bounds, over the config's (and under the schedules put at run time).
+    pub(super) fn set_bounds(&mut self, min: u32, max: u32) {
+        self.config.min_instances = min;
+        self.config.max_instances = max;
+        if let Some((_, base)) = &mut self.runtime_schedules {
+            base.min_instances = min;
+            base.max_instances = max;
+        }
+        self.bounds = Some((min, max));
+        self.status.set_bounds(min, max);
     }
 
     /// The version `decision` launches on; a rollback (the refresh's target is a kept version

@@ -272,6 +272,15 @@ fn decide(
             }
         }
     }
+    // An operator's desired capacity: taken as it is (the bounds still apply), and the
+    // cooldowns start from it, so the policy does not undo it at once.
+    if let Some(set) = state.desired_override.take() {
+        desired = rules.apply(Rule::Operator, desired, set, || {
+            format!("desired capacity {set} set by an operator")
+        });
+        state.last_scale_out = Some(now);
+        state.last_scale_in = Some(now);
+    }
     let rule_driven = desired;
     let now_ms = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
     // The forecast: it records the demand, and raises the floor to what the demand of the next

@@ -27,6 +27,8 @@ pub struct PolicyState {
     pub(crate) predictive: Predictive,
     /// The instance refresh running, or the last one.
     pub(crate) refresh: Option<Refresh>,
+    /// A desired capacity an operator set, for the next evaluation.
+    pub(crate) desired_override: Option<u32>,
 }
 
 /// The policy's memory as it outlives a controller (a restart, a failover to another daemon):
@@ -115,7 +117,14 @@ impl PolicyState {
             launches,
             schedule: ScheduleCache::default(),
             refresh: memory.refresh.clone(),
+            desired_override: None,
         }
+    }
+
+    /// Sets the desired capacity at the next evaluation (EC2's SetDesiredCapacity): within the
+    /// bounds, it starts the cooldowns, and the policy goes on from there.
+    pub fn set_desired(&mut self, desired: u32) {
+        self.desired_override = Some(desired);
     }
 
     /// The instance refresh running, or the last one.

@@ -95,11 +95,13 @@ pub enum Rule {
     /// An instance refresh replacing instances, or launching above the desired capacity
     /// (`max_healthy_percentage` above 100).
     Refresh,
+    /// The desired capacity an operator set (SetDesiredCapacity): the policy goes on from it.
+    Operator,
 }
 
 impl Rule {
     /// Every rule, for counters that list each one, at zero too.
-    pub const ALL: [Rule; 13] = [
+    pub const ALL: [Rule; 14] = [
         Rule::MissingMetrics,
         Rule::Tolerance,
         Rule::Sustain,
@@ -113,6 +115,7 @@ impl Rule {
         Rule::Schedule,
         Rule::Forecast,
         Rule::Refresh,
+        Rule::Operator,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -130,6 +133,7 @@ impl Rule {
             Rule::Schedule => "schedule",
             Rule::Forecast => "forecast",
             Rule::Refresh => "refresh",
+            Rule::Operator => "operator",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask refresh`: rolls the group onto a new launch specification (on AWS, `--ami` after
 //! a new `bake-ami`; locally, extra agent arguments) with an instance refresh, or cancels, rolls
-//! back or describes the running one, through the monitor's Operator service.
+//! back or describes the running one; `cargo xtask update`: the bounds and the desired capacity;
+//! both through the monitor's Operator service.
 
 use std::time::Duration;
 
@@ -10,9 +11,9 @@ use autoscaler_proto::v1;
 use super::status::{given_credentials, refresh_text};
 use super::{Aws, GroupArgs};
 
-/// Starts, cancels, rolls back or describes an instance refresh.
+/// Where the group's leading monitor is: found through SSM, or given.
 #[derive(Debug, clap::Args)]
-pub struct Refresh {
+pub struct MonitorArgs {
     #[command(flatten)]
     pub group: GroupArgs,
     /// Ask this monitor (`host:port`) directly instead of finding it in SSM; the token comes
@@ -25,6 +26,70 @@ pub struct Refresh {
     pub tls_dir: Option<std::path::PathBuf>,
     #[arg(long, conflicts_with = "tls_dir")]
     pub plaintext: bool,
+}
+
+impl MonitorArgs {
+    /// A client of the monitor.
+    pub async fn daemon(&self) -> anyhow::Result<crate::status_client::Daemon> {
+        let (address, credentials) = match &self.monitor {
+            Some(address) => (
+                address.clone(),
+                given_credentials(
+                    self.token_file.as_deref(),
+                    self.tls_dir.as_deref(),
+                    self.plaintext,
+                )?,
+            ),
+            None => {
+                let aws = Aws::connect(&self.group.group).await?;
+                let address = aws.parameters.get(&aws.names.monitor()).await?;
+                (address, aws.operator_credentials().await?)
+            }
+        };
+        crate::status_client::Daemon::new(&address, &credentials)
+    }
+}
+
+/// Changes the group's bounds, or sets its desired capacity once.
+#[derive(Debug, clap::Args)]
+pub struct Update {
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
+    #[arg(long)]
+    pub min: Option<u32>,
+    #[arg(long)]
+    pub max: Option<u32>,
+    /// The desired capacity, once: the policy goes on from it after its cooldowns.
+    #[arg(long)]
+    pub desired: Option<u32>,
+}
+
+impl Update {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let mut daemon = self.monitor.daemon().await?;
+        let bounds = daemon
+            .update_group(v1::UpdateGroupRequest {
+                min_instances: self.min,
+                max_instances: self.max,
+                desired_capacity: self.desired,
+            })
+            .await?;
+        println!(
+            "bounds [{}, {}]{}",
+            bounds.min_instances,
+            bounds.max_instances,
+            self.desired
+                .map_or(String::new(), |d| format!(", desired capacity {d}"))
+        );
+        Ok(())
+    }
+}
+
+/// Starts, cancels, rolls back or describes an instance refresh.
+#[derive(Debug, clap::Args)]
+pub struct Refresh {
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
     /// EC2: the AMI the new instances are launched from (after `bake-ami`).
     #[arg(long)]
     pub ami: Option<String>,
@@ -77,22 +142,7 @@ pub struct Refresh {
 
 impl Refresh {
     pub async fn run(self) -> anyhow::Result<()> {
-        let (address, credentials) = match &self.monitor {
-            Some(address) => (
-                address.clone(),
-                given_credentials(
-                    self.token_file.as_deref(),
-                    self.tls_dir.as_deref(),
-                    self.plaintext,
-                )?,
-            ),
-            None => {
-                let aws = Aws::connect(&self.group.group).await?;
-                let address = aws.parameters.get(&aws.names.monitor()).await?;
-                (address, aws.operator_credentials().await?)
-            }
-        };
-        let mut daemon = crate::status_client::Daemon::new(&address, &credentials)?;
+        let mut daemon = self.monitor.daemon().await?;
         if self.describe {
             let described = daemon.describe_refresh().await?;
             for version in &described.versions {
