@@ -100,6 +100,7 @@ impl RunningDaemon {
                 tls,
                 temp_dir: std::env::temp_dir(),
                 path: std::env::var_os("PATH").unwrap_or_default(),
+                reload: None,
             };
             daemon::run(config, token(), listener, options, async {
                 stopped.await.ok();

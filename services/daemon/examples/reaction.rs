@@ -145,6 +145,7 @@ terminate_grace_ms = 1000
         tls: daemon::TlsSource::Dir(tls_dir.clone()),
         temp_dir: std::env::temp_dir(),
         path: std::env::var_os("PATH").unwrap_or_default(),
+        reload: None,
     };
     let daemon = tokio::spawn(async move {
         daemon::run(config, token(), listener, options, async {

@@ -47,6 +47,9 @@ pub struct RunOptions {
     pub temp_dir: PathBuf,
     /// The `PATH` programs named without a directory are looked for in (HAProxy).
     pub path: std::ffi::OsString,
+    /// The controller's settings as the config file has them whenever it is read again
+    /// (`main` reads it at SIGHUP); each term's controller takes them up.
+    pub reload: Option<tokio::sync::watch::Receiver<autoscaler_policy::config::ControllerConfig>>,
 }
 
 /// Runs the monitor and the controller on `listener` until `shutdown` completes, on the
@@ -95,6 +98,7 @@ pub async fn run(
             term,
             leadership,
             Listeners::dup(&listener, http.as_ref())?,
+            options.reload.clone(),
             shutdown.as_mut(),
         )
         .await;
@@ -115,6 +119,7 @@ async fn serve(
     term: TermParts,
     leadership: Option<Leadership>,
     listeners: Listeners,
+    reload: Option<tokio::sync::watch::Receiver<autoscaler_policy::config::ControllerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
     let Listeners {
@@ -173,6 +178,23 @@ async fn serve(
     controller = controller.with_runtime_schedules(runtime_schedules);
     let (commands, receiver) = autoscaler_controller::reconciler::Commands::channel();
     controller = controller.with_commands(receiver);
+    // The config file read again (SIGHUP): its controller settings replace the running ones.
+    let reloading = reload.map(|mut reload| {
+        let commands = commands.clone();
+        reload.mark_unchanged();
+        tokio::spawn(async move {
+            while reload.changed().await.is_ok() {
+                let config = reload.borrow_and_update().clone();
+                match commands.replace_config(config).await {
+                    Ok(()) => tracing::info!("the controller took up the config file read again"),
+                    Err(error) => tracing::error!(
+                        %error,
+                        "the config file read again was not taken up; the running settings stand"
+                    ),
+                }
+            }
+        })
+    });
     let controller_status = controller.status();
     let admission: Arc<dyn Admission> = Arc::new(ProviderAdmission(controller.status()));
     let controls = autoscaler_monitor::Controls {
@@ -261,6 +283,9 @@ async fn serve(
         Some(why) => tracing::error!("{why}; stopping the daemon rather than run half alive"),
     }
     stop.controller.cancel();
+    if let Some(reloading) = reloading {
+        reloading.abort();
+    }
     let mut errors: Vec<TaskEnd> = failure.clone().into_iter().collect();
     errors.extend(controlling.stop().await);
     stop.keeper.cancel();

@@ -20,7 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// MonitorS and ControllerASG: polls every registered agent, keeps the fleet view, and keeps the
 /// fleet between its bounds.
-#[derive(Debug, Parser)]
+#[derive(Clone, Debug, Parser)]
 #[command(version)]
 struct Flags {
     /// TOML config file (see provisioning/autoscaler.example.toml); without it, the defaults.
@@ -118,6 +118,7 @@ fn export_demand(config: &DaemonConfig, path: &std::path::Path) -> anyhow::Resul
             tls: daemon::TlsSource::Plaintext,
             temp_dir: std::env::temp_dir(),
             path: std::env::var_os("PATH").unwrap_or_default(),
+            reload: None,
         };
         let platform = autoscaler_daemon::platform::open(config, &options)?;
         let store = platform.store().with_context(|| {
@@ -162,6 +163,45 @@ fn export_demand(config: &DaemonConfig, path: &std::path::Path) -> anyhow::Resul
         );
         Ok(())
     })
+}
+
+/// The controller's settings, read again from the config file (with the flags' overrides) at
+/// every SIGHUP. A file that does not read or check is said in the log, naming the field, and
+/// changes nothing; the other sections need a restart, and a change there is said.
+fn reload_on_sighup(
+    flags: &Flags,
+    config: &DaemonConfig,
+) -> anyhow::Result<tokio::sync::watch::Receiver<autoscaler_policy::config::ControllerConfig>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let (sender, receiver) = tokio::sync::watch::channel(config.controller.clone());
+    let flags = flags.clone();
+    let running = config.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match load_config(&flags).and_then(|read| {
+                read.validate()?;
+                Ok(read)
+            }) {
+                Ok(read) => {
+                    let mut others = read.clone();
+                    others.controller = running.controller.clone();
+                    if others != running {
+                        tracing::warn!(
+                            "SIGHUP: only [controller] is taken up at run time; the other sections' changes need a restart"
+                        );
+                    }
+                    tracing::info!("SIGHUP: the config file read again");
+                    let _ = sender.send(read.controller);
+                }
+                Err(error) => tracing::error!(
+                    error = format!("{error:#}"),
+                    "SIGHUP: the config file was not taken up; nothing changed"
+                ),
+            }
+        }
+    });
+    Ok(receiver)
 }
 
 /// The config file with the flags' overrides applied, checked.
@@ -314,6 +354,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
                 tls,
                 temp_dir: std::env::temp_dir(),
                 path: std::env::var_os("PATH").unwrap_or_default(),
+                reload: Some(reload_on_sighup(&flags, &config)?),
             };
             daemon::run(
                 config,

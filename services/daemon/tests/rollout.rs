@@ -393,3 +393,57 @@ async fn the_bounds_and_the_desired_capacity_change_at_run_time_and_bad_values_c
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reads_the_config_file_again_and_a_bad_one_changes_nothing() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let state_dir = StateDir::new("rollout-sighup");
+    let config = process_config_file(&state_dir.0, 4, 30.0);
+    let port = free_port();
+    let mut daemon = spawn_daemon_process(&state_dir.0, port, &config);
+    let hangup = |daemon: &tokio::process::Child| {
+        kill(Pid::from_raw(daemon.id().unwrap() as i32), Signal::SIGHUP).unwrap()
+    };
+    refresh_until(port, "2 healthy", |s| healthy(s) == 2).await;
+    let original = std::fs::read_to_string(&config).unwrap();
+    assert!(original.contains("min_instances = 2"));
+    std::fs::write(
+        &config,
+        original.replace("min_instances = 2", "min_instances = 3"),
+    )
+    .unwrap();
+    hangup(&daemon);
+    refresh_until(port, "3 healthy under the new floor", |s| {
+        healthy(s) == 3 && s.min_instances == 3
+    })
+    .await;
+    // A file that does not check: said in the log, nothing changed, the daemon runs on.
+    std::fs::write(
+        &config,
+        original.replace("min_instances = 2", "min_instances = 9"),
+    )
+    .unwrap();
+    hangup(&daemon);
+    std::fs::write(
+        &config,
+        original.replace("max_instances = 4", "max_instances = 3"),
+    )
+    .unwrap();
+    hangup(&daemon);
+    let status = refresh_until(port, "the bounds [2, 3] of the last good file", |s| {
+        (s.min_instances, s.max_instances) == (2, 3)
+    })
+    .await;
+    assert!(
+        status
+            .decisions
+            .iter()
+            .flat_map(|d| &d.outcome)
+            .any(|o| o.contains("the config file read again")),
+        "the record says it"
+    );
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon runs on");
+    kill(Pid::from_raw(daemon.id().unwrap() as i32), Signal::SIGTERM).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(20), daemon.wait()).await;
+}

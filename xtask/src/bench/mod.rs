@@ -471,6 +471,31 @@ fn write_traffic(report: &mut String, traffic: &[Figure]) {
         "| how long requests failed after a kill, at most | {:.1} s | | |",
         value("kill-failing-max")
     );
+    // Instance refreshes of a fleet of 4 (the bounds set to [4, 4] through UpdateGroup) under
+    // 2 instances' worth of requests.
+    for (name, what) in [
+        (
+            "refresh-100",
+            "a refresh of 4 at max healthy 100 % (one at a time)",
+        ),
+        (
+            "refresh-150",
+            "a refresh of 4 at max healthy 150 % (two launched first)",
+        ),
+        (
+            "refresh-rollback",
+            "a refresh to an application that exits at start, rolled back by itself (150 %)",
+        ),
+    ] {
+        let failed = value(&format!("{name}-failed"));
+        let _ = writeln!(
+            report,
+            "| {what}: requests failed / duration / fewest serving | {failed:.0} / {:.1} s / {:.0} | 0 failed: {} | instance refresh: min healthy 90 % (one at a time on 4), a deregistration delay of 300 s per batch |",
+            value(&format!("{name}-duration")),
+            value(&format!("{name}-fewest-serving")),
+            verdict(failed == 0.0)
+        );
+    }
     let _ = writeln!(
         report,
         "| kill to the replacement serving, median / at most | {:.1} s / {:.1} s | | the ELB health check's 60 s to notice, then a launch |",

@@ -10,7 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Controller, millis};
 use crate::cloud::Cloud;
+use crate::config::ControllerConfig;
 use crate::policy::Decision;
+use crate::policy::PolicyState;
 use crate::spec::{LaunchSpec, SpecVersion, Specs};
 use autoscaler_policy::refresh::{Refresh, RefreshError, RefreshPreferences};
 
@@ -62,6 +64,9 @@ pub enum Command {
     /// Changes the bounds and sets the desired capacity once (EC2's UpdateAutoScalingGroup);
     /// answers the bounds.
     UpdateGroup(GroupUpdate, Reply<(u32, u32)>),
+    /// The controller's settings as the config file has them now (SIGHUP): they replace the
+    /// running ones, the bounds an operator set included.
+    ReplaceConfig(Box<ControllerConfig>, Reply<()>),
 }
 
 /// What `UpdateGroup` changes; `None` leaves it.
@@ -128,6 +133,11 @@ impl Commands {
 
     pub async fn update_group(&self, update: GroupUpdate) -> Result<(u32, u32), CommandError> {
         self.ask(|reply| Command::UpdateGroup(update, reply)).await
+    }
+
+    pub async fn replace_config(&self, config: ControllerConfig) -> Result<(), CommandError> {
+        self.ask(|reply| Command::ReplaceConfig(Box::new(config), reply))
+            .await
     }
 
     pub async fn set_protection(
@@ -247,6 +257,17 @@ impl<C: Cloud> Controller<C> {
                 let _ = reply.send(result);
                 said
             }
+            Command::ReplaceConfig(config, reply) => {
+                let result = self.replace_config(*config);
+                let said = result.as_ref().ok().map(|()| {
+                    format!(
+                        "the config file read again: bounds [{}, {}]",
+                        self.config.min_instances, self.config.max_instances
+                    )
+                });
+                let _ = reply.send(result);
+                said
+            }
             Command::SetProtection(ids, protect, reply) => {
                 let listed = self.status.instances();
                 let unknown = ids
@@ -322,6 +343,31 @@ impl<C: Cloud> Controller<C> {
             self.state.set_desired(desired);
         }
         Ok((min, max))
+    }
+
+    /// The config file's settings in place of the running ones; nothing changes when they do
+    /// not validate.
+    fn replace_config(&mut self, config: ControllerConfig) -> Result<(), CommandError> {
+        config.validate().map_err(|error| CommandError::Invalid {
+            field: format!("controller.{}", error.field),
+            problem: error.problem,
+        })?;
+        if config.shadow != self.config.shadow {
+            self.shadow = config
+                .shadow_config()
+                .map(|shadow| (shadow, PolicyState::default()));
+        }
+        self.config = match &mut self.runtime_schedules {
+            Some((schedules, base)) => {
+                *base = config.clone();
+                schedules.borrow().applied_to(base)
+            }
+            None => config,
+        };
+        self.bounds = None;
+        self.status
+            .set_bounds(self.config.min_instances, self.config.max_instances);
+        Ok(())
     }
 
     /// The bounds, over the config's (and under the schedules put at run time).
