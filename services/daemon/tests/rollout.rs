@@ -26,6 +26,19 @@ fn spec(agent_args: &[&str]) -> v1::LaunchSpec {
     }
 }
 
+/// A refresh to `agent_args` that launches before it terminates (150 %), counting a new
+/// instance after 1 s.
+fn surge(agent_args: &[&str]) -> v1::StartInstanceRefreshRequest {
+    v1::StartInstanceRefreshRequest {
+        spec: Some(spec(agent_args)),
+        preferences: Some(v1::RefreshPreferences {
+            max_healthy_percentage: Some(150),
+            instance_warmup_secs: Some(1),
+            ..v1::RefreshPreferences::default()
+        }),
+    }
+}
+
 fn refresh_status(status: &v1::GetStatusResponse) -> &str {
     status.refresh.as_ref().map_or("", |r| r.status.as_str())
 }
@@ -98,14 +111,7 @@ async fn a_refresh_moves_every_instance_to_the_new_version_and_a_bad_one_is_roll
 
     // A refresh to a new version, launching before it terminates (150 %).
     let started = operator
-        .start_instance_refresh(v1::StartInstanceRefreshRequest {
-            spec: Some(spec(&["--reregister-after-ms", "5000"])),
-            preferences: Some(v1::RefreshPreferences {
-                max_healthy_percentage: Some(150),
-                instance_warmup_secs: Some(1),
-                ..v1::RefreshPreferences::default()
-            }),
-        })
+        .start_instance_refresh(surge(&["--reregister-after-ms", "5000"]))
         .await
         .unwrap()
         .into_inner()
@@ -141,14 +147,7 @@ async fn a_refresh_moves_every_instance_to_the_new_version_and_a_bad_one_is_roll
     // service throughout (launch before terminate; at 100 % a group of 2 would go down to 1
     // at a time, as EC2's does).
     operator
-        .start_instance_refresh(v1::StartInstanceRefreshRequest {
-            spec: Some(spec(&["--no-such-flag"])),
-            preferences: Some(v1::RefreshPreferences {
-                max_healthy_percentage: Some(150),
-                instance_warmup_secs: Some(1),
-                ..v1::RefreshPreferences::default()
-            }),
-        })
+        .start_instance_refresh(surge(&["--no-such-flag"]))
         .await
         .unwrap();
     let status = wait_status(
@@ -278,14 +277,7 @@ async fn a_protected_instance_is_left_by_a_refresh_and_an_unknown_one_is_refused
         "only the one named, nothing from the refused call"
     );
     operator
-        .start_instance_refresh(v1::StartInstanceRefreshRequest {
-            spec: Some(spec(&["--reregister-after-ms", "5000"])),
-            preferences: Some(v1::RefreshPreferences {
-                max_healthy_percentage: Some(150),
-                instance_warmup_secs: Some(1),
-                ..v1::RefreshPreferences::default()
-            }),
-        })
+        .start_instance_refresh(surge(&["--reregister-after-ms", "5000"]))
         .await
         .unwrap();
     let done = wait_status(

@@ -110,7 +110,6 @@ async fn requests_keep_being_served_while_real_load_scales_the_group_out_and_in(
     )
     .await;
     let outcomes = traffic.stop().await;
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok()).collect();
     let phases = [
         (
             "on 2 instances, until the scale-out",
@@ -134,13 +133,7 @@ async fn requests_keep_being_served_while_real_load_scales_the_group_out_and_in(
         grown.instances.iter().filter(|i| i.listed()).count(),
         scaled_out_at.as_secs_f64()
     );
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        outcomes.len(),
-        &failed[..failed.len().min(10)]
-    );
+    none_failed(&outcomes);
     daemon.stop().await;
 }
 
@@ -225,14 +218,7 @@ async fn requests_keep_being_served_while_the_leader_is_killed_and_while_it_hand
             tally.served, tally.failed
         );
     }
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        outcomes.len(),
-        &failed[..failed.len().min(10)]
-    );
+    none_failed(&outcomes);
 
     // The last daemon stops: its instances and the balancer with it.
     signal(&a, Signal::SIGTERM);
@@ -280,6 +266,18 @@ async fn with_the_load_balancer_health_check_type_a_frozen_application_is_replac
     );
     let _ = kill(Pid::from_raw(app), Signal::SIGCONT);
     daemon.stop().await;
+}
+
+/// Asserts that every request was answered, showing the first failures otherwise.
+fn none_failed(outcomes: &[autoscaler_testkit::traffic::Outcome]) {
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(10)]
+    );
 }
 
 /// The running (or last) refresh's status.
@@ -354,13 +352,6 @@ async fn requests_keep_being_served_through_a_refresh_and_the_rollback_of_a_bad_
         );
         assert!(tally.served > 0);
     }
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok()).collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        outcomes.len(),
-        &failed[..failed.len().min(10)]
-    );
+    none_failed(&outcomes);
     daemon.stop().await;
 }

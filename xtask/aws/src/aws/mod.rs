@@ -30,7 +30,7 @@ pub use bootstrap::Bootstrap;
 pub use down::Down;
 pub use refresh::{Refresh, Update};
 pub use status::refresh_text;
-pub use status::{Status, print_status};
+pub use status::{MonitorArgs, Status, print_status};
 pub use up::{CONFIG_BEGIN, CONFIG_END, Up};
 
 /// The monitor's and the agents' gRPC ports, open only inside the group's security group.

@@ -8,55 +8,17 @@ use std::time::Duration;
 use anyhow::bail;
 use autoscaler_proto::v1;
 
-use super::status::{given_credentials, refresh_text};
-use super::{Aws, GroupArgs};
-
-/// Where the group's leading monitor is: found through SSM, or given.
-#[derive(Debug, clap::Args)]
-pub struct MonitorArgs {
-    #[command(flatten)]
-    pub group: GroupArgs,
-    /// Ask this monitor (`host:port`) directly instead of finding it in SSM; the token comes
-    /// from --token-file or AUTOSCALER_TOKEN, the operator's certificate from --tls-dir.
-    #[arg(long)]
-    pub monitor: Option<String>,
-    #[arg(long)]
-    pub token_file: Option<std::path::PathBuf>,
-    #[arg(long, env = "AUTOSCALER_TLS_DIR")]
-    pub tls_dir: Option<std::path::PathBuf>,
-    #[arg(long, conflicts_with = "tls_dir")]
-    pub plaintext: bool,
-}
-
-impl MonitorArgs {
-    /// A client of the monitor.
-    pub async fn daemon(&self) -> anyhow::Result<crate::status_client::Daemon> {
-        let (address, credentials) = match &self.monitor {
-            Some(address) => (
-                address.clone(),
-                given_credentials(
-                    self.token_file.as_deref(),
-                    self.tls_dir.as_deref(),
-                    self.plaintext,
-                )?,
-            ),
-            None => {
-                let aws = Aws::connect(&self.group.group).await?;
-                let address = aws.parameters.get(&aws.names.monitor()).await?;
-                (address, aws.operator_credentials().await?)
-            }
-        };
-        crate::status_client::Daemon::new(&address, &credentials)
-    }
-}
+use super::status::{MonitorArgs, refresh_text};
 
 /// Changes the group's bounds, or sets its desired capacity once.
 #[derive(Debug, clap::Args)]
 pub struct Update {
     #[command(flatten)]
     pub monitor: MonitorArgs,
+    /// The fewest instances (at least 2, as the config requires).
     #[arg(long)]
     pub min: Option<u32>,
+    /// The most instances (within the account's instance limit).
     #[arg(long)]
     pub max: Option<u32>,
     /// The desired capacity, once: the policy goes on from it after its cooldowns.

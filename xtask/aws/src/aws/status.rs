@@ -8,10 +8,9 @@ use anyhow::{Context, bail};
 
 use super::{Aws, GroupArgs};
 
-/// The group as the cloud sees it, beside what the monitor knows when it is reachable; or, with
-/// `--monitor`, the fleet straight from a monitor (the local demo, or a monitor in reach).
+/// Where the group's leading monitor is: found through SSM (by `--group`), or given.
 #[derive(Debug, clap::Args)]
-pub struct Status {
+pub struct MonitorArgs {
     #[command(flatten)]
     pub group: GroupArgs,
     /// Ask this monitor (`host:port`) directly instead of AWS; the token comes from
@@ -28,6 +27,42 @@ pub struct Status {
     /// With --monitor: talk plaintext, to a monitor started with --plaintext.
     #[arg(long, conflicts_with = "tls_dir")]
     pub plaintext: bool,
+}
+
+impl MonitorArgs {
+    /// The monitor's address and the credentials to reach it, when `--monitor` gives it.
+    pub fn given(&self) -> anyhow::Result<Option<(String, autoscaler_proto::auth::Credentials)>> {
+        let Some(address) = &self.monitor else {
+            return Ok(None);
+        };
+        let credentials = given_credentials(
+            self.token_file.as_deref(),
+            self.tls_dir.as_deref(),
+            self.plaintext,
+        )?;
+        Ok(Some((address.clone(), credentials)))
+    }
+
+    /// A client of the monitor: the one given, or the group's leader as SSM publishes it.
+    pub async fn daemon(&self) -> anyhow::Result<crate::status_client::Daemon> {
+        let (address, credentials) = match self.given()? {
+            Some(given) => given,
+            None => {
+                let aws = Aws::connect(&self.group.group).await?;
+                let address = aws.parameters.get(&aws.names.monitor()).await?;
+                (address, aws.operator_credentials().await?)
+            }
+        };
+        crate::status_client::Daemon::new(&address, &credentials)
+    }
+}
+
+/// The group as the cloud sees it, beside what the monitor knows when it is reachable; or, with
+/// `--monitor`, the fleet straight from a monitor (the local demo, or a monitor in reach).
+#[derive(Debug, clap::Args)]
+pub struct Status {
+    #[command(flatten)]
+    pub target: MonitorArgs,
     /// Print the activity history (every decision record the group's store keeps, across
     /// restarts and failovers) instead of the fleet.
     #[arg(long)]
@@ -42,17 +77,10 @@ pub struct Status {
 
 impl Status {
     pub async fn run(self) -> anyhow::Result<()> {
-        let (address, credentials) = match &self.monitor {
-            Some(address) => (
-                address.clone(),
-                given_credentials(
-                    self.token_file.as_deref(),
-                    self.tls_dir.as_deref(),
-                    self.plaintext,
-                )?,
-            ),
+        let (address, credentials) = match self.target.given()? {
+            Some(given) => given,
             None => {
-                let aws = Aws::connect(&self.group.group).await?;
+                let aws = Aws::connect(&self.target.group.group).await?;
                 if !self.activity {
                     print_status(&aws).await?;
                     if !self.follow {
@@ -77,7 +105,7 @@ impl Status {
             return Ok(());
         }
         let report = daemon.status_after(0).await?;
-        if self.monitor.is_some() {
+        if self.target.monitor.is_some() {
             print_fleet(&report);
         }
         if !self.follow {

@@ -202,11 +202,13 @@ impl Rehearse {
             .write_dir(&tls_dir)?;
         std::fs::write(&token_file, &token)?;
         let shown = aws::Status {
-            group: group.clone(),
-            monitor: Some(address.clone()),
-            token_file: Some(token_file.clone()),
-            tls_dir: Some(tls_dir),
-            plaintext: false,
+            target: aws::MonitorArgs {
+                group: group.clone(),
+                monitor: Some(address.clone()),
+                token_file: Some(token_file.clone()),
+                tls_dir: Some(tls_dir),
+                plaintext: false,
+            },
             activity: false,
             since: "1h".into(),
             follow: false,
