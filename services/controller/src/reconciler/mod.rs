@@ -7,11 +7,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use autoscaler_policy::backoff::Backoff;
 use autoscaler_policy::forecast::DemandSample;
 
 mod observe;
 mod plans;
+mod retry;
+
+pub use retry::with_retries;
 mod rollout;
 
 use observe::every_target_unhealthy;
@@ -21,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 pub use rollout::{COMMAND_TIMEOUT, Command, CommandError, Commands, GroupUpdate, Rollout};
 
 use crate::balancer::{Balancer, TargetStatus};
-use crate::cloud::{Cloud, CloudError, CloudInstance, InstanceState};
+use crate::cloud::{Cloud, CloudInstance, InstanceState};
 use crate::config::{ControllerConfig, HealthCheckType};
 use crate::fleet::FleetView;
 use crate::front::{Front, Removal};
@@ -119,42 +121,6 @@ pub struct Controller<C> {
 
 fn millis(since_epoch: Duration) -> i64 {
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Calls `call` up to `attempts` times while it fails with a retryable error, doubling the pause.
-/// Every failed attempt is noted in `notes` (which ends up in the decision record).
-pub async fn with_retries<T, F, Fut>(
-    what: &str,
-    attempts: u32,
-    notes: &mut Vec<String>,
-    status: &ControllerStatus,
-    mut call: F,
-) -> Result<T, CloudError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, CloudError>>,
-{
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    let mut attempt = 1;
-    loop {
-        let result = call().await;
-        if let Err(error) = &result {
-            status.count_error(error);
-        }
-        match result {
-            Ok(value) => return Ok(value),
-            Err(error) if error.is_retryable() && attempt < attempts => {
-                let pause = backoff.failed();
-                tracing::warn!(%error, attempt, retry_in = ?pause, "{what} failed; retrying");
-                notes.push(format!(
-                    "{what} failed (attempt {attempt}, {error}); retried after {pause:?}"
-                ));
-                tokio::time::sleep(pause).await;
-                attempt += 1;
-            }
-            Err(error) => return Err(error),
-        }
-    }
 }
 
 impl<C: Cloud> Controller<C> {
