@@ -36,6 +36,9 @@ pub struct AppConfig {
     pub max_queue: u32,
     /// How long requests in flight get to finish at shutdown.
     pub drain_timeout: Duration,
+    /// Answer the health path with 503 throughout while serving requests: a broken version,
+    /// for the tests and rehearsals of a rollout.
+    pub fail_health: bool,
 }
 
 impl AppConfig {
@@ -47,6 +50,7 @@ impl AppConfig {
             cpu_time: Duration::from_millis(1),
             max_queue: 256,
             drain_timeout: Duration::from_secs(10),
+            fail_health: false,
         }
     }
 
@@ -262,6 +266,10 @@ async fn answer(app: &App, request: Request<Incoming>) -> Response<Full<Bytes>> 
         "/healthz" if *app.stopping.borrow() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into())
         }
+        "/healthz" if app.config.fail_health => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "failing on purpose (--fail-health)\n".into(),
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/stats" => {
             let body = serde_json::to_string(&app.stats()).expect("plain data serialises");

@@ -30,6 +30,9 @@ struct Flags {
     /// Requests that may wait for a slot before more are refused with 503.
     #[arg(long, default_value_t = AppConfig::new("-").max_queue)]
     max_queue: u32,
+    /// Answer the health path with 503 throughout (a broken version, to rehearse a rollback).
+    #[arg(long)]
+    fail_health: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +61,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     config.service_time = Duration::from_millis(flags.service_ms);
     config.cpu_time = Duration::from_millis(flags.cpu_ms);
     config.max_queue = flags.max_queue;
+    config.fail_health = flags.fail_health;
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -286,10 +286,13 @@ fn refresh_is(status: &autoscaler_proto::v1::GetStatusResponse, what: &str) -> b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_keep_being_served_through_a_refresh_and_the_rollback_of_a_bad_version() {
+async fn requests_keep_being_served_through_a_refresh_and_the_rollbacks_of_bad_versions() {
     use autoscaler_proto::v1;
     let state_dir = StateDir::new("traffic-refresh");
-    let (config, balancer) = traffic_daemon_config(&state_dir.0);
+    let (mut config, balancer) = traffic_daemon_config(&state_dir.0);
+    // The balancer's health checks count, so a version that fails them is replaced.
+    config.controller.health_check_type =
+        autoscaler_controller::config::HealthCheckType::LoadBalancer;
     let daemon = RunningDaemon::start(config).await;
     let (mut client, _) = two_behind_the_balancer(daemon.address).await;
     let mut operator = operator_client(daemon.address);
@@ -303,6 +306,7 @@ async fn requests_keep_being_served_through_a_refresh_and_the_rollback_of_a_bad_
         (100, app_spec(&["--max-queue", "300"]), "successful"),
         (150, app_spec(&["--max-queue", "400"]), "successful"),
         (150, app_spec(&["--no-such-flag"]), "rolled-back"),
+        (150, app_spec(&["--fail-health"]), "rolled-back"),
     ] {
         let from = traffic.elapsed();
         let started = operator

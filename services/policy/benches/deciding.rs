@@ -26,6 +26,7 @@ fn fleet(size: usize) -> Observation {
                 listed: true,
                 version: None,
                 protected: false,
+                serving: None,
             })
             .collect(),
         controller_uptime: Duration::from_secs(86_400),

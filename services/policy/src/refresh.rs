@@ -388,21 +388,26 @@ impl Refresh {
         }
         // New: on the target and not to be replaced (launched since, or matching is skipped).
         let new = |i: &ObservedInstance| on_target(i) && !self.is_old(i, now_ms);
+        // A new instance is capacity once in service, warmed up, and (with a balancer) passing
+        // its health checks: a version that fails them is never counted, so no old instance
+        // goes for it.
+        let counts = |i: &ObservedInstance, phase: Phase| {
+            phase == Phase::InService && i.age >= warmup && i.serving != Some(false)
+        };
         let healthy_on_target = instances
             .iter()
-            .filter(|(i, phase)| *phase == Phase::InService && new(i) && i.age >= warmup)
+            .filter(|(i, phase)| new(i) && counts(i, *phase))
             .count() as u32;
         let healthy = instances
             .iter()
-            .filter(|(i, phase)| *phase == Phase::InService && (!new(i) || i.age >= warmup))
+            .filter(|(i, phase)| match new(i) {
+                true => counts(i, *phase),
+                false => *phase == Phase::InService,
+            })
             .count() as u32;
         let pending_new = instances
             .iter()
-            .filter(|(i, phase)| {
-                new(i)
-                    && *phase != Phase::Replaced
-                    && !(*phase == Phase::InService && i.age >= warmup)
-            })
+            .filter(|(i, phase)| new(i) && *phase != Phase::Replaced && !counts(i, *phase))
             .count() as u32;
         // Replacements in flight: new instances not yet counted, and the places a launch has
         // yet to fill (held by the launch backoff, or the account's limit).

@@ -25,6 +25,7 @@ fn launched(id: &str, age: Duration) -> ObservedInstance {
         listed: true,
         version: None,
         protected: false,
+        serving: None,
     }
 }
 
@@ -36,6 +37,7 @@ fn died(id: &str, age: Duration) -> ObservedInstance {
         listed: true,
         version: None,
         protected: false,
+        serving: None,
         ..launched(id, age)
     }
 }

@@ -32,6 +32,7 @@ fn instance(
         listed: true,
         version: None,
         protected: false,
+        serving: None,
     }
 }
 

@@ -223,6 +223,7 @@ fn warming_instances_are_excluded_from_averages_and_never_scaled_in() {
         listed: true,
         version: None,
         protected: false,
+        serving: None,
         ..serving("i-new", 100.0)
     });
     let decision = once(&observation, &config);
@@ -253,6 +254,7 @@ fn warming_instances_are_excluded_from_averages_and_never_scaled_in() {
         listed: true,
         version: None,
         protected: false,
+        serving: None,
         ..serving("i-late", 0.0)
     });
     let decision = once(&late, &config);
@@ -306,6 +308,7 @@ fn unhealthy_stopped_and_unregistered_instances_are_replaced_despite_cooldowns()
         listed: true,
         version: None,
         protected: false,
+        serving: None,
         // Launched before this controller started (adopted), and never heard of since: lost,
         // not a failed launch, so its replacement does not wait for a backoff.
         age: 2 * 60 * MINUTE,

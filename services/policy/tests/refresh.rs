@@ -18,6 +18,8 @@ enum Behaviour {
     ExitsAtStart,
     /// Registers, then fails the monitor's health checks.
     Unhealthy,
+    /// Registers and reports, but fails the load balancer's health checks.
+    FailsBalancer,
 }
 
 #[derive(Clone, Debug)]
@@ -96,7 +98,8 @@ impl Fleet {
                     Behaviour::Unhealthy => Health::Unhealthy,
                     _ => Health::Healthy,
                 });
-                let reported = registered && behaviour == Behaviour::Good;
+                let reported =
+                    registered && matches!(behaviour, Behaviour::Good | Behaviour::FailsBalancer);
                 ObservedInstance {
                     instance_id: sim.id.clone(),
                     cloud_state: if dead {
@@ -109,10 +112,13 @@ impl Fleet {
                     load: reported.then_some(self.load),
                     has_reported: reported,
                     state_reason: dead.then(|| "exit status: 1".to_string()),
-                    target_unhealthy: None,
+                    target_unhealthy: (behaviour == Behaviour::FailsBalancer && registered)
+                        .then(|| "HTTP 503".to_string()),
                     listed: true,
                     version: Some(sim.version.clone()),
                     protected: sim.protected,
+                    // Every group here is behind a balancer that passes what reports.
+                    serving: Some(reported && behaviour != Behaviour::FailsBalancer),
                 }
             })
             .collect();
@@ -616,5 +622,77 @@ fn the_refresh_surge_is_not_held_by_the_scale_in_guards_as_fleet_to_keep() {
         RefreshStatus::Successful
     );
     assert_eq!(fleet.versions(), vec!["v2"; 2]);
+    assert_eq!(fleet.max_running, 3, "150 % of 2, never more");
+}
+
+#[test]
+fn a_version_that_fails_the_balancers_health_checks_is_never_counted_and_rolled_back() {
+    // Found by reading: the refresh counted a new instance the monitor found healthy, so a
+    // version that failed only the balancer's checks could take every old instance's place.
+    fn bad(version: &str) -> Behaviour {
+        match version {
+            "v2" => Behaviour::FailsBalancer,
+            _ => Behaviour::Good,
+        }
+    }
+    let behind = ControllerConfig {
+        health_check_type: autoscaler_policy::config::HealthCheckType::LoadBalancer,
+        ..config()
+    };
+    let (mut fleet, mut state) = settled(bad);
+    let preferences = RefreshPreferences {
+        max_healthy_percentage: 150,
+        ..RefreshPreferences::default()
+    };
+    start(&fleet, &mut state, preferences);
+    let mut old_left = usize::MAX;
+    let until = fleet.t + 7_200;
+    while fleet.t < until && state.refresh().unwrap().status.is_active() {
+        fleet.step(&behind, &mut state, "v2");
+        let serving_old = fleet.instances.iter().filter(|i| i.version == "v1").count();
+        old_left = old_left.min(serving_old);
+    }
+    assert_eq!(state.refresh().unwrap().status, RefreshStatus::RolledBack);
+    assert_eq!(
+        old_left, 4,
+        "no old instance went for one the balancer does not pass"
+    );
+    assert_eq!(fleet.versions(), vec!["v1"; 4]);
+}
+
+#[test]
+fn a_surge_instance_replaced_for_its_health_does_not_raise_the_desired_capacity() {
+    // Found end to end: the surge instance a 150 % refresh launched, replaced for failing the
+    // balancer's checks, was counted in the sizing at the target load, which raised the
+    // desired capacity by one, and the refresh surged again above that.
+    fn bad(version: &str) -> Behaviour {
+        match version {
+            "v2" => Behaviour::FailsBalancer,
+            _ => Behaviour::Good,
+        }
+    }
+    let ranged = ControllerConfig {
+        min_instances: 2,
+        max_instances: 6,
+        registration_grace_secs: 30,
+        health_check_type: autoscaler_policy::config::HealthCheckType::LoadBalancer,
+        ..config()
+    };
+    let mut fleet = Fleet::new(&["v1"; 2], bad);
+    fleet.load = 30.0;
+    let mut state = PolicyState::default();
+    for _ in 0..4 {
+        fleet.step(&ranged, &mut state, "v1");
+    }
+    fleet.max_running = 0;
+    let preferences = RefreshPreferences {
+        max_healthy_percentage: 150,
+        ..RefreshPreferences::default()
+    };
+    start(&fleet, &mut state, preferences);
+    assert_eq!(
+        fleet.run(&ranged, &mut state, "v2", 7_200),
+        RefreshStatus::RolledBack
+    );
     assert_eq!(fleet.max_running, 3, "150 % of 2, never more");
 }

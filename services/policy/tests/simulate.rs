@@ -198,6 +198,7 @@ fn observation(ready: &[f64], booting: usize) -> Observation {
             listed: true,
             version: None,
             protected: false,
+            serving: None,
         })
         .collect();
     instances.extend((0..booting).map(|i| ObservedInstance {
@@ -212,6 +213,7 @@ fn observation(ready: &[f64], booting: usize) -> Observation {
         listed: true,
         version: None,
         protected: false,
+        serving: None,
     }));
     Observation {
         instances,

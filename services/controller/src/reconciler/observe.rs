@@ -53,6 +53,11 @@ pub fn observe(
             listed,
             version: instance.version.clone(),
             protected: false,
+            serving: targets.map(|targets| {
+                targets.iter().any(|t| {
+                    t.instance_id == instance.instance_id && t.state == TargetState::Healthy
+                })
+            }),
         }
     };
     Observation {

@@ -189,7 +189,8 @@ fn decide(
     // An instance being replaced keeps its place in the sizing, as EC2 Auto Scaling keeps the
     // desired capacity through a replacement: it counts as one without a metric does, and at
     // the kind's resting level (the target) when the loads point nowhere.
-    let replaced = observed.to_replace;
+    // Not the refresh's surge, though: it is no part of the fleet being sized.
+    let replaced = observed.to_replace.saturating_sub(surge);
     let replaced_fill = fill.unwrap_or_else(|| kind.resting_level());
     let absent_sum = f64::from(unseen) * fill.unwrap_or(0.0) + f64::from(replaced) * replaced_fill;
     // The loads with the missing and replaced instances counted as above.

@@ -49,6 +49,10 @@ pub struct ObservedInstance {
     /// Protected from scale-in (and from an instance refresh, unless it includes protected
     /// ones); still replaced when unhealthy, as on EC2.
     pub protected: bool,
+    /// Whether the load balancer sends it requests (its target passes the health checks), when
+    /// the group has one and its targets could be read: an instance refresh counts a new
+    /// instance as capacity only once it does.
+    pub serving: Option<bool>,
 }
 
 /// Everything the policy looks at.

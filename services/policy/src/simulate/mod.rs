@@ -381,6 +381,7 @@ impl World {
             listed: listed_at <= now,
             version: None,
             protected: false,
+            serving: None,
         });
     }
 

@@ -24,6 +24,7 @@ pub fn serving(id: &str, age: Duration, load: f64) -> ObservedInstance {
         listed: true,
         version: None,
         protected: false,
+        serving: None,
     }
 }
 
