@@ -226,9 +226,9 @@ impl ControllerStatus {
         self.lock().bounds = Some((min, max));
     }
 
-    /// Whether `instance_id` is protected from scale-in.
-    pub fn is_protected(&self, instance_id: &str) -> bool {
-        self.lock().protected.contains(instance_id)
+    /// The instances protected from scale-in.
+    pub fn protected(&self) -> std::collections::BTreeSet<String> {
+        self.lock().protected.clone()
     }
 
     /// Changes whenever a new decision record is kept (its sequence).

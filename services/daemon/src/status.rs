@@ -199,6 +199,12 @@ impl StatusService {
             .unwrap_or_default();
 
         let now = SystemTime::now();
+        // Read once for the report, not once an instance.
+        let protected = self
+            .controller
+            .as_ref()
+            .map(ControllerStatus::protected)
+            .unwrap_or_default();
         let mut instances: Vec<v1::InstanceStatus> = listed
             .iter()
             .map(|cloud| {
@@ -226,10 +232,7 @@ impl StatusService {
                         .unwrap_or_default(),
                     app_address: cloud.app_address.clone().unwrap_or_default(),
                     version: cloud.version.clone().unwrap_or_default(),
-                    protected_from_scale_in: self
-                        .controller
-                        .as_ref()
-                        .is_some_and(|c| c.is_protected(&cloud.instance_id)),
+                    protected_from_scale_in: protected.contains(&cloud.instance_id),
                     ..seen.map_or_else(unregistered, as_seen)
                 }
             })

@@ -593,6 +593,27 @@ fn bad_requests_are_refused_by_name_and_change_nothing() {
     );
 }
 
+/// Two instances on v1 at 30 % (a desired capacity of 2 at the 50 % target), settled under
+/// `config`, then a refresh to v2 at a maximum healthy of 150 % started.
+fn two_surging(
+    config: &ControllerConfig,
+    behaviour: fn(&str) -> Behaviour,
+) -> (Fleet, PolicyState) {
+    let mut fleet = Fleet::new(&["v1"; 2], behaviour);
+    fleet.load = 30.0;
+    let mut state = PolicyState::default();
+    for _ in 0..4 {
+        fleet.step(config, &mut state, "v1");
+    }
+    fleet.max_running = 0;
+    let preferences = RefreshPreferences {
+        max_healthy_percentage: 150,
+        ..RefreshPreferences::default()
+    };
+    start(&fleet, &mut state, preferences);
+    (fleet, state)
+}
+
 #[test]
 fn the_refresh_surge_is_not_held_by_the_scale_in_guards_as_fleet_to_keep() {
     // Found end to end: the instances a 150 % refresh launched above the desired capacity were
@@ -605,18 +626,7 @@ fn the_refresh_surge_is_not_held_by_the_scale_in_guards_as_fleet_to_keep() {
         scale_out_cooldown_secs: 60,
         ..config()
     };
-    let mut fleet = Fleet::new(&["v1"; 2], good);
-    fleet.load = 30.0;
-    let mut state = PolicyState::default();
-    for _ in 0..4 {
-        fleet.step(&sized, &mut state, "v1");
-    }
-    fleet.max_running = 0;
-    let preferences = RefreshPreferences {
-        max_healthy_percentage: 150,
-        ..RefreshPreferences::default()
-    };
-    start(&fleet, &mut state, preferences);
+    let (mut fleet, mut state) = two_surging(&sized, good);
     assert_eq!(
         fleet.run(&sized, &mut state, "v2", 3_600),
         RefreshStatus::Successful
@@ -678,18 +688,7 @@ fn a_surge_instance_replaced_for_its_health_does_not_raise_the_desired_capacity(
         health_check_type: autoscaler_policy::config::HealthCheckType::LoadBalancer,
         ..config()
     };
-    let mut fleet = Fleet::new(&["v1"; 2], bad);
-    fleet.load = 30.0;
-    let mut state = PolicyState::default();
-    for _ in 0..4 {
-        fleet.step(&ranged, &mut state, "v1");
-    }
-    fleet.max_running = 0;
-    let preferences = RefreshPreferences {
-        max_healthy_percentage: 150,
-        ..RefreshPreferences::default()
-    };
-    start(&fleet, &mut state, preferences);
+    let (mut fleet, mut state) = two_surging(&ranged, bad);
     assert_eq!(
         fleet.run(&ranged, &mut state, "v2", 7_200),
         RefreshStatus::RolledBack

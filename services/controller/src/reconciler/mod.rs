@@ -107,9 +107,9 @@ pub struct Controller<C> {
     failing_open: bool,
     /// The last observation the policy decided on, and the policy's clock then.
     last: Option<(Observation, Duration)>,
-    /// The versions of the launch specification, and the config's (`with_launch_spec`).
+    /// The versions of the launch specification (the first is the platform's defaults: the
+    /// config has no launch specification of its own yet).
     specs: Specs,
-    config_spec: LaunchSpec,
     /// The operator's commands, and what they did, said in the next decision record.
     commands: Option<mpsc::Receiver<Command>>,
     pending_notes: Vec<String>,
@@ -156,7 +156,6 @@ impl<C: Cloud> Controller<C> {
             failing_open: false,
             last: None,
             specs: Specs::new(LaunchSpec::default(), millis(anchor)),
-            config_spec: LaunchSpec::default(),
             commands: None,
             pending_notes: Vec::new(),
             protected: Default::default(),
@@ -201,11 +200,7 @@ impl<C: Cloud> Controller<C> {
             let now = self.clock();
             self.state = PolicyState::recall(&recalled.policy, now, millis(now));
             self.launches = Launches::recall(recalled.pending_launches.clone());
-            self.specs = Specs::resume(
-                recalled.specs.clone(),
-                self.config_spec.clone(),
-                millis(now),
-            );
+            self.specs = Specs::resume(recalled.specs.clone(), LaunchSpec::default(), millis(now));
             self.protected = recalled.protected.clone();
             if let Some((min, max)) = recalled.bounds {
                 let mut config = self.config.clone();

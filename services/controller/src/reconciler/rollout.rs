@@ -151,16 +151,6 @@ impl Commands {
 }
 
 impl<C: Cloud> Controller<C> {
-    /// Launches with `spec` (the config's launch specification) as its first version, unless
-    /// the memory it resumes from keeps versions made at run time.
-    pub fn with_launch_spec(mut self, spec: LaunchSpec) -> Controller<C> {
-        let now = millis(self.clock());
-        let kept = self.saved.as_ref().and_then(|m| m.specs.clone());
-        self.specs = Specs::resume(kept, spec.clone(), now);
-        self.config_spec = spec;
-        self
-    }
-
     /// Takes the operator's commands from `commands` between evaluations.
     pub fn with_commands(mut self, commands: mpsc::Receiver<Command>) -> Controller<C> {
         self.commands = Some(commands);
