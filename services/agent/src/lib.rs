@@ -6,6 +6,7 @@
 
 pub mod app_load;
 pub mod discovery;
+pub mod hooks;
 pub mod load;
 pub mod metrics;
 pub mod registration;
@@ -49,6 +50,8 @@ pub struct AgentConfig {
     /// How often the load is sampled (and the simulation advanced).
     pub sample_interval: Duration,
     pub registration: RegistrationConfig,
+    /// The lifecycle hooks it runs.
+    pub hooks: hooks::HookConfig,
     /// How long in-flight calls get to finish at shutdown.
     pub drain_timeout: Duration,
 }
@@ -62,6 +65,7 @@ impl AgentConfig {
             load: LoadConfig::Simulated(LoadModelConfig::default()),
             sample_interval: Duration::from_millis(200),
             registration: RegistrationConfig::default(),
+            hooks: hooks::HookConfig::default(),
             drain_timeout: Duration::from_secs(1),
         }
     }
@@ -74,6 +78,8 @@ pub enum AgentError {
     EmptyInstanceId,
     #[error(transparent)]
     Load(#[from] LoadConfigError),
+    #[error("{0}")]
+    Hooks(String),
     #[error("the listener's address: {0}")]
     Listener(#[source] std::io::Error),
     #[error(
@@ -132,7 +138,14 @@ pub async fn run(
         None => local_address.to_string(),
     };
 
+    config.hooks.validate().map_err(AgentError::Hooks)?;
     let state = AgentState::new(config.instance_id.clone(), source);
+    // In Pending:Wait before the first registration, while the launch hook runs.
+    state.set_hooks(config.hooks.clone());
+    let launch_hook = tokio::spawn({
+        let state = state.clone();
+        async move { state.run_launch_hook().await }
+    });
     let sampler = match &config.load {
         LoadConfig::App(address) => tokio::spawn(sample_app_forever(
             state.clone(),
@@ -188,6 +201,7 @@ pub async fn run(
         result = &mut server => {
             registering.abort();
             sampler.abort();
+            launch_hook.abort();
             return match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(error)) => Err(error.into()),
@@ -212,6 +226,7 @@ pub async fn run(
         Err(_) => tracing::warn!("in-flight calls did not finish in time; leaving them"),
     }
     sampler.abort();
+    launch_hook.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
     }

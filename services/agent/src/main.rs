@@ -93,6 +93,21 @@ struct Flags {
     /// How far the target wanders on its own, in points (0: it stays put).
     #[arg(long, default_value_t = LoadModelConfig::default().drift_amplitude)]
     drift_amplitude: f64,
+    /// A shell command run at the start, before the instance is put in service (Pending:Wait):
+    /// exit 0 to continue, any other status to abandon the launch.
+    #[arg(long, env = "AUTOSCALER_LAUNCH_HOOK")]
+    launch_hook: Option<String>,
+    /// A shell command run when the controller terminates the instance, after its drain and
+    /// before the termination (Terminating:Wait).
+    #[arg(long, env = "AUTOSCALER_TERMINATION_HOOK")]
+    termination_hook: Option<String>,
+    /// Seconds a hook may run before it is killed and --hook-default stands (1-7200). 300
+    /// rather than EC2's 3600: a held hook holds capacity.
+    #[arg(long, env = "AUTOSCALER_HOOK_TIMEOUT", default_value_t = 300)]
+    hook_timeout: u64,
+    /// The result of a hook that timed out: continue, or abandon (EC2's default).
+    #[arg(long, env = "AUTOSCALER_HOOK_DEFAULT", default_value = "abandon")]
+    hook_default: autoscaler_agent::hooks::HookResult,
     /// Register again after this many milliseconds without a poll.
     #[arg(long, default_value_t = 5_000)]
     reregister_after_ms: u64,
@@ -126,6 +141,13 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         ..LoadModelConfig::default()
     };
     load.validate()?;
+    let hooks = autoscaler_agent::hooks::HookConfig {
+        launch: flags.launch_hook.clone(),
+        termination: flags.termination_hook.clone(),
+        timeout: Duration::from_secs(flags.hook_timeout),
+        default_result: flags.hook_default,
+    };
+    hooks.validate().map_err(anyhow::Error::msg)?;
     let tls_from_ssm = flags.from_aws || flags.tls_from_ssm;
     if !flags.plaintext && !tls_from_ssm && flags.tls_dir.is_none() {
         anyhow::bail!(
@@ -216,6 +238,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             Source::Simulated => LoadConfig::Simulated(load),
         };
         config.registration.reregister_after = Duration::from_millis(flags.reregister_after_ms);
+        config.hooks = hooks;
         let metrics = match &flags.metrics_listen {
             Some(address) => Some(
                 tokio::net::TcpListener::bind(address)

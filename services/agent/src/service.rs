@@ -6,12 +6,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use autoscaler_policy::time::unix_ms;
+use autoscaler_policy::{HookReport, Lifecycle};
 
 use autoscaler_proto::tls::{Role, require_caller};
 use autoscaler_proto::v1;
 use autoscaler_proto::v1::agent_server::Agent;
 use tonic::{Request, Response, Status};
 
+use crate::hooks::{self, HookConfig, HookResult, Transition};
 use crate::load::{CpuSampler, LoadModel, is_percent};
 
 /// Where the load comes from.
@@ -59,6 +61,11 @@ struct Inner {
     attachment: Option<Attachment>,
     last_activity: Instant,
     removal_reason: Option<String>,
+    hooks: HookConfig,
+    /// Where the lifecycle hooks hold the instance, once it has any.
+    hook: Option<HookReport>,
+    /// When the running termination hook's timeout ends.
+    termination_deadline: Option<Instant>,
 }
 
 impl AgentState {
@@ -88,6 +95,9 @@ impl AgentState {
                 attachment: None,
                 last_activity: now,
                 removal_reason: None,
+                hooks: HookConfig::default(),
+                hook: None,
+                termination_deadline: None,
             }),
         })
     }
@@ -202,6 +212,104 @@ impl AgentState {
         }
     }
 
+    /// Sets the lifecycle hooks; with a launch hook the instance is in Pending:Wait from now
+    /// until `run_launch_hook` ends.
+    pub fn set_hooks(&self, hooks: HookConfig) {
+        let mut inner = self.lock();
+        if hooks.launch.is_some() {
+            inner.hook = Some(HookReport {
+                state: Lifecycle::PendingWait,
+                ..HookReport::default()
+            });
+        }
+        inner.hooks = hooks;
+    }
+
+    /// Where the lifecycle hooks hold the instance, when it has any.
+    pub fn hook(&self) -> Option<HookReport> {
+        self.lock().hook.clone()
+    }
+
+    /// Runs the launch hook, if there is one, and records its outcome: in service, or
+    /// abandoned.
+    pub async fn run_launch_hook(&self) {
+        let (command, timeout, default) = {
+            let inner = self.lock();
+            match &inner.hooks.launch {
+                Some(command) => (
+                    command.clone(),
+                    inner.hooks.timeout,
+                    inner.hooks.default_result,
+                ),
+                None => return,
+            }
+        };
+        tracing::info!(%command, "Pending:Wait: running the launch hook");
+        let outcome = hooks::run(
+            &command,
+            Transition::Launch,
+            &self.instance_id,
+            timeout,
+            default,
+        )
+        .await;
+        let state = match outcome.result {
+            HookResult::Continue => Lifecycle::InService,
+            HookResult::Abandon => Lifecycle::Abandoned,
+        };
+        tracing::info!(summary = %outcome.summary, tail = %outcome.output_tail, "launch hook ended: {state}");
+        self.lock().hook = Some(HookReport {
+            state,
+            summary: outcome.summary,
+            output_tail: outcome.output_tail,
+        });
+    }
+
+    /// Starts the termination hook (once), if there is one; returns how long it may still
+    /// run (zero: none, or it has ended).
+    pub fn begin_termination_hook(self: &Arc<Self>) -> Duration {
+        let mut inner = self.lock();
+        let Some(command) = inner.hooks.termination.clone() else {
+            return Duration::ZERO;
+        };
+        match inner.hook.as_ref().map(|h| h.state) {
+            Some(Lifecycle::TerminatingWait) => {
+                return inner.termination_deadline.map_or(Duration::ZERO, |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
+            }
+            Some(Lifecycle::TerminatingProceed) => return Duration::ZERO,
+            _ => {}
+        }
+        let timeout = inner.hooks.timeout;
+        let default = inner.hooks.default_result;
+        inner.termination_deadline = Some(Instant::now() + timeout);
+        inner.hook = Some(HookReport {
+            state: Lifecycle::TerminatingWait,
+            ..HookReport::default()
+        });
+        drop(inner);
+        tracing::info!(%command, "Terminating:Wait: running the termination hook");
+        let state = self.clone();
+        tokio::spawn(async move {
+            let outcome = hooks::run(
+                &command,
+                Transition::Termination,
+                &state.instance_id,
+                timeout,
+                default,
+            )
+            .await;
+            tracing::info!(summary = %outcome.summary, tail = %outcome.output_tail, "termination hook ended");
+            state.lock().hook = Some(HookReport {
+                state: Lifecycle::TerminatingProceed,
+                summary: outcome.summary,
+                output_tail: outcome.output_tail,
+            });
+        });
+        timeout
+    }
+
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
@@ -226,14 +334,33 @@ impl AgentService {
     /// The current sample, as Ping and GetMetrics answer it.
     fn metrics(&self) -> v1::Metrics {
         let sample = self.state.current();
+        // While a hook holds the instance its load means nothing to the fleet.
+        let held = self
+            .state
+            .hook()
+            .is_some_and(|h| h.state != Lifecycle::InService);
         v1::Metrics {
             load_percent: sample.load,
             sampled_at_unix_ms: unix_ms(sample.sampled_at),
             cpu_percent: sample.cpu,
             memory_percent: None,
             requests_per_second: sample.requests_per_second,
-            load_unknown: sample.unknown,
+            load_unknown: sample.unknown || held,
         }
+    }
+
+    fn lifecycle(&self) -> Option<v1::Lifecycle> {
+        self.state.hook().map(|hook| v1::Lifecycle {
+            state: match hook.state {
+                Lifecycle::InService => v1::LifecycleState::InService,
+                Lifecycle::PendingWait => v1::LifecycleState::PendingWait,
+                Lifecycle::Abandoned => v1::LifecycleState::Abandoned,
+                Lifecycle::TerminatingWait => v1::LifecycleState::TerminatingWait,
+                Lifecycle::TerminatingProceed => v1::LifecycleState::TerminatingProceed,
+            } as i32,
+            summary: hook.summary,
+            output_tail: hook.output_tail,
+        })
     }
 }
 
@@ -253,6 +380,7 @@ impl Agent for AgentService {
             uptime_ms: self.state.uptime().as_millis() as u64,
             sequence: request.into_inner().sequence,
             metrics: Some(self.metrics()),
+            lifecycle: self.lifecycle(),
         }))
     }
 
@@ -339,7 +467,10 @@ impl Agent for AgentService {
         reason.truncate(256);
         tracing::info!(%reason, "this instance is being removed; no more registrations");
         self.state.lock().removal_reason = Some(reason);
-        Ok(Response::new(v1::NotifyRemovalResponse {}))
+        let hook = self.state.begin_termination_hook();
+        Ok(Response::new(v1::NotifyRemovalResponse {
+            termination_hook_timeout_ms: hook.as_millis() as u64,
+        }))
     }
 }
 

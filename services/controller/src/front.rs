@@ -1,7 +1,7 @@
 //! The controller's side of the load balancer in front of the group (`Front`): which instances
 //! it registered, which are draining, and when a draining one may be terminated. As EC2 Auto
 //! Scaling does with a target group: an instance is registered once it is in service (running,
-//! healthy, and its first load seen), and before any termination it is deregistered and given
+//! healthy, its launch hook done, and its first load seen), and before any termination it is deregistered and given
 //! until its requests in flight are done, or `drain_timeout`, whichever comes first.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::balancer::{Balancer, Target, TargetState, TargetStatus};
 use crate::cloud::{CloudInstance, InstanceState};
-use crate::fleet::{FleetView, Health};
+use crate::fleet::{FleetView, Health, Lifecycle};
 
 /// Why an instance is being removed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,7 +186,9 @@ impl Front {
             };
             let in_service = instance.state == InstanceState::Running
                 && view.get(&instance.instance_id).is_some_and(|seen| {
-                    seen.health == Health::Healthy && seen.metrics.load.is_some()
+                    seen.health == Health::Healthy
+                        && seen.metrics.load.is_some()
+                        && seen.metrics.lifecycle() == Lifecycle::InService
                 });
             let serving = targets.iter().any(|t| {
                 t.instance_id == instance.instance_id

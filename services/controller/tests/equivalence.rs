@@ -240,6 +240,7 @@ fn view(
                 metrics: autoscaler_controller::fleet::Metrics {
                     load: healthy.then_some(load),
                     requests_per_second: None,
+                    hook: None,
                 },
                 recent_loads: if healthy {
                     VecDeque::from([load])

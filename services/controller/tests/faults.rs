@@ -200,6 +200,7 @@ fn answering(instances: &[autoscaler_controller::cloud::CloudInstance], load: f6
                 metrics: autoscaler_controller::fleet::Metrics {
                     load: Some(load),
                     requests_per_second: None,
+                    hook: None,
                 },
                 recent_loads: [load].into(),
                 registered_at: std::time::Instant::now(),

@@ -489,6 +489,7 @@ fn two_in_service(
                     metrics: autoscaler_controller::fleet::Metrics {
                         load: Some(load),
                         requests_per_second: None,
+                        hook: None,
                     },
                     recent_loads: [load].into(),
                     registered_at: Instant::now(),
@@ -675,6 +676,7 @@ fn seen_at(ids: &[&str], load: f64) -> FleetView {
                     metrics: autoscaler_controller::fleet::Metrics {
                         load: Some(load),
                         requests_per_second: None,
+                        hook: None,
                     },
                     recent_loads: [load].into(),
                     registered_at: Instant::now(),

@@ -512,7 +512,7 @@ impl Agents for MonitorAgents {
         &'a self,
         instance_id: &'a str,
         reason: &'a str,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Option<Duration>> + Send + 'a>> {
         Box::pin(self.0.notify_removal(instance_id, reason))
     }
 

@@ -87,8 +87,16 @@ fn as_seen(seen: &InstanceView) -> v1::InstanceStatus {
     let Metrics {
         load,
         requests_per_second,
-    } = seen.metrics;
+        hook,
+    } = &seen.metrics;
+    let (load, requests_per_second) = (*load, *requests_per_second);
     v1::InstanceStatus {
+        lifecycle_state: seen.metrics.lifecycle().as_str().to_string(),
+        hook_summary: hook.as_ref().map(|h| h.summary.clone()).unwrap_or_default(),
+        hook_output_tail: hook
+            .as_ref()
+            .map(|h| h.output_tail.clone())
+            .unwrap_or_default(),
         instance_id: seen.instance_id.clone(),
         health: wire_health(seen.health).into(),
         load_percent: load,

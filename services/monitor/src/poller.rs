@@ -5,7 +5,7 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use autoscaler_policy::fleet::Metrics;
+use autoscaler_policy::fleet::{HookReport, Lifecycle, Metrics};
 use autoscaler_proto::v1;
 
 use crate::registry::{PollOutcome, Registry};
@@ -154,26 +154,51 @@ pub(crate) async fn poll_once(
     let requests_per_second = metrics
         .requests_per_second
         .filter(|rate| rate.is_finite() && *rate >= 0.0);
+    let hook = ping.lifecycle.map(|lifecycle| {
+        Arc::new(HookReport {
+            state: match lifecycle.state() {
+                v1::LifecycleState::InService => Lifecycle::InService,
+                v1::LifecycleState::PendingWait => Lifecycle::PendingWait,
+                v1::LifecycleState::Abandoned => Lifecycle::Abandoned,
+                v1::LifecycleState::TerminatingWait => Lifecycle::TerminatingWait,
+                v1::LifecycleState::TerminatingProceed => Lifecycle::TerminatingProceed,
+            },
+            // Kept as long as an agent of this version sends them, whatever one sends.
+            summary: last_chars(lifecycle.summary, 512),
+            output_tail: last_chars(lifecycle.output_tail, 1024),
+        })
+    });
     PollOutcome::Answered(Metrics {
         load,
         requests_per_second,
+        hook,
     })
 }
 
+/// The last `limit` bytes of `text` (cut at a character boundary).
+fn last_chars(text: String, limit: usize) -> String {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut cut = text.len() - limit;
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    text[cut..].to_string()
+}
+
 /// Tells the agent of `instance_id` that its instance is being removed (it then registers no
-/// more); best effort, bounded by `timeout`. Nothing happens for an instance not registered.
+/// more, and starts its termination hook if it has one); best effort, bounded by `timeout`.
+/// Returns how long the agent's termination hook may run, when it runs one. Nothing happens
+/// for an instance not registered.
 pub(crate) async fn notify_removal(
     registry: &Registry,
     instance_id: &str,
     reason: &str,
     timeout: Duration,
-) {
-    let Some(address) = registry.address_of(instance_id) else {
-        return;
-    };
-    let Ok(mut agent) = AgentConnection::new(registry.connector().clone(), &address) else {
-        return;
-    };
+) -> Option<Duration> {
+    let address = registry.address_of(instance_id)?;
+    let mut agent = AgentConnection::new(registry.connector().clone(), &address).ok()?;
     let request = v1::NotifyRemovalRequest {
         reason: reason.to_string(),
     };
@@ -182,10 +207,20 @@ pub(crate) async fn notify_removal(
         .call::<_, v1::NotifyRemovalResponse>(NOTIFY_REMOVAL, &request, deadline)
         .await
     {
-        Ok(_) => tracing::debug!(%instance_id, "agent told of its removal"),
-        Err(CallError::TimedOut) => tracing::warn!(%instance_id, "NotifyRemoval timed out"),
+        Ok(answer) => {
+            tracing::debug!(%instance_id, "agent told of its removal");
+            // Bounded as EC2 bounds a hook's timeout, whatever an agent answers.
+            let hook = Duration::from_millis(answer.termination_hook_timeout_ms)
+                .min(Duration::from_secs(7_200));
+            (!hook.is_zero()).then_some(hook)
+        }
+        Err(CallError::TimedOut) => {
+            tracing::warn!(%instance_id, "NotifyRemoval timed out");
+            None
+        }
         Err(error) => {
-            tracing::warn!(%instance_id, code = ?error.code(), %error, "NotifyRemoval refused")
+            tracing::warn!(%instance_id, code = ?error.code(), %error, "NotifyRemoval refused");
+            None
         }
     }
 }

@@ -259,12 +259,13 @@ impl Registry {
         let was_missing = view.consecutive_misses > 0;
         match outcome {
             PollOutcome::Answered(metrics) => {
+                let load = metrics.load;
                 view.metrics = metrics;
                 view.health = Health::Healthy;
                 view.consecutive_misses = 0;
                 view.last_seen = Some(Instant::now());
                 view.last_error = None;
-                if let Some(load) = metrics.load {
+                if let Some(load) = load {
                     if view.recent_loads.len() >= self.config.load_window {
                         view.recent_loads.pop_front();
                     }
@@ -355,10 +356,15 @@ impl Registry {
     }
 
     /// Tells the agent of a registered instance that it is being removed; best effort,
-    /// bounded by one second. The controller calls this before a scale-in.
-    pub async fn notify_removal(&self, instance_id: &str, reason: &str) {
+    /// bounded by one second. The controller calls this before a termination. Returns how long
+    /// the agent's termination hook may run, when it runs one.
+    pub async fn notify_removal(
+        &self,
+        instance_id: &str,
+        reason: &str,
+    ) -> Option<std::time::Duration> {
         crate::poller::notify_removal(self, instance_id, reason, std::time::Duration::from_secs(1))
-            .await;
+            .await
     }
 
     /// Stops every poll task.

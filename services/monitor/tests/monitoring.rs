@@ -502,6 +502,7 @@ mod fake_agent {
                         ..Default::default()
                     }
                 }),
+                lifecycle: None,
             }))
         }
         async fn get_metrics(
@@ -542,7 +543,7 @@ mod fake_agent {
                 .lock()
                 .unwrap()
                 .push(request.into_inner().reason);
-            Ok(Response::new(v1::NotifyRemovalResponse {}))
+            Ok(Response::new(v1::NotifyRemovalResponse::default()))
         }
     }
 

@@ -27,6 +27,7 @@ fn fleet(size: usize) -> Observation {
                 version: None,
                 protected: false,
                 serving: None,
+                lifecycle: autoscaler_policy::Lifecycle::InService,
             })
             .collect(),
         controller_uptime: Duration::from_secs(86_400),

@@ -7,17 +7,26 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use crate::Health;
+pub use crate::{Health, HookReport, Lifecycle};
 
 /// What an agent reports in one answer, carried whole from the monitor's poller to every view
 /// (the fleet view, the Status API, the dashboard): a new agent metric is a field here, its
 /// decoding in the poller and its place on the wire and the page, nothing between.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Metrics {
     /// Load, 0 to 100 percent; `None` while its load source has not answered once.
     pub load: Option<f64>,
     /// Requests its application served per second, when its agent reports them.
     pub requests_per_second: Option<f64>,
+    /// Its lifecycle hooks, when its agent runs any.
+    pub hook: Option<Arc<HookReport>>,
+}
+
+impl Metrics {
+    /// Where it is in its lifecycle hooks (`InService` when its agent runs none).
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.hook.as_ref().map_or(Lifecycle::InService, |h| h.state)
+    }
 }
 
 /// One registered instance.

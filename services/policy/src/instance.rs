@@ -40,3 +40,57 @@ impl std::fmt::Display for Health {
         f.write_str(self.as_str())
     }
 }
+
+/// Where an instance is in its lifecycle hooks, as its agent reports it (EC2 Auto Scaling's
+/// lifecycle states). An instance whose agent runs no hook is `InService`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lifecycle {
+    #[default]
+    InService,
+    /// Pending:Wait: its launch hook runs; it is warming, not in service.
+    PendingWait,
+    /// Its launch hook failed or timed out with the default result `abandon`: a failed launch,
+    /// to terminate.
+    Abandoned,
+    /// Terminating:Wait: its termination hook runs, after its drain.
+    TerminatingWait,
+    /// Its termination hook ended: it may be terminated.
+    TerminatingProceed,
+}
+
+impl Lifecycle {
+    /// As EC2 names the state: `Pending:Wait`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::InService => "InService",
+            Lifecycle::PendingWait => "Pending:Wait",
+            Lifecycle::Abandoned => "Abandoned",
+            Lifecycle::TerminatingWait => "Terminating:Wait",
+            Lifecycle::TerminatingProceed => "Terminating:Proceed",
+        }
+    }
+
+    /// Whether a termination hook has started (the instance is leaving).
+    pub fn is_terminating(self) -> bool {
+        matches!(
+            self,
+            Lifecycle::TerminatingWait | Lifecycle::TerminatingProceed
+        )
+    }
+}
+
+impl std::fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an agent reports of its lifecycle hooks: the state, and what its last hook did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HookReport {
+    pub state: Lifecycle,
+    /// `launch hook exited 0 after 1.2 s: continue` (empty before a hook ended).
+    pub summary: String,
+    /// The last lines the hook wrote.
+    pub output_tail: String,
+}

@@ -16,4 +16,4 @@ pub mod schedule;
 pub mod simulate;
 pub mod time;
 
-pub use instance::{Health, InstanceState};
+pub use instance::{Health, HookReport, InstanceState, Lifecycle};

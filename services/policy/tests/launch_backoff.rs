@@ -26,6 +26,7 @@ fn launched(id: &str, age: Duration) -> ObservedInstance {
         version: None,
         protected: false,
         serving: None,
+        lifecycle: autoscaler_policy::Lifecycle::InService,
     }
 }
 
@@ -38,6 +39,7 @@ fn died(id: &str, age: Duration) -> ObservedInstance {
         version: None,
         protected: false,
         serving: None,
+        lifecycle: autoscaler_policy::Lifecycle::InService,
         ..launched(id, age)
     }
 }

@@ -33,6 +33,7 @@ fn instance(
         version: None,
         protected: false,
         serving: None,
+        lifecycle: autoscaler_policy::Lifecycle::InService,
     }
 }
 
@@ -379,4 +380,36 @@ fn a_replaced_instance_keeps_its_place_in_the_fleet() {
     assert_eq!(decision.desired, 4, "{}", decision.summary());
     assert_eq!(decision.launch, 1, "{}", decision.summary());
     assert!(decision.scale_in.is_empty(), "{}", decision.summary());
+}
+
+/// An instance its launch hook holds in Pending:Wait reports no load, as one booting does: it
+/// is warming (EC2 leaves it out of the group's metric), not an instance whose metric is
+/// missing, even past the warm-up, and it is not replaced while its hook runs.
+#[test]
+fn an_instance_in_pending_wait_is_warming_past_the_warm_up() {
+    let held = ObservedInstance {
+        lifecycle: autoscaler_policy::Lifecycle::PendingWait,
+        // Past the registration grace too.
+        age: 10 * MINUTE,
+        ..instance("local-0003", Some(Health::Healthy), None, false)
+    };
+    let observation = Observation {
+        instances: vec![
+            instance("local-0001", Some(Health::Healthy), Some(20.0), true),
+            instance("local-0002", Some(Health::Healthy), Some(20.0), true),
+            held,
+        ],
+        controller_uptime: 60 * MINUTE,
+        ..Default::default()
+    };
+    let decision = evaluate(
+        &observation,
+        &tracking(),
+        &mut PolicyState::default(),
+        60 * MINUTE,
+    );
+    assert_eq!(decision.observed.warming, 1, "{}", decision.summary());
+    assert!(decision.missing.is_empty(), "{:?}", decision.missing);
+    assert!(decision.replace.is_empty(), "{}", decision.summary());
+    assert_eq!(decision.observed.in_service, 2);
 }

@@ -224,6 +224,7 @@ fn warming_instances_are_excluded_from_averages_and_never_scaled_in() {
         version: None,
         protected: false,
         serving: None,
+        lifecycle: autoscaler_policy::Lifecycle::InService,
         ..serving("i-new", 100.0)
     });
     let decision = once(&observation, &config);
@@ -255,6 +256,7 @@ fn warming_instances_are_excluded_from_averages_and_never_scaled_in() {
         version: None,
         protected: false,
         serving: None,
+        lifecycle: autoscaler_policy::Lifecycle::InService,
         ..serving("i-late", 0.0)
     });
     let decision = once(&late, &config);
@@ -309,6 +311,7 @@ fn unhealthy_stopped_and_unregistered_instances_are_replaced_despite_cooldowns()
         version: None,
         protected: false,
         serving: None,
+        lifecycle: autoscaler_policy::Lifecycle::InService,
         // Launched before this controller started (adopted), and never heard of since: lost,
         // not a failed launch, so its replacement does not wait for a backoff.
         age: 2 * 60 * MINUTE,

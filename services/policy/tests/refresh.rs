@@ -8,7 +8,7 @@ use std::time::Duration;
 use autoscaler_policy::config::ControllerConfig;
 use autoscaler_policy::policy::{Decision, Observation, ObservedInstance, PolicyState, evaluate};
 use autoscaler_policy::refresh::{RefreshError, RefreshPreferences, RefreshStatus};
-use autoscaler_policy::{Health, InstanceState};
+use autoscaler_policy::{Health, InstanceState, Lifecycle};
 
 /// How a version's instances behave.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -20,7 +20,15 @@ enum Behaviour {
     Unhealthy,
     /// Registers and reports, but fails the load balancer's health checks.
     FailsBalancer,
+    /// Its launch hook holds it in Pending:Wait for `HOOK_S` (longer than the warm-up), then
+    /// says continue.
+    SlowLaunchHook,
+    /// Its launch hook holds it in Pending:Wait for 10 s, then abandons the launch.
+    AbandonsLaunch,
 }
+
+/// How long `SlowLaunchHook` holds an instance after it registered.
+const HOOK_S: u64 = 60;
 
 #[derive(Clone, Debug)]
 struct Sim {
@@ -82,7 +90,11 @@ impl Fleet {
 
     fn in_service(&self, sim: &Sim) -> bool {
         let age = self.t - sim.launched_s;
-        age >= BOOT_S && (self.behaviour)(&sim.version) == Behaviour::Good
+        match (self.behaviour)(&sim.version) {
+            Behaviour::Good => age >= BOOT_S,
+            Behaviour::SlowLaunchHook => age >= BOOT_S + HOOK_S,
+            _ => false,
+        }
     }
 
     fn observe(&self, launch_version: &str) -> Observation {
@@ -98,8 +110,19 @@ impl Fleet {
                     Behaviour::Unhealthy => Health::Unhealthy,
                     _ => Health::Healthy,
                 });
-                let reported =
-                    registered && matches!(behaviour, Behaviour::Good | Behaviour::FailsBalancer);
+                let lifecycle = match behaviour {
+                    Behaviour::SlowLaunchHook if age < BOOT_S + HOOK_S => Lifecycle::PendingWait,
+                    Behaviour::AbandonsLaunch if age < BOOT_S + 10 => Lifecycle::PendingWait,
+                    Behaviour::AbandonsLaunch => Lifecycle::Abandoned,
+                    _ => Lifecycle::InService,
+                };
+                // An agent reports no load while a hook holds its instance.
+                let reported = registered
+                    && lifecycle == Lifecycle::InService
+                    && matches!(
+                        behaviour,
+                        Behaviour::Good | Behaviour::FailsBalancer | Behaviour::SlowLaunchHook
+                    );
                 ObservedInstance {
                     instance_id: sim.id.clone(),
                     cloud_state: if dead {
@@ -119,6 +142,7 @@ impl Fleet {
                     protected: sim.protected,
                     // Every group here is behind a balancer that passes what reports.
                     serving: Some(reported && behaviour != Behaviour::FailsBalancer),
+                    lifecycle,
                 }
             })
             .collect();
@@ -694,4 +718,68 @@ fn a_surge_instance_replaced_for_its_health_does_not_raise_the_desired_capacity(
         RefreshStatus::RolledBack
     );
     assert_eq!(fleet.max_running, 3, "150 % of 2, never more");
+}
+
+#[test]
+fn an_instance_held_by_its_launch_hook_is_not_counted_until_the_hook_continues() {
+    fn hooked(version: &str) -> Behaviour {
+        match version {
+            "v2" => Behaviour::SlowLaunchHook,
+            _ => Behaviour::Good,
+        }
+    }
+    let (mut fleet, mut state) = settled(hooked);
+    start(&fleet, &mut state, RefreshPreferences::default());
+    let started = fleet.t;
+    let status = fleet.run(&config(), &mut state, "v2", 3_600);
+    assert_eq!(status, RefreshStatus::Successful, "{:?}", state.refresh());
+    assert_eq!(fleet.versions(), vec!["v2"; 4]);
+    assert_eq!(
+        fleet.launched, 4,
+        "Pending:Wait is not a failure: nothing replaced"
+    );
+    assert_eq!(
+        fleet.min_in_service, 3,
+        "an old instance goes only once its replacement's hook continued"
+    );
+    // Each replacement waits out its hook (boot 20 s + hook 60 s), not just the warm-up.
+    assert!(
+        fleet.t - started >= 4 * (BOOT_S + HOOK_S),
+        "took {} s",
+        fleet.t - started
+    );
+}
+
+#[test]
+fn a_version_whose_launch_hook_abandons_is_rolled_back_as_failed_launches() {
+    fn abandons(version: &str) -> Behaviour {
+        match version {
+            "v2" => Behaviour::AbandonsLaunch,
+            _ => Behaviour::Good,
+        }
+    }
+    let (mut fleet, mut state) = settled(abandons);
+    start(&fleet, &mut state, RefreshPreferences::default());
+    let mut abandoned = Vec::new();
+    let until = fleet.t + 7_200;
+    while fleet.t < until && state.refresh().unwrap().status.is_active() {
+        let decision = fleet.step(&config(), &mut state, "v2");
+        abandoned.extend(
+            decision
+                .replace
+                .iter()
+                .filter(|r| r.reason.contains("launch hook abandoned"))
+                .map(|r| (r.instance_id.clone(), r.failed_launch)),
+        );
+    }
+    let refresh = state.refresh().unwrap();
+    assert_eq!(refresh.status, RefreshStatus::RolledBack, "{refresh:?}");
+    assert!(refresh.reason.contains("launch hook"), "{}", refresh.reason);
+    assert!(!abandoned.is_empty());
+    assert!(
+        abandoned.iter().all(|(_, failed)| *failed),
+        "an abandoned launch counts as a failed launch: {abandoned:?}"
+    );
+    assert_eq!(fleet.versions(), vec!["v1"; 4]);
+    assert!(fleet.min_in_service >= 3);
 }

@@ -199,6 +199,7 @@ fn observation(ready: &[f64], booting: usize) -> Observation {
             version: None,
             protected: false,
             serving: None,
+            lifecycle: autoscaler_policy::Lifecycle::InService,
         })
         .collect();
     instances.extend((0..booting).map(|i| ObservedInstance {
@@ -214,6 +215,7 @@ fn observation(ready: &[f64], booting: usize) -> Observation {
         version: None,
         protected: false,
         serving: None,
+        lifecycle: autoscaler_policy::Lifecycle::InService,
     }));
     Observation {
         instances,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use autoscaler_policy::forecast::DemandSample;
 
+mod hooks;
 mod observe;
 mod plans;
 mod retry;
@@ -36,13 +37,14 @@ use crate::status::{ControllerStatus, DecisionRecord, ShadowVerdict, rule_kinds}
 /// What the controller asks of the agents. The monitor, which knows them and holds the client
 /// to reach them, implements it; the controller itself speaks no RPC.
 pub trait Agents: Send + Sync + 'static {
-    /// Tells the agent of `instance_id` that its instance is about to be removed by scale-in,
-    /// so it registers no more; best effort, bounded in time by the implementation.
+    /// Tells the agent of `instance_id` that its instance is about to be terminated (after its
+    /// drain), so it registers no more and starts its termination hook, if it has one; best
+    /// effort, bounded in time by the implementation. Returns how long the hook may run.
     fn notify_removal<'a>(
         &'a self,
         instance_id: &'a str,
         reason: &'a str,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Option<Duration>> + Send + 'a>>;
 
     /// Forgets an instance the controller terminated.
     fn forget(&self, instance_id: &str);
@@ -66,8 +68,8 @@ impl Agents for NoAgents {
         &'a self,
         _instance_id: &'a str,
         _reason: &'a str,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async {})
+    ) -> Pin<Box<dyn Future<Output = Option<Duration>> + Send + 'a>> {
+        Box::pin(async { None })
     }
 
     fn forget(&self, _instance_id: &str) {}
@@ -117,6 +119,8 @@ pub struct Controller<C> {
     protected: std::collections::BTreeSet<String>,
     /// The bounds an operator set at run time.
     bounds: Option<(u32, u32)>,
+    /// The removals waiting on their termination hooks, and what the hooks did.
+    hooks: hooks::Hooks,
 }
 
 fn millis(since_epoch: Duration) -> i64 {
@@ -160,6 +164,7 @@ impl<C: Cloud> Controller<C> {
             pending_notes: Vec::new(),
             protected: Default::default(),
             bounds: None,
+            hooks: hooks::Hooks::default(),
         }
     }
 
@@ -359,22 +364,22 @@ impl<C: Cloud> Controller<C> {
                 drained_ids.push((drained.instance_id, drained.why));
             }
         }
+        // The removals whose termination hooks are over go first; then the drained ones, which
+        // may wait on their own hooks.
+        let hooked = self.hooks.finished(&instances, &view, &mut notes);
+        self.hooks.record_changes(&view, &mut notes);
         let mut record = DecisionRecord::noted(notes, None);
-        for (instance_id, why) in &drained_ids {
-            if !self.may_act(&mut record.outcome, &format!("terminating {instance_id}")) {
-                continue;
-            }
-            if *why == Removal::ScaleIn && view.get(instance_id).is_some() {
-                self.agents.notify_removal(instance_id, "scale-in").await;
-            }
-            self.terminate(std::slice::from_ref(instance_id), why.as_str(), &mut record)
-                .await;
-        }
-        // Instances leaving (draining, or drained and not terminated yet) are not part of the
-        // fleet the policy sizes, but they still run.
+        self.terminate_now(&hooked, &mut record).await;
+        self.end(&drained_ids, &view, &[], &mut record).await;
+        // Instances leaving (draining, in Terminating:Wait, or drained and not terminated yet)
+        // are not part of the fleet the policy sizes, but they still run.
         let draining: Vec<String> = self.front.as_ref().map_or_else(Vec::new, Front::draining);
+        let hooks = &self.hooks;
         let leaving = |id: &str| {
-            (draining.iter().any(|d| d == id) || drained_ids.iter().any(|(d, _)| d == id))
+            (draining.iter().any(|d| d == id)
+                || hooks.holds(id)
+                || drained_ids.iter().any(|(d, _)| d == id)
+                || hooked.iter().any(|(d, _)| d == id))
                 && !record.terminated.iter().any(|t| t == id)
         };
         let (gone, staying): (Vec<CloudInstance>, Vec<CloudInstance>) = instances
@@ -582,19 +587,12 @@ impl<C: Cloud> Controller<C> {
                 .begin(&scale_in, Removal::ScaleIn, targets, &mut record.outcome)
                 .await;
         }
-        if !replaced.is_empty() && self.may_act(&mut record.outcome, "replacing") {
-            self.terminate(&replaced, Removal::Replace.as_str(), record)
-                .await;
-        }
-        if !scale_in.is_empty() && self.may_act(&mut record.outcome, "scaling in") {
-            for instance_id in &scale_in {
-                if view.get(instance_id).is_some() {
-                    self.agents.notify_removal(instance_id, "scale-in").await;
-                }
-            }
-            self.terminate(&scale_in, Removal::ScaleIn.as_str(), record)
-                .await;
-        }
+        let removals: Vec<(String, Removal)> = replaced
+            .into_iter()
+            .map(|id| (id, Removal::Replace))
+            .chain(scale_in.into_iter().map(|id| (id, Removal::ScaleIn)))
+            .collect();
+        self.end(&removals, view, stopped, record).await;
         if decision.launch > 0 && self.may_act(&mut record.outcome, "launching") {
             let epoch = self.fence.as_ref().map_or(0, |fence| fence.epoch());
             let (tokens, new) = self.launches.ask(

@@ -53,6 +53,7 @@ pub fn observe(
             listed,
             version: instance.version.clone(),
             protected: false,
+            lifecycle: seen.map_or(Default::default(), |i| i.metrics.lifecycle()),
             serving: targets.map(|targets| {
                 targets.iter().any(|t| {
                     t.instance_id == instance.instance_id && t.state == TargetState::Healthy

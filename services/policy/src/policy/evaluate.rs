@@ -11,7 +11,7 @@ use super::{
     Rule, RuleApplied,
 };
 use crate::config::{ControllerConfig, HealthCheckType, PolicyConfig, TerminationPolicy};
-use crate::instance::{Health, InstanceState};
+use crate::instance::{Health, InstanceState, Lifecycle};
 use crate::kinds::{Counted, Direction, Kind, Rules};
 use crate::refresh::{Phase, RefreshStep};
 
@@ -63,6 +63,25 @@ fn role(instance: &ObservedInstance, config: &ControllerConfig, uptime: Duration
             ));
         }
         _ => {}
+    }
+    match instance.lifecycle {
+        // Its launch hook runs: not in service, for as long as the hook's timeout allows.
+        Lifecycle::PendingWait => return Role::Warming,
+        Lifecycle::Abandoned => {
+            return match replace("its launch hook abandoned the launch".to_string()) {
+                // Abandoned is a failed launch, as on EC2, whoever launched it.
+                Role::Replace(replacement) => Role::Replace(Replacement {
+                    failed_launch: true,
+                    ..replacement
+                }),
+                other => other,
+            };
+        }
+        // Left by an earlier controller after its drain: it is leaving.
+        Lifecycle::TerminatingWait | Lifecycle::TerminatingProceed => {
+            return replace(format!("leaving: {}", instance.lifecycle));
+        }
+        Lifecycle::InService => {}
     }
     if !instance.has_reported && instance.age < config.warmup() {
         return Role::Warming;

@@ -53,6 +53,9 @@ pub struct ObservedInstance {
     /// the group has one and its targets could be read: an instance refresh counts a new
     /// instance as capacity only once it does.
     pub serving: Option<bool>,
+    /// Where it is in its lifecycle hooks, as its agent reports: Pending:Wait is warming, an
+    /// abandoned launch is replaced as a failed launch.
+    pub lifecycle: crate::Lifecycle,
 }
 
 /// Everything the policy looks at.

@@ -382,6 +382,7 @@ impl World {
             version: None,
             protected: false,
             serving: None,
+            lifecycle: crate::Lifecycle::InService,
         });
     }
 

@@ -25,6 +25,7 @@ pub fn serving(id: &str, age: Duration, load: f64) -> ObservedInstance {
         version: None,
         protected: false,
         serving: None,
+        lifecycle: autoscaler_policy::Lifecycle::InService,
     }
 }
 

@@ -1,0 +1,348 @@
+//! Lifecycle hooks: the commands the agent runs when its instance is launched (before it is put
+//! in service: warm caches, fetch data) and when it is terminated (after its drain, before the
+//! termination: flush logs, hand off work), as EC2 Auto Scaling's lifecycle hooks hold an
+//! instance in Pending:Wait and Terminating:Wait.
+//!
+//! A hook is a shell command (`sh -c`). It says continue by exiting 0 and abandon by exiting
+//! with any other status; one that outlives its timeout is killed and the default result
+//! stands. The last lines it wrote (stdout and stderr together) are kept for the record.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+/// How a hook ends: the instance goes on, or its launch is abandoned (a termination goes on
+/// either way, as on EC2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum HookResult {
+    Continue,
+    /// EC2's default result.
+    #[default]
+    Abandon,
+}
+
+impl HookResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookResult::Continue => "continue",
+            HookResult::Abandon => "abandon",
+        }
+    }
+}
+
+impl std::str::FromStr for HookResult {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<HookResult, String> {
+        match text {
+            "continue" => Ok(HookResult::Continue),
+            "abandon" => Ok(HookResult::Abandon),
+            other => Err(format!(
+                "{other:?} is not a hook result: continue or abandon"
+            )),
+        }
+    }
+}
+
+/// The longest a hook may run, as EC2 allows (its heartbeat timeout is 30-7200 s).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7_200);
+
+/// The hooks an agent runs.
+#[derive(Clone, Debug)]
+pub struct HookConfig {
+    /// Run at the start, before the instance is put in service.
+    pub launch: Option<String>,
+    /// Run when the controller says the instance is about to be terminated (after its drain).
+    pub termination: Option<String>,
+    /// How long a hook may run before it is killed and `default_result` stands. 300 s by
+    /// default rather than EC2's 3,600: a held hook holds capacity (a launch that does not come
+    /// into service, a termination that does not end), and EC2's hour is meant for a person to
+    /// answer; a hook here is a command that either finishes in minutes or is stuck.
+    pub timeout: Duration,
+    pub default_result: HookResult,
+}
+
+impl Default for HookConfig {
+    fn default() -> HookConfig {
+        HookConfig {
+            launch: None,
+            termination: None,
+            timeout: Duration::from_secs(300),
+            default_result: HookResult::Abandon,
+        }
+    }
+}
+
+impl HookConfig {
+    /// A clear error naming the flag, for a setting the agent cannot use.
+    pub fn validate(&self) -> Result<(), String> {
+        for (flag, command) in [
+            ("--launch-hook", &self.launch),
+            ("--termination-hook", &self.termination),
+        ] {
+            if command.as_ref().is_some_and(|c| c.trim().is_empty()) {
+                return Err(format!("{flag} is empty: give a shell command"));
+            }
+        }
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
+            return Err(format!(
+                "--hook-timeout {} s is outside 1-{} s",
+                self.timeout.as_secs_f64(),
+                MAX_TIMEOUT.as_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which transition a hook runs for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    Launch,
+    Termination,
+}
+
+impl Transition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transition::Launch => "launch",
+            Transition::Termination => "termination",
+        }
+    }
+}
+
+/// What a hook did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookOutcome {
+    pub result: HookResult,
+    /// `launch hook exited 0 after 1.2 s: continue`.
+    pub summary: String,
+    /// Its last lines, at most `TAIL_BYTES`.
+    pub output_tail: String,
+}
+
+/// How much of a hook's output is kept: its last lines, up to this many bytes.
+pub const TAIL_BYTES: usize = 1024;
+const TAIL_LINES: usize = 20;
+
+/// Runs `command` for `transition` of `instance_id` until it exits or `timeout` passes.
+pub async fn run(
+    command: &str,
+    transition: Transition,
+    instance_id: &str,
+    timeout: Duration,
+    default_result: HookResult,
+) -> HookOutcome {
+    let started = Instant::now();
+    let name = transition.as_str();
+    let spawned = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .env("AUTOSCALER_INSTANCE_ID", instance_id)
+        .env("AUTOSCALER_LIFECYCLE_TRANSITION", name)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(error) => {
+            return HookOutcome {
+                result: HookResult::Abandon,
+                summary: format!("{name} hook could not start ({error}): abandon"),
+                output_tail: String::new(),
+            };
+        }
+    };
+    let (lines, mut collected) = tokio::sync::mpsc::unbounded_channel();
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(read_lines(out, lines.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(read_lines(err, lines.clone())));
+    }
+    drop(lines);
+    let mut tail = VecDeque::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let exit = loop {
+        tokio::select! {
+            status = child.wait() => break Some(status),
+            Some(line) = collected.recv() => keep(&mut tail, line),
+            () = tokio::time::sleep_until(deadline) => break None,
+        }
+    };
+    let took = started.elapsed().as_secs_f64();
+    let (result, how) = match exit {
+        Some(Ok(status)) if status.success() => (HookResult::Continue, "exited 0".to_string()),
+        Some(Ok(status)) => (HookResult::Abandon, format!("ended with {status}")),
+        Some(Err(error)) => (
+            HookResult::Abandon,
+            format!("could not be waited on ({error})"),
+        ),
+        None => {
+            let _ = child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
+            (
+                default_result,
+                format!(
+                    "did not finish within {:.0} s (killed)",
+                    timeout.as_secs_f64()
+                ),
+            )
+        }
+    };
+    // What is left in the pipes, briefly: a process the hook left behind may hold them open.
+    let rest = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(line)) = tokio::time::timeout_at(rest, collected.recv()).await {
+        keep(&mut tail, line);
+    }
+    for reader in readers {
+        reader.abort();
+    }
+    let lines: Vec<String> = tail.into_iter().collect();
+    let mut output_tail = lines.join("\n");
+    if output_tail.len() > TAIL_BYTES {
+        let mut cut = output_tail.len() - TAIL_BYTES;
+        while !output_tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        output_tail = output_tail[cut..].to_string();
+    }
+    HookOutcome {
+        result,
+        summary: format!("{name} hook {how} after {took:.1} s: {}", result.as_str()),
+        output_tail,
+    }
+}
+
+fn keep(tail: &mut VecDeque<String>, line: String) {
+    tail.push_back(line);
+    while tail.len() > TAIL_LINES {
+        tail.pop_front();
+    }
+}
+
+async fn read_lines(
+    stream: impl AsyncRead + Unpin,
+    lines: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    let mut reader = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = reader.next_line().await {
+        // A line longer than the tail is cut to its end.
+        let line = match line.len() > TAIL_BYTES {
+            true => {
+                let mut cut = line.len() - TAIL_BYTES;
+                while !line.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                line[cut..].to_string()
+            }
+            false => line,
+        };
+        if lines.send(line).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn hook(command: &str, timeout_ms: u64, default: HookResult) -> HookOutcome {
+        run(
+            command,
+            Transition::Launch,
+            "local-0001",
+            Duration::from_millis(timeout_ms),
+            default,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn exit_0_continues_and_its_output_tail_is_kept() {
+        let outcome = hook(
+            "echo warming for $AUTOSCALER_INSTANCE_ID; echo to stderr >&2; for i in $(seq 1 30); do echo line $i; done",
+            10_000,
+            HookResult::Abandon,
+        )
+        .await;
+        assert_eq!(outcome.result, HookResult::Continue, "{outcome:?}");
+        assert!(outcome.summary.starts_with("launch hook exited 0 after"));
+        assert!(
+            outcome.summary.ends_with(": continue"),
+            "{}",
+            outcome.summary
+        );
+        assert!(
+            outcome.output_tail.ends_with("line 30"),
+            "{}",
+            outcome.output_tail
+        );
+        assert_eq!(outcome.output_tail.lines().count(), TAIL_LINES);
+    }
+
+    #[tokio::test]
+    async fn a_failing_hook_abandons_whatever_the_default() {
+        let outcome = hook("echo no data; exit 3", 10_000, HookResult::Continue).await;
+        assert_eq!(outcome.result, HookResult::Abandon);
+        assert!(
+            outcome.summary.contains("exit status: 3"),
+            "{}",
+            outcome.summary
+        );
+        assert_eq!(outcome.output_tail, "no data");
+    }
+
+    #[tokio::test]
+    async fn a_hook_past_its_timeout_is_killed_and_the_default_result_stands() {
+        for default in [HookResult::Continue, HookResult::Abandon] {
+            let started = Instant::now();
+            let outcome = hook("echo started; sleep 30", 300, default).await;
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "killed at its timeout"
+            );
+            assert_eq!(outcome.result, default);
+            assert!(
+                outcome.summary.contains("did not finish within"),
+                "{}",
+                outcome.summary
+            );
+            assert_eq!(outcome.output_tail, "started");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_output_keeps_only_its_last_kibibyte() {
+        let outcome = hook(
+            "head -c 5000 /dev/zero | tr '\\0' x; echo; echo end",
+            10_000,
+            HookResult::Abandon,
+        )
+        .await;
+        assert!(outcome.output_tail.len() <= TAIL_BYTES);
+        assert!(outcome.output_tail.ends_with("\nend"));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_by_name() {
+        let empty = HookConfig {
+            launch: Some("  ".into()),
+            ..HookConfig::default()
+        };
+        assert!(empty.validate().unwrap_err().contains("--launch-hook"));
+        let long = HookConfig {
+            timeout: Duration::from_secs(7_201),
+            ..HookConfig::default()
+        };
+        assert!(long.validate().unwrap_err().contains("--hook-timeout"));
+        assert!("later".parse::<HookResult>().is_err());
+        assert_eq!("continue".parse(), Ok(HookResult::Continue));
+    }
+}
