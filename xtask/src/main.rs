@@ -47,9 +47,12 @@ enum Command {
     /// Rolls the group onto a new launch specification with an instance refresh.
     #[command(disable_help_flag = true)]
     Refresh(Forward),
-    /// Changes the group's bounds, or sets its desired capacity once.
+    /// Changes the group's bounds and policy, or sets its desired capacity once.
     #[command(disable_help_flag = true)]
     Update(Forward),
+    /// Sets the group's desired capacity once; the policy goes on from it.
+    #[command(disable_help_flag = true)]
+    SetDesired(Forward),
     /// The whole AWS workflow against a throwaway local emulator (moto server).
     #[command(disable_help_flag = true)]
     Rehearse(Forward),
@@ -102,6 +105,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(args) => return forward("status", args),
         Command::Refresh(args) => return forward("refresh", args),
         Command::Update(args) => return forward("update", args),
+        Command::SetDesired(args) => return forward("set-desired", args),
         Command::Rehearse(args) => return forward("rehearse", args),
         Command::Simulate(command) => command.run(),
         Command::Dataset(command) => command.run(),

@@ -52,6 +52,9 @@ pub struct ControllerMemory {
     pub protected: std::collections::BTreeSet<String>,
     /// The bounds (min, max) an operator set at run time, over the config's.
     pub bounds: Option<(u32, u32)>,
+    /// The policy an operator set at run time (a `[controller.policy]` table), over the
+    /// config's.
+    pub operator_policy: Option<String>,
 }
 
 /// Where the controller's memory is kept, written before every launch and after every

@@ -85,6 +85,8 @@ struct StatusInner {
     launch_version: Option<String>,
     protected: std::collections::BTreeSet<String>,
     bounds: Option<(u32, u32)>,
+    /// The policy an operator set at run time (a `[controller.policy]` table).
+    operator_policy: Option<String>,
 }
 
 /// Totals since the controller started, for the metrics endpoint.
@@ -224,6 +226,15 @@ impl ControllerStatus {
 
     pub(crate) fn set_bounds(&self, min: u32, max: u32) {
         self.lock().bounds = Some((min, max));
+    }
+
+    /// The policy an operator set at run time, as TOML, while one stands.
+    pub fn operator_policy(&self) -> Option<String> {
+        self.lock().operator_policy.clone()
+    }
+
+    pub(crate) fn set_operator_policy(&self, policy: Option<String>) {
+        self.lock().operator_policy = policy;
     }
 
     /// The instances protected from scale-in.

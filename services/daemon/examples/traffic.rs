@@ -247,7 +247,7 @@ async fn main() {
         .update_group(v1::UpdateGroupRequest {
             min_instances: Some(4),
             max_instances: Some(4),
-            desired_capacity: None,
+            ..Default::default()
         })
         .await
         .expect("the bounds change");

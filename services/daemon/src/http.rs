@@ -171,6 +171,10 @@ struct InstanceJson<'a> {
     /// The launch specification version it was launched with.
     version: &'a str,
     protected_from_scale_in: bool,
+    /// Where its lifecycle hooks hold it (`Pending:Wait`, ...), and what the last one did.
+    lifecycle_state: &'a str,
+    hook_summary: &'a str,
+    hook_output_tail: &'a str,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -232,6 +236,9 @@ impl<'a> From<&'a v1::GetStatusResponse> for StatusJson<'a> {
                     requests_per_second: i.requests_per_second,
                     version: &i.version,
                     protected_from_scale_in: i.protected_from_scale_in,
+                    lifecycle_state: &i.lifecycle_state,
+                    hook_summary: &i.hook_summary,
+                    hook_output_tail: &i.hook_output_tail,
                 })
                 .collect(),
             decisions: report

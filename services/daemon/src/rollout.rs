@@ -161,18 +161,20 @@ impl Rollouts for ControllerRollouts {
 
     fn update_group(&self, request: v1::UpdateGroupRequest) -> Answer<'_, v1::UpdateGroupResponse> {
         Box::pin(async move {
-            let (min_instances, max_instances) = self
+            let settings = self
                 .0
                 .update_group(GroupUpdate {
                     min_instances: request.min_instances,
                     max_instances: request.max_instances,
                     desired_capacity: request.desired_capacity,
+                    policy_toml: request.policy_toml,
                 })
                 .await
                 .map_err(status)?;
             Ok(v1::UpdateGroupResponse {
-                min_instances,
-                max_instances,
+                min_instances: settings.min_instances,
+                max_instances: settings.max_instances,
+                policy_toml: settings.policy_toml.unwrap_or_default(),
             })
         })
     }

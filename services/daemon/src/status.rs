@@ -296,6 +296,11 @@ impl StatusService {
                 .as_ref()
                 .and_then(ControllerStatus::refresh)
                 .map(|r| crate::rollout::wire_refresh(&r)),
+            operator_policy_toml: self
+                .controller
+                .as_ref()
+                .and_then(ControllerStatus::operator_policy)
+                .unwrap_or_default(),
             launch_version: self
                 .controller
                 .as_ref()

@@ -214,6 +214,15 @@ async fn a_leader_killed_in_the_middle_of_a_refresh_is_followed_by_one_that_resu
         refresh_status(s) == "paused"
     })
     .await;
+    // A policy set at run time goes to the store with the rest of the memory.
+    let policy = "kind = \"target-tracking\"\ntarget = 45.0\ntolerance = 0.2";
+    operator
+        .update_group(v1::UpdateGroupRequest {
+            policy_toml: Some(policy.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let mut b = spawn_standby_process(&state_dir.0, port_b, None, &config).await;
     kill(Pid::from_raw(a.id().unwrap() as i32), Signal::SIGKILL).unwrap();
     let _ = a.wait().await;
@@ -230,6 +239,10 @@ async fn a_leader_killed_in_the_middle_of_a_refresh_is_followed_by_one_that_resu
     })
     .await;
     assert_eq!(versions(&done), vec![started.target.clone(); 2]);
+    assert_eq!(
+        done.operator_policy_toml, policy,
+        "the next leader has the policy"
+    );
     let launched: u64 = std::fs::read_to_string(state_dir.0.join("next-id"))
         .unwrap()
         .trim()
@@ -306,7 +319,8 @@ async fn a_protected_instance_is_left_by_a_refresh_and_an_unknown_one_is_refused
 }
 
 #[tokio::test]
-async fn the_bounds_and_the_desired_capacity_change_at_run_time_and_bad_values_change_nothing() {
+async fn the_bounds_the_policy_and_the_desired_capacity_change_at_run_time_and_bad_values_change_nothing()
+ {
     let state_dir = StateDir::new("rollout-update");
     let daemon = RunningDaemon::start(fast_daemon_config(&state_dir.0)).await;
     let mut client = status_client(daemon.address);
@@ -329,6 +343,24 @@ async fn the_bounds_and_the_desired_capacity_change_at_run_time_and_bad_values_c
                 ..Default::default()
             },
             "desired_capacity",
+        ),
+        (
+            v1::UpdateGroupRequest {
+                policy_toml: Some(
+                    "kind = \"target-tracking\"\ntarget = 150.0\ntolerance = 0.1".into(),
+                ),
+                ..Default::default()
+            },
+            "controller.policy.target",
+        ),
+        (
+            v1::UpdateGroupRequest {
+                policy_toml: Some("kind = \"guess\"".into()),
+                // Nothing of a refused request is applied, the good parts included.
+                min_instances: Some(3),
+                ..Default::default()
+            },
+            "policy_toml",
         ),
     ] {
         let refused = operator.update_group(request).await.unwrap_err();
@@ -368,6 +400,7 @@ async fn the_bounds_and_the_desired_capacity_change_at_run_time_and_bad_values_c
             min_instances: Some(2),
             max_instances: Some(4),
             desired_capacity: Some(4),
+            policy_toml: None,
         })
         .await
         .unwrap();
@@ -382,6 +415,40 @@ async fn the_bounds_and_the_desired_capacity_change_at_run_time_and_bad_values_c
             .any(|d| d.rules.iter().any(|r| r == "operator")),
         "{:#?}",
         status.decisions
+    );
+
+    // Back at 2 (30 % against a target of 50 %), then a new policy at run time: a target of
+    // 10 % wants 6 for the same load, and the group grows to its maximum of 4.
+    wait_status(&mut client, "back to 2", 4, Duration::from_secs(60), |s| {
+        s.instances.iter().filter(|i| i.listed()).count() == 2 && healthy(s) == 2
+    })
+    .await;
+    let settings = operator
+        .update_group(v1::UpdateGroupRequest {
+            policy_toml: Some("kind = \"target-tracking\"\ntarget = 10.0\ntolerance = 0.1".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        settings.policy_toml,
+        "kind = \"target-tracking\"\ntarget = 10.0\ntolerance = 0.1"
+    );
+    let status = wait_status(
+        &mut client,
+        "4 healthy under the new policy",
+        4,
+        Duration::from_secs(60),
+        |s| healthy(s) == 4,
+    )
+    .await;
+    assert_eq!(status.operator_policy_toml, settings.policy_toml);
+    let said: Vec<&String> = status.decisions.iter().flat_map(|d| &d.outcome).collect();
+    assert!(
+        said.iter().any(|l| l.contains("set by an operator")
+            && l.ends_with("policy kind = \"target-tracking\", target = 10.0, tolerance = 0.1")),
+        "{said:#?}"
     );
     daemon.stop().await;
 }

@@ -137,6 +137,13 @@ pub enum PolicyConfig {
 }
 
 impl PolicyConfig {
+    /// The policy from the text of a `[controller.policy]` table (an operator's change at run
+    /// time); the error names the field. Its ranges are checked with the rest of the config
+    /// (`ControllerConfig::validate`).
+    pub fn from_toml(text: &str) -> Result<PolicyConfig, String> {
+        toml::from_str(text).map_err(|error| error.message().to_string())
+    }
+
     /// What the kind decides by itself; `policy::evaluate` applies the rest.
     pub fn kind(&self) -> &dyn Kind {
         match self {

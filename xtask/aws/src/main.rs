@@ -33,8 +33,10 @@ enum Command {
     /// Rolls the group onto a new launch specification with an instance refresh (or cancels,
     /// rolls back or describes the running one).
     Refresh(aws::Refresh),
-    /// Changes the group's bounds, or sets its desired capacity once.
+    /// Changes the group's bounds and policy, or sets its desired capacity once.
     Update(aws::Update),
+    /// Sets the group's desired capacity once; the policy goes on from it.
+    SetDesired(aws::SetDesired),
     /// The whole AWS workflow against a throwaway local emulator (moto server).
     Rehearse(rehearse::Rehearse),
 }
@@ -50,6 +52,7 @@ fn main() -> std::process::ExitCode {
             Command::Status(command) => command.run().await,
             Command::Refresh(command) => command.run().await,
             Command::Update(command) => command.run().await,
+            Command::SetDesired(command) => command.run().await,
             Command::Rehearse(command) => command.run().await,
         }
     };

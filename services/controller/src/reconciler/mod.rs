@@ -21,7 +21,9 @@ use observe::every_target_unhealthy;
 pub use observe::observe;
 use tokio::sync::{mpsc, watch};
 
-pub use rollout::{COMMAND_TIMEOUT, Command, CommandError, Commands, GroupUpdate, Rollout};
+pub use rollout::{
+    COMMAND_TIMEOUT, Command, CommandError, Commands, GroupSettings, GroupUpdate, Rollout,
+};
 
 use crate::balancer::{Balancer, TargetStatus};
 use crate::cloud::{Cloud, CloudInstance, InstanceState};
@@ -117,8 +119,9 @@ pub struct Controller<C> {
     pending_notes: Vec<String>,
     /// The instances protected from scale-in.
     protected: std::collections::BTreeSet<String>,
-    /// The bounds an operator set at run time.
+    /// The bounds and the policy an operator set at run time.
     bounds: Option<(u32, u32)>,
+    operator_policy: Option<String>,
     /// The removals waiting on their termination hooks, and what the hooks did.
     hooks: hooks::Hooks,
 }
@@ -164,6 +167,7 @@ impl<C: Cloud> Controller<C> {
             pending_notes: Vec::new(),
             protected: Default::default(),
             bounds: None,
+            operator_policy: None,
             hooks: hooks::Hooks::default(),
         }
     }
@@ -219,6 +223,9 @@ impl<C: Cloud> Controller<C> {
                     ),
                 }
             }
+            if let Some(text) = &recalled.operator_policy {
+                self.recall_policy(text);
+            }
             self.saved = Some(recalled.clone());
         }
         self.journal = Some(journal);
@@ -234,6 +241,7 @@ impl<C: Cloud> Controller<C> {
             specs: Some(self.specs.clone()),
             protected: self.protected.clone(),
             bounds: self.bounds,
+            operator_policy: self.operator_policy.clone(),
         }
     }
 

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Controller, millis};
 use crate::cloud::Cloud;
-use crate::config::ControllerConfig;
+use crate::config::{ControllerConfig, PolicyConfig};
 use crate::policy::Decision;
 use crate::policy::PolicyState;
 use crate::spec::{LaunchSpec, SpecVersion, Specs};
@@ -63,18 +63,29 @@ pub enum Command {
     SetProtection(Vec<String>, bool, Reply<Vec<String>>),
     /// Changes the bounds and sets the desired capacity once (EC2's UpdateAutoScalingGroup);
     /// answers the bounds.
-    UpdateGroup(GroupUpdate, Reply<(u32, u32)>),
+    UpdateGroup(GroupUpdate, Reply<GroupSettings>),
     /// The controller's settings as the config file has them now (SIGHUP): they replace the
     /// running ones, the bounds an operator set included.
     ReplaceConfig(Box<ControllerConfig>, Reply<()>),
 }
 
 /// What `UpdateGroup` changes; `None` leaves it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupUpdate {
     pub min_instances: Option<u32>,
     pub max_instances: Option<u32>,
     pub desired_capacity: Option<u32>,
+    /// The policy from now on, as the text of a `[controller.policy]` table.
+    pub policy_toml: Option<String>,
+}
+
+/// The group's settings after an `UpdateGroup`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSettings {
+    pub min_instances: u32,
+    pub max_instances: u32,
+    /// The policy an operator set, while one did.
+    pub policy_toml: Option<String>,
 }
 
 /// How long a command waits for the controller (between two evaluations, which may retry a
@@ -131,7 +142,7 @@ impl Commands {
         self.ask(Command::Describe).await
     }
 
-    pub async fn update_group(&self, update: GroupUpdate) -> Result<(u32, u32), CommandError> {
+    pub async fn update_group(&self, update: GroupUpdate) -> Result<GroupSettings, CommandError> {
         self.ask(|reply| Command::UpdateGroup(update, reply)).await
     }
 
@@ -236,11 +247,17 @@ impl<C: Cloud> Controller<C> {
                 None
             }
             Command::UpdateGroup(update, reply) => {
-                let result = self.update_group(update);
-                let said = result.as_ref().ok().map(|(min, max)| {
-                    let mut line = format!("bounds [{min}, {max}] set by an operator");
+                let result = self.update_group(update.clone());
+                let said = result.as_ref().ok().map(|settings| {
+                    let mut line = format!(
+                        "bounds [{}, {}] set by an operator",
+                        settings.min_instances, settings.max_instances
+                    );
                     if let Some(desired) = update.desired_capacity {
                         line.push_str(&format!(", desired capacity {desired}"));
+                    }
+                    if let Some(text) = &update.policy_toml {
+                        line.push_str(&format!(", policy {}", one_line(text)));
                     }
                     line
                 });
@@ -311,10 +328,17 @@ impl<C: Cloud> Controller<C> {
     }
 
     /// Checks and applies `update`; nothing changes when it does not validate.
-    fn update_group(&mut self, update: GroupUpdate) -> Result<(u32, u32), CommandError> {
+    fn update_group(&mut self, update: GroupUpdate) -> Result<GroupSettings, CommandError> {
         let mut config = self.config.clone();
         config.min_instances = update.min_instances.unwrap_or(config.min_instances);
         config.max_instances = update.max_instances.unwrap_or(config.max_instances);
+        if let Some(text) = &update.policy_toml {
+            config.policy =
+                PolicyConfig::from_toml(text).map_err(|problem| CommandError::Invalid {
+                    field: "policy_toml".to_string(),
+                    problem,
+                })?;
+        }
         config.validate().map_err(|error| CommandError::Invalid {
             field: format!("controller.{}", error.field),
             problem: error.problem,
@@ -329,10 +353,45 @@ impl<C: Cloud> Controller<C> {
             });
         }
         self.set_bounds(min, max);
+        if let Some(text) = update.policy_toml {
+            self.set_policy(config.policy, text);
+        }
         if let Some(desired) = update.desired_capacity {
             self.state.set_desired(desired);
         }
-        Ok((min, max))
+        Ok(GroupSettings {
+            min_instances: min,
+            max_instances: max,
+            policy_toml: self.operator_policy.clone(),
+        })
+    }
+
+    /// The policy an operator set, over the config's (and under the schedules put at run
+    /// time); its cooldowns and memory carry on.
+    pub(super) fn set_policy(&mut self, policy: PolicyConfig, text: String) {
+        if let Some((_, base)) = &mut self.runtime_schedules {
+            base.policy = policy.clone();
+        }
+        self.config.policy = policy;
+        self.status.set_operator_policy(Some(text.clone()));
+        self.operator_policy = Some(text);
+    }
+
+    /// The policy an operator set, read back from the store: it stands if it still checks
+    /// against the config.
+    pub(super) fn recall_policy(&mut self, text: &str) {
+        let mut config = self.config.clone();
+        let checked = PolicyConfig::from_toml(text).and_then(|policy| {
+            config.policy = policy;
+            config.validate().map_err(|error| error.to_string())
+        });
+        match checked {
+            Ok(()) => self.set_policy(config.policy, text.to_string()),
+            Err(error) => tracing::warn!(
+                %error,
+                "the policy an operator set no longer checks; the config's stands"
+            ),
+        }
     }
 
     /// The config file's settings in place of the running ones; nothing changes when they do
@@ -355,6 +414,8 @@ impl<C: Cloud> Controller<C> {
             None => config,
         };
         self.bounds = None;
+        self.operator_policy = None;
+        self.status.set_operator_policy(None);
         self.status
             .set_bounds(self.config.min_instances, self.config.max_instances);
         Ok(())
@@ -394,4 +455,14 @@ impl<C: Cloud> Controller<C> {
         }
         self.specs.current().clone()
     }
+}
+
+/// A TOML table's text on one line, for a record: `kind = "target-tracking", target = 60.0`.
+fn one_line(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(", ")
 }

@@ -28,7 +28,7 @@ pub use bake_ami::BakeAmi;
 pub use balancer::{APP_PORT, DEREGISTRATION_DELAY_SECS};
 pub use bootstrap::Bootstrap;
 pub use down::Down;
-pub use refresh::{Refresh, Update};
+pub use refresh::{Refresh, SetDesired, Update};
 pub use status::refresh_text;
 pub use status::{MonitorArgs, Status, print_status};
 pub use up::{CONFIG_BEGIN, CONFIG_END, Up};

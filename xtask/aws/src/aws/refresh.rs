@@ -1,7 +1,7 @@
 //! `cargo xtask refresh`: rolls the group onto a new launch specification (on AWS, `--ami` after
 //! a new `bake-ami`; locally, extra agent arguments) with an instance refresh, or cancels, rolls
-//! back or describes the running one; `cargo xtask update`: the bounds and the desired capacity;
-//! both through the monitor's Operator service.
+//! back or describes the running one; `cargo xtask update`: the bounds, the policy and the
+//! desired capacity (`set-desired`: that alone); all through the monitor's Operator service.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use autoscaler_proto::v1;
 
 use super::status::{MonitorArgs, refresh_text};
 
-/// Changes the group's bounds, or sets its desired capacity once.
+/// Changes the group's bounds and policy, or sets its desired capacity once.
 #[derive(Debug, clap::Args)]
 pub struct Update {
     #[command(flatten)]
@@ -24,25 +24,69 @@ pub struct Update {
     /// The desired capacity, once: the policy goes on from it after its cooldowns.
     #[arg(long)]
     pub desired: Option<u32>,
+    /// The scaling policy from now on, as the config's `[controller.policy]` table in TOML, for
+    /// example 'kind = "target-tracking"' with 'target = 60.0' on the next line.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// The policy from a file holding a `[controller.policy]` table's lines.
+    #[arg(long, conflicts_with = "policy")]
+    pub policy_file: Option<std::path::PathBuf>,
+}
+
+/// Sets the group's desired capacity once (EC2's set-desired-capacity): the policy goes on
+/// from it after its cooldowns.
+#[derive(Debug, clap::Args)]
+pub struct SetDesired {
+    #[command(flatten)]
+    pub monitor: MonitorArgs,
+    /// The desired capacity, within the bounds.
+    pub desired: u32,
+}
+
+impl SetDesired {
+    pub async fn run(self) -> anyhow::Result<()> {
+        Update {
+            monitor: self.monitor,
+            min: None,
+            max: None,
+            desired: Some(self.desired),
+            policy: None,
+            policy_file: None,
+        }
+        .run()
+        .await
+    }
 }
 
 impl Update {
     pub async fn run(self) -> anyhow::Result<()> {
+        let policy_toml = match (&self.policy, &self.policy_file) {
+            (Some(text), _) => Some(text.clone()),
+            (None, Some(file)) => Some(std::fs::read_to_string(file).map_err(|error| {
+                anyhow::anyhow!("cannot read the policy from {}: {error}", file.display())
+            })?),
+            (None, None) => None,
+        };
         let mut daemon = self.monitor.daemon().await?;
-        let bounds = daemon
+        let settings = daemon
             .update_group(v1::UpdateGroupRequest {
                 min_instances: self.min,
                 max_instances: self.max,
                 desired_capacity: self.desired,
+                policy_toml,
             })
             .await?;
         println!(
             "bounds [{}, {}]{}",
-            bounds.min_instances,
-            bounds.max_instances,
+            settings.min_instances,
+            settings.max_instances,
             self.desired
                 .map_or(String::new(), |d| format!(", desired capacity {d}"))
         );
+        match settings.policy_toml.as_str() {
+            "" => println!("policy: the config file's"),
+            text => println!("policy (set by an operator):\n{}", text.trim_end()),
+        }
         Ok(())
     }
 }

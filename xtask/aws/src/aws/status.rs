@@ -264,6 +264,21 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
         if !instance.target_reason.is_empty() {
             println!("{:<20} target: {}", "", instance.target_reason);
         }
+        let held = !matches!(instance.lifecycle_state.as_str(), "" | "InService");
+        if held || !instance.hook_summary.is_empty() {
+            println!(
+                "{:<20} lifecycle: {}{}",
+                "",
+                match instance.lifecycle_state.as_str() {
+                    "" => "InService",
+                    state => state,
+                },
+                match instance.hook_summary.as_str() {
+                    "" => String::new(),
+                    summary => format!(" ({summary})"),
+                }
+            );
+        }
     }
     if let Some(failing) = &report.launch_failures {
         println!(
@@ -281,6 +296,10 @@ pub fn print_fleet(report: &autoscaler_proto::v1::GetStatusResponse) {
     }
     if !report.launch_version.is_empty() {
         println!("launching: {}", report.launch_version);
+    }
+    if !report.operator_policy_toml.is_empty() {
+        let lines: Vec<&str> = report.operator_policy_toml.lines().map(str::trim).collect();
+        println!("policy (set by an operator): {}", lines.join(", "));
     }
     if let Some(refresh) = &report.refresh {
         println!("refresh: {}", refresh_text(refresh));
