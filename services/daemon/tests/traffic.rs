@@ -302,12 +302,33 @@ async fn requests_keep_being_served_through_a_refresh_and_the_rollbacks_of_bad_v
         ..v1::LaunchSpec::default()
     };
     let mut phases = Vec::new();
-    for (max_healthy, spec, ends) in [
+    for (phase, (max_healthy, spec, ends)) in [
+        // Lifecycle hooks: each new instance warms up in Pending:Wait before the balancer
+        // gets it; at the next refresh each runs its termination hook after its drain.
+        (
+            150,
+            v1::LaunchSpec {
+                agent_args: [
+                    "--launch-hook",
+                    "sleep 1; echo warm",
+                    "--termination-hook",
+                    "sleep 1; echo flushed",
+                ]
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+                ..v1::LaunchSpec::default()
+            },
+            "successful",
+        ),
         (100, app_spec(&["--max-queue", "300"]), "successful"),
         (150, app_spec(&["--max-queue", "400"]), "successful"),
         (150, app_spec(&["--no-such-flag"]), "rolled-back"),
         (150, app_spec(&["--fail-health"]), "rolled-back"),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let from = traffic.elapsed();
         let started = operator
             .start_instance_refresh(v1::StartInstanceRefreshRequest {
@@ -342,6 +363,9 @@ async fn requests_keep_being_served_through_a_refresh_and_the_rollbacks_of_bad_v
             _ => started.previous.clone(),
         };
         assert_eq!(on, vec![expected.as_str(); 2], "{done:#?}");
+        if phase == 1 {
+            hooks_after_the_drain(&done);
+        }
         let to = traffic.elapsed();
         phases.push((max_healthy, ends, from, to));
     }
@@ -358,4 +382,48 @@ async fn requests_keep_being_served_through_a_refresh_and_the_rollbacks_of_bad_v
     }
     none_failed(&outcomes);
     daemon.stop().await;
+}
+
+/// Each instance with a termination hook that a refresh replaced went: drained, Terminating:Wait, its hook's end,
+/// terminated, in that order in the record.
+fn hooks_after_the_drain(done: &autoscaler_proto::v1::GetStatusResponse) {
+    let lines: Vec<&str> = done
+        .decisions
+        .iter()
+        .flat_map(|d| &d.outcome)
+        .map(String::as_str)
+        .collect();
+    let at = |pattern: &dyn Fn(&str) -> bool| lines.iter().rposition(|l| pattern(l));
+    let terminated: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("replaced: terminated "))
+        .flat_map(|ids| ids.split(", "))
+        .map(str::to_string)
+        .collect();
+    let waited: Vec<&String> = terminated
+        .iter()
+        .filter(|id| {
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{id}: Terminating:Wait")))
+        })
+        .collect();
+    assert_eq!(
+        waited.len(),
+        2,
+        "both old instances ran their hook: {lines:#?}"
+    );
+    for id in waited {
+        let drained = at(&|l| l.starts_with(&format!("draining {id} ")));
+        let wait = at(&|l| l.starts_with(&format!("{id}: Terminating:Wait")));
+        let ended = at(&|l| {
+            l.starts_with(&format!("{id}: termination hook exited 0"))
+                && l.ends_with("output: flushed")
+        });
+        let gone = at(&|l| l.starts_with("replaced: terminated") && l.contains(id.as_str()));
+        assert!(
+            drained.is_some() && drained < wait && wait < ended && ended < gone,
+            "{id}: drained {drained:?}, wait {wait:?}, hook {ended:?}, terminated {gone:?}: {lines:#?}"
+        );
+    }
 }
