@@ -145,6 +145,8 @@ pub async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group: what it starts is killed with it at its timeout.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn();
     let mut child = match spawned {
@@ -157,6 +159,9 @@ pub async fn run(
             };
         }
     };
+    // Killed, with everything it started, if it is still running when this ends (its
+    // timeout, or the agent stopping while it runs).
+    let mut group = Group(child.id());
     let (lines, mut collected) = tokio::sync::mpsc::unbounded_channel();
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
@@ -175,6 +180,9 @@ pub async fn run(
             () = tokio::time::sleep_until(deadline) => break None,
         }
     };
+    if exit.is_some() {
+        group.0 = None;
+    }
     let took = started.elapsed().as_secs_f64();
     let (result, how) = match exit {
         Some(Ok(status)) if status.success() => (HookResult::Continue, "exited 0".to_string()),
@@ -184,7 +192,7 @@ pub async fn run(
             format!("could not be waited on ({error})"),
         ),
         None => {
-            let _ = child.start_kill();
+            drop(group);
             let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
             (
                 default_result,
@@ -219,6 +227,20 @@ pub async fn run(
     }
 }
 
+/// A hook's process group, killed when dropped unless the hook has exited.
+struct Group(Option<u32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(id) = self.0.take().and_then(|id| i32::try_from(id).ok()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(id),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 fn keep(tail: &mut VecDeque<String>, line: String) {
     tail.push_back(line);
     while tail.len() > TAIL_LINES {
@@ -230,20 +252,23 @@ async fn read_lines(
     stream: impl AsyncRead + Unpin,
     lines: tokio::sync::mpsc::UnboundedSender<String>,
 ) {
-    let mut reader = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = reader.next_line().await {
+    // Bytes, not text: a hook may write anything, and a stream left unread would block it.
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches(['\n', '\r']);
         // A line longer than the tail is cut to its end.
-        let line = match line.len() > TAIL_BYTES {
-            true => {
-                let mut cut = line.len() - TAIL_BYTES;
-                while !line.is_char_boundary(cut) {
-                    cut += 1;
-                }
-                line[cut..].to_string()
-            }
-            false => line,
-        };
-        if lines.send(line).is_err() {
+        let mut cut = text.len().saturating_sub(TAIL_BYTES);
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        if lines.send(text[cut..].to_string()).is_err() {
             return;
         }
     }
@@ -316,6 +341,51 @@ mod tests {
             );
             assert_eq!(outcome.output_tail, "started");
         }
+    }
+
+    #[tokio::test]
+    async fn what_a_hook_started_is_killed_with_it_at_its_timeout() {
+        let dir = std::env::temp_dir().join(format!("hook-group-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("pid");
+        let command = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+        let outcome = hook(&command, 500, HookResult::Abandon).await;
+        assert!(
+            outcome.summary.contains("did not finish"),
+            "{}",
+            outcome.summary
+        );
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let gone = Instant::now() + Duration::from_secs(5);
+        // Gone, or a zombie of the killed shell's (reaped by init).
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+        {
+            assert!(Instant::now() < gone, "the hook's sleep {pid} outlived it");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn binary_output_is_read_to_its_end_and_kept_as_text() {
+        // 200 KiB that is not UTF-8, more than a pipe holds: the hook must not block on it.
+        let outcome = hook(
+            "head -c 204800 /dev/zero | tr '\\0' '\\377'; echo; echo done",
+            10_000,
+            HookResult::Abandon,
+        )
+        .await;
+        assert_eq!(outcome.result, HookResult::Continue, "{outcome:?}");
+        assert!(
+            outcome.output_tail.ends_with("\ndone"),
+            "{:?}",
+            outcome.output_tail
+        );
     }
 
     #[tokio::test]
