@@ -8,8 +8,9 @@
 //! - a fall in load: the scale-ins, each drained first, and the requests that failed meanwhile;
 //! - `kill -9` of an instance's agent and app, several times: the requests that failed, for how
 //!   long, and the time until the replacement serves;
-//! - instance refreshes of a fleet of 4 under steady load, at a maximum healthy of 100 % and of
-//!   150 %, and the rollback of an application that exits at start: the requests that failed,
+//! - instance refreshes of a fleet of 4 under steady load: to a version with lifecycle hooks, at
+//!   a maximum healthy of 100 % and of 150 %, and the rollbacks of an application that exits at
+//!   start and of one that fails its health path: the requests that failed,
 //!   the duration, and the fewest instances serving.
 
 use autoscaler_policy::time::now_ms;
@@ -238,10 +239,11 @@ async fn main() {
         });
         replaced_in.push(seconds(killed, back));
     }
-    // Rolling out: a fleet held at 4 under 2 instances' worth of requests, refreshed at a
-    // maximum healthy of 100 % (one at a time) and of 150 % (two launched first), then to a
-    // version whose application exits at start (150 %, rolled back by itself). A watcher reads
-    // the instances serving every 100 ms.
+    // Rolling out: a fleet held at 4 under 2 instances' worth of requests, refreshed to a
+    // version with lifecycle hooks, at a maximum healthy of 100 % (one at a time) and of 150 %
+    // (two launched first), then to versions whose application exits at start or fails its
+    // health path (150 %, rolled back by themselves). A watcher reads the instances serving
+    // every 100 ms.
     let mut operator = operator_client(daemon.address);
     operator
         .update_group(v1::UpdateGroupRequest {
@@ -258,19 +260,51 @@ async fn main() {
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut refreshes = Vec::new();
-    for (max_healthy, app_arg, ends) in [
-        (100, "300", "successful"),
-        (150, "400", "successful"),
-        (150, "bad", "rolled-back"),
+    let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    for (name, max_healthy, agent_args, app_args, ends) in [
+        // Lifecycle hooks: a launch hook of 2 s before the balancer gets each new instance;
+        // the next refresh runs their termination hook (1 s) after each drain.
+        (
+            "refresh-hooks",
+            150,
+            args(&["--launch-hook", "sleep 2", "--termination-hook", "sleep 1"]),
+            vec![],
+            "successful",
+        ),
+        (
+            "refresh-100",
+            100,
+            vec![],
+            args(&["--max-queue", "300"]),
+            "successful",
+        ),
+        (
+            "refresh-150",
+            150,
+            vec![],
+            args(&["--max-queue", "400"]),
+            "successful",
+        ),
+        (
+            "refresh-rollback",
+            150,
+            vec![],
+            args(&["--no-such-flag"]),
+            "rolled-back",
+        ),
+        (
+            "refresh-rollback-health",
+            150,
+            vec![],
+            args(&["--fail-health"]),
+            "rolled-back",
+        ),
     ] {
-        let app_args = match app_arg {
-            "bad" => vec!["--no-such-flag".to_string()],
-            queue => vec!["--max-queue".to_string(), queue.to_string()],
-        };
         let from = traffic.elapsed();
         let started = operator
             .start_instance_refresh(v1::StartInstanceRefreshRequest {
                 spec: Some(v1::LaunchSpec {
+                    agent_args,
                     app_args,
                     ..v1::LaunchSpec::default()
                 }),
@@ -301,6 +335,7 @@ async fn main() {
         .await;
         let to = traffic.elapsed();
         refreshes.push((
+            name,
             max_healthy,
             ends,
             seconds(from, to),
@@ -389,11 +424,7 @@ async fn main() {
         "instances drained before they were terminated",
     );
     figure("scale-in-drain-max", max(&drains), "s", "longest drain");
-    for (max_healthy, ends, took, tally, fewest) in &refreshes {
-        let name = match *ends {
-            "successful" => format!("refresh-{max_healthy}"),
-            _ => "refresh-rollback".to_string(),
-        };
+    for (name, max_healthy, ends, took, tally, fewest) in &refreshes {
         figure(
             &format!("{name}-duration"),
             *took,

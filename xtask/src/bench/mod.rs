@@ -475,6 +475,10 @@ fn write_traffic(report: &mut String, traffic: &[Figure]) {
     // 2 instances' worth of requests.
     for (name, what) in [
         (
+            "refresh-hooks",
+            "a refresh of 4 to a version with a 2 s launch hook (its 1 s termination hook runs at the next refresh, after each drain; 150 %)",
+        ),
+        (
             "refresh-100",
             "a refresh of 4 at max healthy 100 % (one at a time)",
         ),
@@ -485,6 +489,10 @@ fn write_traffic(report: &mut String, traffic: &[Figure]) {
         (
             "refresh-rollback",
             "a refresh to an application that exits at start, rolled back by itself (150 %)",
+        ),
+        (
+            "refresh-rollback-health",
+            "a refresh to an application that fails its health path, rolled back by itself (150 %)",
         ),
     ] {
         let failed = value(&format!("{name}-failed"));
