@@ -212,14 +212,7 @@ pub async fn run(
         reader.abort();
     }
     let lines: Vec<String> = tail.into_iter().collect();
-    let mut output_tail = lines.join("\n");
-    if output_tail.len() > TAIL_BYTES {
-        let mut cut = output_tail.len() - TAIL_BYTES;
-        while !output_tail.is_char_boundary(cut) {
-            cut += 1;
-        }
-        output_tail = output_tail[cut..].to_string();
-    }
+    let output_tail = last_bytes(&lines.join("\n")).to_string();
     HookOutcome {
         result,
         summary: format!("{name} hook {how} after {took:.1} s: {}", result.as_str()),
@@ -239,6 +232,15 @@ impl Drop for Group {
             );
         }
     }
+}
+
+/// The end of `text`, at most `TAIL_BYTES` long (cut at a character boundary).
+fn last_bytes(text: &str) -> &str {
+    let mut cut = text.len().saturating_sub(TAIL_BYTES);
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    &text[cut..]
 }
 
 fn keep(tail: &mut VecDeque<String>, line: String) {
@@ -264,11 +266,7 @@ async fn read_lines(
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\n', '\r']);
         // A line longer than the tail is cut to its end.
-        let mut cut = text.len().saturating_sub(TAIL_BYTES);
-        while !text.is_char_boundary(cut) {
-            cut += 1;
-        }
-        if lines.send(text[cut..].to_string()).is_err() {
+        if lines.send(last_bytes(text).to_string()).is_err() {
             return;
         }
     }

@@ -20,7 +20,16 @@ pub struct LaunchSpec {
     pub agent_args: Vec<String>,
     /// Arguments added to every application's (locally, when the group serves traffic).
     pub app_args: Vec<String>,
+    /// EC2: the user data every new instance runs at boot, in place of the group's. Left out
+    /// of the hash's text when unset, so versions made before it keep their names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
 }
+
+/// The most user data a version takes: 12 KiB, under EC2's 16 KiB (before its base64
+/// encoding) because the request that carries it must fit the protocol's 16 KiB message limit
+/// (`autoscaler_proto::MAX_MESSAGE_BYTES`), which this project keeps for every service.
+pub const USER_DATA_LIMIT: usize = 12 * 1024;
 
 impl LaunchSpec {
     /// The first 8 hex digits of the SHA-256 of its content.
@@ -44,6 +53,9 @@ impl LaunchSpec {
         }
         if !self.app_args.is_empty() {
             parts.push(format!("app args {:?}", self.app_args));
+        }
+        if let Some(user_data) = &self.user_data {
+            parts.push(format!("user data of {} bytes", user_data.len()));
         }
         match parts.is_empty() {
             true => "the platform's defaults".to_string(),
@@ -183,6 +195,23 @@ mod tests {
         }
         assert_eq!(specs.versions.len(), KEPT_VERSIONS);
         assert_eq!(specs.current().counter, 12);
+    }
+
+    #[test]
+    fn user_data_left_unset_keeps_the_names_of_versions_made_before_it() {
+        // The hash of the platform's defaults before `user_data` existed (`v1-2601c1ce`).
+        assert_eq!(LaunchSpec::default().hash(), "2601c1ce");
+        let with = LaunchSpec {
+            user_data: Some("#!/bin/sh\n".into()),
+            ..LaunchSpec::default()
+        };
+        assert_ne!(with.hash(), "2601c1ce");
+        // A book kept before it reads back as it was.
+        let kept: LaunchSpec = serde_json::from_str(
+            r#"{"image_id":null,"instance_type":null,"agent_args":[],"app_args":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(kept, LaunchSpec::default());
     }
 
     #[test]

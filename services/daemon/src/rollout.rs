@@ -29,6 +29,7 @@ pub fn spec_of(wire: v1::LaunchSpec) -> LaunchSpec {
         instance_type: wire.instance_type,
         agent_args: wire.agent_args,
         app_args: wire.app_args,
+        user_data: wire.user_data,
     }
 }
 
@@ -38,6 +39,7 @@ fn wire_spec(spec: &LaunchSpec) -> v1::LaunchSpec {
         instance_type: spec.instance_type.clone(),
         agent_args: spec.agent_args.clone(),
         app_args: spec.app_args.clone(),
+        user_data: spec.user_data.clone(),
     }
 }
 

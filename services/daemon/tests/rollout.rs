@@ -78,6 +78,20 @@ async fn a_refresh_moves_every_instance_to_the_new_version_and_a_bad_one_is_roll
         "{refused}"
     );
     let refused = operator
+        .update_launch_spec(v1::UpdateLaunchSpecRequest {
+            spec: Some(v1::LaunchSpec {
+                user_data: Some("#!/bin/sh\n".into()),
+                ..v1::LaunchSpec::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("launch_spec.user_data"),
+        "{refused}"
+    );
+    let refused = operator
         .start_instance_refresh(v1::StartInstanceRefreshRequest {
             spec: Some(spec(&["--reregister-after-ms", "5000"])),
             preferences: Some(v1::RefreshPreferences {

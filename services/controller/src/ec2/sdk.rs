@@ -16,7 +16,7 @@ use aws_sdk_ec2::types::{
 use super::{EPOCH_TAG, Ec2Config, GROUP_TAG, InstanceRole, LAUNCH_TAG, ROLE_TAG, VERSION_TAG};
 use crate::cloud::SpecError;
 use crate::cloud::{Cloud, CloudError, CloudErrorKind, CloudInstance, InstanceState};
-use crate::spec::{LaunchSpec, SpecVersion};
+use crate::spec::{LaunchSpec, SpecVersion, USER_DATA_LIMIT};
 
 /// The group's instances (of one of `roles`, unless empty; among `ids`, unless empty) in one of
 /// `states`, every page of DescribeInstances' answer: the one query by which the provider, the
@@ -466,7 +466,19 @@ impl Cloud for Ec2Cloud {
         if !spec.agent_args.is_empty() || !spec.app_args.is_empty() {
             return Err(SpecError::new(
                 "launch_spec.agent_args",
-                "EC2 instances run what their AMI installed: bake a new AMI and set image_id",
+                "EC2 instances run what their AMI installed: bake a new AMI and set image_id, \
+                 or set their settings in user_data",
+            ));
+        }
+        if let Some(user_data) = &spec.user_data
+            && (user_data.trim().is_empty() || user_data.len() > USER_DATA_LIMIT)
+        {
+            return Err(SpecError::new(
+                "launch_spec.user_data",
+                format!(
+                    "is {} bytes: it must hold a script of at most {USER_DATA_LIMIT} bytes",
+                    user_data.len()
+                ),
             ));
         }
         Ok(())
@@ -516,6 +528,14 @@ impl Ec2Cloud {
         let image_id = spec
             .and_then(|spec| spec.spec.image_id.as_deref())
             .unwrap_or(self.config.ami_id.as_str());
+        // The version's user data, else the group's (the application's, with a balancer).
+        let user_data = match spec.and_then(|spec| spec.spec.user_data.as_deref()) {
+            Some(script) => {
+                use base64::Engine as _;
+                Some(base64::engine::general_purpose::STANDARD.encode(script))
+            }
+            None => self.app.as_ref().map(|(_, user_data)| user_data.clone()),
+        };
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         let mut made: BTreeMap<String, String> = BTreeMap::new();
         for (instance, subnet) in self.describe(InstanceRole::Agent, &[]).await? {
@@ -540,7 +560,7 @@ impl Ec2Cloud {
                     InstanceRole::Agent,
                     image_id,
                     &subnet,
-                    self.app.as_ref().map(|(_, user_data)| user_data.clone()),
+                    user_data.clone(),
                     token,
                     spec,
                 )

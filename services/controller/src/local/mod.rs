@@ -607,6 +607,12 @@ impl Cloud for LocalCloud {
                 "the local platform has no instance types",
             ));
         }
+        if spec.user_data.is_some() {
+            return Err(SpecError::new(
+                "launch_spec.user_data",
+                "local instances run no boot script: give agent_args or app_args",
+            ));
+        }
         if !spec.app_args.is_empty() && self.config.app.is_none() {
             return Err(SpecError::new(
                 "launch_spec.app_args",

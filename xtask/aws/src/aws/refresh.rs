@@ -102,6 +102,10 @@ pub struct Refresh {
     /// EC2: the instance type of the new instances.
     #[arg(long)]
     pub instance_type: Option<String>,
+    /// EC2: a file holding the user data every new instance runs at boot, in place of the
+    /// group's (its agent's settings in /etc/autoscaler/agent.env, lifecycle hooks).
+    #[arg(long)]
+    pub user_data: Option<std::path::PathBuf>,
     /// Locally: an argument added to every new agent's (repeat it).
     #[arg(long = "agent-arg", allow_hyphen_values = true)]
     pub agent_args: Vec<String>,
@@ -154,13 +158,17 @@ impl Refresh {
             for version in &described.versions {
                 let spec = version.spec.clone().unwrap_or_default();
                 println!(
-                    "{} since {}: image {}, type {}, agent args {:?}, app args {:?}",
+                    "{} since {}: image {}, type {}, agent args {:?}, app args {:?}{}",
                     version.version,
                     autoscaler_policy::schedule::rfc3339(version.since_ms),
                     spec.image_id.as_deref().unwrap_or("(the group's)"),
                     spec.instance_type.as_deref().unwrap_or("(the group's)"),
                     spec.agent_args,
-                    spec.app_args
+                    spec.app_args,
+                    spec.user_data.as_ref().map_or(String::new(), |u| format!(
+                        ", user data of {} bytes",
+                        u.len()
+                    ))
                 );
             }
             match &described.refresh {
@@ -172,8 +180,15 @@ impl Refresh {
         let refresh = if self.cancel || self.rollback {
             daemon.stop_refresh(self.rollback).await?
         } else {
+            let user_data = match &self.user_data {
+                Some(file) => Some(std::fs::read_to_string(file).map_err(|error| {
+                    anyhow::anyhow!("cannot read the user data from {}: {error}", file.display())
+                })?),
+                None => None,
+            };
             let changed = self.ami.is_some()
                 || self.instance_type.is_some()
+                || user_data.is_some()
                 || !self.agent_args.is_empty()
                 || !self.app_args.is_empty();
             let request = v1::StartInstanceRefreshRequest {
@@ -182,6 +197,7 @@ impl Refresh {
                     instance_type: self.instance_type.clone(),
                     agent_args: self.agent_args.clone(),
                     app_args: self.app_args.clone(),
+                    user_data,
                 }),
                 preferences: Some(v1::RefreshPreferences {
                     min_healthy_percentage: self.min_healthy,

@@ -1,11 +1,13 @@
 //! The rehearsal's rollout: `bake-ami` a second time, `refresh --ami` to it through the leader's
-//! Operator service, and check that every instance of the group ends on the new AMI with its
-//! version tag, the old AMI's instances gone, and the activity history telling it.
+//! Operator service (with the new version's user data), and check that every instance of the
+//! group ends on the new AMI with its version tag and user data, the old AMI's instances gone,
+//! and the activity history telling it.
 
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use autoscaler_controller::ec2::{InstanceRole, VERSION_TAG};
+use autoscaler_controller::spec::USER_DATA_LIMIT;
 use autoscaler_proto::v1;
 
 use super::{bootstrap, described};
@@ -42,10 +44,28 @@ pub(super) async fn refresh_to_a_new_ami(aws: &Aws, group: &GroupArgs) -> anyhow
         format!("{refused:#}").contains("launch_spec.image_id"),
         "the refusal names the field: {refused:#}"
     );
+    let refused = daemon
+        .start_refresh(v1::StartInstanceRefreshRequest {
+            spec: Some(v1::LaunchSpec {
+                user_data: Some("x".repeat(USER_DATA_LIMIT + 1)),
+                ..v1::LaunchSpec::default()
+            }),
+            preferences: None,
+        })
+        .await
+        .expect_err("user data above EC2's limit");
+    ensure!(
+        format!("{refused:#}").contains("launch_spec.user_data"),
+        "the refusal names the field: {refused:#}"
+    );
+    // The new version's settings go in its user data (here a launch hook).
+    let user_data =
+        "#!/bin/sh\necho 'AUTOSCALER_LAUNCH_HOOK=sleep 1' >> /etc/autoscaler/agent.env\n";
     let refresh = daemon
         .start_refresh(v1::StartInstanceRefreshRequest {
             spec: Some(v1::LaunchSpec {
                 image_id: Some(new_ami.clone()),
+                user_data: Some(user_data.to_string()),
                 ..v1::LaunchSpec::default()
             }),
             preferences: Some(v1::RefreshPreferences {
@@ -103,6 +123,26 @@ pub(super) async fn refresh_to_a_new_ami(aws: &Aws, group: &GroupArgs) -> anyhow
             .and_then(|t| t.value())
             .with_context(|| format!("{id} has no {VERSION_TAG} tag"))?;
         ensure!(version == refresh.target, "{id} is tagged {version}");
+        let attribute = aws
+            .ec2
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .send()
+            .await
+            .with_context(|| format!("the user data of {id}"))?;
+        let encoded = attribute
+            .user_data()
+            .and_then(|u| u.value())
+            .with_context(|| format!("{id} has no user data"))?;
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .context("user data in base64")?;
+        ensure!(
+            decoded == user_data.as_bytes(),
+            "{id} boots with the version's user data"
+        );
     }
     let history = daemon.lock().await.activity(0).await?;
     let replaced = history
