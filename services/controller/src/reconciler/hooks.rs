@@ -132,6 +132,10 @@ impl<C: Cloud> Controller<C> {
         stopped: &[String],
         record: &mut DecisionRecord,
     ) {
+        // Nothing is told to an agent whose instance this controller may not terminate.
+        if removals.is_empty() || !self.may_act(&mut record.outcome, "ending removals") {
+            return;
+        }
         let mut now: Vec<(String, Removal)> = Vec::new();
         for (instance_id, why) in removals {
             let answers = !stopped.contains(instance_id)
