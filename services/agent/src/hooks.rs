@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use autoscaler_policy::instance::ending;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
 /// How a hook ends: the instance goes on, or its launch is abandoned (a termination goes on
@@ -46,8 +47,7 @@ impl std::str::FromStr for HookResult {
     }
 }
 
-/// The longest a hook may run, as EC2 allows (its heartbeat timeout is 30-7200 s).
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(7_200);
+pub use autoscaler_policy::instance::HOOK_TIMEOUT_MAX as MAX_TIMEOUT;
 
 /// The hooks an agent runs.
 #[derive(Clone, Debug)]
@@ -124,7 +124,7 @@ pub struct HookOutcome {
 }
 
 /// How much of a hook's output is kept: its last lines, up to this many bytes.
-pub const TAIL_BYTES: usize = 1024;
+pub use autoscaler_policy::instance::HOOK_OUTPUT_BYTES as TAIL_BYTES;
 const TAIL_LINES: usize = 20;
 
 /// Runs `command` for `transition` of `instance_id` until it exits or `timeout` passes.
@@ -212,7 +212,7 @@ pub async fn run(
         reader.abort();
     }
     let lines: Vec<String> = tail.into_iter().collect();
-    let output_tail = last_bytes(&lines.join("\n")).to_string();
+    let output_tail = ending(&lines.join("\n"), TAIL_BYTES).to_string();
     HookOutcome {
         result,
         summary: format!("{name} hook {how} after {took:.1} s: {}", result.as_str()),
@@ -232,15 +232,6 @@ impl Drop for Group {
             );
         }
     }
-}
-
-/// The end of `text`, at most `TAIL_BYTES` long (cut at a character boundary).
-fn last_bytes(text: &str) -> &str {
-    let mut cut = text.len().saturating_sub(TAIL_BYTES);
-    while !text.is_char_boundary(cut) {
-        cut += 1;
-    }
-    &text[cut..]
 }
 
 fn keep(tail: &mut VecDeque<String>, line: String) {
@@ -266,7 +257,7 @@ async fn read_lines(
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\n', '\r']);
         // A line longer than the tail is cut to its end.
-        if lines.send(last_bytes(text).to_string()).is_err() {
+        if lines.send(ending(text, TAIL_BYTES).to_string()).is_err() {
             return;
         }
     }

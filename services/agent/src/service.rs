@@ -230,6 +230,14 @@ impl AgentState {
         self.lock().hook.clone()
     }
 
+    /// Whether a lifecycle hook holds the instance (its load then means nothing to the fleet).
+    pub fn held(&self) -> bool {
+        self.lock()
+            .hook
+            .as_ref()
+            .is_some_and(|h| h.state != Lifecycle::InService)
+    }
+
     /// Runs the launch hook, if there is one, and records its outcome: in service, or
     /// abandoned.
     pub async fn run_launch_hook(&self) {
@@ -334,18 +342,13 @@ impl AgentService {
     /// The current sample, as Ping and GetMetrics answer it.
     fn metrics(&self) -> v1::Metrics {
         let sample = self.state.current();
-        // While a hook holds the instance its load means nothing to the fleet.
-        let held = self
-            .state
-            .hook()
-            .is_some_and(|h| h.state != Lifecycle::InService);
         v1::Metrics {
             load_percent: sample.load,
             sampled_at_unix_ms: unix_ms(sample.sampled_at),
             cpu_percent: sample.cpu,
             memory_percent: None,
             requests_per_second: sample.requests_per_second,
-            load_unknown: sample.unknown || held,
+            load_unknown: sample.unknown || self.state.held(),
         }
     }
 

@@ -89,7 +89,6 @@ fn as_seen(seen: &InstanceView) -> v1::InstanceStatus {
         requests_per_second,
         hook,
     } = &seen.metrics;
-    let (load, requests_per_second) = (*load, *requests_per_second);
     v1::InstanceStatus {
         lifecycle_state: seen.metrics.lifecycle().as_str().to_string(),
         hook_summary: hook.as_ref().map(|h| h.summary.clone()).unwrap_or_default(),
@@ -99,8 +98,8 @@ fn as_seen(seen: &InstanceView) -> v1::InstanceStatus {
             .unwrap_or_default(),
         instance_id: seen.instance_id.clone(),
         health: wire_health(seen.health).into(),
-        load_percent: load,
-        requests_per_second,
+        load_percent: *load,
+        requests_per_second: *requests_per_second,
         recent_loads: seen.recent_loads.iter().copied().collect(),
         address: seen.address.clone(),
         consecutive_misses: seen.consecutive_misses,

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use autoscaler_policy::fleet::{HookReport, Lifecycle, Metrics};
+use autoscaler_policy::instance::{HOOK_OUTPUT_BYTES, HOOK_TIMEOUT_MAX, ending};
 use autoscaler_proto::v1;
 
 use crate::registry::{PollOutcome, Registry};
@@ -164,8 +165,8 @@ pub(crate) async fn poll_once(
                 v1::LifecycleState::TerminatingProceed => Lifecycle::TerminatingProceed,
             },
             // Kept as long as an agent of this version sends them, whatever one sends.
-            summary: last_chars(lifecycle.summary, 512),
-            output_tail: last_chars(lifecycle.output_tail, 1024),
+            summary: ending(&lifecycle.summary, 512).to_string(),
+            output_tail: ending(&lifecycle.output_tail, HOOK_OUTPUT_BYTES).to_string(),
         })
     });
     PollOutcome::Answered(Metrics {
@@ -173,18 +174,6 @@ pub(crate) async fn poll_once(
         requests_per_second,
         hook,
     })
-}
-
-/// The last `limit` bytes of `text` (cut at a character boundary).
-fn last_chars(text: String, limit: usize) -> String {
-    if text.len() <= limit {
-        return text;
-    }
-    let mut cut = text.len() - limit;
-    while !text.is_char_boundary(cut) {
-        cut += 1;
-    }
-    text[cut..].to_string()
 }
 
 /// Tells the agent of `instance_id` that its instance is being removed (it then registers no
@@ -210,8 +199,8 @@ pub(crate) async fn notify_removal(
         Ok(answer) => {
             tracing::debug!(%instance_id, "agent told of its removal");
             // Bounded as EC2 bounds a hook's timeout, whatever an agent answers.
-            let hook = Duration::from_millis(answer.termination_hook_timeout_ms)
-                .min(Duration::from_secs(7_200));
+            let hook =
+                Duration::from_millis(answer.termination_hook_timeout_ms).min(HOOK_TIMEOUT_MAX);
             (!hook.is_zero()).then_some(hook)
         }
         Err(CallError::TimedOut) => {

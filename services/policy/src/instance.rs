@@ -85,6 +85,22 @@ impl std::fmt::Display for Lifecycle {
     }
 }
 
+/// How much of a hook's output is kept (its end), in bytes: by the agent, and by the monitor
+/// whatever an agent sends.
+pub const HOOK_OUTPUT_BYTES: usize = 1024;
+
+/// The longest a lifecycle hook may run, as EC2 allows (its heartbeat timeout is 30-7200 s).
+pub const HOOK_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(7_200);
+
+/// The end of `text`, at most `limit` bytes, cut at a character boundary.
+pub fn ending(text: &str, limit: usize) -> &str {
+    let mut cut = text.len().saturating_sub(limit);
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    &text[cut..]
+}
+
 /// What an agent reports of its lifecycle hooks: the state, and what its last hook did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HookReport {

@@ -413,3 +413,36 @@ fn an_instance_in_pending_wait_is_warming_past_the_warm_up() {
     assert!(decision.replace.is_empty(), "{}", decision.summary());
     assert_eq!(decision.observed.in_service, 2);
 }
+
+/// An instance whose termination hook an earlier controller started (its wait is not in the
+/// store; the agent reports Terminating:Wait) is leaving: the next controller replaces it, and
+/// so tells its agent again, which answers how long the hook may still run.
+#[test]
+fn an_instance_a_previous_controller_left_in_terminating_wait_is_replaced() {
+    let leaving = ObservedInstance {
+        lifecycle: autoscaler_policy::Lifecycle::TerminatingWait,
+        ..instance("local-0003", Some(Health::Healthy), None, true)
+    };
+    let observation = Observation {
+        instances: vec![
+            instance("local-0001", Some(Health::Healthy), Some(50.0), true),
+            instance("local-0002", Some(Health::Healthy), Some(50.0), true),
+            leaving,
+        ],
+        controller_uptime: 60 * MINUTE,
+        ..Default::default()
+    };
+    let decision = evaluate(
+        &observation,
+        &tracking(),
+        &mut PolicyState::default(),
+        60 * MINUTE,
+    );
+    let replaced: Vec<(&str, &str)> = decision
+        .replace
+        .iter()
+        .map(|r| (r.instance_id.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(replaced, [("local-0003", "leaving: Terminating:Wait")]);
+    assert!(!decision.replace[0].failed_launch);
+}

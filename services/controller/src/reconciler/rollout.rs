@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Controller, millis};
 use crate::cloud::Cloud;
-use crate::config::{ControllerConfig, PolicyConfig};
+use crate::config::{ConfigError, ControllerConfig, PolicyConfig};
 use crate::policy::Decision;
 use crate::policy::PolicyState;
 use crate::spec::{LaunchSpec, SpecVersion, Specs};
@@ -25,6 +25,30 @@ pub enum CommandError {
     Precondition(String),
     #[error("the controller did not answer: {0}")]
     Unavailable(String),
+}
+
+impl From<ConfigError> for CommandError {
+    fn from(error: ConfigError) -> CommandError {
+        CommandError::Invalid {
+            field: format!("controller.{}", error.field),
+            problem: error.problem,
+        }
+    }
+}
+
+/// `config` with the policy `text` (a `[controller.policy]` table), when given, checked whole.
+fn with_policy(
+    mut config: ControllerConfig,
+    text: Option<&str>,
+) -> Result<ControllerConfig, CommandError> {
+    if let Some(text) = text {
+        config.policy = PolicyConfig::from_toml(text).map_err(|problem| CommandError::Invalid {
+            field: "policy_toml".to_string(),
+            problem,
+        })?;
+    }
+    config.validate()?;
+    Ok(config)
 }
 
 impl From<RefreshError> for CommandError {
@@ -332,17 +356,7 @@ impl<C: Cloud> Controller<C> {
         let mut config = self.config.clone();
         config.min_instances = update.min_instances.unwrap_or(config.min_instances);
         config.max_instances = update.max_instances.unwrap_or(config.max_instances);
-        if let Some(text) = &update.policy_toml {
-            config.policy =
-                PolicyConfig::from_toml(text).map_err(|problem| CommandError::Invalid {
-                    field: "policy_toml".to_string(),
-                    problem,
-                })?;
-        }
-        config.validate().map_err(|error| CommandError::Invalid {
-            field: format!("controller.{}", error.field),
-            problem: error.problem,
-        })?;
+        let config = with_policy(config, update.policy_toml.as_deref())?;
         let (min, max) = (config.min_instances, config.max_instances);
         if let Some(desired) = update.desired_capacity
             && !(min..=max).contains(&desired)
@@ -380,13 +394,8 @@ impl<C: Cloud> Controller<C> {
     /// The policy an operator set, read back from the store: it stands if it still checks
     /// against the config.
     pub(super) fn recall_policy(&mut self, text: &str) {
-        let mut config = self.config.clone();
-        let checked = PolicyConfig::from_toml(text).and_then(|policy| {
-            config.policy = policy;
-            config.validate().map_err(|error| error.to_string())
-        });
-        match checked {
-            Ok(()) => self.set_policy(config.policy, text.to_string()),
+        match with_policy(self.config.clone(), Some(text)) {
+            Ok(config) => self.set_policy(config.policy, text.to_string()),
             Err(error) => tracing::warn!(
                 %error,
                 "the policy an operator set no longer checks; the config's stands"
@@ -397,10 +406,7 @@ impl<C: Cloud> Controller<C> {
     /// The config file's settings in place of the running ones; nothing changes when they do
     /// not validate.
     fn replace_config(&mut self, config: ControllerConfig) -> Result<(), CommandError> {
-        config.validate().map_err(|error| CommandError::Invalid {
-            field: format!("controller.{}", error.field),
-            problem: error.problem,
-        })?;
+        config.validate()?;
         if config.shadow != self.config.shadow {
             self.shadow = config
                 .shadow_config()

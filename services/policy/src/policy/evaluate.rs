@@ -31,7 +31,9 @@ enum Role {
 fn role(instance: &ObservedInstance, config: &ControllerConfig, uptime: Duration) -> Role {
     // An instance launched since this controller started that is replaced before it ever
     // reported is a failed launch; an adopted one that is lost is not.
-    let failed_launch = !instance.has_reported && instance.age < uptime;
+    // An abandoned launch is a failed one too, as on EC2, whoever launched it.
+    let failed_launch = (!instance.has_reported && instance.age < uptime)
+        || instance.lifecycle == Lifecycle::Abandoned;
     let replace = |reason: String| match instance.listed {
         true => Role::Replace(Replacement {
             instance_id: instance.instance_id.clone(),
@@ -67,16 +69,7 @@ fn role(instance: &ObservedInstance, config: &ControllerConfig, uptime: Duration
     match instance.lifecycle {
         // Its launch hook runs: not in service, for as long as the hook's timeout allows.
         Lifecycle::PendingWait => return Role::Warming,
-        Lifecycle::Abandoned => {
-            return match replace("its launch hook abandoned the launch".to_string()) {
-                // Abandoned is a failed launch, as on EC2, whoever launched it.
-                Role::Replace(replacement) => Role::Replace(Replacement {
-                    failed_launch: true,
-                    ..replacement
-                }),
-                other => other,
-            };
-        }
+        Lifecycle::Abandoned => return replace("its launch hook abandoned the launch".to_string()),
         // Left by an earlier controller after its drain: it is leaving.
         Lifecycle::TerminatingWait | Lifecycle::TerminatingProceed => {
             return replace(format!("leaving: {}", instance.lifecycle));
